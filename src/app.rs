@@ -1,0 +1,151 @@
+//! Wiring: builds the parts a role needs and runs them until shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Role, Settings};
+use crate::http::{AppState, router};
+use crate::openapp::OpenAppClient;
+use crate::queue::{JobQueue, connect};
+use crate::worker::{WorkerStatus, run_workers};
+
+/// A built, not yet running, lease-sync process.
+pub struct Application {
+    settings: Settings,
+    role: Role,
+    queue: JobQueue,
+    listener: Option<TcpListener>,
+    client: Option<OpenAppClient>,
+}
+
+impl Application {
+    /// Connects (lazily) to Redis, builds the OpenApp client and binds the listener, as
+    /// `role` requires. Binding here lets callers learn the port before running (port 0).
+    pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        let conn = connect(&settings.redis).context("cannot set up the Redis connection")?;
+        let queue = JobQueue::new(conn, &settings.redis.namespace);
+        let client = if role.runs_workers() {
+            Some(
+                OpenAppClient::new(&settings.openapp)
+                    .context("cannot set up the OpenApp client")?,
+            )
+        } else {
+            None
+        };
+        let listener = if role.runs_ingest() {
+            let addr: SocketAddr = settings
+                .http
+                .listen
+                .parse()
+                .context("http.listen is not a socket address")?;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            settings,
+            role,
+            queue,
+            listener,
+            client,
+        })
+    }
+
+    /// The bound webhook address, when this role runs ingest.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops accepting, lets in-flight requests and
+    /// jobs finish (bounded by the configured grace periods) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let status = WorkerStatus::default();
+        let workers = match self.client {
+            Some(client) => {
+                let settings = self.settings.clone();
+                let queue = self.queue.clone();
+                let status = status.clone();
+                let shutdown = shutdown.clone();
+                Some(tokio::spawn(async move {
+                    run_workers(&settings, queue, client, status, shutdown).await;
+                }))
+            }
+            None => None,
+        };
+
+        if let Some(listener) = self.listener {
+            let state = AppState::new(
+                &self.settings,
+                self.queue.clone(),
+                workers.as_ref().map(|_| status.clone()),
+            )
+            .context("cannot prepare webhook sources")?;
+            let addr = listener.local_addr().context("listener has no address")?;
+            info!(%addr, role = ?self.role, "webhook listener ready: POST http://{addr}/webhooks/{{source}}");
+            let grace = Duration::from_secs(self.settings.http.shutdown_grace_secs);
+            let stop = shutdown.clone();
+            let server = axum::serve(listener, router(state))
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            let server = tokio::spawn(async move { server.await });
+            shutdown.cancelled().await;
+            match tokio::time::timeout(grace, server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!("webhook listener ended with an error: {e}"),
+                Ok(Err(e)) => warn!("webhook listener task failed: {e}"),
+                Err(_) => warn!("in-flight webhook requests did not finish within {grace:?}"),
+            }
+        } else {
+            info!(role = ?self.role, "worker process ready");
+            shutdown.cancelled().await;
+        }
+
+        if let Some(workers) = workers
+            && let Err(e) = workers.await
+        {
+            warn!("worker supervisor task failed: {e}");
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Cancels the returned token on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!("cannot listen for SIGTERM: {e}");
+                        let _ = ctrl_c.await;
+                        cancel.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => info!("SIGINT received, shutting down"),
+                _ = term.recv() => info!("SIGTERM received, shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,106 @@
+//! The `lease-sync` command line.
+
+mod send_test_event;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::app::{Application, shutdown_on_signals};
+use crate::config::{Role, Settings};
+use crate::sandbox::SandboxArgs;
+use crate::telemetry;
+
+/// Keeps residents of shared buildings in sync with OpenApp, driven by signed lease webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "lease-sync", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Path of the configuration file, shared by most commands.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// TOML configuration file; keys can be overridden by LEASE_SYNC__SECTION__KEY variables.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run webhook ingest and workers in one process.
+    Serve(ConfigArg),
+    /// Run webhook ingest only (scale separately from workers).
+    Ingest(ConfigArg),
+    /// Run workers only (scale separately from ingest).
+    Work(ConfigArg),
+    /// Validate the configuration and print it with secrets redacted; exit 1 on any problem.
+    CheckConfig(ConfigArg),
+    /// Run a local in-memory OpenApp emulator to try lease-sync without OpenApp credentials.
+    SandboxOpenapp(SandboxArgs),
+    /// Build, sign and post a sample lease event, and print the equivalent curl command.
+    SendTestEvent(send_test_event::SendTestEventArgs),
+}
+
+/// Runs the parsed command; errors are printed with their causes and exit with status 1.
+pub async fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(arg: &ConfigArg, role: Role) -> anyhow::Result<Settings> {
+    Settings::load(&arg.config, std::env::vars(), role)
+        .with_context(|| format!("configuration {} is not usable", arg.config.display()))
+}
+
+async fn run_role(arg: &ConfigArg, role: Role) -> anyhow::Result<ExitCode> {
+    let settings = load(arg, role)?;
+    telemetry::init(&settings.log);
+    let app = Application::build(settings, role).await?;
+    app.run(shutdown_on_signals()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(arg) => run_role(&arg, Role::Serve).await,
+        Command::Ingest(arg) => run_role(&arg, Role::Ingest).await,
+        Command::Work(arg) => run_role(&arg, Role::Work).await,
+        Command::CheckConfig(arg) => {
+            let settings = load(&arg, Role::Serve)?;
+            print!("{}", settings.to_redacted_toml());
+            eprintln!("configuration {} is valid", arg.config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SandboxOpenapp(args) => {
+            telemetry::init(&crate::config::LogSettings::default());
+            crate::sandbox::run(args, async move {
+                shutdown_on_signals().cancelled_owned().await
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SendTestEvent(args) => send_test_event::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

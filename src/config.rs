@@ -1,0 +1,959 @@
+//! Configuration: one TOML file, overridable key by key from the environment.
+//!
+//! Load order (later wins): built-in defaults → the TOML file → `LEASE_SYNC__SECTION__KEY`
+//! environment variables. Secrets may also come from files (`api_key_file`, `secrets_file`).
+//! Every key is documented, with its default, in `deploy/config.example.toml`.
+//!
+//! Unknown keys are errors that name the key: a typo must never fall back silently to a
+//! default. The environment layer is written here rather than taken from figment because
+//! operators need to address array entries (`LEASE_SYNC__SOURCES__0__TOLERANCE_SECS`),
+//! which figment's environment provider cannot express.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::event::is_valid_path_id;
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "LEASE_SYNC__";
+
+/// Default role template; `{integration_id}` is replaced by the property's integration id.
+pub const DEFAULT_ROLE_TEMPLATE: &str = "virtual_access:integration:{integration_id}:resident";
+
+/// Why a configuration could not be loaded or is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file that was read.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// An environment override could not be applied.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A key is unknown, missing or has the wrong type.
+    #[error("invalid configuration at `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the offending key (`sources[0].tolerance_secs`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret value (webhook secret, API key). Its `Debug` and `Serialize` never show it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// Wraps a value as a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(SecretString::from(value.into()))
+    }
+
+    /// The secret's value. Call only where the value is used, never to log it.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+/// The whole configuration of one lease-sync process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Webhook listener.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// Redis, where events are queued.
+    #[serde(default)]
+    pub redis: RedisSettings,
+    /// The OpenApp API the workers call.
+    #[serde(default)]
+    pub openapp: OpenAppSettings,
+    /// Workers that deliver queued jobs to OpenApp.
+    #[serde(default)]
+    pub worker: WorkerSettings,
+    /// How often a failing OpenApp call is tried.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogSettings,
+    /// Property-management systems allowed to post webhooks.
+    #[serde(default)]
+    pub sources: Vec<SourceSettings>,
+}
+
+/// `[http]`: the webhook listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address the webhook listener binds (`0.0.0.0:8080`).
+    pub listen: String,
+    /// Largest accepted webhook body; larger ones get 413 `body_too_large`.
+    pub body_limit_bytes: usize,
+    /// How long a delivered event id is remembered per source, so a re-delivery is answered
+    /// 200 `duplicate` instead of queuing a second job. Three days covers the retry horizon of
+    /// the senders we know (Stripe-like senders retry for 3 days).
+    pub dedupe_ttl_secs: u64,
+    /// How long ingest waits for Redis to take an event before answering 503.
+    pub enqueue_timeout_ms: u64,
+    /// Seconds a 503 `queue_unavailable` asks the sender to wait (`Retry-After`).
+    pub retry_after_secs: u64,
+    /// How long shutdown waits for in-flight requests before giving up.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            body_limit_bytes: 65_536,
+            dedupe_ttl_secs: 259_200,
+            enqueue_timeout_ms: 2_000,
+            retry_after_secs: 5,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[redis]`: the queue's store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// Redis URL (`redis://[:password@]host:port[/db]`); a password in it is redacted in output.
+    pub url: RedisUrl,
+    /// Prefix of every key lease-sync writes, so deployments and tests can share one Redis.
+    pub namespace: String,
+    /// How long a (re)connect may take.
+    pub connect_timeout_ms: u64,
+    /// How long one Redis command may take. apalis-redis's own default (500 ms) turns a short
+    /// Redis stall into a dead worker pool (apalis-redis#76), hence a longer one.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: RedisUrl("redis://127.0.0.1:6379".into()),
+            namespace: "lease-sync".into(),
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A Redis URL whose password never appears in `Debug` or serialized output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The full URL, password included, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `[redacted]`.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                // Only fails for URLs that cannot carry credentials, which this one does.
+                let _ = parsed.set_password(Some("[redacted]"));
+                parsed.to_string()
+            }
+            Ok(parsed) => parsed.to_string(),
+            Err(_) => "[unparseable]".into(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+/// How the OpenApp API key is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <key>`, as the published OpenAPI spec says.
+    #[serde(rename = "bearer")]
+    Bearer,
+    /// `X-API-Key: <key>`, as newer OpenApp gateways expect.
+    #[serde(rename = "x-api-key")]
+    XApiKey,
+}
+
+/// `[openapp]`: the API the workers call.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAppSettings {
+    /// API root including the version, e.g. `https://api.openapp.house/api/v1`.
+    pub base_url: String,
+    /// The API key. Prefer `api_key_file` or `LEASE_SYNC__OPENAPP__API_KEY`.
+    pub api_key: Option<Secret>,
+    /// File holding the API key (surrounding whitespace is ignored).
+    pub api_key_file: Option<PathBuf>,
+    /// How the key is sent: `bearer` or `x-api-key`.
+    pub auth: AuthScheme,
+    /// Limit on one whole OpenApp call, connect to last byte.
+    pub timeout_ms: u64,
+    /// Limit on establishing the connection.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for OpenAppSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.openapp.house/api/v1".into(),
+            api_key: None,
+            api_key_file: None,
+            auth: AuthScheme::Bearer,
+            timeout_ms: 10_000,
+            connect_timeout_ms: 3_000,
+        }
+    }
+}
+
+/// `[worker]`: the processes that deliver jobs to OpenApp.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Jobs one process runs at once.
+    pub concurrency: usize,
+    /// How often an idle worker looks for new or due jobs. apalis-redis never wakes a worker on
+    /// push, so this bounds pick-up latency.
+    pub poll_interval_ms: u64,
+    /// How often a worker proves it is alive.
+    pub heartbeat_secs: u64,
+    /// Heartbeats a worker may miss before another worker takes over its in-flight jobs.
+    /// `heartbeat_secs × missed_heartbeats` must stay well above `openapp.timeout_ms`.
+    pub missed_heartbeats: usize,
+    /// Jobs fetched from Redis per round trip.
+    pub batch_size: usize,
+    /// How long shutdown waits for in-flight jobs; unfinished ones are taken over by
+    /// another worker after the heartbeat window.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            poll_interval_ms: 250,
+            heartbeat_secs: 10,
+            missed_heartbeats: 3,
+            batch_size: 50,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// Time after which a silent worker's jobs are taken over.
+    pub fn orphan_window(&self) -> Duration {
+        Duration::from_secs(
+            self.heartbeat_secs
+                .saturating_mul(self.missed_heartbeats as u64),
+        )
+    }
+}
+
+/// `[retry]`: how often a failing OpenApp call is tried.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Calls made for one job before it is given up and parked in the dead set.
+    pub max_attempts: usize,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self { max_attempts: 20 }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: log output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax; `RUST_LOG` itself wins when set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Signature scheme a source signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SchemeKind {
+    /// Standard Webhooks 1.0 (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
+}
+
+/// `[[sources]]`: one property-management system.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    /// Name in the webhook URL: `POST /webhooks/{name}`.
+    pub name: String,
+    /// Signature scheme.
+    #[serde(default = "default_scheme")]
+    pub scheme: SchemeKind,
+    /// Secrets that may sign; any one verifies (rotation).
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// File with more secrets, one per line (blank lines and `#` comments ignored).
+    #[serde(default)]
+    pub secrets_file: Option<PathBuf>,
+    /// Largest accepted difference, either way, between the signed timestamp and now.
+    #[serde(default = "default_tolerance_secs")]
+    pub tolerance_secs: u64,
+    /// Buildings this source may send events for.
+    #[serde(default)]
+    pub properties: Vec<PropertySettings>,
+}
+
+fn default_scheme() -> SchemeKind {
+    SchemeKind::StandardWebhooks
+}
+
+fn default_tolerance_secs() -> u64 {
+    300
+}
+
+/// `[[sources.properties]]`: one building and where it lives in OpenApp.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropertySettings {
+    /// The property-management system's building id (`lease.property_id` in events).
+    pub id: String,
+    /// OpenApp organisation id, sent as `X-Org`.
+    pub org_id: String,
+    /// OpenApp integration id, the `{id}` of `/integrations/{id}/building-users`.
+    pub integration_id: String,
+    /// Role granted to residents; `{integration_id}` is substituted.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+impl PropertySettings {
+    /// The role to grant, with the template filled in.
+    pub fn effective_role(&self) -> String {
+        self.role
+            .as_deref()
+            .unwrap_or(DEFAULT_ROLE_TEMPLATE)
+            .replace("{integration_id}", &self.integration_id)
+    }
+}
+
+/// Which parts of lease-sync a process runs; validation depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Webhook ingest and workers.
+    Serve,
+    /// Webhook ingest only.
+    Ingest,
+    /// Workers only.
+    Work,
+}
+
+impl Role {
+    /// Whether this role runs the webhook listener.
+    pub fn runs_ingest(self) -> bool {
+        matches!(self, Role::Serve | Role::Ingest)
+    }
+
+    /// Whether this role runs workers.
+    pub fn runs_workers(self) -> bool {
+        matches!(self, Role::Serve | Role::Work)
+    }
+}
+
+impl Settings {
+    /// Loads `path`, applies environment overrides from `env`, reads secret files and
+    /// validates the result for `role`.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        role: Role,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut settings = Self::from_toml_str(&text, env).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        settings.read_secret_files(path.parent().unwrap_or(Path::new(".")))?;
+        settings.validate(role)?;
+        Ok(settings)
+    }
+
+    /// Parses a TOML document with environment overrides; no files are read and nothing is
+    /// validated beyond types and key names.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        // Sorted so that `SOURCES__0__…` is applied before `SOURCES__1__…` and appends work.
+        overrides.sort();
+        for (var, value) in overrides {
+            apply_env_override(&mut doc, &var, &value)?;
+        }
+        let deserializer = toml::Value::Table(doc);
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::invalid(
+                if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                e.into_inner().to_string(),
+            )
+        })
+    }
+
+    /// Replaces `*_file` keys by the secrets they hold. Relative paths are resolved against
+    /// the config file's directory.
+    fn read_secret_files(&mut self, base: &Path) -> Result<(), ConfigError> {
+        if let Some(file) = self.openapp.api_key_file.clone() {
+            if self.openapp.api_key.is_some() {
+                return Err(ConfigError::invalid(
+                    "openapp.api_key_file",
+                    "set either api_key or api_key_file, not both",
+                ));
+            }
+            let text = read_secret_file(&base.join(&file), "openapp.api_key_file")?;
+            let key = text.trim();
+            if key.is_empty() {
+                return Err(ConfigError::invalid(
+                    "openapp.api_key_file",
+                    format!("{} is empty", file.display()),
+                ));
+            }
+            self.openapp.api_key = Some(Secret::new(key));
+        }
+        for (i, source) in self.sources.iter_mut().enumerate() {
+            if let Some(file) = source.secrets_file.clone() {
+                let key = format!("sources[{i}].secrets_file");
+                let text = read_secret_file(&base.join(&file), &key)?;
+                source.secrets.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(Secret::new),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks everything a process in `role` relies on; the first problem is returned.
+    pub fn validate(&self, role: Role) -> Result<(), ConfigError> {
+        if role.runs_ingest() {
+            self.http.listen.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::invalid("http.listen", format!("not a socket address: {e}"))
+            })?;
+            positive("http.body_limit_bytes", self.http.body_limit_bytes as u64)?;
+            positive("http.dedupe_ttl_secs", self.http.dedupe_ttl_secs)?;
+            positive("http.enqueue_timeout_ms", self.http.enqueue_timeout_ms)?;
+            if self.sources.is_empty() {
+                return Err(ConfigError::invalid(
+                    "sources",
+                    "at least one [[sources]] entry is needed to accept webhooks",
+                ));
+            }
+        }
+        let url = url::Url::parse(self.redis.url.expose())
+            .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "scheme must be redis://, rediss:// or unix://",
+            ));
+        }
+        if self.redis.namespace.is_empty() || self.redis.namespace.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid(
+                "redis.namespace",
+                "must be non-empty and without spaces",
+            ));
+        }
+        positive("redis.response_timeout_ms", self.redis.response_timeout_ms)?;
+        positive("redis.connect_timeout_ms", self.redis.connect_timeout_ms)?;
+
+        if role.runs_workers() {
+            let base = url::Url::parse(&self.openapp.base_url)
+                .map_err(|e| ConfigError::invalid("openapp.base_url", format!("not a URL: {e}")))?;
+            if !matches!(base.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    "openapp.base_url",
+                    "scheme must be https (or http for a local sandbox)",
+                ));
+            }
+            match &self.openapp.api_key {
+                None => {
+                    return Err(ConfigError::invalid(
+                        "openapp.api_key",
+                        "missing: set api_key, api_key_file or LEASE_SYNC__OPENAPP__API_KEY",
+                    ));
+                }
+                Some(key) if key.expose().trim().is_empty() => {
+                    return Err(ConfigError::invalid("openapp.api_key", "is empty"));
+                }
+                Some(_) => {}
+            }
+            positive("openapp.timeout_ms", self.openapp.timeout_ms)?;
+            positive(
+                "openapp.connect_timeout_ms",
+                self.openapp.connect_timeout_ms,
+            )?;
+            positive("worker.concurrency", self.worker.concurrency as u64)?;
+            positive("worker.poll_interval_ms", self.worker.poll_interval_ms)?;
+            positive("worker.heartbeat_secs", self.worker.heartbeat_secs)?;
+            positive(
+                "worker.missed_heartbeats",
+                self.worker.missed_heartbeats as u64,
+            )?;
+            positive("worker.batch_size", self.worker.batch_size as u64)?;
+            positive("retry.max_attempts", self.retry.max_attempts as u64)?;
+            // apalis-redis parks a job in its dead set on its own after 25 attempts.
+            if self.retry.max_attempts > 24 {
+                return Err(ConfigError::invalid(
+                    "retry.max_attempts",
+                    "must be at most 24 for now",
+                ));
+            }
+            // A job still running when its worker looks dead would be run twice, by two workers.
+            if Duration::from_millis(self.openapp.timeout_ms) * 2 > self.worker.orphan_window() {
+                return Err(ConfigError::invalid(
+                    "worker.missed_heartbeats",
+                    format!(
+                        "heartbeat_secs × missed_heartbeats ({} s) must be at least twice openapp.timeout_ms ({} ms)",
+                        self.worker.orphan_window().as_secs(),
+                        self.openapp.timeout_ms
+                    ),
+                ));
+            }
+        }
+
+        let mut names = HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let at = |field: &str| format!("sources[{i}].{field}");
+            if !is_valid_path_id(&source.name) {
+                return Err(ConfigError::invalid(
+                    at("name"),
+                    "must match [A-Za-z0-9_-]{1,64}",
+                ));
+            }
+            if !names.insert(source.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    at("name"),
+                    format!("source `{}` is defined twice", source.name),
+                ));
+            }
+            if role.runs_ingest() {
+                if source.secrets.is_empty() {
+                    return Err(ConfigError::invalid(
+                        at("secrets"),
+                        "at least one secret is needed; unsigned webhooks are never accepted",
+                    ));
+                }
+                for (j, secret) in source.secrets.iter().enumerate() {
+                    crate::signature::standard_webhooks::decode_secret(secret.expose()).map_err(
+                        |e| {
+                            ConfigError::invalid(
+                                format!("sources[{i}].secrets[{j}]"),
+                                e.to_string(),
+                            )
+                        },
+                    )?;
+                }
+                positive(&at("tolerance_secs"), source.tolerance_secs)?;
+            }
+            let mut ids = HashSet::new();
+            for (j, property) in source.properties.iter().enumerate() {
+                let at = |field: &str| format!("sources[{i}].properties[{j}].{field}");
+                if property.id.is_empty() {
+                    return Err(ConfigError::invalid(at("id"), "must not be empty"));
+                }
+                if !ids.insert(property.id.as_str()) {
+                    return Err(ConfigError::invalid(
+                        at("id"),
+                        format!("property `{}` is listed twice", property.id),
+                    ));
+                }
+                if !is_valid_path_id(&property.org_id) {
+                    return Err(ConfigError::invalid(
+                        at("org_id"),
+                        "must match [A-Za-z0-9_-]{1,64}",
+                    ));
+                }
+                if !is_valid_path_id(&property.integration_id) {
+                    return Err(ConfigError::invalid(
+                        at("integration_id"),
+                        "must match [A-Za-z0-9_-]{1,64}",
+                    ));
+                }
+                if property.effective_role().trim().is_empty() {
+                    return Err(ConfigError::invalid(at("role"), "must not be empty"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The source named `name`, if configured.
+    pub fn source(&self, name: &str) -> Option<&SourceSettings> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        // Serialising plain data structs to TOML cannot fail; the fallback keeps this total.
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError::invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn read_secret_file(path: &Path, key: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Applies `LEASE_SYNC__A__B__0__C=value` to the document. Segments are lower-cased; a
+/// numeric segment indexes an array (the next index appends). The value is read as a TOML
+/// value when it is one (`5000`, `true`, `["a", "b"]`) and as a string otherwise; quote it
+/// (`'"12345"'`) to force a string.
+fn apply_env_override(doc: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let env_err = |message: String| ConfigError::Env {
+        var: var.to_owned(),
+        message,
+    };
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(env_err(
+            "empty key segment (use a double underscore between levels only)".into(),
+        ));
+    }
+    let value = parse_env_value(raw);
+    let mut slot: &mut toml::Value = doc
+        .entry(path[0].clone())
+        .or_insert_with(|| empty_container_for(path.get(1)));
+    for (depth, segment) in path.iter().enumerate().skip(1) {
+        let next = path.get(depth + 1);
+        slot = match slot {
+            toml::Value::Table(table) => table
+                .entry(segment.clone())
+                .or_insert_with(|| empty_container_for(next)),
+            toml::Value::Array(array) => {
+                let index: usize = segment.parse().map_err(|_| {
+                    env_err(format!("`{segment}` indexes a list and must be a number"))
+                })?;
+                let len = array.len();
+                if index == len {
+                    array.push(empty_container_for(next));
+                }
+                array.get_mut(index).ok_or_else(|| {
+                    env_err(format!("index {index} skips entries (the list has {len})"))
+                })?
+            }
+            _ => {
+                return Err(env_err(format!(
+                    "`{}` is not a section",
+                    path[..depth].join(".")
+                )));
+            }
+        };
+    }
+    *slot = value;
+    Ok(())
+}
+
+fn empty_container_for(next_segment: Option<&String>) -> toml::Value {
+    match next_segment {
+        Some(s) if s.parse::<usize>().is_ok() => toml::Value::Array(Vec::new()),
+        _ => toml::Value::Table(toml::Table::new()),
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [openapp]
+        api_key = "k"
+        [[sources]]
+        name = "acme"
+        secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
+        [[sources.properties]]
+        id = "P-17"
+        org_id = "org1"
+        integration_id = "int1"
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_fill_missing_sections() {
+        let s = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        assert_eq!(s.http.body_limit_bytes, 65_536);
+        assert_eq!(s.http.dedupe_ttl_secs, 259_200);
+        assert_eq!(s.sources[0].tolerance_secs, 300);
+        assert_eq!(
+            s.sources[0].properties[0].effective_role(),
+            "virtual_access:integration:int1:resident"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Settings::from_toml_str("[http]\nlisen = \"x\"\n", env(&[])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("lisen"), "{msg}");
+        assert!(msg.contains("http"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_array_entry_is_named() {
+        let text = format!("{MINIMAL}\n[[sources]]\nname = \"b\"\ntolerence_secs = 1\n");
+        let msg = Settings::from_toml_str(&text, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("sources[1]") && msg.contains("tolerence_secs"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_nested_and_indexed_keys() {
+        let s = Settings::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LEASE_SYNC__HTTP__BODY_LIMIT_BYTES", "1024"),
+                ("LEASE_SYNC__OPENAPP__API_KEY", "from-env"),
+                ("LEASE_SYNC__SOURCES__0__TOLERANCE_SECS", "60"),
+                ("LEASE_SYNC__SOURCES__0__PROPERTIES__0__ORG_ID", "\"12345\""),
+                ("OTHER__HTTP__LISTEN", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http.body_limit_bytes, 1024);
+        assert_eq!(s.openapp.api_key.unwrap().expose(), "from-env");
+        assert_eq!(s.sources[0].tolerance_secs, 60);
+        assert_eq!(s.sources[0].properties[0].org_id, "12345");
+    }
+
+    #[test]
+    fn env_typo_is_rejected_by_name() {
+        let msg = Settings::from_toml_str(MINIMAL, env(&[("LEASE_SYNC__HTTP__LISEN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("lisen"), "{msg}");
+    }
+
+    #[test]
+    fn env_index_gap_is_rejected() {
+        let err = Settings::from_toml_str(MINIMAL, env(&[("LEASE_SYNC__SOURCES__5__NAME", "x")]))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Env { .. }), "{err}");
+    }
+
+    #[test]
+    fn redacted_output_hides_secrets_and_redis_password() {
+        let text = format!("{MINIMAL}\n[redis]\nurl = \"redis://:hunter2@127.0.0.1:6379/0\"\n");
+        let s = Settings::from_toml_str(&text, env(&[])).unwrap();
+        let out = s.to_redacted_toml();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(!out.contains("C2FVsBQI"), "{out}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(out.contains("[redacted]"));
+    }
+
+    #[test]
+    fn source_without_secret_is_refused_for_ingest() {
+        let text = MINIMAL.replace("secrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]", "");
+        let s = Settings::from_toml_str(&text, env(&[])).unwrap();
+        let msg = s.validate(Role::Ingest).unwrap_err().to_string();
+        assert!(msg.contains("sources[0].secrets"), "{msg}");
+        // Workers never verify signatures, so they do not need the secrets.
+        s.validate(Role::Work).unwrap();
+    }
+
+    #[test]
+    fn worker_needs_api_key_but_ingest_does_not() {
+        let text = MINIMAL.replace("api_key = \"k\"", "");
+        let s = Settings::from_toml_str(&text, env(&[])).unwrap();
+        assert!(
+            s.validate(Role::Work)
+                .unwrap_err()
+                .to_string()
+                .contains("openapp.api_key")
+        );
+        s.validate(Role::Ingest).unwrap();
+    }
+
+    #[test]
+    fn bad_ids_and_secrets_are_refused() {
+        let bad_integration =
+            MINIMAL.replace("integration_id = \"int1\"", "integration_id = \"a/b\"");
+        let s = Settings::from_toml_str(&bad_integration, env(&[])).unwrap();
+        assert!(
+            s.validate(Role::Serve)
+                .unwrap_err()
+                .to_string()
+                .contains("integration_id")
+        );
+
+        let bad_secret = MINIMAL.replace("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD", "whsec_!!!");
+        let s = Settings::from_toml_str(&bad_secret, env(&[])).unwrap();
+        let msg = s.validate(Role::Serve).unwrap_err().to_string();
+        assert!(
+            msg.contains("sources[0].secrets[0]") && !msg.contains("!!!"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn heartbeat_window_must_cover_call_timeout() {
+        let text = format!("{MINIMAL}\n[worker]\nheartbeat_secs = 1\nmissed_heartbeats = 2\n");
+        let s = Settings::from_toml_str(&text, env(&[])).unwrap();
+        assert!(
+            s.validate(Role::Work)
+                .unwrap_err()
+                .to_string()
+                .contains("missed_heartbeats")
+        );
+    }
+
+    #[test]
+    fn secret_files_are_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "file-key\n").unwrap();
+        std::fs::write(
+            dir.path().join("hooks"),
+            "# comment\nwhsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n\n",
+        )
+        .unwrap();
+        let text = MINIMAL
+            .replace("api_key = \"k\"", "api_key_file = \"key\"")
+            .replace(
+                "secrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]",
+                "secrets_file = \"hooks\"",
+            );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let s = Settings::load(&path, env(&[]), Role::Serve).unwrap();
+        assert_eq!(s.openapp.api_key.unwrap().expose(), "file-key");
+        assert_eq!(s.sources[0].secrets.len(), 1);
+    }
+}

@@ -1,0 +1,442 @@
+//! The lease event: what a property-management system tells us, parsed and validated.
+//!
+//! Pure domain code: no HTTP, no Redis. Parsing happens only after the signature over the
+//! raw bytes has been verified.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Most residents one event may name.
+pub const MAX_RESIDENTS: usize = 50;
+
+/// Longest accepted event id, lease id, property id or unit.
+pub const MAX_ID_LEN: usize = 255;
+
+/// What happened to the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    /// The lease was signed: its residents should get access.
+    #[serde(rename = "lease.signed")]
+    LeaseSigned,
+    /// The lease ended: its residents should lose access.
+    #[serde(rename = "lease.ended")]
+    LeaseEnded,
+}
+
+impl EventType {
+    /// The wire name (`lease.signed`, `lease.ended`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::LeaseSigned => "lease.signed",
+            EventType::LeaseEnded => "lease.ended",
+        }
+    }
+}
+
+impl std::str::FromStr for EventType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "lease.signed" => Ok(EventType::LeaseSigned),
+            "lease.ended" => Ok(EventType::LeaseEnded),
+            other => Err(format!(
+                "unknown event type `{other}` (expected lease.signed or lease.ended)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated lease event (body version 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseEvent {
+    /// Event id; equals the signed `webhook-id` header.
+    pub id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// When it happened at the source.
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    /// The lease.
+    pub lease: Lease,
+    /// The people on the lease (1 to 50, distinct OpenApp user ids).
+    pub residents: Vec<Resident>,
+    /// The access window, if the sender gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessWindow>,
+}
+
+/// The lease an event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The property-management system's lease id.
+    pub id: String,
+    /// The property-management system's building id; maps to an OpenApp integration.
+    pub property_id: String,
+    /// Apartment or unit label, informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+/// A person on the lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resident {
+    /// OpenApp user id; ends up in an OpenApp URL path.
+    pub openapp_user_id: String,
+    /// The sender's own id for the person, informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+/// When access should start and end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessWindow {
+    /// Access begins.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub starts_at: Option<OffsetDateTime>,
+    /// Access ends.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ends_at: Option<OffsetDateTime>,
+}
+
+/// Why a body is not a valid lease event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Not JSON at all (syntax error, truncated, not UTF-8).
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// JSON, but not a valid event; `field` names the offending field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Path of the field (`residents[1].openapp_user_id`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> EventError {
+    EventError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The body as sent; optional wrappers so that every missing field gets a precise message.
+/// Unknown fields are ignored so senders can add fields without breaking ingest.
+#[derive(Deserialize)]
+struct WireEvent {
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    occurred_at: Option<String>,
+    lease: Option<Lease>,
+    residents: Option<Vec<Resident>>,
+    #[serde(default)]
+    access: Option<WireAccess>,
+}
+
+#[derive(Deserialize)]
+struct WireAccess {
+    #[serde(default)]
+    starts_at: Option<String>,
+    #[serde(default)]
+    ends_at: Option<String>,
+}
+
+/// Whether `s` may be used as an id inside an OpenApp URL path: `[A-Za-z0-9_-]{1,64}`.
+pub fn is_valid_path_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `s` is acceptable as an event id: 1 to 255 visible ASCII characters.
+pub fn is_valid_event_id(s: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Parses and validates a version-1 event body whose signed id is `event_id`.
+pub fn parse_event(body: &[u8], event_id: &str) -> Result<LeaseEvent, EventError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(body);
+    let wire: WireEvent = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => invalid(
+                if path == "." { "body".into() } else { path },
+                strip_position(&inner),
+            ),
+            _ => EventError::InvalidJson(inner.to_string()),
+        }
+    })?;
+
+    if let Some(version) = wire.version
+        && version != 1
+    {
+        return Err(invalid(
+            "version",
+            format!("version {version} is not supported (expected 1)"),
+        ));
+    }
+    if let Some(id) = &wire.id
+        && id != event_id
+    {
+        return Err(invalid("id", "must equal the webhook-id header"));
+    }
+    let event_type = wire
+        .event_type
+        .ok_or_else(|| invalid("type", "is required"))?
+        .parse::<EventType>()
+        .map_err(|m| invalid("type", m))?;
+    let occurred_at = parse_time(
+        "occurred_at",
+        wire.occurred_at
+            .as_deref()
+            .ok_or_else(|| invalid("occurred_at", "is required"))?,
+    )?;
+
+    let lease = wire.lease.ok_or_else(|| invalid("lease", "is required"))?;
+    check_text("lease.id", &lease.id)?;
+    check_text("lease.property_id", &lease.property_id)?;
+    if let Some(unit) = &lease.unit {
+        check_len("lease.unit", unit)?;
+    }
+
+    let mut residents = wire
+        .residents
+        .ok_or_else(|| invalid("residents", "is required"))?;
+    if residents.is_empty() || residents.len() > MAX_RESIDENTS {
+        return Err(invalid(
+            "residents",
+            format!(
+                "must hold 1 to {MAX_RESIDENTS} entries, got {}",
+                residents.len()
+            ),
+        ));
+    }
+    for (i, r) in residents.iter().enumerate() {
+        if !is_valid_path_id(&r.openapp_user_id) {
+            return Err(invalid(
+                format!("residents[{i}].openapp_user_id"),
+                "must match [A-Za-z0-9_-]{1,64}",
+            ));
+        }
+        if let Some(ext) = &r.external_id {
+            check_len(&format!("residents[{i}].external_id"), ext)?;
+        }
+    }
+    // The same person listed twice needs one job, not two.
+    let mut seen = std::collections::HashSet::new();
+    residents.retain(|r| seen.insert(r.openapp_user_id.clone()));
+
+    let access = match wire.access {
+        None => None,
+        Some(a) => {
+            let starts_at = a
+                .starts_at
+                .as_deref()
+                .map(|s| parse_time("access.starts_at", s))
+                .transpose()?;
+            let ends_at = a
+                .ends_at
+                .as_deref()
+                .map(|s| parse_time("access.ends_at", s))
+                .transpose()?;
+            if let (Some(s), Some(e)) = (starts_at, ends_at)
+                && e < s
+            {
+                return Err(invalid(
+                    "access.ends_at",
+                    "must not be before access.starts_at",
+                ));
+            }
+            Some(AccessWindow { starts_at, ends_at })
+        }
+    };
+
+    Ok(LeaseEvent {
+        id: event_id.to_owned(),
+        event_type,
+        occurred_at,
+        lease,
+        residents,
+        access,
+    })
+}
+
+fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, EventError> {
+    OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        invalid(
+            field,
+            "must be an RFC 3339 timestamp such as 2026-11-22T10:15:00Z",
+        )
+    })
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), EventError> {
+    if value.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    check_len(field, value)
+}
+
+fn check_len(field: &str, value: &str) -> Result<(), EventError> {
+    if value.len() > MAX_ID_LEN {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_ID_LEN} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// serde_json appends "at line 1 column 42"; the field path already says where.
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{
+      "type": "lease.signed",
+      "occurred_at": "2026-11-22T10:15:00Z",
+      "lease": { "id": "L-1042", "property_id": "P-17", "unit": "4B" },
+      "residents": [ { "openapp_user_id": "01JD3ZJ4Q8W6V5T2N9K7H1M0PX", "external_id": "T-88" } ],
+      "access": { "starts_at": "2026-12-01T00:00:00Z", "ends_at": "2027-11-30T23:59:59Z" }
+    }"#;
+
+    fn field_of(body: &str) -> String {
+        match parse_event(body.as_bytes(), "evt-1") {
+            Err(EventError::Invalid { field, .. }) => field,
+            other => panic!("expected invalid event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sample_event_parses() {
+        let e = parse_event(SAMPLE.as_bytes(), "evt-1").unwrap();
+        assert_eq!(e.event_type, EventType::LeaseSigned);
+        assert_eq!(e.lease.property_id, "P-17");
+        assert_eq!(e.residents.len(), 1);
+        assert!(e.access.unwrap().starts_at.is_some());
+    }
+
+    #[test]
+    fn syntax_errors_are_invalid_json() {
+        for body in ["", "{", "not json", "{\"type\": }", "\u{0}"] {
+            assert!(
+                matches!(
+                    parse_event(body.as_bytes(), "e"),
+                    Err(EventError::InvalidJson(_))
+                ),
+                "{body:?}"
+            );
+        }
+        assert!(matches!(
+            parse_event(&[0xff, 0xfe], "e"),
+            Err(EventError::InvalidJson(_))
+        ));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(
+            field_of(&SAMPLE.replace("lease.signed", "lease.renewed")),
+            "type"
+        );
+        assert_eq!(
+            field_of(&SAMPLE.replace("2026-11-22T10:15:00Z", "yesterday")),
+            "occurred_at"
+        );
+        assert_eq!(
+            field_of(&SAMPLE.replace("01JD3ZJ4Q8W6V5T2N9K7H1M0PX", "../admin")),
+            "residents[0].openapp_user_id"
+        );
+        assert_eq!(field_of(&SAMPLE.replace("\"L-1042\"", "\"\"")), "lease.id");
+        assert_eq!(field_of(&SAMPLE.replace("\"L-1042\"", "42")), "lease.id");
+        assert_eq!(
+            field_of(&SAMPLE.replace("\"unit\": \"4B\"", "\"unit\": 4")),
+            "lease.unit"
+        );
+        assert_eq!(
+            field_of(&SAMPLE.replace("2027-11-30T23:59:59Z", "2026-01-01T00:00:00Z")),
+            "access.ends_at"
+        );
+        assert_eq!(field_of("[]"), "body");
+        assert_eq!(field_of("{}"), "type");
+        assert_eq!(
+            field_of(
+                r#"{"type":"lease.ended","occurred_at":"2026-11-22T10:15:00Z","lease":{"id":"L","property_id":"P"},"residents":[]}"#
+            ),
+            "residents"
+        );
+    }
+
+    #[test]
+    fn body_id_must_match_the_signed_id() {
+        let body = SAMPLE.replacen('{', "{\"id\": \"evt-2\",", 1);
+        assert_eq!(field_of(&body), "id");
+        let body = SAMPLE.replacen('{', "{\"id\": \"evt-1\",", 1);
+        assert!(parse_event(body.as_bytes(), "evt-1").is_ok());
+    }
+
+    #[test]
+    fn too_many_residents_are_refused_and_duplicates_merged() {
+        let one = r#"{ "openapp_user_id": "u1" }"#;
+        let many = vec![one; 51].join(",");
+        let body = SAMPLE.replace(
+            r#"[ { "openapp_user_id": "01JD3ZJ4Q8W6V5T2N9K7H1M0PX", "external_id": "T-88" } ]"#,
+            &format!("[{many}]"),
+        );
+        assert_eq!(field_of(&body), "residents");
+        let twice = SAMPLE.replace(
+            r#"[ { "openapp_user_id": "01JD3ZJ4Q8W6V5T2N9K7H1M0PX", "external_id": "T-88" } ]"#,
+            &format!("[{one},{one}]"),
+        );
+        assert_eq!(
+            parse_event(twice.as_bytes(), "evt-1")
+                .unwrap()
+                .residents
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn path_ids() {
+        assert!(is_valid_path_id("01JD3ZJ4Q8W6V5T2N9K7H1M0PX"));
+        assert!(is_valid_path_id("a_b-C"));
+        assert!(!is_valid_path_id(""));
+        assert!(!is_valid_path_id(&"a".repeat(65)));
+        assert!(!is_valid_path_id("a b"));
+        assert!(!is_valid_path_id("a%2F"));
+    }
+}

@@ -1,0 +1,44 @@
+//! Liveness and readiness.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// Readiness waits at most this long for Redis.
+const READY_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `GET /healthz`: the process is up and serving.
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: Redis answers and, where this process runs workers, they are running.
+pub(super) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let redis = match state.queue.ping(READY_REDIS_TIMEOUT).await {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => format!("unavailable: {e}"),
+    };
+    let workers = state.workers.as_ref().map(|w| {
+        if w.is_running() {
+            "running"
+        } else {
+            "not running"
+        }
+    });
+    let ready = redis == "ok" && workers.is_none_or(|w| w == "running");
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = json!({"status": if ready { "ready" } else { "not_ready" }, "redis": redis});
+    if let Some(w) = workers {
+        body["workers"] = json!(w);
+    }
+    (status, Json(body))
+}

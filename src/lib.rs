@@ -1,0 +1,28 @@
+//! lease-sync keeps the residents of shared apartment buildings in sync with OpenApp.
+//!
+//! A property-management system posts a signed webhook when a lease is signed or ends;
+//! lease-sync verifies it, queues one job per resident in Redis, and workers add or remove
+//! that resident as an OpenApp building user.
+//!
+//! # Layout
+//! * [`config`]: the TOML configuration and its environment overrides.
+//! * [`event`]: the lease event and its validation (pure domain, no I/O).
+//! * [`signature`]: webhook signature schemes (pure).
+//! * [`http`]: the webhook listener (the only axum code besides the sandbox).
+//! * [`queue`]: delivery jobs in Redis, in apalis-redis's layout.
+//! * [`worker`]: apalis workers and their supervisor.
+//! * [`openapp`]: the OpenApp client (the only reqwest code besides `send-test-event`).
+//! * [`sandbox`]: a local OpenApp emulator for integrators and tests.
+//! * [`app`]: wiring and shutdown; [`cli`]: the command line; [`telemetry`]: logs.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod openapp;
+pub mod queue;
+pub mod sandbox;
+pub mod signature;
+pub mod telemetry;
+pub mod worker;

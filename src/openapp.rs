@@ -1,0 +1,369 @@
+//! The OpenApp client: the three building-users operations, as the contract in
+//! `shared/openapp/` describes them. The only module that knows reqwest.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde::Serialize;
+use url::Url;
+
+use crate::config::{AuthScheme, OpenAppSettings, Secret};
+
+/// Most bytes of an error body read to find its `message`.
+const ERROR_BODY_LIMIT: usize = 4096;
+
+/// Longest error message kept from a response.
+const MESSAGE_LIMIT: usize = 300;
+
+/// What a successful call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// OpenApp made the change (201 on add, 204 on remove, or another 2xx).
+    Applied(u16),
+    /// It was already so: 409 on add (already present), 404 on remove (already absent).
+    AlreadyDone(u16),
+}
+
+/// How a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No HTTP answer: connect failure, timeout, reset.
+    #[error("{kind} error calling OpenApp: {message}")]
+    Transport {
+        /// `timeout`, `connect` or `io`.
+        kind: &'static str,
+        /// Details, without credentials.
+        message: String,
+    },
+    /// OpenApp answered with a status that is not success for this operation.
+    #[error("OpenApp answered {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The body's `message`, if it had one.
+        message: Option<String>,
+        /// The body's `error_code` (or `code`), if any.
+        error_code: Option<String>,
+        /// `X-Request-Id` (or the body's correlation id), for OpenApp support.
+        request_id: Option<String>,
+        /// The `Retry-After` header as sent.
+        retry_after: Option<String>,
+    },
+}
+
+impl CallError {
+    /// Whether trying again later may succeed: transport errors, 408, 425, 429, 5xx, and
+    /// 401/403, which an operator can fix by correcting the key or its roles.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CallError::Transport { .. } => true,
+            CallError::Status { status, .. } => {
+                matches!(status, 401 | 403 | 408 | 425 | 429) || (500..=599).contains(status)
+            }
+        }
+    }
+
+    /// The HTTP status, if OpenApp answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Status { status, .. } => Some(*status),
+            CallError::Transport { .. } => None,
+        }
+    }
+
+    /// OpenApp's request id, if it sent one.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            CallError::Status { request_id, .. } => request_id.as_deref(),
+            CallError::Transport { .. } => None,
+        }
+    }
+}
+
+/// Errors building the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    /// `openapp.base_url` is not an absolute http(s) URL.
+    #[error("openapp.base_url is not a usable URL: {0}")]
+    BaseUrl(String),
+    /// `openapp.api_key` is missing or cannot be sent in a header.
+    #[error("openapp.api_key is missing or contains characters not allowed in a header")]
+    ApiKey,
+    /// The HTTP client could not be set up (TLS roots).
+    #[error("cannot build HTTP client: {0}")]
+    Http(String),
+}
+
+#[derive(Serialize)]
+struct AddBuildingUserPayload<'a> {
+    user_id: &'a str,
+    role: &'a str,
+}
+
+/// Client for one OpenApp deployment. Cheap to clone.
+#[derive(Clone)]
+pub struct OpenAppClient {
+    http: reqwest::Client,
+    base_url: Url,
+    auth_header: (&'static str, HeaderValue),
+}
+
+impl std::fmt::Debug for OpenAppClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAppClient")
+            .field("base_url", &self.base_url.as_str())
+            .field("auth", &self.auth_header.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenAppClient {
+    /// Builds a client from `[openapp]`.
+    pub fn new(settings: &OpenAppSettings) -> Result<Self, ClientBuildError> {
+        let base_url =
+            Url::parse(&settings.base_url).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))?;
+        if base_url.cannot_be_a_base() || !matches!(base_url.scheme(), "http" | "https") {
+            return Err(ClientBuildError::BaseUrl(
+                "must be an absolute http(s) URL".into(),
+            ));
+        }
+        let key = settings.api_key.as_ref().ok_or(ClientBuildError::ApiKey)?;
+        let auth_header = auth_header(settings.auth, key)?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("lease-sync/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            // A redirect could carry the key to another host; OpenApp never redirects these calls.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ClientBuildError::Http(e.to_string()))?;
+        Ok(Self {
+            http,
+            base_url,
+            auth_header,
+        })
+    }
+
+    /// `POST /integrations/{integration_id}/building-users` with `{user_id, role}`.
+    /// 409 means the user is already there, which is success.
+    pub async fn add_building_user(
+        &self,
+        org_id: &str,
+        integration_id: &str,
+        user_id: &str,
+        role: &str,
+    ) -> Result<CallOutcome, CallError> {
+        let url = self.url(&["integrations", integration_id, "building-users"]);
+        let request = self
+            .http
+            .post(url)
+            .headers(self.headers(org_id))
+            .json(&AddBuildingUserPayload { user_id, role });
+        let response = send(request).await?;
+        match response.status() {
+            s if s.is_success() => Ok(CallOutcome::Applied(s.as_u16())),
+            StatusCode::CONFLICT => Ok(CallOutcome::AlreadyDone(409)),
+            _ => Err(status_error(response).await),
+        }
+    }
+
+    /// `DELETE /integrations/{integration_id}/building-users/{user_id}`.
+    /// 404 means the user is already gone, which is success.
+    pub async fn remove_building_user(
+        &self,
+        org_id: &str,
+        integration_id: &str,
+        user_id: &str,
+    ) -> Result<CallOutcome, CallError> {
+        let url = self.url(&["integrations", integration_id, "building-users", user_id]);
+        let response = send(self.http.delete(url).headers(self.headers(org_id))).await?;
+        match response.status() {
+            s if s.is_success() => Ok(CallOutcome::Applied(s.as_u16())),
+            StatusCode::NOT_FOUND => Ok(CallOutcome::AlreadyDone(404)),
+            _ => Err(status_error(response).await),
+        }
+    }
+
+    /// The base URL with `segments` appended, each percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base_url.clone();
+        // `cannot_be_a_base` was ruled out in `new`, so path segments are available.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    fn headers(&self, org_id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let (name, value) = &self.auth_header;
+        headers.insert(*name, value.clone());
+        // Org ids are validated against [A-Za-z0-9_-] at config load, so this cannot fail.
+        if let Ok(org) = HeaderValue::from_str(org_id) {
+            headers.insert("x-org", org);
+        }
+        headers
+    }
+}
+
+fn auth_header(
+    scheme: AuthScheme,
+    key: &Secret,
+) -> Result<(&'static str, HeaderValue), ClientBuildError> {
+    let (name, raw) = match scheme {
+        AuthScheme::Bearer => ("authorization", format!("Bearer {}", key.expose())),
+        AuthScheme::XApiKey => ("x-api-key", key.expose().to_owned()),
+    };
+    let mut value = HeaderValue::from_str(&raw).map_err(|_| ClientBuildError::ApiKey)?;
+    // Keeps the key out of reqwest's and hyper's debug output.
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
+    request.send().await.map_err(|e| {
+        let kind = if e.is_timeout() {
+            "timeout"
+        } else if e.is_connect() {
+            "connect"
+        } else {
+            "io"
+        };
+        // The URL carries no credentials; the error chain is safe to keep.
+        CallError::Transport {
+            kind,
+            message: error_chain(&e),
+        }
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+async fn status_error(mut response: reqwest::Response) -> CallError {
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| clean(v, 128))
+    };
+    let retry_after = header("retry-after");
+    let mut request_id = header("x-request-id").or_else(|| header("x-correlation-id"));
+
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(ERROR_BODY_LIMIT);
+    let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let field = |names: &[&str]| {
+        json.as_ref().and_then(|j| {
+            names
+                .iter()
+                .find_map(|n| j.get(*n).and_then(|v| v.as_str()))
+                .map(|v| clean(v, MESSAGE_LIMIT))
+        })
+    };
+    let message = field(&["message"]).or_else(|| {
+        // Not JSON: keep a short, printable excerpt so the operator sees something.
+        let text = String::from_utf8_lossy(&body);
+        let text = clean(text.trim(), MESSAGE_LIMIT);
+        (!text.is_empty() && json.is_none()).then_some(text)
+    });
+    let error_code = field(&["error_code", "code"]);
+    if request_id.is_none() {
+        request_id = field(&["correlationId", "correlation_id"]);
+    }
+    CallError::Status {
+        status,
+        message,
+        error_code,
+        request_id,
+        retry_after,
+    }
+}
+
+/// Truncates to `limit` characters and drops control characters, so a hostile or broken
+/// answer cannot forge log lines.
+fn clean(s: &str, limit: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(limit).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> OpenAppClient {
+        let settings = OpenAppSettings {
+            base_url: base.into(),
+            api_key: Some(Secret::new("k")),
+            ..OpenAppSettings::default()
+        };
+        OpenAppClient::new(&settings).unwrap()
+    }
+
+    #[test]
+    fn urls_are_joined_and_encoded() {
+        let c = client("https://api.openapp.house/api/v1");
+        assert_eq!(
+            c.url(&["integrations", "01H", "building-users", "a/b c"])
+                .as_str(),
+            "https://api.openapp.house/api/v1/integrations/01H/building-users/a%2Fb%20c"
+        );
+        let c = client("http://127.0.0.1:9/api/v1/");
+        assert_eq!(
+            c.url(&["integrations", "x", "building-users"]).as_str(),
+            "http://127.0.0.1:9/api/v1/integrations/x/building-users"
+        );
+    }
+
+    #[test]
+    fn classification() {
+        let status = |s| CallError::Status {
+            status: s,
+            message: None,
+            error_code: None,
+            request_id: None,
+            retry_after: None,
+        };
+        for s in [401, 403, 408, 425, 429, 500, 502, 503, 504] {
+            assert!(status(s).is_retryable(), "{s}");
+        }
+        for s in [400, 404, 405, 410, 422] {
+            assert!(!status(s).is_retryable(), "{s}");
+        }
+        assert!(
+            CallError::Transport {
+                kind: "timeout",
+                message: String::new()
+            }
+            .is_retryable()
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let c = client("https://api.openapp.house/api/v1");
+        assert!(!format!("{c:?}").contains("Bearer"));
+    }
+
+    #[test]
+    fn clean_strips_control_characters() {
+        assert_eq!(clean("a\nb\u{1b}[31mc", 10), "ab[31mc");
+        assert_eq!(clean("abcdef", 3), "abc");
+    }
+}

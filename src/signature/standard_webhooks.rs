@@ -1,0 +1,394 @@
+//! Standard Webhooks 1.0 (also what Svix sends).
+//!
+//! Headers `webhook-id`, `webhook-timestamp` (Unix seconds) and `webhook-signature`, a
+//! space-separated list of `v1,<base64 HMAC-SHA256>` entries over
+//! `{webhook-id}.{webhook-timestamp}.{raw body}`. Secrets are `whsec_` + base64 of the key.
+//! Entries of other versions (`v1a,` for ed25519) are skipped, not errors, so a sender can
+//! add signatures we do not check yet.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretBox};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::SignatureError;
+
+/// Header carrying the message id.
+pub const ID_HEADER: &str = "webhook-id";
+/// Header carrying the Unix timestamp in seconds.
+pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
+/// Header carrying the signatures.
+pub const SIGNATURE_HEADER: &str = "webhook-signature";
+
+/// Prefix of a Standard Webhooks symmetric secret.
+pub const SECRET_PREFIX: &str = "whsec_";
+
+/// Length in bytes of an HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
+
+/// More entries than any sender rotating keys would send; caps work per request.
+const MAX_SIGNATURES: usize = 16;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a configured secret cannot be used. Never contains the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// The part after `whsec_` is not base64.
+    #[error("secret is not base64 after the `whsec_` prefix")]
+    NotBase64,
+    /// The key is empty or too short to be a real secret.
+    #[error("secret key is {0} bytes; at least 16 are required")]
+    TooShort(usize),
+}
+
+/// Decodes a secret into HMAC key bytes: `whsec_` + base64 is decoded; a value without the
+/// prefix is taken as base64 too, as the reference libraries do.
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SecretError> {
+    let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
+    let key = BASE64
+        .decode(encoded.trim())
+        .map_err(|_| SecretError::NotBase64)?;
+    if key.len() < 16 {
+        return Err(SecretError::TooShort(key.len()));
+    }
+    Ok(key)
+}
+
+/// The three signed headers of one request, as sent (absent = `None`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SignedHeaders<'a> {
+    /// `webhook-id`.
+    pub id: Option<&'a str>,
+    /// `webhook-timestamp`.
+    pub timestamp: Option<&'a str>,
+    /// `webhook-signature`.
+    pub signature: Option<&'a str>,
+}
+
+/// What a successful verification vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The signed message id, used as the event id.
+    pub id: String,
+    /// The signed timestamp.
+    pub timestamp: i64,
+}
+
+/// Verifies requests of one source against its active secrets.
+pub struct Verifier {
+    keys: Vec<SecretBox<Vec<u8>>>,
+    tolerance_secs: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .field("tolerance_secs", &self.tolerance_secs)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// A verifier accepting a signature by any of `secrets`.
+    pub fn new<'a>(
+        secrets: impl IntoIterator<Item = &'a str>,
+        tolerance_secs: u64,
+    ) -> Result<Self, SecretError> {
+        let keys = secrets
+            .into_iter()
+            .map(|s| decode_secret(s).map(|k| SecretBox::new(Box::new(k))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            keys,
+            tolerance_secs,
+        })
+    }
+
+    /// Verifies `body` as received at Unix time `now`. The signature is checked before the
+    /// timestamp's age, so only authentic requests learn that they are stale.
+    pub fn verify(
+        &self,
+        headers: SignedHeaders<'_>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Verified, SignatureError> {
+        let id = non_empty(headers.id).ok_or(SignatureError::Missing(ID_HEADER))?;
+        let timestamp_text =
+            non_empty(headers.timestamp).ok_or(SignatureError::Missing(TIMESTAMP_HEADER))?;
+        let signature_header =
+            non_empty(headers.signature).ok_or(SignatureError::Missing(SIGNATURE_HEADER))?;
+
+        if timestamp_text.len() > 20 || !timestamp_text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SignatureError::Invalid(
+                "webhook-timestamp must be an integer number of seconds",
+            ));
+        }
+        let timestamp: i64 = timestamp_text.parse().map_err(|_| {
+            SignatureError::Invalid("webhook-timestamp must be an integer number of seconds")
+        })?;
+
+        let candidates = parse_signatures(signature_header)?;
+        let content = signed_content(id, timestamp_text, body);
+        let authentic = self.keys.iter().any(|key| {
+            let tag = hmac_tag(key.expose_secret(), &content);
+            // Every candidate is compared, whatever the earlier outcome, in constant time.
+            candidates
+                .iter()
+                .fold(subtle::Choice::from(0), |acc, c| {
+                    acc | c.as_slice().ct_eq(&tag)
+                })
+                .into()
+        });
+        if !authentic {
+            return Err(SignatureError::Invalid(
+                "no signature matches an active secret for this source",
+            ));
+        }
+
+        let skew = now.saturating_sub(timestamp);
+        if skew.unsigned_abs() > self.tolerance_secs {
+            return Err(SignatureError::Stale {
+                age_secs: skew.unsigned_abs(),
+                direction: if skew > 0 { "behind" } else { "ahead of" },
+                tolerance_secs: self.tolerance_secs,
+            });
+        }
+        Ok(Verified {
+            id: id.to_owned(),
+            timestamp,
+        })
+    }
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Decodes the `v1,` entries; wrong-length tags are rejected here, before any comparison,
+/// which is what closes the `v1,` bypass of CVE-2024-21491.
+fn parse_signatures(header: &str) -> Result<Vec<[u8; TAG_LEN]>, SignatureError> {
+    let mut out = Vec::new();
+    for (n, entry) in header.split(' ').filter(|e| !e.is_empty()).enumerate() {
+        if n >= MAX_SIGNATURES {
+            return Err(SignatureError::Invalid(
+                "webhook-signature holds too many entries",
+            ));
+        }
+        let Some((version, encoded)) = entry.split_once(',') else {
+            return Err(SignatureError::Invalid(
+                "webhook-signature entries must look like v1,<base64>",
+            ));
+        };
+        if version != "v1" {
+            continue;
+        }
+        let decoded = BASE64
+            .decode(encoded)
+            .map_err(|_| SignatureError::Invalid("webhook-signature v1 entry is not base64"))?;
+        let tag: [u8; TAG_LEN] = decoded.try_into().map_err(|_| {
+            SignatureError::Invalid("webhook-signature v1 entry has the wrong length")
+        })?;
+        out.push(tag);
+    }
+    if out.is_empty() {
+        return Err(SignatureError::Invalid(
+            "webhook-signature holds no v1 signature",
+        ));
+    }
+    Ok(out)
+}
+
+fn signed_content(id: &str, timestamp: &str, body: &[u8]) -> Vec<u8> {
+    let mut content = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
+    content.extend_from_slice(id.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(timestamp.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(body);
+    content
+}
+
+fn hmac_tag(key: &[u8], content: &[u8]) -> [u8; TAG_LEN] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(content);
+    mac.finalize().into_bytes().into()
+}
+
+/// Signs like a Standard Webhooks sender: returns the `webhook-signature` value `v1,<base64>`.
+/// Used by `send-test-event` and the tests.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, SecretError> {
+    let key = decode_secret(secret)?;
+    let tag = hmac_tag(&key, &signed_content(id, &timestamp.to_string(), body));
+    Ok(format!("v1,{}", BASE64.encode(tag)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Public vector shared by Svix and Standard Webhooks (svix-webhooks rust/src/webhooks.rs).
+    const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    const ID: &str = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk";
+    const TS: i64 = 1_649_367_553;
+    const BODY: &[u8] = br#"{"email":"test@example.com","username":"test_user"}"#;
+    const SIG: &str = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+
+    fn verifier() -> Verifier {
+        Verifier::new([SECRET], 300).unwrap()
+    }
+
+    fn headers<'a>(ts: &'a str, sig: &'a str) -> SignedHeaders<'a> {
+        SignedHeaders {
+            id: Some(ID),
+            timestamp: Some(ts),
+            signature: Some(sig),
+        }
+    }
+
+    #[test]
+    fn public_vector_signs_and_verifies() {
+        assert_eq!(sign(SECRET, ID, TS, BODY).unwrap(), SIG);
+        let ok = verifier()
+            .verify(headers("1649367553", SIG), BODY, TS)
+            .unwrap();
+        assert_eq!(ok.id, ID);
+    }
+
+    #[test]
+    fn any_of_several_signatures_may_match() {
+        let header = format!("v1,Ym9ndXNib2d1c2JvZ3VzYm9ndXNib2d1c2JvZ3VzMTI= v1a,xyz {SIG}");
+        verifier()
+            .verify(headers("1649367553", &header), BODY, TS)
+            .unwrap();
+    }
+
+    #[test]
+    fn any_active_secret_may_sign() {
+        let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let v = Verifier::new([other, SECRET], 300).unwrap();
+        v.verify(headers("1649367553", SIG), BODY, TS).unwrap();
+    }
+
+    #[test]
+    fn tampering_is_rejected() {
+        let mut body = BODY.to_vec();
+        body[3] ^= 1;
+        assert_eq!(
+            verifier()
+                .verify(headers("1649367553", SIG), &body, TS)
+                .unwrap_err()
+                .code(),
+            "invalid_signature"
+        );
+        assert_eq!(
+            verifier()
+                .verify(headers("1649367554", SIG), BODY, TS)
+                .unwrap_err()
+                .code(),
+            "invalid_signature"
+        );
+        let wrong = Verifier::new(["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"], 300).unwrap();
+        assert_eq!(
+            wrong
+                .verify(headers("1649367553", SIG), BODY, TS)
+                .unwrap_err()
+                .code(),
+            "invalid_signature"
+        );
+    }
+
+    #[test]
+    fn wrong_length_and_malformed_signatures_are_rejected() {
+        for sig in [
+            "v1,",
+            "v1",
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3",
+            "v1,!!!",
+            "v2,abc",
+            "v1a,abc",
+            "   ",
+        ] {
+            let err = verifier()
+                .verify(headers("1649367553", sig), BODY, TS)
+                .unwrap_err();
+            assert!(
+                matches!(err.code(), "invalid_signature" | "missing_signature"),
+                "{sig:?} → {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stale_and_future_timestamps_are_rejected_after_the_signature_check() {
+        let err = verifier()
+            .verify(headers("1649367553", SIG), BODY, TS + 301)
+            .unwrap_err();
+        assert_eq!(err.code(), "stale_timestamp");
+        let err = verifier()
+            .verify(headers("1649367553", SIG), BODY, TS - 301)
+            .unwrap_err();
+        assert_eq!(err.code(), "stale_timestamp");
+        verifier()
+            .verify(headers("1649367553", SIG), BODY, TS + 300)
+            .unwrap();
+        // A forged request learns nothing about the clock.
+        let forged = verifier().verify(
+            headers(
+                "1649367553",
+                "v1,Ym9ndXNib2d1c2JvZ3VzYm9ndXNib2d1c2JvZ3VzMTI=",
+            ),
+            BODY,
+            TS + 9999,
+        );
+        assert_eq!(forged.unwrap_err().code(), "invalid_signature");
+    }
+
+    #[test]
+    fn missing_headers_are_named() {
+        let v = verifier();
+        let mut h = headers("1649367553", SIG);
+        h.id = None;
+        assert_eq!(
+            v.verify(h, BODY, TS).unwrap_err(),
+            SignatureError::Missing(ID_HEADER)
+        );
+        let mut h = headers("1649367553", SIG);
+        h.timestamp = Some("");
+        assert_eq!(
+            v.verify(h, BODY, TS).unwrap_err(),
+            SignatureError::Missing(TIMESTAMP_HEADER)
+        );
+        let mut h = headers("1649367553", SIG);
+        h.signature = None;
+        assert_eq!(
+            v.verify(h, BODY, TS).unwrap_err().code(),
+            "missing_signature"
+        );
+        for ts in ["-5", "1e9", "99999999999999999999999", "12a"] {
+            assert_eq!(
+                v.verify(headers(ts, SIG), BODY, TS).unwrap_err().code(),
+                "invalid_signature",
+                "{ts}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_must_decode() {
+        assert_eq!(
+            decode_secret("whsec_!!!").unwrap_err(),
+            SecretError::NotBase64
+        );
+        assert_eq!(
+            decode_secret("whsec_YWJj").unwrap_err(),
+            SecretError::TooShort(3)
+        );
+        assert!(format!("{:?}", verifier()).contains("redacted"));
+    }
+}
