@@ -1,0 +1,198 @@
+//! The command line: check-config, send-test-event, serve's shutdown.
+
+use std::process::Command;
+use std::time::Duration;
+
+use lease_sync::config::Role;
+
+use crate::support::redis::free_port;
+use crate::support::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn lease_sync(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lease-sync"))
+        .args(args)
+        .output()
+        .expect("run lease-sync")
+}
+
+#[test]
+fn check_config_prints_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let config = config_toml(
+        "redis://:hunter2@127.0.0.1:6390",
+        "ns",
+        "https://api.openapp.house/api/v1",
+        "127.0.0.1:8080",
+    );
+    std::fs::write(&path, config).unwrap();
+    let out = lease_sync(&["check-config", "--config", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("dedupe_ttl_secs = 259200"),
+        "defaults are shown:\n{stdout}"
+    );
+    assert!(stdout.contains("[redacted]"));
+    for secret in ["hunter2", "C2FVsBQI", "MfKQ9r8G", "testsecret"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked"
+        );
+    }
+}
+
+#[test]
+fn check_config_names_the_problem_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let good = config_toml(
+        "redis://127.0.0.1:6390",
+        "ns",
+        "https://api.openapp.house/api/v1",
+        "127.0.0.1:8080",
+    );
+    for (broken, needle) in [
+        (good.replace("body_limit_bytes", "body_limit"), "body_limit"),
+        (
+            good.replace("scheme = \"standard-webhooks\"", "scheme = \"none\""),
+            "scheme",
+        ),
+        (
+            good.replace("timeout_ms = 1000", "timeout_ms = \"soon\""),
+            "openapp.timeout_ms",
+        ),
+        (
+            good.replace(
+                &format!("integration_id = \"{INTEGRATION}\""),
+                "integration_id = \"a b\"",
+            ),
+            "integration_id",
+        ),
+        ("this is not toml".to_owned(), "not valid TOML"),
+    ] {
+        std::fs::write(&path, &broken).unwrap();
+        let out = lease_sync(&["check-config", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+    }
+    let out = lease_sync(&["check-config", "--config", "/nonexistent/lease-sync.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lease-sync.toml"));
+}
+
+#[test]
+fn environment_overrides_config_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        config_toml(
+            "redis://127.0.0.1:6390",
+            "ns",
+            "https://x.test/api/v1",
+            "127.0.0.1:8080",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lease-sync"))
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .env("LEASE_SYNC__WORKER__CONCURRENCY", "3")
+        .env("LEASE_SYNC__SOURCES__0__TOLERANCE_SECS", "42")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("concurrency = 3") && stdout.contains("tolerance_secs = 42"),
+        "{stdout}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lease-sync"))
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .env("LEASE_SYNC__WORKER__CONCURENCY", "3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("concurency"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_event_posts_a_signed_event_and_prints_curl() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_toml(
+        &redis.url(),
+        &namespace(),
+        "http://127.0.0.1:9/api/v1",
+        "127.0.0.1:0",
+    );
+    let ingest = TestApp::start(&config, Role::Ingest).await;
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &config).unwrap();
+    let url = ingest.webhook_url(SOURCE);
+    let out = tokio::task::spawn_blocking(move || {
+        lease_sync(&[
+            "send-test-event",
+            "--config",
+            path.to_str().unwrap(),
+            "--source",
+            SOURCE,
+            "--type",
+            "lease.signed",
+            "--lease",
+            "L-1",
+            "--property",
+            PROPERTY,
+            "--user",
+            "01JD3ZJ4Q8W6V5T2N9K7H1M0PX",
+            "--url",
+            &url,
+        ])
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("curl -sS -X POST") && stdout.contains("webhook-signature: v1,"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"status\":\"queued\""), "{stdout}");
+    assert!(!stdout.contains("C2FVsBQI"), "the secret is never printed");
+    assert_eq!(ingest.queue().counts().await.unwrap().ready, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_on_sigterm_with_exit_0() {
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config_toml(
+        &redis.url(),
+        &namespace(),
+        &openapp.base_url,
+        &format!("127.0.0.1:{port}"),
+    );
+    let mut serve = LeaseSyncProcess::spawn(dir.path(), "serve", &["serve"], Some(&config));
+    let body = wait_until("serve to be ready", LIMIT, || async {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r.json::<serde_json::Value>().await.ok()?)
+    })
+    .await;
+    assert_eq!(body["workers"], "running");
+    let status = serve.terminate(LIMIT).await;
+    assert!(status.success(), "{}", serve.log());
+    assert!(serve.log().contains("stopped"));
+}

@@ -1,0 +1,223 @@
+//! Workers against the sandbox OpenApp: the calls they make, and how failures end.
+
+use std::time::Duration;
+
+use lease_sync::config::Role;
+use lease_sync::sandbox::Fault;
+use serde_json::json;
+
+use crate::support::*;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn serve() -> (RedisServer, FakeOpenApp, TestApp) {
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::start().await;
+    let app = TestApp::start(
+        &config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0"),
+        Role::Serve,
+    )
+    .await;
+    (redis, openapp, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_lease_adds_each_resident_and_ended_lease_removes_them() {
+    let (_redis, openapp, app) = serve().await;
+    let users = ["01JD3ZJ4Q8W6V5T2N9K7H1M0PX", "01JD3ZJ4Q8W6V5T2N9K7H1M0PY"];
+
+    let reply = post_event(
+        &app,
+        "evt-signed",
+        event_body("lease.signed", "L-1042", &users),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let calls = tokio::time::timeout(LIMIT, openapp.sandbox.wait_for_calls(2))
+        .await
+        .expect("two POSTs");
+    assert_eq!(calls.len(), 2);
+    let mut seen = Vec::new();
+    for call in &calls {
+        assert_eq!(call.method, "POST");
+        assert_eq!(
+            call.path,
+            format!("/api/v1/integrations/{INTEGRATION}/building-users")
+        );
+        assert_eq!(
+            call.authorization.as_deref(),
+            Some(format!("Bearer {API_KEY}").as_str())
+        );
+        assert_eq!(call.x_org.as_deref(), Some(ORG));
+        assert_eq!(call.status, 201);
+        let body = call.body.clone().expect("a JSON body");
+        assert_eq!(body["role"], json!(role()));
+        assert_eq!(
+            body.as_object().unwrap().len(),
+            2,
+            "exactly user_id and role: {body}"
+        );
+        seen.push(body["user_id"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, users);
+    assert_eq!(openapp.sandbox.members(INTEGRATION).len(), 2);
+
+    let reply = post_event(
+        &app,
+        "evt-ended",
+        event_body("lease.ended", "L-1042", &users[..1]),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    let calls = tokio::time::timeout(LIMIT, openapp.sandbox.wait_for_calls(3))
+        .await
+        .expect("a DELETE");
+    let delete = &calls[2];
+    assert_eq!(delete.method, "DELETE");
+    assert_eq!(
+        delete.path,
+        format!(
+            "/api/v1/integrations/{INTEGRATION}/building-users/{}",
+            users[0]
+        )
+    );
+    assert_eq!(delete.x_org.as_deref(), Some(ORG));
+    assert_eq!(
+        delete.authorization.as_deref(),
+        Some(format!("Bearer {API_KEY}").as_str())
+    );
+    assert_eq!(delete.status, 204);
+    let members = openapp.sandbox.members(INTEGRATION);
+    assert_eq!(members.keys().collect::<Vec<_>>(), vec![users[1]]);
+
+    let counts = wait_drained(&app.queue(), LIMIT).await;
+    assert_eq!((counts.done, counts.dead), (3, 0));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_until_the_call_succeeds() {
+    let (_redis, openapp, app) = serve().await;
+    openapp.sandbox.push_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+    });
+    openapp.sandbox.push_fault(Fault::Status {
+        status: 429,
+        retry_after: Some("1".into()),
+    });
+
+    let reply = post_event(
+        &app,
+        "evt-retry",
+        event_body("lease.signed", "L-7", &["user-7"]),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    wait_until("the resident to be added", LIMIT, || async {
+        openapp
+            .sandbox
+            .members(INTEGRATION)
+            .contains_key("user-7")
+            .then_some(())
+    })
+    .await;
+    let statuses: Vec<u16> = openapp.sandbox.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, vec![503, 429, 201]);
+    let counts = wait_drained(&app.queue(), LIMIT).await;
+    assert_eq!((counts.done, counts.dead), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_rejection_is_not_retried() {
+    let (_redis, openapp, app) = serve().await;
+    openapp.sandbox.push_fault(Fault::Status {
+        status: 400,
+        retry_after: None,
+    });
+
+    post_event(
+        &app,
+        "evt-400",
+        event_body("lease.signed", "L-8", &["user-8"]),
+    )
+    .await;
+    let counts = wait_until("the job to be given up", LIMIT, || async {
+        let c = app.queue().counts().await.ok()?;
+        (c.dead == 1).then_some(c)
+    })
+    .await;
+    assert_eq!(counts.done, 0);
+    assert_eq!(openapp.sandbox.calls().len(), 1, "a 400 is final: one call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_at_max_attempts() {
+    let (_redis, openapp, app) = serve().await;
+    for _ in 0..10 {
+        openapp.sandbox.push_fault(Fault::Status {
+            status: 500,
+            retry_after: None,
+        });
+    }
+    post_event(
+        &app,
+        "evt-500",
+        event_body("lease.ended", "L-9", &["user-9"]),
+    )
+    .await;
+    wait_until(
+        "the job to be given up",
+        Duration::from_secs(30),
+        || async { (app.queue().counts().await.ok()?.dead == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        openapp.sandbox.calls().len(),
+        4,
+        "[retry] max_attempts = 4 calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn already_present_and_already_absent_count_as_done() {
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::start().await;
+    let openapp = {
+        // A sandbox that answers 409 for an existing member, as some gateways do.
+        drop(openapp);
+        let sandbox = lease_sync::sandbox::Sandbox::new(lease_sync::sandbox::SandboxOptions {
+            conflict_on_existing: true,
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
+        tokio::spawn(sandbox.clone().serve(listener, std::future::pending()));
+        (sandbox, base)
+    };
+    let (sandbox, base) = openapp;
+    sandbox.add_member(ORG, INTEGRATION, "present", &role());
+    let app = TestApp::start(
+        &config_toml(&redis.url(), &namespace(), &base, "127.0.0.1:0"),
+        Role::Serve,
+    )
+    .await;
+
+    post_event(
+        &app,
+        "evt-a",
+        event_body("lease.signed", "L-1", &["present"]),
+    )
+    .await;
+    post_event(&app, "evt-b", event_body("lease.ended", "L-1", &["absent"])).await;
+    let counts = wait_until("both jobs to finish", LIMIT, || async {
+        let c = app.queue().counts().await.ok()?;
+        (c.done + c.dead == 2).then_some(c)
+    })
+    .await;
+    assert_eq!((counts.done, counts.dead), (2, 0));
+    let mut statuses: Vec<u16> = sandbox.calls().iter().map(|c| c.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![404, 409]);
+}

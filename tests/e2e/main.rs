@@ -1,0 +1,8 @@
+//! End-to-end tests: real redis-server, real HTTP on port 0, the sandbox OpenApp over HTTP,
+//! and the real binary where processes matter (kill -9, separate roles, signals, CLI).
+
+mod cli;
+mod delivery;
+mod ingest;
+mod resilience;
+mod support;

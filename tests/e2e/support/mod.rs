@@ -1,0 +1,391 @@
+//! Test harness: real Redis, the real HTTP stack on port 0, and the sandbox OpenApp over
+//! real HTTP. Nothing sleeps to wait: [`wait_until`] polls with a bound.
+
+pub mod redis;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use lease_sync::app::Application;
+use lease_sync::config::{Role, Settings};
+use lease_sync::queue::{JobQueue, QueueCounts, connect};
+use lease_sync::sandbox::{Sandbox, SandboxOptions};
+use lease_sync::signature::standard_webhooks;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use self::redis::RedisServer;
+
+/// The source every test config defines.
+pub const SOURCE: &str = "acme-pms";
+/// Its first secret (the Standard Webhooks public vector's secret).
+pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+/// Its second secret, for rotation.
+pub const SECOND_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// A secret no source has.
+pub const FOREIGN_SECRET: &str = "whsec_dGhpcyBpcyBub3QgYSBjb25maWd1cmVkIGtleQ==";
+/// The OpenApp API key in test configs.
+pub const API_KEY: &str = "https://api.openapp.test/api/v1_openapp_testsecret";
+/// Mapped property, org and integration.
+pub const PROPERTY: &str = "P-17";
+pub const ORG: &str = "01HORG0000000000000000000A";
+pub const INTEGRATION: &str = "01HINT0000000000000000000B";
+/// The role the default template yields for [`INTEGRATION`].
+pub fn role() -> String {
+    format!("virtual_access:integration:{INTEGRATION}:resident")
+}
+
+/// Polls `probe` every 25 ms until it returns `Some`, or panics after `limit` naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Installs a log subscriber when `TEST_LOG` is set, for debugging a failing test.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,lease_sync=debug")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A lease event body.
+pub fn event_body(event_type: &str, lease: &str, users: &[&str]) -> Vec<u8> {
+    let residents: Vec<Value> = users
+        .iter()
+        .map(|u| json!({"openapp_user_id": u, "external_id": "T-1"}))
+        .collect();
+    serde_json::to_vec(&json!({
+        "type": event_type,
+        "occurred_at": "2026-11-22T10:15:00Z",
+        "lease": {"id": lease, "property_id": PROPERTY, "unit": "4B"},
+        "residents": residents,
+    }))
+    .expect("json")
+}
+
+/// Now as Unix seconds.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Standard Webhooks headers for `body`, signed with `secret` at `timestamp`.
+pub fn signed(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", "application/json".into()),
+        ("webhook-id", id.into()),
+        ("webhook-timestamp", timestamp.to_string()),
+        (
+            "webhook-signature",
+            standard_webhooks::sign(secret, id, timestamp, body).expect("sign"),
+        ),
+    ]
+}
+
+/// An in-process sandbox OpenApp on a free port.
+pub struct FakeOpenApp {
+    pub sandbox: Sandbox,
+    pub base_url: String,
+    stop: CancellationToken,
+}
+
+impl FakeOpenApp {
+    /// Starts a sandbox accepting only [`API_KEY`], knowing [`INTEGRATION`] in [`ORG`].
+    pub async fn start() -> Self {
+        let sandbox = Sandbox::new(SandboxOptions {
+            api_keys: vec![API_KEY.into()],
+            integrations: vec![(ORG.into(), INTEGRATION.into())],
+            ..SandboxOptions::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sandbox");
+        let base_url = format!("http://{}/api/v1", listener.local_addr().expect("addr"));
+        let stop = CancellationToken::new();
+        let done = stop.clone();
+        tokio::spawn(
+            sandbox
+                .clone()
+                .serve(listener, async move { done.cancelled().await }),
+        );
+        Self {
+            sandbox,
+            base_url,
+            stop,
+        }
+    }
+}
+
+impl Drop for FakeOpenApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A test configuration: short heartbeats so take-over happens within seconds, a 1 s
+/// OpenApp timeout to fit inside them, and a fast poll.
+pub fn config_toml(redis_url: &str, namespace: &str, openapp_base: &str, listen: &str) -> String {
+    format!(
+        r#"
+[http]
+listen = "{listen}"
+body_limit_bytes = 4096
+enqueue_timeout_ms = 2000
+retry_after_secs = 7
+shutdown_grace_secs = 5
+
+[redis]
+url = "{redis_url}"
+namespace = "{namespace}"
+connect_timeout_ms = 500
+response_timeout_ms = 2000
+
+[openapp]
+base_url = "{openapp_base}"
+api_key = "{API_KEY}"
+auth = "bearer"
+timeout_ms = 1000
+connect_timeout_ms = 500
+
+[worker]
+concurrency = 4
+poll_interval_ms = 50
+heartbeat_secs = 1
+missed_heartbeats = 2
+batch_size = 20
+shutdown_timeout_secs = 5
+
+[retry]
+max_attempts = 4
+
+[log]
+level = "info,lease_sync=debug"
+
+[[sources]]
+name = "{SOURCE}"
+scheme = "standard-webhooks"
+secrets = ["{SECRET}", "{SECOND_SECRET}"]
+tolerance_secs = 300
+
+[[sources.properties]]
+id = "{PROPERTY}"
+org_id = "{ORG}"
+integration_id = "{INTEGRATION}"
+"#
+    )
+}
+
+/// A unique Redis namespace per test, so one server could be shared safely.
+pub fn namespace() -> String {
+    format!("test-{}", ulid::Ulid::new())
+}
+
+/// lease-sync running in this process.
+pub struct TestApp {
+    pub addr: Option<SocketAddr>,
+    pub settings: Settings,
+    stop: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Builds and starts `role` with `toml`.
+    pub async fn start(toml: &str, role: Role) -> Self {
+        init_logs();
+        let settings = Settings::from_toml_str(toml, Vec::new()).expect("test config parses");
+        settings.validate(role).expect("test config is valid");
+        let app = Application::build(settings.clone(), role)
+            .await
+            .expect("app builds");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(stop.clone()));
+        Self {
+            addr,
+            settings,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// `http://addr/webhooks/<source>`.
+    pub fn webhook_url(&self, source: &str) -> String {
+        format!(
+            "http://{}/webhooks/{source}",
+            self.addr.expect("this role listens")
+        )
+    }
+
+    /// Posts `body` with `headers`; returns status, headers and JSON (or `Null`) body.
+    pub async fn post(&self, source: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply {
+        post(&self.webhook_url(source), headers, body).await
+    }
+
+    /// A queue handle on this app's namespace.
+    pub fn queue(&self) -> JobQueue {
+        JobQueue::new(
+            connect(&self.settings.redis).expect("redis"),
+            &self.settings.redis.namespace,
+        )
+    }
+
+    /// Stops gracefully and waits.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("app task").expect("app ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// What a webhook post got back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: Value,
+}
+
+impl Reply {
+    /// The `error` code of a rejection.
+    pub fn code(&self) -> &str {
+        self.json["error"].as_str().unwrap_or("")
+    }
+}
+
+/// Posts to `url` (bounded by a 10 s timeout).
+pub async fn post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let mut request = client.post(url).body(body);
+    for (k, v) in headers {
+        request = request.header(*k, v.as_str());
+    }
+    let response = request.send().await.expect("request reaches the listener");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+/// Posts a correctly signed event and returns the reply.
+pub async fn post_event(app: &TestApp, id: &str, body: Vec<u8>) -> Reply {
+    app.post(SOURCE, &signed(SECRET, id, now(), &body), body)
+        .await
+}
+
+/// Waits until the queue has no ready, scheduled or in-flight job.
+pub async fn wait_drained(queue: &JobQueue, limit: Duration) -> QueueCounts {
+    wait_until("the queue to drain", limit, || async {
+        let c = queue.counts().await.ok()?;
+        (c.ready == 0 && c.scheduled == 0 && c.in_flight == 0).then_some(c)
+    })
+    .await
+}
+
+/// The lease-sync binary as a child process, its log in a file.
+pub struct LeaseSyncProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl LeaseSyncProcess {
+    /// Runs `lease-sync <args…>`; `config` is written to `dir/name.toml` first.
+    pub fn spawn(dir: &Path, name: &str, args: &[&str], config: Option<&str>) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lease-sync"));
+        command.args(args);
+        if let Some(config) = config {
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, config).expect("write config");
+            command.arg("--config").arg(path);
+        }
+        let child = command
+            .env("RUST_LOG", "info,lease_sync=debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn lease-sync");
+        Self { child, log }
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
+        wait_until(&format!("log line `{needle}`"), limit, || async {
+            self.log().contains(needle).then_some(())
+        })
+        .await;
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub async fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for LeaseSyncProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
