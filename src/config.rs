@@ -956,4 +956,71 @@ mod tests {
         assert_eq!(s.openapp.api_key.unwrap().expose(), "file-key");
         assert_eq!(s.sources[0].secrets.len(), 1);
     }
+
+    /// Every key `Settings` knows, as dotted paths (`http.listen`, `sources.properties.id`).
+    fn key_paths(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    let is_section = v.is_table()
+                        || v.as_array()
+                            .is_some_and(|a| a.iter().any(toml::Value::is_table));
+                    if !is_section {
+                        out.push(path.clone());
+                    }
+                    key_paths(v, &path, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items.iter().filter(|i| i.is_table()) {
+                    key_paths(item, prefix, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_documents_every_key() {
+        let text = include_str!("../deploy/config.example.toml");
+        let settings = Settings::from_toml_str(
+            text,
+            env(&[
+                ("LEASE_SYNC__OPENAPP__API_KEY", "k"),
+                (
+                    "LEASE_SYNC__SOURCES__0__SECRETS",
+                    "[\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]",
+                ),
+            ]),
+        )
+        .unwrap();
+        settings.validate(Role::Serve).unwrap();
+
+        // Every key, optional ones included, must appear in the example (set or commented out).
+        let mut full = settings.clone();
+        full.openapp.api_key_file = Some("x".into());
+        full.sources[0].secrets_file = Some("x".into());
+        let mut keys = Vec::new();
+        key_paths(&toml::Value::try_from(&full).unwrap(), "", &mut keys);
+        for key in keys {
+            let leaf = key.rsplit('.').next().unwrap();
+            let section = key.rsplit_once('.').map(|(s, _)| s);
+            if let Some(section) = section {
+                assert!(
+                    text.contains(&format!("[{section}]"))
+                        || text.contains(&format!("[[{section}]]")),
+                    "section [{section}] missing from deploy/config.example.toml"
+                );
+            }
+            assert!(
+                text.contains(&format!("\n{leaf} = ")) || text.contains(&format!("\n# {leaf} = ")),
+                "key `{key}` is not documented in deploy/config.example.toml"
+            );
+        }
+    }
 }

@@ -221,3 +221,66 @@ async fn already_present_and_already_absent_count_as_done() {
     statuses.sort();
     assert_eq!(statuses, vec![404, 409]);
 }
+
+/// apalis-redis 1.0 never wakes an idle worker on push; without a poll interval a new job
+/// waits for the next heartbeat (bug 2). With a 30 s heartbeat, delivery within 10 s shows
+/// the poll interval is in effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_picks_up_new_jobs_without_waiting_for_a_heartbeat() {
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::start().await;
+    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0")
+        .replace("heartbeat_secs = 1", "heartbeat_secs = 30");
+    let app = TestApp::start(&config, Role::Serve).await;
+
+    post_event(
+        &app,
+        "evt-first",
+        event_body("lease.signed", "L-1", &["first"]),
+    )
+    .await;
+    wait_until("the first job to be acknowledged", LIMIT, || async {
+        (app.queue().counts().await.ok()?.done == 1).then_some(())
+    })
+    .await;
+    // Make the worker's next fetch visible: Redis logs every command with its arguments.
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("CONFIG")
+        .arg(&["SET", "slowlog-log-slower-than", "0"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = ::redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    wait_until(
+        "the worker's fetch that finds the queue empty",
+        LIMIT,
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let log: ::redis::Value = ::redis::cmd("SLOWLOG")
+                    .arg(&["GET", "1000"])
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                // fetch_next.lua is the script whose keys include the worker's in-flight set.
+                format!("{log:?}").contains(":inflight:").then_some(())
+            }
+        },
+    )
+    .await;
+    // The worker is idle now; only its poll interval can make it look again soon.
+    post_event(
+        &app,
+        "evt-second",
+        event_body("lease.signed", "L-2", &["second"]),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(10), openapp.sandbox.wait_for_calls(2))
+        .await
+        .expect("picked up well before the 30 s heartbeat");
+}
