@@ -15,6 +15,9 @@
 //! * [`sandbox`]: a local OpenApp emulator for integrators and tests.
 //! * [`app`]: wiring and shutdown; [`cli`]: the command line; [`telemetry`]: logs.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -184,13 +184,7 @@ async fn serve_stops_on_sigterm_with_exit_0() {
         &format!("127.0.0.1:{port}"),
     );
     let mut serve = LeaseSyncProcess::spawn(dir.path(), "serve", &["serve"], Some(&config));
-    let body = wait_until("serve to be ready", LIMIT, || async {
-        let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(r.json::<serde_json::Value>().await.ok()?)
-    })
-    .await;
+    let body = wait_ready(port, LIMIT).await;
     assert_eq!(body["workers"], "running");
     let status = serve.terminate(LIMIT).await;
     assert!(status.success(), "{}", serve.log());

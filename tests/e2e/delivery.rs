@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lease_sync::config::Role;
-use lease_sync::sandbox::Fault;
+use lease_sync::sandbox::{Fault, SandboxAuth, SandboxOptions};
 use serde_json::json;
 
 use crate::support::*;
@@ -183,23 +183,16 @@ async fn retries_stop_at_max_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn already_present_and_already_absent_count_as_done() {
     let redis = RedisServer::start();
-    let openapp = FakeOpenApp::start().await;
-    let openapp = {
-        // A sandbox that answers 409 for an existing member, as some gateways do.
-        drop(openapp);
-        let sandbox = lease_sync::sandbox::Sandbox::new(lease_sync::sandbox::SandboxOptions {
-            conflict_on_existing: true,
-            ..Default::default()
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
-        tokio::spawn(sandbox.clone().serve(listener, std::future::pending()));
-        (sandbox, base)
-    };
-    let (sandbox, base) = openapp;
+    // A sandbox that answers 409 for an existing member, as some gateways do.
+    let openapp = FakeOpenApp::with_options(SandboxOptions {
+        conflict_on_existing: true,
+        ..SandboxOptions::default()
+    })
+    .await;
+    let (sandbox, base) = (&openapp.sandbox, &openapp.base_url);
     sandbox.add_member(ORG, INTEGRATION, "present", &role());
     let app = TestApp::start(
-        &config_toml(&redis.url(), &namespace(), &base, "127.0.0.1:0"),
+        &config_toml(&redis.url(), &namespace(), base, "127.0.0.1:0"),
         Role::Serve,
     )
     .await;
@@ -283,4 +276,68 @@ async fn an_idle_worker_picks_up_new_jobs_without_waiting_for_a_heartbeat() {
     tokio::time::timeout(Duration::from_secs(10), openapp.sandbox.wait_for_calls(2))
         .await
         .expect("picked up well before the 30 s heartbeat");
+}
+
+/// OpenApp applies the add but the answer comes after our timeout (a lost reply): the retry
+/// adds again, which OpenApp accepts, and the job ends done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_slower_than_the_timeout_is_retried_and_converges() {
+    let (_redis, openapp, app) = serve().await;
+    openapp
+        .sandbox
+        .push_fault(Fault::Delay(Duration::from_millis(1_500)));
+    post_event(
+        &app,
+        "evt-slow",
+        event_body("lease.signed", "L-5", &["user-slow"]),
+    )
+    .await;
+    let counts = wait_until("the job to finish", LIMIT, || async {
+        let c = app.queue().counts().await.ok()?;
+        (c.done == 1).then_some(c)
+    })
+    .await;
+    assert_eq!(counts.dead, 0);
+    let posts = openapp
+        .sandbox
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST")
+        .count();
+    assert_eq!(posts, 2, "the timed-out call and its retry");
+    assert!(
+        openapp
+            .sandbox
+            .members(INTEGRATION)
+            .contains_key("user-slow")
+    );
+}
+
+/// Newer OpenApp gateways take the key in `X-API-Key` and refuse it in `Authorization`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_api_key_auth_sends_the_key_in_its_own_header() {
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::with_options(SandboxOptions {
+        api_keys: vec![API_KEY.into()],
+        auth: SandboxAuth::XApiKey,
+        ..SandboxOptions::default()
+    })
+    .await;
+    let (sandbox, base) = (&openapp.sandbox, &openapp.base_url);
+    let config = config_toml(&redis.url(), &namespace(), base, "127.0.0.1:0")
+        .replace("auth = \"bearer\"", "auth = \"x-api-key\"");
+    let app = TestApp::start(&config, Role::Serve).await;
+
+    post_event(
+        &app,
+        "evt-xak",
+        event_body("lease.signed", "L-6", &["user-x"]),
+    )
+    .await;
+    let calls = tokio::time::timeout(LIMIT, sandbox.wait_for_calls(1))
+        .await
+        .unwrap();
+    assert_eq!(calls[0].status, 201);
+    assert_eq!(calls[0].x_api_key.as_deref(), Some(API_KEY));
+    assert_eq!(calls[0].authorization, None);
 }

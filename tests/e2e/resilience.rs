@@ -159,13 +159,7 @@ async fn ingest_and_work_as_separate_processes_deliver_end_to_end_and_stop_clean
     let mut work = LeaseSyncProcess::spawn(dir.path(), "work", &["work"], Some(&config));
 
     let url = format!("http://127.0.0.1:{port}/webhooks/{SOURCE}");
-    wait_until("ingest to be ready", LIMIT, || async {
-        let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    wait_ready(port, LIMIT).await;
     let body = event_body("lease.signed", "L-1", &["user-p"]);
     let reply = post(&url, &signed(SECRET, "evt-p1", now(), &body), body).await;
     assert_eq!(reply.status, 202, "{reply:?}");

@@ -111,11 +111,17 @@ pub struct FakeOpenApp {
 impl FakeOpenApp {
     /// Starts a sandbox accepting only [`API_KEY`], knowing [`INTEGRATION`] in [`ORG`].
     pub async fn start() -> Self {
-        let sandbox = Sandbox::new(SandboxOptions {
+        Self::with_options(SandboxOptions {
             api_keys: vec![API_KEY.into()],
             integrations: vec![(ORG.into(), INTEGRATION.into())],
             ..SandboxOptions::default()
-        });
+        })
+        .await
+    }
+
+    /// Starts a sandbox with `options`.
+    pub async fn with_options(options: SandboxOptions) -> Self {
+        let sandbox = Sandbox::new(options);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind sandbox");
@@ -303,6 +309,20 @@ pub async fn post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply
 pub async fn post_event(app: &TestApp, id: &str, body: Vec<u8>) -> Reply {
     app.post(SOURCE, &signed(SECRET, id, now(), &body), body)
         .await
+}
+
+/// Waits until the listener on `port` answers `/readyz` with 200; returns its body.
+pub async fn wait_ready(port: u16, limit: Duration) -> Value {
+    wait_until("the listener to be ready", limit, || async {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json::<Value>().await.ok()
+    })
+    .await
 }
 
 /// Waits until the queue has no ready, scheduled or in-flight job.
