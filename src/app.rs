@@ -1,6 +1,7 @@
 //! Wiring: builds the parts a role needs and runs them until shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Role, Settings};
+use crate::dead_letters::DeadLetters;
+use crate::http::admin::{AdminState, router as admin_router};
 use crate::http::{AppState, router};
 use crate::openapp::OpenAppClient;
 use crate::queue::{JobQueue, connect};
@@ -20,6 +23,7 @@ pub struct Application {
     role: Role,
     queue: JobQueue,
     listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
     client: Option<OpenAppClient>,
 }
 
@@ -51,11 +55,26 @@ impl Application {
         } else {
             None
         };
+        let admin_listener = if settings.admin.enabled && role.is_service() {
+            let addr: SocketAddr = settings
+                .admin
+                .listen
+                .parse()
+                .context("admin.listen is not a socket address")?;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for the admin API"))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             settings,
             role,
             queue,
             listener,
+            admin_listener,
             client,
         })
     }
@@ -63,6 +82,13 @@ impl Application {
     /// The bound webhook address, when this role runs ingest.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound admin API address, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Runs until `shutdown` is cancelled, then stops accepting, lets in-flight requests and
@@ -81,6 +107,23 @@ impl Application {
             }
             None => None,
         };
+
+        let admin = self.admin_listener.map(|listener| {
+            let state = AdminState {
+                dead_letters: DeadLetters::new(&self.queue),
+                queue: self.queue.clone(),
+                tokens: Arc::new(self.settings.admin.tokens.clone()),
+            };
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, "admin API ready: http://{addr}/admin (OpenAPI at /admin/openapi.json)");
+            }
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, admin_router(state))
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        });
 
         if let Some(listener) = self.listener {
             let state = AppState::new(
@@ -108,6 +151,12 @@ impl Application {
             shutdown.cancelled().await;
         }
 
+        if let Some(admin) = admin {
+            let grace = Duration::from_secs(self.settings.http.shutdown_grace_secs);
+            if !matches!(tokio::time::timeout(grace, admin).await, Ok(Ok(Ok(())))) {
+                warn!("the admin listener did not stop cleanly within {grace:?}");
+            }
+        }
         if let Some(workers) = workers
             && let Err(e) = workers.await
         {

@@ -120,6 +120,12 @@ pub struct Settings {
     /// How often a failing OpenApp call is tried.
     #[serde(default)]
     pub retry: RetrySettings,
+    /// Where given-up deliveries are kept.
+    #[serde(default)]
+    pub dead_letters: DeadLetterSettings,
+    /// The operators' admin API.
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// Log output.
     #[serde(default)]
     pub log: LogSettings,
@@ -310,19 +316,75 @@ impl WorkerSettings {
     }
 }
 
-/// `[retry]`: how often a failing OpenApp call is tried.
+/// `[retry]`: how failing OpenApp calls are retried.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
-    /// Calls made for one job before it is given up and parked in the dead set.
+    /// First backoff window: the n-th retry waits a random time in
+    /// `[0, min(max_delay, base·2^(n−1))]`, and never less than a server's `Retry-After`.
+    pub base_ms: u64,
+    /// Longest wait between two attempts.
+    pub max_delay_secs: u64,
+    /// Calls made for one delivery, crashed ones included, before it becomes a dead letter.
     pub max_attempts: usize,
 }
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        Self { max_attempts: 20 }
+        Self {
+            base_ms: 2_000,
+            max_delay_secs: 1_800,
+            max_attempts: 20,
+        }
     }
 }
+
+/// `[dead_letters]`: the store of deliveries that were given up.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterSettings {
+    /// Most entries kept; the oldest are trimmed (logged and counted) beyond it.
+    pub max_entries: u64,
+    /// Entries older than this are trimmed.
+    pub max_age_days: u64,
+}
+
+impl Default for DeadLetterSettings {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_age_days: 30,
+        }
+    }
+}
+
+/// `[admin]`: the authenticated admin API (dead letters, queue stats) on its own listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Whether this process serves the admin API. When on, at least one token is required.
+    pub enabled: bool,
+    /// Address of the admin listener; keep it off the public network.
+    pub listen: String,
+    /// Bearer tokens that may use the admin API (at least 16 characters each).
+    pub tokens: Vec<Secret>,
+    /// File with more tokens, one per line (blank lines and `#` comments ignored).
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9090".into(),
+            tokens: Vec::new(),
+            tokens_file: None,
+        }
+    }
+}
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -426,6 +488,8 @@ pub enum Role {
     Ingest,
     /// Workers only.
     Work,
+    /// Operator commands (dead letters, queue stats): Redis only.
+    Operate,
 }
 
 impl Role {
@@ -437,6 +501,11 @@ impl Role {
     /// Whether this role runs workers.
     pub fn runs_workers(self) -> bool {
         matches!(self, Role::Serve | Role::Work)
+    }
+
+    /// Whether this role is a long-running service (and so may serve the admin API).
+    pub fn is_service(self) -> bool {
+        !matches!(self, Role::Operate)
     }
 }
 
@@ -517,16 +586,15 @@ impl Settings {
             }
             self.openapp.api_key = Some(Secret::new(key));
         }
+        if let Some(file) = self.admin.tokens_file.clone() {
+            let text = read_secret_file(&base.join(&file), "admin.tokens_file")?;
+            self.admin.tokens.extend(secret_lines(&text));
+        }
         for (i, source) in self.sources.iter_mut().enumerate() {
             if let Some(file) = source.secrets_file.clone() {
                 let key = format!("sources[{i}].secrets_file");
                 let text = read_secret_file(&base.join(&file), &key)?;
-                source.secrets.extend(
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(Secret::new),
-                );
+                source.secrets.extend(secret_lines(&text));
             }
         }
         Ok(())
@@ -620,6 +688,26 @@ impl Settings {
             }
         }
 
+        if self.admin.enabled && role.is_service() {
+            self.admin.listen.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::invalid("admin.listen", format!("not a socket address: {e}"))
+            })?;
+            if self.admin.tokens.is_empty() {
+                return Err(ConfigError::invalid(
+                    "admin.tokens",
+                    "the admin API needs at least one token (tokens, tokens_file or LEASE_SYNC__ADMIN__TOKENS), or set admin.enabled = false",
+                ));
+            }
+            for (i, token) in self.admin.tokens.iter().enumerate() {
+                if token.expose().len() < MIN_ADMIN_TOKEN_LEN {
+                    return Err(ConfigError::invalid(
+                        format!("admin.tokens[{i}]"),
+                        format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+                    ));
+                }
+            }
+        }
+
         let mut names = HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
             let at = |field: &str| format!("sources[{i}].{field}");
@@ -707,6 +795,14 @@ fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     }
 }
 
+/// One secret per line; blank lines and `#` comments are skipped.
+fn secret_lines(text: &str) -> impl Iterator<Item = Secret> + '_ {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(Secret::new)
+}
+
 fn read_secret_file(path: &Path, key: &str) -> Result<String, ConfigError> {
     std::fs::read_to_string(path)
         .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
@@ -783,6 +879,8 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = r#"
+        [admin]
+        tokens = ["0123456789abcdef0123"]
         [openapp]
         api_key = "k"
         [[sources]]
@@ -924,6 +1022,29 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_api_needs_a_strong_token_unless_disabled() {
+        let text = MINIMAL.replace("tokens = [\"0123456789abcdef0123\"]", "");
+        let s = Settings::from_toml_str(&text, env(&[])).unwrap();
+        assert!(
+            s.validate(Role::Serve)
+                .unwrap_err()
+                .to_string()
+                .contains("admin.tokens")
+        );
+        let s = Settings::from_toml_str(&text, env(&[("LEASE_SYNC__ADMIN__ENABLED", "false")]))
+            .unwrap();
+        s.validate(Role::Serve).unwrap();
+        let s =
+            Settings::from_toml_str(&text, env(&[("LEASE_SYNC__ADMIN__TOKENS", "[\"short\"]")]))
+                .unwrap();
+        let msg = s.validate(Role::Serve).unwrap_err().to_string();
+        assert!(
+            msg.contains("admin.tokens[0]") && !msg.contains("short"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn heartbeat_window_must_cover_call_timeout() {
         let text = format!("{MINIMAL}\n[worker]\nheartbeat_secs = 1\nmissed_heartbeats = 2\n");
         let s = Settings::from_toml_str(&text, env(&[])).unwrap();
@@ -992,6 +1113,7 @@ mod tests {
             text,
             env(&[
                 ("LEASE_SYNC__OPENAPP__API_KEY", "k"),
+                ("LEASE_SYNC__ADMIN__TOKENS", "[\"0123456789abcdef0123\"]"),
                 (
                     "LEASE_SYNC__SOURCES__0__SECRETS",
                     "[\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]",
@@ -1005,6 +1127,7 @@ mod tests {
         let mut full = settings.clone();
         full.openapp.api_key_file = Some("x".into());
         full.sources[0].secrets_file = Some("x".into());
+        full.admin.tokens_file = Some("x".into());
         let mut keys = Vec::new();
         key_paths(&toml::Value::try_from(&full).unwrap(), "", &mut keys);
         for key in keys {

@@ -21,10 +21,12 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dead_letters;
 pub mod event;
 pub mod http;
 pub mod openapp;
 pub mod queue;
+pub mod retry;
 pub mod sandbox;
 pub mod signature;
 pub mod telemetry;

@@ -72,6 +72,14 @@ impl CallError {
         }
     }
 
+    /// The `Retry-After` header OpenApp sent, as sent.
+    pub fn retry_after(&self) -> Option<&str> {
+        match self {
+            CallError::Status { retry_after, .. } => retry_after.as_deref(),
+            CallError::Transport { .. } => None,
+        }
+    }
+
     /// OpenApp's request id, if it sent one.
     pub fn request_id(&self) -> Option<&str> {
         match self {
@@ -181,6 +189,22 @@ impl OpenAppClient {
         match response.status() {
             s if s.is_success() => Ok(CallOutcome::Applied(s.as_u16())),
             StatusCode::NOT_FOUND => Ok(CallOutcome::AlreadyDone(404)),
+            _ => Err(status_error(response).await),
+        }
+    }
+
+    /// Whether the integration exists for `org_id`: `GET /integrations/{id}/building-users`
+    /// answers 200 (yes) or 404 (no). Any other answer is an error.
+    pub async fn integration_exists(
+        &self,
+        org_id: &str,
+        integration_id: &str,
+    ) -> Result<bool, CallError> {
+        let url = self.url(&["integrations", integration_id, "building-users"]);
+        let response = send(self.http.get(url).headers(self.headers(org_id))).await?;
+        match response.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
             _ => Err(status_error(response).await),
         }
     }

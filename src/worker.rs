@@ -9,23 +9,35 @@
 //!   gives up on one (a Redis outage kills it: apalis-redis#76);
 //! * explicit heartbeat settings instead of the 300 s default orphan window (bug 7), and
 //!   `lock_tasks(false)`, which avoids an O(backlog) scan per fetch (bug 4);
-//! * bounded promotion of due retries (bug 3), see [`JobQueue::promote_due`].
+//! * the retry policy and dead letters, through the ledger ([`crate::queue::ledger`]): every
+//!   job the handler finishes is acknowledged to apalis as done, so apalis's own 25 linear
+//!   retries (bug 1) never act;
+//! * bounded promotion of due retries (bug 3) and housekeeping of apalis's sets.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use apalis::layers::WorkerBuilderExt as _;
-use apalis::prelude::{AbortError, Attempt, BackendExt as _, BoxDynError, Data, WorkerBuilder};
+use apalis::prelude::{Attempt, BackendExt as _, BoxDynError, Data, TaskId, WorkerBuilder};
 use apalis_redis::RedisStorage;
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, error, info, info_span, warn};
+use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 
-use crate::config::Settings;
+use crate::config::{DeadLetterSettings, Settings};
+use crate::dead_letters::DeadLetters;
 use crate::event::EventType;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
-use crate::queue::{DeliveryJob, JobQueue};
+use crate::queue::ledger::{AttemptRecord, Begin, Finish};
+use crate::queue::{DeliveryJob, JobQueue, now_ms};
+use crate::retry::{CallClass, Decision, RetryPolicy, parse_retry_after};
+
+/// How long a confirmed-existing integration is trusted before a 404 on remove re-checks it.
+const INTEGRATION_CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// How often housekeeping (apalis sets, dead-letter caps) runs.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
 /// Whether this process's workers are running, for `/readyz`.
 #[derive(Debug, Clone, Default)]
@@ -46,115 +58,257 @@ impl WorkerStatus {
     }
 }
 
-/// Performs one delivery job against OpenApp.
-#[derive(Debug)]
+/// Runs delivery jobs: one OpenApp call per attempt, the outcome recorded in the ledger.
 pub struct Deliverer {
     client: OpenAppClient,
-    max_attempts: usize,
+    queue: JobQueue,
+    dead_letters: DeadLetters,
+    dead_letter_limits: DeadLetterSettings,
+    policy: RetryPolicy,
+    /// Integrations seen to exist, so a 404 on remove can be trusted as "already absent".
+    known_integrations: Mutex<HashMap<String, Instant>>,
 }
 
-/// Why a job did not succeed this time.
-#[derive(Debug, thiserror::Error)]
-#[error("{action} user {user_id} in integration {integration_id}: {source}")]
-pub struct DeliveryFailure {
-    action: &'static str,
-    user_id: String,
-    integration_id: String,
-    #[source]
-    source: CallError,
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Deliverer {
-    /// A deliverer calling OpenApp through `client`, giving up after `max_attempts` calls.
-    pub fn new(client: OpenAppClient, max_attempts: usize) -> Self {
+    /// A deliverer calling OpenApp through `client` and recording in `queue`'s ledger.
+    pub fn new(client: OpenAppClient, queue: JobQueue, settings: &Settings) -> Self {
         Self {
             client,
-            max_attempts,
+            dead_letters: DeadLetters::new(&queue),
+            queue,
+            dead_letter_limits: settings.dead_letters.clone(),
+            policy: RetryPolicy::from_settings(&settings.retry),
+            known_integrations: Mutex::new(HashMap::new()),
         }
     }
 
     /// Makes one OpenApp call for `job`: add on `lease.signed`, remove on `lease.ended`.
-    pub async fn call(&self, job: &DeliveryJob) -> Result<CallOutcome, DeliveryFailure> {
-        let (action, result) = match job.event_type {
-            EventType::LeaseSigned => (
-                "add",
+    /// A 404 on remove counts as "already absent" only once the integration is known to
+    /// exist; a missing integration is a configuration error.
+    pub async fn call(&self, job: &DeliveryJob) -> Result<CallOutcome, CallError> {
+        match job.event_type {
+            EventType::LeaseSigned => {
                 self.client
                     .add_building_user(&job.org_id, &job.integration_id, &job.user_id, &job.role)
-                    .await,
-            ),
-            EventType::LeaseEnded => (
-                "remove",
-                self.client
-                    .remove_building_user(&job.org_id, &job.integration_id, &job.user_id)
-                    .await,
-            ),
-        };
-        result.map_err(|source| DeliveryFailure {
-            action,
-            user_id: job.user_id.clone(),
-            integration_id: job.integration_id.clone(),
-            source,
-        })
-    }
-
-    /// Runs `job` as attempt number `attempt` (1-based) and tells apalis what to do next:
-    /// `Ok` acknowledges; a plain error reschedules; an [`AbortError`] parks the job in the
-    /// dead set, for failures that cannot succeed or attempts used up.
-    pub async fn run(&self, job: DeliveryJob, attempt: usize) -> Result<(), BoxDynError> {
-        match self.call(&job).await {
-            Ok(outcome) => {
-                let (status, note) = match outcome {
-                    CallOutcome::Applied(s) => (s, "applied"),
-                    CallOutcome::AlreadyDone(s) => (s, "already so"),
-                };
-                info!(
-                    http.status = status,
-                    outcome = note,
-                    "delivered {} for user {}",
-                    job.event_type,
-                    job.user_id
-                );
-                Ok(())
+                    .await
             }
-            Err(failure) => {
-                let status = failure.source.status();
-                let request_id = failure.source.request_id().map(str::to_owned);
-                if failure.source.is_retryable() && attempt < self.max_attempts {
-                    if matches!(status, Some(401 | 403)) {
-                        error!(
-                            http.status = status,
-                            openapp.request_id = request_id,
-                            "OpenApp refused the API key or its roles; fix [openapp] api_key / the key's roles. Will retry: {failure}"
-                        );
-                    } else {
-                        warn!(
-                            http.status = status,
-                            openapp.request_id = request_id,
-                            "delivery failed, will retry: {failure}"
-                        );
-                    }
-                    Err(Box::new(failure))
-                } else {
-                    let why = if failure.source.is_retryable() {
-                        "attempts used up"
-                    } else {
-                        "permanent failure"
-                    };
-                    error!(
-                        http.status = status,
-                        openapp.request_id = request_id,
-                        reason = why,
-                        "delivery given up: {failure}"
-                    );
-                    Err(Box::new(AbortError::new(failure)))
+            EventType::LeaseEnded => {
+                let outcome = self
+                    .client
+                    .remove_building_user(&job.org_id, &job.integration_id, &job.user_id)
+                    .await?;
+                if outcome == CallOutcome::AlreadyDone(404) && !self.integration_known(job).await? {
+                    return Err(CallError::Status {
+                        status: 404,
+                        message: Some(format!(
+                            "integration {} does not exist for org {}: check sources.properties in the configuration",
+                            job.integration_id, job.org_id
+                        )),
+                        error_code: Some("integration_not_found".into()),
+                        request_id: None,
+                        retry_after: None,
+                    });
                 }
+                Ok(outcome)
             }
         }
+    }
+
+    async fn integration_known(&self, job: &DeliveryJob) -> Result<bool, CallError> {
+        let cached = self
+            .known_integrations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&job.integration_id)
+            .is_some_and(|seen| seen.elapsed() < INTEGRATION_CACHE_TTL);
+        if cached {
+            return Ok(true);
+        }
+        let exists = self
+            .client
+            .integration_exists(&job.org_id, &job.integration_id)
+            .await?;
+        if exists {
+            self.known_integrations
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(job.integration_id.clone(), Instant::now());
+        }
+        Ok(exists)
+    }
+
+    /// Runs `job` as apalis task `task_id`: counts the attempt, calls OpenApp, records the
+    /// outcome and schedules the retry or dead letter. `Ok` whenever the ledger took the
+    /// outcome; `Err` only when Redis failed, so apalis runs the task again.
+    pub async fn run(&self, job: &DeliveryJob, task_id: &str) -> Result<(), BoxDynError> {
+        let attempt = match self
+            .queue
+            .begin_attempt(job, task_id, self.policy.max_attempts)
+            .await?
+        {
+            Begin::Run(n) => n,
+            Begin::Stale => {
+                debug!("skipping a superseded run of this delivery");
+                return Ok(());
+            }
+            Begin::DeadLettered { reason, attempts } => {
+                error!(
+                    dead_letter.id = %job.delivery_id,
+                    reason = %reason,
+                    "{} user {} given up after {attempts} attempt(s) that stopped their worker; replay with `lease-sync dead-letters replay {}`",
+                    job.action(), job.user_id, job.delivery_id
+                );
+                self.trim_dead_letters().await;
+                return Ok(());
+            }
+        };
+        Span::current().record("attempt", attempt);
+
+        let result = self.call(job).await;
+        let class = classify(&result);
+        let decision = self.policy.decide(attempt, class, &mut rand::rng());
+        let record = attempt_record(&result, &decision);
+        let auth_failure = matches!(
+            result.as_ref().err().and_then(CallError::status),
+            Some(401 | 403)
+        );
+        let finish = match decision {
+            Decision::Done => Finish::Delivered,
+            Decision::Retry { delay, .. } => Finish::Retry {
+                due_ms: now_ms()
+                    .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            },
+            Decision::DeadLetter(reason) => Finish::DeadLetter(reason),
+        };
+        if !self
+            .queue
+            .finish_attempt(job, task_id, &record, &finish, auth_failure)
+            .await?
+        {
+            warn!(
+                "the delivery moved on during the call (replayed or purged); outcome not recorded"
+            );
+            return Ok(());
+        }
+        log_outcome(job, attempt, &result, &decision, auth_failure);
+        if matches!(decision, Decision::DeadLetter(_)) {
+            self.trim_dead_letters().await;
+        }
+        Ok(())
+    }
+
+    async fn trim_dead_letters(&self) {
+        if let Err(e) = self.dead_letters.trim(&self.dead_letter_limits).await {
+            warn!("could not enforce the dead-letter limits: {e}");
+        }
+    }
+}
+
+fn classify(result: &Result<CallOutcome, CallError>) -> CallClass {
+    match result {
+        Ok(_) => CallClass::Success,
+        Err(e) if e.is_retryable() => CallClass::Transient {
+            retry_after: e
+                .retry_after()
+                .and_then(|v| parse_retry_after(v, SystemTime::now())),
+        },
+        Err(_) => CallClass::Permanent,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn attempt_record(result: &Result<CallOutcome, CallError>, decision: &Decision) -> AttemptRecord {
+    let mut record = AttemptRecord::default();
+    match result {
+        Ok(CallOutcome::Applied(s) | CallOutcome::AlreadyDone(s)) => record.status = Some(*s),
+        Err(CallError::Transport { kind, message }) => {
+            record.error = Some((*kind).to_owned());
+            record.message = Some(message.clone());
+        }
+        Err(CallError::Status {
+            status,
+            message,
+            error_code,
+            request_id,
+            retry_after,
+        }) => {
+            record.status = Some(*status);
+            record.error = Some("http".into());
+            record.message.clone_from(message);
+            record.error_code.clone_from(error_code);
+            record.request_id.clone_from(request_id);
+            record.retry_after.clone_from(retry_after);
+        }
+    }
+    if let Decision::Retry { delay, cap } = decision {
+        record.delay_ms = Some(millis(*delay));
+        record.backoff_cap_ms = Some(millis(*cap));
+    }
+    record
+}
+
+fn log_outcome(
+    job: &DeliveryJob,
+    attempt: u32,
+    result: &Result<CallOutcome, CallError>,
+    decision: &Decision,
+    auth_failure: bool,
+) {
+    let action = job.action();
+    let user = &job.user_id;
+    match (result, decision) {
+        (Ok(outcome), _) => {
+            let (status, note) = match outcome {
+                CallOutcome::Applied(s) => (*s, "applied"),
+                CallOutcome::AlreadyDone(s) => (*s, "already so"),
+            };
+            info!(
+                http.status = status,
+                outcome = note,
+                "delivered: {action} user {user}"
+            );
+        }
+        (Err(e), Decision::Retry { delay, .. }) => {
+            let status = e.status();
+            let request_id = e.request_id();
+            if auth_failure {
+                error!(
+                    http.status = status,
+                    openapp.request_id = request_id,
+                    retry_in_ms = millis(*delay),
+                    "OpenApp refused the API key or its roles ({e}); fix [openapp] api_key or the key's roles in OpenApp. Retrying {action} user {user}"
+                );
+            } else {
+                warn!(
+                    http.status = status,
+                    openapp.request_id = request_id,
+                    retry_in_ms = millis(*delay),
+                    "attempt {attempt} to {action} user {user} failed, will retry: {e}"
+                );
+            }
+        }
+        (Err(e), Decision::DeadLetter(reason)) => {
+            error!(http.status = e.status(), openapp.request_id = e.request_id(), reason = %reason, dead_letter.id = %job.delivery_id,
+                "{action} user {user} given up after attempt {attempt}: {e}; inspect with `lease-sync dead-letters show {}`", job.delivery_id);
+        }
+        (Err(e), Decision::Done) => error!("unexpected decision for a failed call: {e}"),
     }
 }
 
 async fn handle_job(
     job: DeliveryJob,
+    task_id: TaskId,
     attempt: Attempt,
     deliverer: Data<Arc<Deliverer>>,
 ) -> Result<(), BoxDynError> {
@@ -163,19 +317,20 @@ async fn handle_job(
         event.id = %job.event_id,
         source = %job.source,
         lease.id = %job.lease_id,
-        attempt = attempt.current(),
+        delivery.id = %job.delivery_id,
+        attempt = tracing::field::Empty,
+        apalis.run = attempt.current(),
     );
-    // apalis's own catch_panic layer cannot be spawned onto tokio (its handler type is not
-    // general over lifetimes), so panics are caught here: a panicking job is a bug, parked in
-    // the dead set rather than retried in a loop.
-    let run = std::panic::AssertUnwindSafe(deliverer.run(job, attempt.current().max(1)));
+    let task_id = task_id.to_string();
+    // apalis's catch_panic layer cannot be spawned onto tokio (its handler type is not general
+    // over lifetimes), so panics are caught here and treated like a crash: the task runs again,
+    // the ledger marks the attempt crashed, and a persistent panic ends as a crash_loop dead letter.
+    let run = std::panic::AssertUnwindSafe(deliverer.run(&job, &task_id));
     match futures::FutureExt::catch_unwind(run).instrument(span).await {
         Ok(result) => result,
         Err(_) => {
-            error!("delivery job panicked; parking it in the dead set");
-            Err(Box::new(AbortError::new(std::io::Error::other(
-                "delivery job panicked",
-            ))))
+            error!(delivery.id = %job.delivery_id, "delivery job panicked; it will be retried and counted as a crash");
+            Err(Box::new(std::io::Error::other("delivery job panicked")))
         }
     }
 }
@@ -197,12 +352,13 @@ pub async fn run_workers(
     status: WorkerStatus,
     shutdown: CancellationToken,
 ) {
-    let deliverer = Arc::new(Deliverer::new(client, settings.retry.max_attempts));
+    let deliverer = Arc::new(Deliverer::new(client, queue.clone(), settings));
     let worker_settings = settings.worker.clone();
     let poll_interval = Duration::from_millis(worker_settings.poll_interval_ms);
 
-    let promoter = tokio::spawn(promote_forever(
+    let maintenance = tokio::spawn(maintain(
         queue.clone(),
+        settings.dead_letters.clone(),
         poll_interval,
         shutdown.clone(),
     ));
@@ -273,21 +429,49 @@ pub async fn run_workers(
             }
         }
     }
-    promoter.abort();
+    maintenance.abort();
 }
 
-async fn promote_forever(queue: JobQueue, every: Duration, shutdown: CancellationToken) {
+/// Promotes due retries every poll interval; every [`HOUSEKEEPING_EVERY`], sweeps apalis's
+/// sets and enforces the dead-letter limits.
+async fn maintain(
+    queue: JobQueue,
+    limits: DeadLetterSettings,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let dead_letters = DeadLetters::new(&queue);
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_housekeeping: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        if let Err(e) = queue.promote_due(now).await {
+        if let Err(e) = queue.promote_due(now_ms()).await {
             // Redis is down; the worker supervisor reports that loudly already.
-            tracing::debug!("promoting due retries failed: {e}");
+            debug!("promoting due retries failed: {e}");
+            continue;
+        }
+        if last_housekeeping.is_some_and(|at| at.elapsed() < HOUSEKEEPING_EVERY) {
+            continue;
+        }
+        last_housekeeping = Some(Instant::now());
+        match queue.sweep().await {
+            Ok((cleaned, requeued, dropped)) => {
+                if requeued + dropped > 0 {
+                    warn!(
+                        requeued,
+                        dropped, "apalis gave up on tasks by itself; requeued those still pending"
+                    );
+                }
+                debug!(cleaned, "swept acknowledged tasks");
+            }
+            Err(e) => debug!("housekeeping failed: {e}"),
+        }
+        if let Err(e) = dead_letters.trim(&limits).await {
+            debug!("dead-letter trim failed: {e}");
         }
     }
 }

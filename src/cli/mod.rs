@@ -1,5 +1,7 @@
 //! The `lease-sync` command line.
 
+mod dead_letters;
+mod queue_stats;
 mod send_test_event;
 
 use std::path::PathBuf;
@@ -45,6 +47,10 @@ pub enum Command {
     SandboxOpenapp(SandboxArgs),
     /// Build, sign and post a sample lease event, and print the equivalent curl command.
     SendTestEvent(send_test_event::SendTestEventArgs),
+    /// Inspect, replay and purge dead letters (deliveries that were given up).
+    DeadLetters(dead_letters::DeadLettersArgs),
+    /// Inspect the delivery queue.
+    Queue(queue_stats::QueueArgs),
 }
 
 /// Runs the parsed command; errors are printed with their causes and exit with status 1.
@@ -91,6 +97,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::SendTestEvent(args) => send_test_event::run(args).await,
+        Command::DeadLetters(args) => dead_letters::run(args).await,
+        Command::Queue(args) => queue_stats::run(args).await,
     }
 }
 

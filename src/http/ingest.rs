@@ -117,10 +117,9 @@ async fn accept(
         .queue
         .enqueue_event(
             &source.name,
-            &event.id,
+            &event,
             &jobs,
             Duration::from_secs(state.http.dedupe_ttl_secs),
-            state.retry.max_attempts,
             state.enqueue_timeout(),
         )
         .await
@@ -203,6 +202,7 @@ fn jobs_for(source: &SourceRuntime, event: &LeaseEvent) -> Result<Vec<DeliveryJo
         .iter()
         .map(|r| DeliveryJob {
             v: JOB_VERSION,
+            delivery_id: ulid::Ulid::new().to_string(),
             event_id: event.id.clone(),
             source: source.name.clone(),
             event_type: event.event_type,

@@ -1,6 +1,7 @@
 //! The webhook listener: `POST /webhooks/{source}`, `GET /healthz`, `GET /readyz`.
 //! The only module (with the sandbox) that knows axum.
 
+pub mod admin;
 mod error;
 mod health;
 mod ingest;
@@ -14,7 +15,7 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 
-use crate::config::{HttpSettings, PropertySettings, RetrySettings, Settings, SourceSettings};
+use crate::config::{HttpSettings, PropertySettings, Settings, SourceSettings};
 use crate::queue::JobQueue;
 use crate::signature::standard_webhooks::{SecretError, Verifier};
 use crate::worker::WorkerStatus;
@@ -54,7 +55,6 @@ pub struct AppState {
     sources: Arc<HashMap<String, SourceRuntime>>,
     queue: JobQueue,
     http: Arc<HttpSettings>,
-    retry: Arc<RetrySettings>,
     /// Present when this process runs workers, so readiness includes them.
     workers: Option<WorkerStatus>,
 }
@@ -75,7 +75,6 @@ impl AppState {
             sources: Arc::new(sources),
             queue,
             http: Arc::new(settings.http.clone()),
-            retry: Arc::new(settings.retry.clone()),
             workers,
         })
     }

@@ -1,8 +1,11 @@
 //! End-to-end tests: real redis-server, real HTTP on port 0, the sandbox OpenApp over HTTP,
 //! and the real binary where processes matter (kill -9, separate roles, signals, CLI).
 
+mod admin_api;
 mod cli;
 mod delivery;
 mod ingest;
+mod operator_cli;
 mod resilience;
+mod retries;
 mod support;

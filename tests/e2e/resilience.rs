@@ -198,25 +198,28 @@ async fn ingest_and_work_as_separate_processes_deliver_end_to_end_and_stop_clean
 
 /// apalis-redis 1.0 moves all due retries in one Lua `unpack`, which fails from about
 /// 8,000 ids and kills the worker (bug 3); our promoter moves them in bounded chunks.
+/// Here 20,000 deliveries, each after one failed attempt, fall due at the same moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_of_9000_due_retries_drains() {
-    const N: usize = 9_000;
+async fn twenty_thousand_retries_falling_due_at_once_drain() {
+    const N: usize = 20_000;
     let redis = RedisServer::start();
     let openapp = FakeOpenApp::start().await;
     let ns = namespace();
     let config = config_toml(&redis.url(), &ns, &openapp.base_url, "127.0.0.1:0");
 
-    // Retries as apalis leaves them after an OpenApp outage: all due, all in the scheduled set.
+    // The ledger and queue entries a first failed attempt leaves behind, all due now.
     let client = ::redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let queue = format!("{ns}:deliveries");
-    let due = now() - 1;
+    let due = lease_sync::queue::now_ms() - 1;
     for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = ::redis::pipe();
         for i in chunk {
-            let id = ulid::Ulid::new().to_string();
-            let job = DeliveryJob {
+            let task = ulid::Ulid::new().to_string();
+            let delivery = ulid::Ulid::new().to_string();
+            let job = serde_json::to_string(&DeliveryJob {
                 v: JOB_VERSION,
+                delivery_id: delivery.clone(),
                 event_id: format!("evt-{i}"),
                 source: SOURCE.into(),
                 event_type: EventType::LeaseEnded,
@@ -227,31 +230,53 @@ async fn a_backlog_of_9000_due_retries_drains() {
                 org_id: ORG.into(),
                 integration_id: INTEGRATION.into(),
                 role: role(),
-            };
-            pipe.hset(
-                format!("{queue}:data"),
-                &id,
-                serde_json::to_vec(&job).unwrap(),
+            })
+            .unwrap();
+            pipe.hset_multiple(
+                format!("{ns}:delivery:{delivery}"),
+                &[
+                    ("job", job.as_str()),
+                    ("event", "{}"),
+                    ("attempts", "1"),
+                    ("current_task", &task),
+                    ("status", "pending"),
+                ],
             )
             .ignore();
+            pipe.rpush(
+                format!("{ns}:delivery:{delivery}:attempts"),
+                r#"{"attempt":1,"outcome":"retry","status":503}"#,
+            )
+            .ignore();
+            pipe.hset(format!("{queue}:data"), &task, &job).ignore();
             pipe.hset_multiple(
-                format!("{queue}:meta:{id}"),
+                format!("{queue}:meta:{task}"),
                 &[
-                    ("attempts", "1"),
-                    ("max_attempts", "4"),
-                    ("status", "Failed"),
+                    ("attempts", "0"),
+                    ("max_attempts", "0"),
+                    ("status", "Pending"),
                     ("idempotency_key", ""),
                 ],
             )
             .ignore();
-            pipe.zadd(format!("{queue}:scheduled"), &id, due).ignore();
+            pipe.zadd(format!("{queue}:scheduled"), &task, due).ignore();
         }
         pipe.query_async::<()>(&mut conn).await.unwrap();
     }
 
     let worker = TestApp::start(&config, Role::Work).await;
-    let counts = wait_drained(&worker.queue(), Duration::from_secs(120)).await;
-    assert_eq!((counts.done, counts.dead), (N as u64, 0));
-    assert_eq!(openapp.sandbox.calls().len(), N);
+    let counts = wait_drained(&worker.queue(), Duration::from_secs(240)).await;
+    assert_eq!(
+        (counts.done, counts.dead, counts.stale_tasks),
+        (N as u64, 0, 0)
+    );
+    // The sandbox keeps the last 10,000 calls; all of them are the DELETEs.
+    let calls = openapp.sandbox.calls();
+    assert_eq!(calls.len(), lease_sync::sandbox::MAX_RECORDED_CALLS);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.method == "DELETE" || c.method == "GET")
+    );
     worker.stop().await;
 }

@@ -28,6 +28,8 @@ pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub const SECOND_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// A secret no source has.
 pub const FOREIGN_SECRET: &str = "whsec_dGhpcyBpcyBub3QgYSBjb25maWd1cmVkIGtleQ==";
+/// The admin API token in test configs.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// The OpenApp API key in test configs.
 pub const API_KEY: &str = "https://api.openapp.test/api/v1_openapp_testsecret";
 /// Mapped property, org and integration.
@@ -181,7 +183,17 @@ batch_size = 20
 shutdown_timeout_secs = 5
 
 [retry]
+base_ms = 100
+max_delay_secs = 5
 max_attempts = 4
+
+[dead_letters]
+max_entries = 1000
+max_age_days = 30
+
+[admin]
+listen = "127.0.0.1:0"
+tokens = ["{ADMIN_TOKEN}"]
 
 [log]
 level = "info,lease_sync=debug"
@@ -208,6 +220,7 @@ pub fn namespace() -> String {
 /// lease-sync running in this process.
 pub struct TestApp {
     pub addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     pub settings: Settings,
     stop: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -223,10 +236,12 @@ impl TestApp {
             .await
             .expect("app builds");
         let addr = app.local_addr();
+        let admin_addr = app.admin_addr();
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run(stop.clone()));
         Self {
             addr,
+            admin_addr,
             settings,
             stop,
             task: Some(task),
@@ -252,6 +267,19 @@ impl TestApp {
             connect(&self.settings.redis).expect("redis"),
             &self.settings.redis.namespace,
         )
+    }
+
+    /// `http://<admin addr>/admin<path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}/admin{path}",
+            self.admin_addr.expect("admin API enabled")
+        )
+    }
+
+    /// The dead letters of this app's namespace.
+    pub fn dead_letters(&self) -> lease_sync::dead_letters::DeadLetters {
+        lease_sync::dead_letters::DeadLetters::new(&self.queue())
     }
 
     /// Stops gracefully and waits.

@@ -1,20 +1,26 @@
-//! The durable queue: delivery jobs in Redis, in the layout apalis-redis 1.0 reads.
+//! The durable queue: delivery jobs in Redis, in the layout apalis-redis 1.0 reads, and the
+//! ledger that decides their fate.
 //!
 //! apalis-redis is the transport: its worker loop fetches jobs, tracks them in per-worker
 //! in-flight sets and re-enqueues the in-flight jobs of workers that stop heart-beating.
-//! Three parts are owned here instead, each because of a measured apalis-redis 1.0 defect
+//! Everything else is owned here, each part because of a measured apalis-redis 1.0 defect
 //! (`shared/reference/apalis-redis-1.0.md` §4):
 //!
 //! * **Enqueue** is one Lua script that claims the dedupe key and writes every job of the
-//!   event, so the answer 202 means all of it is in Redis and the answer 200 `duplicate`
-//!   means nothing new was written. apalis's push reports no duplicate and puts every job in
-//!   the scheduled set, from which a single fetch of 8,000 or more due ids fails (bug 3).
-//!   Ours go straight to the active list.
-//! * **Promotion** of due retries from the scheduled set to the active list happens in
-//!   bounded chunks ([`JobQueue::promote_due`]) before apalis's fetch would try to move them
-//!   all at once.
-//! * **Counts** come from plain `LLEN`/`ZCARD`/`SCARD`; apalis's stats calls fail on Redis
-//!   (bug 5).
+//!   event, so 202 means all of it is in Redis and 200 `duplicate` means nothing was written.
+//!   apalis's push reports no duplicate and routes every job through the scheduled set, from
+//!   which a fetch of 8,000 or more due ids fails (bug 3). Ours go straight to the active list.
+//! * **The ledger** (one hash per delivery, see [`ledger`]) counts attempts *before* each call,
+//!   so crashes count (bug 9), applies lease-sync's own retry policy instead of the hard-coded
+//!   25 linear attempts (bug 1), and fences stale duplicate runs of a task. Every handled job is
+//!   acknowledged to apalis as done; retries are new tasks scheduled in Redis.
+//! * **Promotion** of due retries happens in bounded chunks ([`JobQueue::promote_due`]).
+//! * **Housekeeping** ([`JobQueue::sweep`]) trims apalis's done set and data, which apalis
+//!   keeps forever (apalis-redis#10), without its `Vacuum` (bug 10).
+//! * **Counts** come from plain `LLEN`/`ZCARD`/`SCARD` and our counters; apalis's stats calls
+//!   fail on Redis (bug 5).
+
+pub mod ledger;
 
 use std::time::Duration;
 
@@ -23,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::config::RedisSettings;
-use crate::event::EventType;
+use crate::event::{EventType, LeaseEvent};
 
 /// Suffix of the apalis queue name under the namespace.
 const DELIVERY_QUEUE: &str = "deliveries";
@@ -31,11 +37,21 @@ const DELIVERY_QUEUE: &str = "deliveries";
 /// Most due retries moved per promotion step; keeps every Lua `unpack` far below its limit.
 pub const PROMOTE_CHUNK: usize = 500;
 
+/// Most finished tasks cleaned per housekeeping step.
+const SWEEP_CHUNK: usize = 1_000;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 /// One unit of work: make OpenApp reflect one event for one resident.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryJob {
     /// Payload version, so jobs queued by an older release stay readable.
     pub v: u32,
+    /// Stable id of this delivery across retries and replays; the dead-letter id.
+    pub delivery_id: String,
     /// The event id (the sender's `webhook-id`).
     pub event_id: String,
     /// The source that sent it.
@@ -59,6 +75,16 @@ pub struct DeliveryJob {
     pub role: String,
 }
 
+impl DeliveryJob {
+    /// `add` for a signed lease, `remove` for an ended one.
+    pub fn action(&self) -> &'static str {
+        match self.event_type {
+            EventType::LeaseSigned => "add",
+            EventType::LeaseEnded => "remove",
+        }
+    }
+}
+
 /// Current [`DeliveryJob::v`].
 pub const JOB_VERSION: u32 = 1;
 
@@ -71,19 +97,31 @@ pub enum EnqueueOutcome {
     Duplicate,
 }
 
-/// Queue depths, read straight from Redis.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Queue depths and lifetime counters, read straight from Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct QueueCounts {
     /// Jobs waiting to be fetched.
     pub ready: u64,
-    /// Jobs waiting for a retry time.
+    /// Retries waiting for their time.
     pub scheduled: u64,
     /// Jobs fetched by a worker and not yet acknowledged.
     pub in_flight: u64,
-    /// Jobs delivered.
-    pub done: u64,
-    /// Jobs given up on.
+    /// Dead letters currently stored.
     pub dead: u64,
+    /// Seconds the oldest ready job has waited, if any is ready.
+    pub oldest_ready_age_secs: Option<f64>,
+    /// Deliveries completed since the namespace was created.
+    pub done: u64,
+    /// Retries scheduled.
+    pub retries: u64,
+    /// Deliveries moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Calls OpenApp refused with 401 or 403 (credentials or roles).
+    pub auth_failures: u64,
+    /// Dead letters removed by the size or age cap.
+    pub dead_letters_trimmed: u64,
+    /// Duplicate runs of superseded tasks that were skipped.
+    pub stale_tasks: u64,
 }
 
 /// Errors talking to the queue.
@@ -95,9 +133,12 @@ pub enum QueueError {
     /// Redis did not answer in time.
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
-    /// A job could not be encoded.
-    #[error("cannot encode job: {0}")]
-    Encode(#[from] serde_json::Error),
+    /// A job could not be encoded or decoded.
+    #[error("cannot encode or decode a job: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A script answered something it never answers.
+    #[error("unexpected answer from Redis: {0}")]
+    Protocol(String),
 }
 
 /// Names of every key lease-sync uses, derived from the namespace.
@@ -124,7 +165,38 @@ impl Keys {
         format!("{}:dedupe:{source}:{event_id}", self.namespace)
     }
 
-    fn queue_key(&self, suffix: &str) -> String {
+    /// Prefix of the per-delivery ledger hashes.
+    pub fn delivery_prefix(&self) -> String {
+        format!("{}:delivery", self.namespace)
+    }
+
+    /// Ledger hash of one delivery.
+    pub fn delivery(&self, delivery_id: &str) -> String {
+        format!("{}:{delivery_id}", self.delivery_prefix())
+    }
+
+    /// Attempt records of one delivery (a list of JSON objects).
+    pub fn attempts(&self, delivery_id: &str) -> String {
+        format!("{}:{delivery_id}:attempts", self.delivery_prefix())
+    }
+
+    /// Sorted set of dead-letter ids by dead-at (ms).
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dead-letters", self.namespace)
+    }
+
+    /// Audit records of replays and purges (a list, newest first).
+    pub fn audit(&self) -> String {
+        format!("{}:audit", self.namespace)
+    }
+
+    /// Lifetime counters.
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.namespace)
+    }
+
+    /// A key of the apalis queue (`active`, `scheduled`, `data`, `meta`, …).
+    pub fn queue_key(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.delivery_queue())
     }
 }
@@ -142,43 +214,20 @@ pub fn connect(settings: &RedisSettings) -> Result<ConnectionManager, QueueError
     Ok(ConnectionManager::new_lazy_with_config(client, config)?)
 }
 
-/// Writes the dedupe marker and all jobs of one event, or nothing if the marker exists.
-/// The fields of each job's meta hash are the ones apalis-redis's fetch requires.
-const ENQUEUE_SCRIPT: &str = r"
--- KEYS[1] dedupe marker, KEYS[2] {q}:data, KEYS[3] {q}:active, KEYS[4] {q}:meta prefix
--- ARGV[1] dedupe ttl (s), ARGV[2] marker value, ARGV[3] max attempts, ARGV[4..] id, payload pairs
-if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) then
-  return -1
-end
-local n = 0
-for i = 4, #ARGV, 2 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  redis.call('HSET', KEYS[4] .. ':' .. ARGV[i], 'attempts', 0, 'max_attempts', ARGV[3],
-    'status', 'Pending', 'idempotency_key', '')
-  redis.call('RPUSH', KEYS[3], ARGV[i])
-  n = n + 1
-end
-return n
-";
-
-/// Moves up to ARGV[2] due ids from the scheduled set to the active list.
-const PROMOTE_SCRIPT: &str = r"
--- KEYS[1] {q}:scheduled, KEYS[2] {q}:active; ARGV[1] now (s), ARGV[2] chunk
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #ids > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(ids))
-  redis.call('ZREM', KEYS[1], unpack(ids))
-end
-return #ids
-";
-
 /// Handle on the delivery queue. Cheap to clone.
 #[derive(Clone)]
 pub struct JobQueue {
     conn: ConnectionManager,
     keys: Keys,
-    enqueue_script: redis::Script,
-    promote_script: redis::Script,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+struct Scripts {
+    enqueue: redis::Script,
+    promote: redis::Script,
+    sweep: redis::Script,
+    begin: redis::Script,
+    finish: redis::Script,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -195,8 +244,13 @@ impl JobQueue {
         Self {
             conn,
             keys: Keys::new(namespace),
-            enqueue_script: redis::Script::new(ENQUEUE_SCRIPT),
-            promote_script: redis::Script::new(PROMOTE_SCRIPT),
+            scripts: std::sync::Arc::new(Scripts {
+                enqueue: redis::Script::new(include_str!("lua/enqueue.lua")),
+                promote: redis::Script::new(include_str!("lua/promote.lua")),
+                sweep: redis::Script::new(include_str!("lua/sweep.lua")),
+                begin: redis::Script::new(include_str!("lua/begin_attempt.lua")),
+                finish: redis::Script::new(include_str!("lua/finish_attempt.lua")),
+            }),
         }
     }
 
@@ -205,35 +259,36 @@ impl JobQueue {
         &self.keys
     }
 
-    /// The underlying connection, for the worker's apalis backend.
+    /// The underlying connection (cheap clone).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
     /// Durably queues `jobs` (all of one event) unless `source` already delivered
-    /// `event_id` within `dedupe_ttl`. Answers within `timeout` or fails with
+    /// `event.id` within `dedupe_ttl`. Answers within `timeout` or fails with
     /// [`QueueError::Timeout`]; nothing is buffered in memory.
     pub async fn enqueue_event(
         &self,
         source: &str,
-        event_id: &str,
+        event: &LeaseEvent,
         jobs: &[DeliveryJob],
         dedupe_ttl: Duration,
-        max_attempts: usize,
         timeout: Duration,
     ) -> Result<EnqueueOutcome, QueueError> {
-        let mut invocation = self.enqueue_script.prepare_invoke();
+        let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
-            .key(self.keys.dedupe(source, event_id))
+            .key(self.keys.dedupe(source, &event.id))
             .key(self.keys.queue_key("data"))
             .key(self.keys.queue_key("active"))
             .key(self.keys.queue_key("meta"))
+            .key(self.keys.delivery_prefix())
             .arg(dedupe_ttl.as_secs().max(1))
-            .arg(OffsetDateTime::now_utc().unix_timestamp())
-            .arg(max_attempts);
+            .arg(now_ms())
+            .arg(serde_json::to_vec(event)?);
         for job in jobs {
             invocation
                 .arg(ulid::Ulid::new().to_string())
+                .arg(&job.delivery_id)
                 .arg(serde_json::to_vec(job)?);
         }
         let mut conn = self.conn.clone();
@@ -243,21 +298,22 @@ impl JobQueue {
         Ok(if written < 0 {
             EnqueueOutcome::Duplicate
         } else {
-            EnqueueOutcome::Queued(written as usize)
+            EnqueueOutcome::Queued(usize::try_from(written).unwrap_or_default())
         })
     }
 
-    /// Moves every retry that is due by `now` from the scheduled set to the active list,
+    /// Moves every retry that is due by `now_ms` from the scheduled set to the active list,
     /// [`PROMOTE_CHUNK`] at a time. Returns how many moved.
-    pub async fn promote_due(&self, now: i64) -> Result<u64, QueueError> {
+    pub async fn promote_due(&self, now_ms: i64) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
         let mut total = 0;
         loop {
             let moved: u64 = self
-                .promote_script
+                .scripts
+                .promote
                 .key(self.keys.queue_key("scheduled"))
                 .key(self.keys.queue_key("active"))
-                .arg(now)
+                .arg(now_ms)
                 .arg(PROMOTE_CHUNK)
                 .invoke_async(&mut conn)
                 .await?;
@@ -268,7 +324,33 @@ impl JobQueue {
         }
     }
 
-    /// Current depths.
+    /// Cleans acknowledged tasks out of apalis's sets and hands tasks apalis gave up on by
+    /// itself back to lease-sync's ledger. Returns (cleaned, requeued, dropped).
+    pub async fn sweep(&self) -> Result<(u64, u64, u64), QueueError> {
+        let mut conn = self.conn.clone();
+        let mut totals = (0, 0, 0);
+        loop {
+            let (cleaned, requeued, dropped): (u64, u64, u64) = self
+                .scripts
+                .sweep
+                .key(self.keys.queue_key("done"))
+                .key(self.keys.queue_key("dead"))
+                .key(self.keys.queue_key("data"))
+                .key(self.keys.queue_key("meta"))
+                .key(self.keys.queue_key("active"))
+                .key(self.keys.delivery_prefix())
+                .arg(SWEEP_CHUNK)
+                .arg(now_ms())
+                .invoke_async(&mut conn)
+                .await?;
+            totals = (totals.0 + cleaned, totals.1 + requeued, totals.2 + dropped);
+            if cleaned < SWEEP_CHUNK as u64 && requeued + dropped < SWEEP_CHUNK as u64 {
+                return Ok(totals);
+            }
+        }
+    }
+
+    /// Current depths and counters.
     pub async fn counts(&self) -> Result<QueueCounts, QueueError> {
         let mut conn = self.conn.clone();
         let inflight_pattern = format!("{}:*", self.keys.queue_key("inflight"));
@@ -292,33 +374,68 @@ impl JobQueue {
             }
             cursor = next;
         }
-        let (ready, scheduled, done, dead): (u64, u64, u64, u64) = redis::pipe()
+        let (ready, scheduled, dead, oldest, stats): (
+            u64,
+            u64,
+            u64,
+            Option<String>,
+            Vec<Option<u64>>,
+        ) = redis::pipe()
             .cmd("LLEN")
             .arg(self.keys.queue_key("active"))
             .cmd("ZCARD")
             .arg(self.keys.queue_key("scheduled"))
-            .cmd("SCARD")
-            .arg(self.keys.queue_key("done"))
-            .cmd("SCARD")
-            .arg(self.keys.queue_key("dead"))
+            .cmd("ZCARD")
+            .arg(self.keys.dead_letters())
+            .cmd("LINDEX")
+            .arg(self.keys.queue_key("active"))
+            .arg(0)
+            .cmd("HMGET")
+            .arg(self.keys.stats())
+            .arg(&[
+                "delivered",
+                "retries",
+                "dead_lettered",
+                "auth_failures",
+                "dead_letters_trimmed",
+                "stale_tasks",
+            ])
             .query_async(&mut conn)
             .await?;
+        let oldest_ready_age_secs = match oldest {
+            Some(task) => {
+                let ready_at: Option<i64> = redis::cmd("HGET")
+                    .arg(format!("{}:{task}", self.keys.queue_key("meta")))
+                    .arg("ready_at")
+                    .query_async(&mut conn)
+                    .await?;
+                // Tasks re-enqueued by apalis's orphan recovery keep their first ready time.
+                ready_at.map(|at| (now_ms() - at).max(0) as f64 / 1000.0)
+            }
+            None => None,
+        };
+        let stat = |i: usize| stats.get(i).copied().flatten().unwrap_or_default();
         Ok(QueueCounts {
             ready,
             scheduled,
             in_flight,
-            done,
             dead,
+            oldest_ready_age_secs,
+            done: stat(0),
+            retries: stat(1),
+            dead_lettered: stat(2),
+            auth_failures: stat(3),
+            dead_letters_trimmed: stat(4),
+            stale_tasks: stat(5),
         })
     }
 
     /// Round trip to Redis within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let pong: String = tokio::time::timeout(timeout, redis::cmd("PING").query_async(&mut conn))
+        let _: String = tokio::time::timeout(timeout, redis::cmd("PING").query_async(&mut conn))
             .await
             .map_err(|_| QueueError::Timeout(timeout))??;
-        debug_assert_eq!(pong, "PONG");
         Ok(())
     }
 

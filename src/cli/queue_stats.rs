@@ -1,0 +1,116 @@
+//! `lease-sync queue stats`: queue depths and lifetime counters, read straight from Redis.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::ConfigArg;
+use super::dead_letters::{Explain as _, open_queue};
+use crate::queue::QueueCounts;
+
+/// Arguments of `queue`.
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    /// What to look at.
+    #[command(subcommand)]
+    command: QueueCommand,
+}
+
+/// The `queue` subcommands.
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Print queue depths (ready, scheduled, in flight, dead letters) and lifetime counters.
+    Stats(StatsArgs),
+}
+
+/// Arguments of `queue stats`.
+#[derive(Debug, clap::Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the counts as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `queue …`.
+pub(super) async fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        QueueCommand::Stats(args) => stats(args).await,
+    }
+}
+
+async fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let queue = open_queue(&args.config).await?;
+    let counts = queue
+        .counts()
+        .await
+        .explain("cannot read the queue counts")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&counts)?);
+    } else {
+        print!("{}", describe(&counts));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text `queue stats` prints.
+fn describe(c: &QueueCounts) -> String {
+    let oldest = c.oldest_ready_age_secs.map_or_else(|| "-".to_owned(), age);
+    let depths = [
+        ("ready", c.ready.to_string()),
+        ("scheduled", c.scheduled.to_string()),
+        ("in flight", c.in_flight.to_string()),
+        ("dead letters", c.dead.to_string()),
+        ("oldest ready age", oldest),
+    ];
+    let counters = [
+        ("delivered", c.done),
+        ("retries", c.retries),
+        ("dead-lettered", c.dead_lettered),
+        ("OpenApp 401/403", c.auth_failures),
+        ("dead letters trimmed", c.dead_letters_trimmed),
+        ("stale tasks", c.stale_tasks),
+    ];
+    let mut out = String::from("queue\n");
+    for (name, value) in depths {
+        out.push_str(&format!("  {name:<22}{value}\n"));
+    }
+    out.push_str("\nlifetime counters\n");
+    for (name, value) in counters {
+        out.push_str(&format!("  {name:<22}{value}\n"));
+    }
+    out
+}
+
+/// `2m 5s` for a number of seconds (rounded to the second; `<1s` below one second).
+fn age(secs: f64) -> String {
+    if secs < 1.0 {
+        return "<1s".to_owned();
+    }
+    humantime::format_duration(Duration::from_secs(secs.round() as u64)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_humanised() {
+        assert_eq!(age(0.2), "<1s");
+        assert_eq!(age(125.4), "2m 5s");
+    }
+
+    #[test]
+    fn text_labels_every_counter() {
+        let text = describe(&QueueCounts {
+            dead: 2,
+            auth_failures: 3,
+            ..QueueCounts::default()
+        });
+        assert!(text.contains("oldest ready age      -"), "{text}");
+        assert!(text.contains("OpenApp 401/403       3"), "{text}");
+        assert!(text.contains("dead letters          2"), "{text}");
+    }
+}

@@ -1,0 +1,524 @@
+//! Dead letters: deliveries that were given up, kept with everything an operator needs to
+//! understand them, and replayed or purged on request.
+//!
+//! Stored in Redis next to the queue: a sorted set of delivery ids by dead-at (ms), and for
+//! each id the ledger hash and attempt records the worker wrote (see [`crate::queue::ledger`]).
+//! Replay and purge are single Lua scripts, so concurrent operators cannot enqueue one entry
+//! twice; each writes an audit record.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::warn;
+
+use crate::config::DeadLetterSettings;
+use crate::event::EventType;
+use crate::queue::ledger::AttemptRecord;
+use crate::queue::{DeliveryJob, JobQueue, Keys, QueueError, now_ms};
+use crate::retry::DeadReason;
+
+/// Most audit records kept.
+const AUDIT_KEEP: isize = 10_000;
+
+/// Ids read per round trip while filtering.
+const SCAN_BATCH: isize = 500;
+
+/// Which dead letters an operation applies to. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterFilter {
+    /// Only this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Only this event type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<EventType>,
+    /// Only this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DeadReason>,
+    /// Only entries that died within this long before now.
+    #[serde(
+        default,
+        with = "humantime_serde_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub since: Option<Duration>,
+    /// Only entries that died at least this long ago.
+    #[serde(
+        default,
+        with = "humantime_serde_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub older_than: Option<Duration>,
+}
+
+/// `"24h"`-style durations in JSON.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl DeadLetterFilter {
+    fn matches(&self, entry: &DeadLetterSummary) -> bool {
+        self.source.as_ref().is_none_or(|s| *s == entry.source)
+            && self.event_type.is_none_or(|t| t == entry.event_type)
+            && self.reason.is_none_or(|r| r == entry.reason)
+    }
+
+    /// Score bounds (dead-at, ms) implied by `since` and `older_than`.
+    fn bounds(&self, now: i64) -> (i64, i64) {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let min = self.since.map_or(i64::MIN, |d| now.saturating_sub(ms(d)));
+        let max = self
+            .older_than
+            .map_or(i64::MAX, |d| now.saturating_sub(ms(d)));
+        (min, max)
+    }
+}
+
+/// One dead letter in a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterSummary {
+    /// The delivery id; what `show`, `replay` and `purge` take.
+    pub id: String,
+    /// Why it was given up.
+    pub reason: DeadReason,
+    /// When (ms since the epoch).
+    pub dead_at: i64,
+    /// When the event was first received (ms since the epoch).
+    pub first_seen: i64,
+    /// The source that sent the event.
+    pub source: String,
+    /// The event id.
+    pub event_id: String,
+    /// The event type.
+    pub event_type: EventType,
+    /// `add` or `remove`.
+    pub action: String,
+    /// The lease.
+    pub lease_id: String,
+    /// The resident (OpenApp user id).
+    pub user_id: String,
+    /// The OpenApp integration.
+    pub integration_id: String,
+    /// Attempts made since the last replay.
+    pub attempts: u32,
+    /// Times replayed before.
+    pub replays: u32,
+    /// The last attempt's failure: status and message, as one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Everything about one dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The summary fields.
+    #[serde(flatten)]
+    pub summary: DeadLetterSummary,
+    /// The delivery job (target, role, org).
+    pub job: DeliveryJob,
+    /// The event as received (validated), as JSON.
+    pub event: Value,
+    /// Every attempt, oldest first, with replay markers between rounds.
+    pub attempt_log: Vec<AttemptRecord>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    /// Matching entries, newest first.
+    pub items: Vec<DeadLetterSummary>,
+    /// Offset of the next page, if there are more matches.
+    pub next_offset: Option<usize>,
+}
+
+/// Result of replaying one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOutcome {
+    /// Queued again with a fresh attempt budget.
+    Replayed,
+    /// The delivery exists but is not a dead letter (already replayed, or delivered).
+    NotDead,
+    /// No such delivery.
+    NotFound,
+}
+
+/// An audit record of a replay or purge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When (ms since the epoch).
+    pub at: i64,
+    /// Who: `token:<fingerprint>` for the admin API, `cli:<user>@<host>` for the CLI.
+    pub actor: String,
+    /// `replay` or `purge`.
+    pub action: String,
+    /// The entries acted on.
+    pub ids: Vec<String>,
+    /// The filter used for bulk operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<DeadLetterFilter>,
+}
+
+/// Access to the dead letters of one namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct DeadLetters {
+    conn: ConnectionManager,
+    keys: Keys,
+    replay: std::sync::Arc<redis::Script>,
+    purge: std::sync::Arc<redis::Script>,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeadLetters {
+    /// The dead letters next to `queue`.
+    pub fn new(queue: &JobQueue) -> Self {
+        Self {
+            conn: queue.connection(),
+            keys: queue.keys().clone(),
+            replay: std::sync::Arc::new(redis::Script::new(include_str!("queue/lua/replay.lua"))),
+            purge: std::sync::Arc::new(redis::Script::new(include_str!("queue/lua/purge.lua"))),
+        }
+    }
+
+    /// Matching entries, newest first, skipping `offset` matches and returning at most `limit`.
+    pub async fn list(
+        &self,
+        filter: &DeadLetterFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page, QueueError> {
+        let mut items = Vec::new();
+        let mut skipped = 0;
+        let mut more = false;
+        self.scan(filter, |entry| {
+            if skipped < offset {
+                skipped += 1;
+                return true;
+            }
+            if items.len() == limit {
+                more = true;
+                return false;
+            }
+            items.push(entry);
+            true
+        })
+        .await?;
+        let next_offset = more.then_some(offset + items.len());
+        Ok(Page { items, next_offset })
+    }
+
+    /// Ids of every matching entry, newest first.
+    pub async fn matching_ids(&self, filter: &DeadLetterFilter) -> Result<Vec<String>, QueueError> {
+        let mut ids = Vec::new();
+        self.scan(filter, |entry| {
+            ids.push(entry.id);
+            true
+        })
+        .await?;
+        Ok(ids)
+    }
+
+    /// Walks matching entries newest first until `visit` returns false.
+    async fn scan(
+        &self,
+        filter: &DeadLetterFilter,
+        mut visit: impl FnMut(DeadLetterSummary) -> bool,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let (min, max) = filter.bounds(now_ms());
+        let mut offset = 0isize;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(self.keys.dead_letters())
+                .arg(max)
+                .arg(min)
+                .arg("LIMIT")
+                .arg(offset)
+                .arg(SCAN_BATCH)
+                .query_async(&mut conn)
+                .await?;
+            if ids.is_empty() {
+                return Ok(());
+            }
+            offset += ids.len() as isize;
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("HGETALL").arg(self.keys.delivery(id));
+                pipe.cmd("LINDEX").arg(self.keys.attempts(id)).arg(-1);
+            }
+            let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+            for (id, pair) in ids.into_iter().zip(replies.chunks(2)) {
+                let hash: std::collections::HashMap<String, String> =
+                    redis::FromRedisValue::from_redis_value(pair[0].clone()).unwrap_or_default();
+                let last: Option<String> =
+                    redis::FromRedisValue::from_redis_value(pair[1].clone()).unwrap_or_default();
+                let Some(mut entry) = summary(&id, &hash) else {
+                    warn!(dead_letter.id = %id, "dead letter without a readable record; skipped");
+                    continue;
+                };
+                entry.last_error = last
+                    .and_then(|r| serde_json::from_str::<AttemptRecord>(&r).ok())
+                    .and_then(|r| last_error(&r));
+                if filter.matches(&entry) && !visit(entry) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Everything about one entry; `None` if it is not a dead letter.
+    pub async fn get(&self, id: &str) -> Result<Option<DeadLetter>, QueueError> {
+        let mut conn = self.conn.clone();
+        let (score, hash, log): (
+            Option<f64>,
+            std::collections::HashMap<String, String>,
+            Vec<String>,
+        ) = redis::pipe()
+            .cmd("ZSCORE")
+            .arg(self.keys.dead_letters())
+            .arg(id)
+            .cmd("HGETALL")
+            .arg(self.keys.delivery(id))
+            .cmd("LRANGE")
+            .arg(self.keys.attempts(id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        if score.is_none() {
+            return Ok(None);
+        }
+        let Some(mut summary) = summary(id, &hash) else {
+            return Ok(None);
+        };
+        let job: DeliveryJob = serde_json::from_str(hash.get("job").map_or("", String::as_str))?;
+        let event = hash
+            .get("event")
+            .and_then(|e| serde_json::from_str(e).ok())
+            .unwrap_or(Value::Null);
+        let attempt_log: Vec<AttemptRecord> = log
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect();
+        summary.last_error = attempt_log.last().and_then(last_error);
+        Ok(Some(DeadLetter {
+            summary,
+            job,
+            event,
+            attempt_log,
+        }))
+    }
+
+    /// Replays one entry: claims it atomically and queues it again with a fresh attempt
+    /// budget and the original event. Does not write an audit record; see [`Self::audit`].
+    pub async fn replay(&self, id: &str, actor: &str) -> Result<ReplayOutcome, QueueError> {
+        let mut conn = self.conn.clone();
+        let claimed: i64 = self
+            .replay
+            .key(self.keys.dead_letters())
+            .key(self.keys.delivery(id))
+            .key(self.keys.attempts(id))
+            .key(self.keys.queue_key("data"))
+            .key(self.keys.queue_key("meta"))
+            .key(self.keys.queue_key("active"))
+            .arg(id)
+            .arg(ulid::Ulid::new().to_string())
+            .arg(now_ms())
+            .arg(actor)
+            .invoke_async(&mut conn)
+            .await?;
+        if claimed == 1 {
+            return Ok(ReplayOutcome::Replayed);
+        }
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(self.keys.delivery(id))
+            .query_async(&mut conn)
+            .await?;
+        Ok(if exists {
+            ReplayOutcome::NotDead
+        } else {
+            ReplayOutcome::NotFound
+        })
+    }
+
+    /// Deletes one entry; false if it was not a dead letter.
+    pub async fn purge(&self, id: &str) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = self
+            .purge
+            .key(self.keys.dead_letters())
+            .key(self.keys.delivery(id))
+            .key(self.keys.attempts(id))
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// Enforces `[dead_letters]`: removes entries older than `max_age_days`, then the oldest
+    /// beyond `max_entries`. Logs and counts what it removed.
+    pub async fn trim(&self, settings: &DeadLetterSettings) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let age_ms =
+            i64::try_from(settings.max_age_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(age_ms);
+        let mut victims: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.dead_letters())
+            .arg("-inf")
+            .arg(cutoff)
+            .query_async(&mut conn)
+            .await?;
+        let total: u64 = redis::cmd("ZCARD")
+            .arg(self.keys.dead_letters())
+            .query_async(&mut conn)
+            .await?;
+        let excess = (total - victims.len() as u64).saturating_sub(settings.max_entries);
+        if excess > 0 {
+            let start = victims.len() as i64;
+            let oldest: Vec<String> = redis::cmd("ZRANGE")
+                .arg(self.keys.dead_letters())
+                .arg(start)
+                .arg(start + excess as i64 - 1)
+                .query_async(&mut conn)
+                .await?;
+            victims.extend(oldest);
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for id in &victims {
+            if self.purge(id).await? {
+                removed += 1;
+            }
+        }
+        let _: () = redis::cmd("HINCRBY")
+            .arg(self.keys.stats())
+            .arg("dead_letters_trimmed")
+            .arg(removed)
+            .query_async(&mut conn)
+            .await?;
+        warn!(
+            trimmed = removed,
+            max_entries = settings.max_entries,
+            max_age_days = settings.max_age_days,
+            "trimmed {removed} dead letter(s) beyond the [dead_letters] limits"
+        );
+        Ok(removed)
+    }
+
+    /// Appends an audit record (newest first, the last 10,000 kept).
+    pub async fn audit(&self, record: &AuditRecord) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(self.keys.audit())
+            .arg(serde_json::to_string(record)?)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(self.keys.audit())
+            .arg(0)
+            .arg(AUDIT_KEEP - 1)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit records.
+    pub async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, QueueError> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys.audit())
+            .arg(0)
+            .arg(limit.saturating_sub(1) as isize)
+            .query_async(&mut conn)
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect())
+    }
+}
+
+/// `"503: Service unavailable"`, `"timeout: …"`: the failure of one attempt on one line.
+fn last_error(record: &AttemptRecord) -> Option<String> {
+    let head = match (record.status, &record.error) {
+        (Some(status), _) => status.to_string(),
+        (None, Some(kind)) => kind.clone(),
+        (None, None) => record.outcome.clone(),
+    };
+    match &record.message {
+        Some(m) => Some(format!("{head}: {m}")),
+        None if head.is_empty() => None,
+        None => Some(head),
+    }
+}
+
+fn summary(
+    id: &str,
+    hash: &std::collections::HashMap<String, String>,
+) -> Option<DeadLetterSummary> {
+    let job: DeliveryJob = serde_json::from_str(hash.get("job")?).ok()?;
+    let number = |field: &str| {
+        hash.get(field)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or_default()
+    };
+    Some(DeadLetterSummary {
+        id: id.to_owned(),
+        reason: hash.get("reason")?.parse().ok()?,
+        dead_at: number("dead_at"),
+        first_seen: number("first_seen"),
+        source: job.source.clone(),
+        event_id: job.event_id.clone(),
+        event_type: job.event_type,
+        action: job.action().to_owned(),
+        lease_id: job.lease_id.clone(),
+        user_id: job.user_id.clone(),
+        integration_id: job.integration_id.clone(),
+        attempts: u32::try_from(number("attempts")).unwrap_or_default(),
+        replays: u32::try_from(number("replays")).unwrap_or_default(),
+        last_error: None,
+    })
+}
+
+/// Who runs this CLI: `cli:<user>@<host>`, for audit records.
+pub fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!("cli:{user}@{host}")
+}

@@ -1,0 +1,68 @@
+//! The admin API: dead letters and queue stats for operators, on its own listener.
+//!
+//! Every route under `/admin` requires `Authorization: Bearer <token>` with one of the
+//! configured `[admin] tokens`, except `GET /admin/openapi.json`, which describes the API
+//! and holds nothing secret. Every answer, rejections included, is JSON in the shape of
+//! [`ApiError`]; axum's plain-text rejections never reach the caller.
+//!
+//! Replays and purges write an audit record naming the caller as `token:<fingerprint>`
+//! (see the `auth` module), never the token. The OpenAPI document is generated from the
+//! handlers' annotations (see the `openapi` module); the e2e tests check every route
+//! against it.
+//!
+//! [`ApiError`]: super::ApiError
+
+mod auth;
+mod error;
+mod handlers;
+mod openapi;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+
+use crate::config::Secret;
+use crate::dead_letters::DeadLetters;
+use crate::queue::JobQueue;
+
+/// State of the admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The queue, for stats.
+    pub queue: JobQueue,
+    /// The dead letters.
+    pub dead_letters: DeadLetters,
+    /// Accepted bearer tokens.
+    pub tokens: Arc<Vec<Secret>>,
+}
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    // `route_layer` rather than `layer`: authentication guards the matched routes only, so
+    // the public OpenAPI route merged below stays public and unknown paths answer 404.
+    let protected = Router::new()
+        .route("/admin/dead-letters", get(handlers::list_dead_letters))
+        .route(
+            "/admin/dead-letters/replay",
+            post(handlers::replay_dead_letters),
+        )
+        .route(
+            "/admin/dead-letters/{id}",
+            get(handlers::get_dead_letter).delete(handlers::purge_dead_letter),
+        )
+        .route(
+            "/admin/dead-letters/{id}/replay",
+            post(handlers::replay_dead_letter),
+        )
+        .route("/admin/queue", get(handlers::queue_counts))
+        .route("/admin/audit", get(handlers::recent_audit))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_bearer));
+    Router::new()
+        .route("/admin/openapi.json", get(openapi::openapi_json))
+        .merge(protected)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+}

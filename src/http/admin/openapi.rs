@@ -1,0 +1,554 @@
+//! The OpenAPI 3 document of the admin API, generated from the handlers' `#[utoipa::path]`
+//! annotations and served, without authentication, at `GET /admin/openapi.json`.
+//!
+//! The types the API answers with live in other modules and know nothing of utoipa, so they
+//! are described here by mirror types ([`schemas`]); unit tests below compare each mirror's
+//! properties with what the real type serializes, so the two cannot drift apart unnoticed.
+
+use std::sync::LazyLock;
+
+use axum::Json;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+pub(super) use self::schemas::{
+    AuditRecordDoc, DeadLetterDoc, DeadLetterFilterDoc, DeadReasonDoc, ErrorBody, EventTypeDoc,
+    PageDoc, QueueCountsDoc,
+};
+use super::handlers;
+
+/// Name of the bearer security scheme in the document.
+const BEARER: &str = "bearer";
+
+/// The document, built once: it depends on nothing but the code.
+static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(AdminApi::openapi);
+
+/// The admin API as utoipa sees it.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "lease-sync admin API",
+        description = "Dead letters and queue stats for operators. Every endpoint except this \
+            document requires `Authorization: Bearer <token>` with one of the `[admin] tokens`. \
+            Errors are `{\"error\": code, \"message\": sentence}`."
+    ),
+    paths(
+        openapi_json,
+        handlers::list_dead_letters,
+        handlers::get_dead_letter,
+        handlers::replay_dead_letter,
+        handlers::replay_dead_letters,
+        handlers::purge_dead_letter,
+        handlers::queue_counts,
+        handlers::recent_audit,
+    ),
+    components(schemas(ErrorBody, EventTypeDoc, DeadReasonDoc)),
+    modifiers(&CommonResponses),
+    tags(
+        (name = "dead letters", description = "Deliveries that were given up: list, inspect, replay, purge."),
+        (name = "queue", description = "Queue depths and counters."),
+        (name = "audit", description = "Who replayed or purged what."),
+        (name = "meta", description = "This document."),
+    )
+)]
+struct AdminApi;
+
+/// Serves this document.
+#[utoipa::path(
+    get,
+    path = "/admin/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3 document of the admin API.", content_type = "application/json"))
+)]
+pub(super) async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(&DOCUMENT)
+}
+
+/// Registers the bearer scheme and adds the answers every authenticated endpoint can give
+/// (401, and 503 because each reads Redis) instead of repeating them on every handler.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                BEARER,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("One of the `[admin] tokens` of the configuration."))
+                        .build(),
+                ),
+            );
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.is_some() {
+                    add_error(
+                        operation,
+                        "401",
+                        "No or an unknown bearer token (`unauthorized`); sent with \
+                         `WWW-Authenticate: Bearer`.",
+                    );
+                    add_error(
+                        operation,
+                        "503",
+                        "Redis is unavailable (`queue_unavailable`); try again later.",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Adds a JSON error answer to `operation`, unless it already describes `status`.
+fn add_error(operation: &mut Operation, status: &str, description: &str) {
+    let response = ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Error")))
+                .build(),
+        )
+        .build();
+    operation
+        .responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert(response.into());
+}
+
+/// Mirrors of the answer types, for the document only: never constructed.
+mod schemas {
+    #![expect(
+        dead_code,
+        reason = "the mirror types exist for their schemas; no value of them is ever built"
+    )]
+
+    use serde::Serialize;
+    use utoipa::ToSchema;
+
+    /// Every error answer.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = Error)]
+    pub(crate) struct ErrorBody {
+        /// Stable code to branch on (`unauthorized`, `invalid_query`, `not_found`, …).
+        error: String,
+        /// What went wrong, for a person.
+        message: String,
+    }
+
+    /// An event type.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = EventType)]
+    pub(crate) enum EventTypeDoc {
+        /// Residents get access.
+        #[serde(rename = "lease.signed")]
+        LeaseSigned,
+        /// Residents lose access.
+        #[serde(rename = "lease.ended")]
+        LeaseEnded,
+    }
+
+    /// Why a delivery was given up.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    #[schema(as = DeadReason)]
+    pub(crate) enum DeadReasonDoc {
+        /// OpenApp refused the request in a way retrying cannot fix.
+        Permanent,
+        /// Every attempt failed transiently and the budget is used up.
+        Exhausted,
+        /// The worker itself died during each attempt.
+        CrashLoop,
+    }
+
+    /// Which dead letters an operation applies to; absent fields match everything.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = DeadLetterFilter)]
+    pub(crate) struct DeadLetterFilterDoc {
+        /// Only this source.
+        source: Option<String>,
+        /// Only this event type.
+        #[serde(rename = "type")]
+        event_type: Option<EventTypeDoc>,
+        /// Only this reason.
+        reason: Option<DeadReasonDoc>,
+        /// Only entries given up within this long before now (`24h`).
+        #[schema(example = "24h")]
+        since: Option<String>,
+        /// Only entries given up at least this long ago (`30d`).
+        #[schema(example = "30d")]
+        older_than: Option<String>,
+    }
+
+    /// One dead letter in a listing.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = DeadLetterSummary)]
+    pub(crate) struct DeadLetterSummaryDoc {
+        /// The delivery id, which the other endpoints take.
+        id: String,
+        /// Why it was given up.
+        reason: DeadReasonDoc,
+        /// When (ms since the epoch).
+        dead_at: i64,
+        /// When the event was first received (ms since the epoch).
+        first_seen: i64,
+        /// The source that sent the event.
+        source: String,
+        /// The event id.
+        event_id: String,
+        /// The event type.
+        event_type: EventTypeDoc,
+        /// `add` or `remove`.
+        action: String,
+        /// The lease.
+        lease_id: String,
+        /// The resident (OpenApp user id).
+        user_id: String,
+        /// The OpenApp integration.
+        integration_id: String,
+        /// Attempts made since the last replay.
+        attempts: u32,
+        /// Times replayed before.
+        replays: u32,
+        /// The last attempt's failure on one line (`400: Injected fault`).
+        last_error: Option<String>,
+    }
+
+    /// One page of a listing.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = Page)]
+    pub(crate) struct PageDoc {
+        /// Matching entries, newest first.
+        items: Vec<DeadLetterSummaryDoc>,
+        /// `offset` of the next page; null on the last page.
+        next_offset: Option<u64>,
+    }
+
+    /// The delivery job.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = DeliveryJob)]
+    pub(crate) struct DeliveryJobDoc {
+        /// Payload version.
+        v: u32,
+        /// The delivery id.
+        delivery_id: String,
+        /// The event id.
+        event_id: String,
+        /// The source.
+        source: String,
+        /// The event type.
+        event_type: EventTypeDoc,
+        /// When it happened at the source (RFC 3339).
+        occurred_at: String,
+        /// The lease.
+        lease_id: String,
+        /// The source's building id.
+        property_id: String,
+        /// The OpenApp user.
+        user_id: String,
+        /// OpenApp organisation.
+        org_id: String,
+        /// OpenApp integration.
+        integration_id: String,
+        /// Role granted on add.
+        role: String,
+    }
+
+    /// One attempt, or a replay marker between rounds of attempts.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = AttemptRecord)]
+    pub(crate) struct AttemptRecordDoc {
+        /// 1-based attempt number (absent on replay markers).
+        attempt: Option<u32>,
+        /// `started`, `delivered`, `retry`, `dead`, `crashed` or `replayed`.
+        outcome: String,
+        /// When the call started (ms since the epoch).
+        started_at: Option<i64>,
+        /// When it ended (ms since the epoch).
+        finished_at: Option<i64>,
+        /// HTTP status OpenApp answered.
+        status: Option<u16>,
+        /// Error class: `transport`, `timeout`, `http`, …
+        error: Option<String>,
+        /// OpenApp's `error_code`.
+        error_code: Option<String>,
+        /// OpenApp's message, or what went wrong.
+        message: Option<String>,
+        /// OpenApp's request id.
+        request_id: Option<String>,
+        /// `Retry-After` as OpenApp sent it.
+        retry_after: Option<String>,
+        /// Wait chosen before the next attempt (ms).
+        delay_ms: Option<u64>,
+        /// Upper bound of the jitter window (ms).
+        backoff_cap_ms: Option<u64>,
+        /// The task that ran the attempt.
+        task: Option<String>,
+        /// On replay markers: who replayed.
+        by: Option<String>,
+        /// On replay markers: when (ms since the epoch).
+        at: Option<i64>,
+    }
+
+    /// Everything about one dead letter.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = DeadLetter)]
+    pub(crate) struct DeadLetterDoc {
+        /// The summary fields, at the top level.
+        #[serde(flatten)]
+        summary: DeadLetterSummaryDoc,
+        /// The delivery job.
+        job: DeliveryJobDoc,
+        /// The event as received (validated).
+        #[schema(value_type = Object)]
+        event: serde_json::Value,
+        /// Every attempt, oldest first, with replay markers between rounds.
+        attempt_log: Vec<AttemptRecordDoc>,
+    }
+
+    /// An audit record of a replay or purge.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = AuditRecord)]
+    pub(crate) struct AuditRecordDoc {
+        /// When (ms since the epoch).
+        at: i64,
+        /// Who: `token:<first 12 hex of sha256(token)>`, or `cli:<user>@<host>`.
+        actor: String,
+        /// `replay` or `purge`.
+        action: String,
+        /// The entries acted on.
+        ids: Vec<String>,
+        /// The filter of a bulk replay.
+        filter: Option<DeadLetterFilterDoc>,
+    }
+
+    /// Queue depths and lifetime counters.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = QueueCounts)]
+    pub(crate) struct QueueCountsDoc {
+        /// Jobs waiting to be fetched.
+        ready: u64,
+        /// Retries waiting for their time.
+        scheduled: u64,
+        /// Jobs fetched by a worker and not yet acknowledged.
+        in_flight: u64,
+        /// Dead letters currently stored.
+        dead: u64,
+        /// Seconds the oldest ready job has waited, if any is ready.
+        oldest_ready_age_secs: Option<f64>,
+        /// Deliveries completed.
+        done: u64,
+        /// Retries scheduled.
+        retries: u64,
+        /// Deliveries moved to the dead letters.
+        dead_lettered: u64,
+        /// Calls OpenApp refused with 401 or 403.
+        auth_failures: u64,
+        /// Dead letters removed by the size or age cap.
+        dead_letters_trimmed: u64,
+        /// Duplicate runs of superseded tasks that were skipped.
+        stale_tasks: u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use serde::Serialize;
+    use serde_json::Value;
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::{Components, RefOr};
+
+    use super::*;
+    use crate::dead_letters::{AuditRecord, DeadLetter, DeadLetterFilter, DeadLetterSummary};
+    use crate::event::EventType;
+    use crate::queue::ledger::AttemptRecord;
+    use crate::queue::{DeliveryJob, QueueCounts};
+    use crate::retry::DeadReason;
+
+    fn components() -> &'static Components {
+        match &DOCUMENT.components {
+            Some(c) => c,
+            None => panic!("the document has no components"),
+        }
+    }
+
+    /// Property names of the component `name`, following `$ref`s and `allOf` (flatten).
+    fn documented(name: &str) -> BTreeSet<String> {
+        fn walk(schema: &RefOr<Schema>, out: &mut BTreeSet<String>) {
+            match schema {
+                RefOr::Ref(r) => {
+                    let name = r.ref_location.rsplit('/').next().unwrap_or_default();
+                    out.extend(documented(name));
+                }
+                RefOr::T(Schema::Object(o)) => out.extend(o.properties.keys().cloned()),
+                RefOr::T(Schema::AllOf(all)) => all.items.iter().for_each(|s| walk(s, out)),
+                RefOr::T(_) => panic!("a mirror is neither an object nor an allOf"),
+            }
+        }
+        let schema = components()
+            .schemas
+            .get(name)
+            .unwrap_or_else(|| panic!("no component schema `{name}`"));
+        let mut out = BTreeSet::new();
+        walk(schema, &mut out);
+        out
+    }
+
+    /// Top-level keys `value` serializes to.
+    fn serialized(value: &impl Serialize) -> BTreeSet<String> {
+        match serde_json::to_value(value) {
+            Ok(Value::Object(map)) => map.keys().cloned().collect(),
+            other => panic!("not an object: {other:?}"),
+        }
+    }
+
+    fn filter() -> DeadLetterFilter {
+        DeadLetterFilter {
+            source: Some("acme".into()),
+            event_type: Some(EventType::LeaseSigned),
+            reason: Some(DeadReason::Permanent),
+            since: Some(Duration::from_secs(60)),
+            older_than: Some(Duration::from_secs(1)),
+        }
+    }
+
+    fn summary() -> DeadLetterSummary {
+        DeadLetterSummary {
+            id: "d".into(),
+            reason: DeadReason::Permanent,
+            dead_at: 2,
+            first_seen: 1,
+            source: "acme".into(),
+            event_id: "e".into(),
+            event_type: EventType::LeaseSigned,
+            action: "add".into(),
+            lease_id: "l".into(),
+            user_id: "u".into(),
+            integration_id: "i".into(),
+            attempts: 1,
+            replays: 0,
+            last_error: Some("400: no".into()),
+        }
+    }
+
+    fn job() -> DeliveryJob {
+        DeliveryJob {
+            v: 1,
+            delivery_id: "d".into(),
+            event_id: "e".into(),
+            source: "acme".into(),
+            event_type: EventType::LeaseSigned,
+            occurred_at: time::macros::datetime!(2026-11-22 10:15 UTC),
+            lease_id: "l".into(),
+            property_id: "p".into(),
+            user_id: "u".into(),
+            org_id: "o".into(),
+            integration_id: "i".into(),
+            role: "r".into(),
+        }
+    }
+
+    fn attempt() -> AttemptRecord {
+        let text = Some(String::from("x"));
+        AttemptRecord {
+            attempt: Some(1),
+            outcome: "dead".into(),
+            started_at: Some(1),
+            finished_at: Some(2),
+            status: Some(400),
+            error: text.clone(),
+            error_code: text.clone(),
+            message: text.clone(),
+            request_id: text.clone(),
+            retry_after: text.clone(),
+            delay_ms: Some(1),
+            backoff_cap_ms: Some(1),
+            task: text.clone(),
+            by: text,
+            at: Some(3),
+        }
+    }
+
+    #[test]
+    fn every_mirror_documents_exactly_what_its_type_serializes() {
+        let counts = QueueCounts {
+            oldest_ready_age_secs: Some(1.5),
+            ..QueueCounts::default()
+        };
+        let audit = AuditRecord {
+            at: 1,
+            actor: "token:abc".into(),
+            action: "replay".into(),
+            ids: vec!["d".into()],
+            filter: Some(filter()),
+        };
+        let dead_letter = DeadLetter {
+            summary: summary(),
+            job: job(),
+            event: serde_json::json!({"type": "lease.signed"}),
+            attempt_log: vec![attempt()],
+        };
+        let page = crate::dead_letters::Page {
+            items: vec![summary()],
+            next_offset: Some(1),
+        };
+        for (name, keys) in [
+            ("DeadLetterFilter", serialized(&filter())),
+            ("DeadLetterSummary", serialized(&summary())),
+            ("DeliveryJob", serialized(&job())),
+            ("AttemptRecord", serialized(&attempt())),
+            ("DeadLetter", serialized(&dead_letter)),
+            ("Page", serialized(&page)),
+            ("AuditRecord", serialized(&audit)),
+            ("QueueCounts", serialized(&counts)),
+        ] {
+            assert_eq!(
+                documented(name),
+                keys,
+                "schema `{name}` drifted from its type"
+            );
+        }
+    }
+
+    #[test]
+    fn every_endpoint_but_the_document_requires_the_bearer_token() {
+        let document = serde_json::to_value(&*DOCUMENT).unwrap_or_default();
+        assert!(
+            document["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3."))
+        );
+        assert_eq!(
+            document["components"]["securitySchemes"][BEARER]["scheme"],
+            "bearer"
+        );
+        let paths = document["paths"].as_object().cloned().unwrap_or_default();
+        assert_eq!(paths.len(), 7, "{:?}", paths.keys());
+        for (path, item) in &paths {
+            for (method, operation) in item.as_object().into_iter().flatten() {
+                let secured = operation.get("security").is_some();
+                assert_eq!(secured, path != "/admin/openapi.json", "{method} {path}");
+                if secured {
+                    assert!(operation["responses"]["401"].is_object(), "{method} {path}");
+                    assert!(operation["responses"]["503"].is_object(), "{method} {path}");
+                }
+            }
+        }
+    }
+}

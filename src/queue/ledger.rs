@@ -1,0 +1,234 @@
+//! The delivery ledger: one Redis hash per delivery, with its attempt records.
+//!
+//! A delivery's hash names the one apalis task allowed to work on it (`current_task`); every
+//! other run of a task for it (a duplicate from orphan recovery, a task superseded by a retry
+//! or replay) is skipped as stale. Attempts are counted before the call and finished after it,
+//! each step one Lua script.
+
+use serde::{Deserialize, Serialize};
+
+use super::{DeliveryJob, JobQueue, QueueError, now_ms};
+
+/// How long the ledger of a completed delivery stays readable, for inspection.
+pub const DELIVERED_RETENTION_SECS: u64 = 86_400;
+use crate::retry::DeadReason;
+
+/// One attempt, as recorded. Fields after `outcome` are filled when the attempt ends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1-based attempt number (absent on replay markers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// `started` (in progress), `delivered`, `retry`, `dead`, `crashed`, or `replayed`.
+    #[serde(default)]
+    pub outcome: String,
+    /// When the call started (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    /// When it ended (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// HTTP status OpenApp answered, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Error class: `transport`, `timeout`, `http`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// OpenApp's `error_code`, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// What went wrong, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// OpenApp's `X-Request-Id` or correlation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// `Retry-After` as OpenApp sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+    /// Wait chosen before the next attempt (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Upper bound of the jitter window that wait was drawn from (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_cap_ms: Option<u64>,
+    /// The apalis task that ran the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// On replay markers: who replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// On replay markers: when (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
+}
+
+/// What [`JobQueue::begin_attempt`] allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// Make the call; this is attempt number `.0`.
+    Run(u32),
+    /// This task is not the delivery's current one: skip it.
+    Stale,
+    /// The budget was already used up by crashed attempts: now a dead letter.
+    DeadLettered {
+        /// Why.
+        reason: DeadReason,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// What to do once an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// The delivery is complete.
+    Delivered,
+    /// Try again at `due_ms` (ms since the epoch).
+    Retry {
+        /// When the retry becomes due.
+        due_ms: i64,
+    },
+    /// Give up; keep it as a dead letter.
+    DeadLetter(DeadReason),
+}
+
+impl JobQueue {
+    /// Counts attempt number n of `job` run by apalis task `task_id`, before the call.
+    pub async fn begin_attempt(
+        &self,
+        job: &DeliveryJob,
+        task_id: &str,
+        max_attempts: u32,
+    ) -> Result<Begin, QueueError> {
+        let mut conn = self.conn.clone();
+        let (kind, attempts, reason): (String, u32, String) = self
+            .scripts
+            .begin
+            .key(self.keys.delivery(&job.delivery_id))
+            .key(self.keys.attempts(&job.delivery_id))
+            .key(self.keys.dead_letters())
+            .key(self.keys.stats())
+            .arg(task_id)
+            .arg(max_attempts)
+            .arg(now_ms())
+            .arg(&job.delivery_id)
+            .invoke_async(&mut conn)
+            .await?;
+        match kind.as_str() {
+            "run" => Ok(Begin::Run(attempts)),
+            "stale" => Ok(Begin::Stale),
+            "dead" => Ok(Begin::DeadLettered {
+                reason: reason.parse().map_err(QueueError::Protocol)?,
+                attempts,
+            }),
+            other => Err(QueueError::Protocol(format!(
+                "begin_attempt answered `{other}`"
+            ))),
+        }
+    }
+
+    /// Records how the attempt of `task_id` ended (`result`) and carries out `finish`, in one
+    /// step. Returns false when the task turned out to be stale (nothing was written).
+    pub async fn finish_attempt(
+        &self,
+        job: &DeliveryJob,
+        task_id: &str,
+        result: &AttemptRecord,
+        finish: &Finish,
+        auth_failure: bool,
+    ) -> Result<bool, QueueError> {
+        let (kind, retry_task, due, reason) = match finish {
+            Finish::Delivered => ("delivered", String::new(), 0, ""),
+            Finish::Retry { due_ms } => ("retry", ulid::Ulid::new().to_string(), *due_ms, ""),
+            Finish::DeadLetter(reason) => ("dead", String::new(), 0, reason.as_str()),
+        };
+        let mut conn = self.conn.clone();
+        let answer: String = self
+            .scripts
+            .finish
+            .key(self.keys.delivery(&job.delivery_id))
+            .key(self.keys.attempts(&job.delivery_id))
+            .key(self.keys.dead_letters())
+            .key(self.keys.stats())
+            .key(self.keys.queue_key("data"))
+            .key(self.keys.queue_key("meta"))
+            .key(self.keys.queue_key("scheduled"))
+            .arg(task_id)
+            .arg(now_ms())
+            .arg(kind)
+            .arg(serde_json::to_string(result)?)
+            .arg(&job.delivery_id)
+            .arg(retry_task)
+            .arg(due)
+            .arg(reason)
+            .arg(if auth_failure { "1" } else { "0" })
+            .arg(DELIVERED_RETENTION_SECS)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(answer != "stale")
+    }
+}
+
+impl JobQueue {
+    /// The ledger of one delivery: its status (`pending`, `delivered`, `dead`) and every
+    /// attempt record, oldest first. `None` when unknown (or expired after delivery).
+    pub async fn delivery_log(
+        &self,
+        delivery_id: &str,
+    ) -> Result<Option<(String, Vec<AttemptRecord>)>, QueueError> {
+        let mut conn = self.conn.clone();
+        let (status, log): (Option<String>, Vec<String>) = redis::pipe()
+            .cmd("HGET")
+            .arg(self.keys.delivery(delivery_id))
+            .arg("status")
+            .cmd("LRANGE")
+            .arg(self.keys.attempts(delivery_id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(status.map(|s| {
+            (
+                s,
+                log.iter()
+                    .filter_map(|r| serde_json::from_str(r).ok())
+                    .collect(),
+            )
+        }))
+    }
+
+    /// Ids of the deliveries of one event that are still in the ledger (for tests and tools).
+    pub async fn deliveries_of(&self, event_id: &str) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.keys.delivery_prefix());
+        let mut found = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            for key in keys.iter().filter(|k| !k.ends_with(":attempts")) {
+                let job: Option<String> = redis::cmd("HGET")
+                    .arg(key)
+                    .arg("job")
+                    .query_async(&mut conn)
+                    .await?;
+                if let Some(job) = job.and_then(|j| serde_json::from_str::<DeliveryJob>(&j).ok())
+                    && job.event_id == event_id
+                {
+                    found.push(job.delivery_id);
+                }
+            }
+            if next == 0 {
+                return Ok(found);
+            }
+            cursor = next;
+        }
+    }
+}

@@ -1,0 +1,40 @@
+-- Counts an attempt before the OpenApp call, so a worker that dies mid-call still uses one.
+-- KEYS[1] delivery hash  KEYS[2] its attempts list  KEYS[3] dead-letter zset  KEYS[4] stats hash
+-- ARGV[1] apalis task id  ARGV[2] max attempts  ARGV[3] now (ms)  ARGV[4] delivery id
+-- Returns {'run', n, ''} | {'stale', 0, ''} | {'dead', attempts, reason}
+if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then
+  -- Finished, replayed or superseded by a retry: a duplicate run of an old task.
+  redis.call('HINCRBY', KEYS[4], 'stale_tasks', 1)
+  return {'stale', 0, ''}
+end
+local now = tonumber(ARGV[3])
+local last = redis.call('LINDEX', KEYS[2], -1)
+if last then
+  local record = cjson.decode(last)
+  if record.outcome == 'started' then
+    -- The previous attempt never reported back: its worker died.
+    record.outcome = 'crashed'
+    record.finished_at = now
+    record.message = 'the worker stopped during this attempt (killed, crashed or shut down)'
+    redis.call('LSET', KEYS[2], -1, cjson.encode(record))
+  end
+end
+local max = tonumber(ARGV[2])
+local made = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if made >= max then
+  -- Budget used up by crashes: the last min(3, max) attempts all crashed → crash_loop.
+  local k = math.min(3, max)
+  local crashes = 0
+  for _, r in ipairs(redis.call('LRANGE', KEYS[2], -k, -1)) do
+    if cjson.decode(r).outcome == 'crashed' then crashes = crashes + 1 end
+  end
+  local reason = 'exhausted'
+  if crashes == k then reason = 'crash_loop' end
+  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', reason, 'dead_at', now, 'current_task', '')
+  redis.call('ZADD', KEYS[3], now, ARGV[4])
+  redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
+  return {'dead', made, reason}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('RPUSH', KEYS[2], cjson.encode({attempt = n, task = ARGV[1], started_at = now, outcome = 'started'}))
+return {'run', n, ''}

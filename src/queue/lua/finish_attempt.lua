@@ -1,0 +1,44 @@
+-- Records how an attempt ended and carries out the decision, atomically.
+-- KEYS[1] delivery hash  KEYS[2] attempts list  KEYS[3] dead-letter zset  KEYS[4] stats hash
+-- KEYS[5] {q}:data  KEYS[6] {q}:meta (prefix)  KEYS[7] {q}:scheduled
+-- ARGV[1] apalis task id  ARGV[2] now (ms)  ARGV[3] kind: delivered | retry | dead
+-- ARGV[4] attempt result JSON (merged into the attempt record)  ARGV[5] delivery id
+-- ARGV[6] retry task id  ARGV[7] retry due (ms)  ARGV[8] dead reason  ARGV[9] '1' if 401/403
+-- ARGV[10] seconds a delivered record is kept for inspection
+if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then
+  return 'stale'
+end
+local now = tonumber(ARGV[2])
+local kind = ARGV[3]
+local last = redis.call('LINDEX', KEYS[2], -1)
+if last then
+  local record = cjson.decode(last)
+  for k, v in pairs(cjson.decode(ARGV[4])) do record[k] = v end
+  record.outcome = kind
+  record.finished_at = now
+  redis.call('LSET', KEYS[2], -1, cjson.encode(record))
+end
+if ARGV[9] == '1' then
+  redis.call('HINCRBY', KEYS[4], 'auth_failures', 1)
+end
+if kind == 'delivered' then
+  redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', now, 'current_task', '')
+  redis.call('EXPIRE', KEYS[1], ARGV[10])
+  redis.call('EXPIRE', KEYS[2], ARGV[10])
+  redis.call('HINCRBY', KEYS[4], 'delivered', 1)
+elseif kind == 'retry' then
+  local task = ARGV[6]
+  local due = ARGV[7]
+  redis.call('HSET', KEYS[1], 'current_task', task)
+  redis.call('HSET', KEYS[5], task, redis.call('HGET', KEYS[1], 'job'))
+  redis.call('HSET', KEYS[6] .. ':' .. task, 'attempts', 0, 'max_attempts', 0,
+    'status', 'Pending', 'idempotency_key', '', 'ready_at', due)
+  -- Scores in milliseconds: only lease-sync's promoter moves these, never apalis's fetch.
+  redis.call('ZADD', KEYS[7], due, task)
+  redis.call('HINCRBY', KEYS[4], 'retries', 1)
+else
+  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', ARGV[8], 'dead_at', now, 'current_task', '')
+  redis.call('ZADD', KEYS[3], now, ARGV[5])
+  redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
+end
+return kind

@@ -1,0 +1,775 @@
+//! The admin API over real HTTP: authentication, the OpenAPI document, listing, showing,
+//! replaying and purging dead letters, the audit trail and queue counts.
+//!
+//! Dead letters are made the way production makes them: the sandbox OpenApp refuses the
+//! first call of each delivery with a 400, which is final.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use lease_sync::config::Role;
+use lease_sync::sandbox::Fault;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::support::*;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn serve() -> (RedisServer, FakeOpenApp, TestApp) {
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::start().await;
+    let app = TestApp::start(
+        &config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0"),
+        Role::Serve,
+    )
+    .await;
+    (redis, openapp, app)
+}
+
+/// `method url`, with `authorization` as the header when given and `body` as JSON text.
+async fn call(method: Method, url: &str, authorization: Option<&str>, body: Option<&str>) -> Reply {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let mut request = client.request(method, url);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+    }
+    let response = request.send().await.expect("the admin listener answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+/// `method /admin<path>` with the configured admin token.
+async fn admin(app: &TestApp, method: Method, path: &str, body: Option<&str>) -> Reply {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    call(method, &app.admin_url(path), Some(&bearer), body).await
+}
+
+/// What audit records must name the caller with the test token.
+fn token_actor() -> String {
+    let digest = Sha256::digest(ADMIN_TOKEN.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("token:{}", &hex[..12])
+}
+
+/// Posts a `event_type` event for `users` after scripting a 400 for each of their calls,
+/// waits until the queue holds `dead_after` dead letters and returns the new ones' ids by
+/// user. Call it with an idle queue, so the scripted faults meet these calls.
+async fn make_dead_letters(
+    app: &TestApp,
+    openapp: &FakeOpenApp,
+    event_id: &str,
+    event_type: &str,
+    users: &[&str],
+    dead_after: u64,
+) -> BTreeMap<String, String> {
+    for _ in users {
+        openapp.sandbox.push_fault(Fault::Status {
+            status: 400,
+            retry_after: None,
+        });
+    }
+    let reply = post_event(app, event_id, event_body(event_type, "L-1", users)).await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    wait_until("the deliveries to be dead letters", LIMIT, || async {
+        (app.queue().counts().await.ok()?.dead == dead_after).then_some(())
+    })
+    .await;
+    let page = app
+        .dead_letters()
+        .list(&Default::default(), 0, 1000)
+        .await
+        .expect("list dead letters");
+    users
+        .iter()
+        .map(|user| {
+            let entry = page
+                .items
+                .iter()
+                .find(|e| e.user_id == *user && e.event_id == event_id)
+                .unwrap_or_else(|| panic!("no dead letter for {user}"));
+            ((*user).to_owned(), entry.id.clone())
+        })
+        .collect()
+}
+
+fn ids(reply: &Reply, field: &str) -> BTreeSet<String> {
+    reply.json[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `{field}` array in {reply:?}"))
+        .iter()
+        .map(|v| v.as_str().expect("string id").to_owned())
+        .collect()
+}
+
+fn item_ids(reply: &Reply) -> Vec<String> {
+    reply.json["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {reply:?}"))
+        .iter()
+        .map(|v| v["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// POST calls the sandbox received for `user`.
+fn posts_for(openapp: &FakeOpenApp, user: &str) -> usize {
+    openapp
+        .sandbox
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.user_id.as_deref() == Some(user))
+        .count()
+}
+
+fn assert_unauthorized(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, 401, "{what}: {reply:?}");
+    assert_eq!(reply.code(), "unauthorized", "{what}");
+    assert!(reply.json["message"].is_string(), "{what}");
+    let challenge = reply
+        .headers
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(challenge.starts_with("Bearer"), "{what}: `{challenge}`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_refuses_a_missing_or_wrong_token() {
+    let (_redis, openapp, app) = serve().await;
+    let dead = make_dead_letters(&app, &openapp, "evt-auth", "lease.signed", &["user-a"], 1).await;
+    let id = &dead["user-a"];
+
+    let mut last_char_differs = ADMIN_TOKEN.to_owned();
+    let last = last_char_differs.pop().expect("non-empty token");
+    last_char_differs.push(if last == '9' { '8' } else { '9' });
+    let prefix = &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1];
+    let bad_headers = [
+        None,
+        Some("Bearer wrong-token-wrong-token-00".to_owned()),
+        Some(format!("Bearer {last_char_differs}")),
+        Some(format!("Bearer {prefix}")),
+        Some(format!("Bearer {ADMIN_TOKEN}x")),
+        Some(format!("Basic {ADMIN_TOKEN}")),
+        Some(ADMIN_TOKEN.to_owned()),
+        Some("Bearer ".to_owned()),
+    ];
+    let endpoints = [
+        (Method::GET, "/dead-letters".to_owned(), None),
+        (Method::GET, format!("/dead-letters/{id}"), None),
+        (Method::POST, format!("/dead-letters/{id}/replay"), None),
+        (
+            Method::POST,
+            "/dead-letters/replay".to_owned(),
+            Some(r#"{"filter": {}}"#),
+        ),
+        (Method::DELETE, format!("/dead-letters/{id}"), None),
+        (Method::GET, "/queue".to_owned(), None),
+        (Method::GET, "/audit".to_owned(), None),
+    ];
+    for (method, path, body) in &endpoints {
+        for header in &bad_headers {
+            let reply = call(
+                method.clone(),
+                &app.admin_url(path),
+                header.as_deref(),
+                *body,
+            )
+            .await;
+            assert_unauthorized(&reply, &format!("{method} {path} with {header:?}"));
+        }
+    }
+
+    // Nothing was replayed, purged or audited by all of that.
+    let entry = app.dead_letters().get(id).await.expect("redis");
+    assert!(entry.is_some(), "the dead letter is still there");
+    assert!(
+        app.dead_letters()
+            .recent_audit(10)
+            .await
+            .expect("redis")
+            .is_empty()
+    );
+    assert_eq!(posts_for(&openapp, "user-a"), 1);
+
+    // The scheme is case-insensitive; the token is not.
+    let reply = call(
+        Method::GET,
+        &app.admin_url("/queue"),
+        Some(&format!("bearer {ADMIN_TOKEN}")),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let upper = format!("Bearer {}", ADMIN_TOKEN.to_uppercase());
+    let reply = call(Method::GET, &app.admin_url("/queue"), Some(&upper), None).await;
+    assert_unauthorized(&reply, "upper-cased token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_public_and_lists_every_endpoint() {
+    let (_redis, _openapp, app) = serve().await;
+    let reply = call(Method::GET, &app.admin_url("/openapi.json"), None, None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.headers["content-type"]
+            .to_str()
+            .is_ok_and(|v| v.starts_with("application/json"))
+    );
+    let doc = &reply.json;
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "openapi: {}",
+        doc["openapi"]
+    );
+    let expected = [
+        ("/admin/dead-letters", "get"),
+        ("/admin/dead-letters/{id}", "get"),
+        ("/admin/dead-letters/{id}", "delete"),
+        ("/admin/dead-letters/{id}/replay", "post"),
+        ("/admin/dead-letters/replay", "post"),
+        ("/admin/queue", "get"),
+        ("/admin/audit", "get"),
+        ("/admin/openapi.json", "get"),
+    ];
+    for (path, method) in expected {
+        let operation = &doc["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        if path == "/admin/openapi.json" {
+            assert!(
+                operation.get("security").is_none(),
+                "the document is public"
+            );
+        } else {
+            assert_eq!(
+                operation["security"],
+                json!([{"bearer": []}]),
+                "{method} {path}"
+            );
+            assert!(operation["responses"]["401"].is_object(), "{method} {path}");
+        }
+    }
+    let scheme = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(
+        (scheme["type"].as_str(), scheme["scheme"].as_str()),
+        (Some("http"), Some("bearer"))
+    );
+
+    let list = &doc["paths"]["/admin/dead-letters"]["get"];
+    let params: BTreeSet<&str> = list["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    let want = [
+        "source",
+        "type",
+        "reason",
+        "since",
+        "older_than",
+        "limit",
+        "offset",
+    ];
+    assert_eq!(params, want.into_iter().collect());
+    let replay = &doc["paths"]["/admin/dead-letters/{id}/replay"]["post"]["responses"];
+    for status in ["200", "401", "404", "409", "503"] {
+        assert!(replay[status].is_object(), "replay documents {status}");
+    }
+    assert!(doc["paths"]["/admin/dead-letters/{id}"]["delete"]["responses"]["204"].is_object());
+    assert!(doc["paths"]["/admin/dead-letters/replay"]["post"]["requestBody"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_and_wrong_methods_answer_json() {
+    let (_redis, _openapp, app) = serve().await;
+    for path in ["/nope", "/dead-letters/x/y/z"] {
+        let reply = admin(&app, Method::GET, path, None).await;
+        assert_eq!((reply.status, reply.code()), (404, "not_found"), "{path}");
+    }
+    for (method, path) in [
+        (Method::PUT, "/queue"),
+        (Method::POST, "/dead-letters"),
+        (Method::GET, "/dead-letters/some-id/replay"),
+        (Method::DELETE, "/openapi.json"),
+    ] {
+        let reply = admin(&app, method.clone(), path, None).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (405, "method_not_allowed"),
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_filters_and_pages_newest_first() {
+    let (_redis, openapp, app) = serve().await;
+    let signed = make_dead_letters(
+        &app,
+        &openapp,
+        "evt-list-1",
+        "lease.signed",
+        &["user-1", "user-2", "user-3"],
+        3,
+    )
+    .await;
+    let ended =
+        make_dead_letters(&app, &openapp, "evt-list-2", "lease.ended", &["user-4"], 4).await;
+
+    let first = admin(&app, Method::GET, "/dead-letters?limit=2", None).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.json["next_offset"], 2);
+    let first_ids = item_ids(&first);
+    assert_eq!(first_ids.len(), 2);
+    assert_eq!(first_ids[0], ended["user-4"], "newest first");
+    assert_eq!(first.json["items"][0]["event_type"], "lease.ended");
+    assert_eq!(first.json["items"][0]["action"], "remove");
+    assert_eq!(first.json["items"][0]["reason"], "permanent");
+    let second = admin(&app, Method::GET, "/dead-letters?limit=2&offset=2", None).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.json["next_offset"], Value::Null);
+    let all: BTreeSet<String> = first_ids.into_iter().chain(item_ids(&second)).collect();
+    let expected: BTreeSet<String> = signed.values().chain(ended.values()).cloned().collect();
+    assert_eq!(all, expected);
+
+    let count = |query: &'static str| {
+        let app = &app;
+        async move {
+            let reply = admin(app, Method::GET, &format!("/dead-letters?{query}"), None).await;
+            assert_eq!(reply.status, 200, "{query}: {reply:?}");
+            item_ids(&reply).len()
+        }
+    };
+    assert_eq!(count("type=lease.ended").await, 1);
+    assert_eq!(count("type=lease.signed&reason=permanent").await, 3);
+    assert_eq!(count("reason=exhausted").await, 0);
+    assert_eq!(count("source=acme-pms").await, 4);
+    assert_eq!(count("source=someone-else").await, 0);
+    assert_eq!(count("since=1h").await, 4);
+    assert_eq!(count("older_than=1h").await, 0);
+    assert_eq!(count("source=&type=&reason=&since=&older_than=").await, 4);
+    assert_eq!(count("offset=4").await, 0);
+
+    for (query, parameter) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=many", "limit"),
+        ("offset=-1", "offset"),
+        ("type=lease.renewed", "type"),
+        ("reason=bored", "reason"),
+        ("since=yesterday", "since"),
+        ("older_than=30", "older_than"),
+        ("limt=5", "limt"),
+    ] {
+        let reply = admin(&app, Method::GET, &format!("/dead-letters?{query}"), None).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (400, "invalid_query"),
+            "{query}: {reply:?}"
+        );
+        let message = reply.json["message"].as_str().unwrap_or_default();
+        assert!(message.contains(parameter), "{query}: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dead_letter_shows_its_job_event_and_attempts() {
+    let (_redis, openapp, app) = serve().await;
+    let dead = make_dead_letters(&app, &openapp, "evt-show", "lease.signed", &["user-s"], 1).await;
+    let id = &dead["user-s"];
+
+    let reply = admin(&app, Method::GET, &format!("/dead-letters/{id}"), None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let entry = &reply.json;
+    assert_eq!(entry["id"], id.as_str());
+    assert_eq!(entry["reason"], "permanent");
+    assert_eq!(entry["event_id"], "evt-show");
+    assert_eq!(entry["user_id"], "user-s");
+    assert_eq!(entry["attempts"], 1);
+    assert_eq!(entry["job"]["delivery_id"], id.as_str());
+    assert_eq!(entry["job"]["integration_id"], INTEGRATION);
+    assert_eq!(entry["event"]["lease"]["id"], "L-1");
+    let last_error = entry["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("400") && last_error.contains("Injected fault"),
+        "{last_error}"
+    );
+    let log = entry["attempt_log"].as_array().expect("attempt_log");
+    let failed = log
+        .iter()
+        .find(|r| r["status"] == 400)
+        .unwrap_or_else(|| panic!("no 400 attempt in {log:?}"));
+    assert_eq!(failed["attempt"], 1);
+    assert_eq!(
+        failed["message"], "Injected fault",
+        "OpenApp's message is kept"
+    );
+    assert_eq!(failed["error_code"], "sandbox_fault");
+
+    let reply = admin(&app, Method::GET, "/dead-letters/01NOSUCHDELIVERY", None).await;
+    assert_eq!((reply.status, reply.code()), (404, "not_found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_is_delivered_once_openapp_recovers() {
+    let (_redis, openapp, app) = serve().await;
+    let dead =
+        make_dead_letters(&app, &openapp, "evt-replay", "lease.signed", &["user-r"], 1).await;
+    let id = &dead["user-r"];
+    assert!(!openapp.sandbox.members(INTEGRATION).contains_key("user-r"));
+
+    // The scripted 400 is used up: OpenApp has recovered.
+    let reply = admin(
+        &app,
+        Method::POST,
+        &format!("/dead-letters/{id}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json, json!({"id": id, "outcome": "replayed"}));
+    wait_until("the resident to be added", LIMIT, || async {
+        openapp
+            .sandbox
+            .members(INTEGRATION)
+            .contains_key("user-r")
+            .then_some(())
+    })
+    .await;
+    let reply = admin(&app, Method::GET, &format!("/dead-letters/{id}"), None).await;
+    assert_eq!(reply.status, 404, "no longer a dead letter");
+
+    let again = admin(
+        &app,
+        Method::POST,
+        &format!("/dead-letters/{id}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (again.status, again.code()),
+        (409, "not_dead_letter"),
+        "{again:?}"
+    );
+    let unknown = admin(&app, Method::POST, "/dead-letters/01NOSUCH/replay", None).await;
+    assert_eq!((unknown.status, unknown.code()), (404, "not_found"));
+
+    let audit = admin(&app, Method::GET, "/audit", None).await;
+    assert_eq!(audit.status, 200, "{audit:?}");
+    assert_eq!(
+        audit.json,
+        json!([{
+            "at": audit.json[0]["at"],
+            "actor": token_actor(),
+            "action": "replay",
+            "ids": [id],
+        }])
+    );
+    assert!(audit.json[0]["at"].as_i64().is_some_and(|at| at > 0));
+    assert!(
+        !audit.json.to_string().contains(ADMIN_TOKEN),
+        "never the token itself"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replays_of_one_entry_replay_it_exactly_once() {
+    let (_redis, openapp, app) = serve().await;
+    let dead = make_dead_letters(&app, &openapp, "evt-race", "lease.signed", &["user-c"], 1).await;
+    let path = format!("/dead-letters/{}/replay", dead["user-c"]);
+    assert_eq!(posts_for(&openapp, "user-c"), 1);
+
+    let (a, b) = tokio::join!(
+        admin(&app, Method::POST, &path, None),
+        admin(&app, Method::POST, &path, None)
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    let loser = if a.status == 409 { &a } else { &b };
+    assert_eq!(loser.code(), "not_dead_letter");
+
+    wait_until("the resident to be added", LIMIT, || async {
+        openapp
+            .sandbox
+            .members(INTEGRATION)
+            .contains_key("user-c")
+            .then_some(())
+    })
+    .await;
+    wait_drained(&app.queue(), LIMIT).await;
+    assert_eq!(
+        posts_for(&openapp, "user-c"),
+        2,
+        "the first call and one replay"
+    );
+    let audit = app.dead_letters().recent_audit(10).await.expect("redis");
+    assert_eq!(audit.len(), 1, "one replay, one record: {audit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_replay_rehearses_then_replays_only_the_filtered_entries() {
+    let (_redis, openapp, app) = serve().await;
+    let signed = make_dead_letters(
+        &app,
+        &openapp,
+        "evt-bulk-1",
+        "lease.signed",
+        &["user-a", "user-b"],
+        2,
+    )
+    .await;
+    let ended =
+        make_dead_letters(&app, &openapp, "evt-bulk-2", "lease.ended", &["user-x"], 3).await;
+    let signed_ids: BTreeSet<String> = signed.values().cloned().collect();
+    let calls_before = openapp.sandbox.calls().len();
+
+    let filter = r#""filter": {"type": "lease.signed", "since": "1h"}"#;
+    let rehearsal = admin(
+        &app,
+        Method::POST,
+        "/dead-letters/replay",
+        Some(&format!(r#"{{{filter}, "dry_run": true}}"#)),
+    )
+    .await;
+    assert_eq!(rehearsal.status, 200, "{rehearsal:?}");
+    assert_eq!(rehearsal.json["dry_run"], true);
+    assert_eq!(rehearsal.json["matched"], 2);
+    assert_eq!(ids(&rehearsal, "ids"), signed_ids);
+    assert!(rehearsal.json.get("replayed").is_none());
+    let limited = admin(
+        &app,
+        Method::POST,
+        "/dead-letters/replay",
+        Some(&format!(r#"{{{filter}, "dry_run": true, "limit": 1}}"#)),
+    )
+    .await;
+    assert_eq!(
+        (limited.json["matched"].as_u64(), ids(&limited, "ids").len()),
+        (Some(2), 1)
+    );
+
+    for bad in [
+        "not json",
+        "{}",
+        r#"{"filter": {"typo": "lease.signed"}}"#,
+        r#"{"filter": {}, "dryrun": true}"#,
+        r#"{"filter": {"type": "lease.renewed"}}"#,
+        r#"{"filter": {}, "limit": 0}"#,
+    ] {
+        let reply = admin(&app, Method::POST, "/dead-letters/replay", Some(bad)).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (400, "invalid_body"),
+            "{bad}: {reply:?}"
+        );
+    }
+
+    // Neither the rehearsals nor the rejected bodies changed anything.
+    let counts = admin(&app, Method::GET, "/queue", None).await;
+    assert_eq!(
+        (
+            &counts.json["dead"],
+            &counts.json["ready"],
+            &counts.json["scheduled"]
+        ),
+        (&json!(3), &json!(0), &json!(0))
+    );
+    assert!(
+        app.dead_letters()
+            .recent_audit(10)
+            .await
+            .expect("redis")
+            .is_empty()
+    );
+    assert_eq!(openapp.sandbox.calls().len(), calls_before);
+
+    let run = admin(
+        &app,
+        Method::POST,
+        "/dead-letters/replay",
+        Some(&format!("{{{filter}}}")),
+    )
+    .await;
+    assert_eq!(run.status, 200, "{run:?}");
+    assert_eq!(
+        (
+            &run.json["dry_run"],
+            &run.json["matched"],
+            &run.json["replayed"],
+            &run.json["skipped"]
+        ),
+        (&json!(false), &json!(2), &json!(2), &json!(0))
+    );
+    assert_eq!(ids(&run, "ids"), signed_ids);
+    wait_until("both residents to be added", LIMIT, || async {
+        let members = openapp.sandbox.members(INTEGRATION);
+        (members.contains_key("user-a") && members.contains_key("user-b")).then_some(())
+    })
+    .await;
+    let left = admin(&app, Method::GET, "/dead-letters", None).await;
+    assert_eq!(
+        item_ids(&left),
+        vec![ended["user-x"].clone()],
+        "the filter spared it"
+    );
+
+    let audit = admin(&app, Method::GET, "/audit", None).await;
+    let records = audit.json.as_array().expect("records");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["action"], "replay");
+    assert_eq!(records[0]["actor"], token_actor());
+    assert_eq!(
+        records[0]["filter"],
+        json!({"type": "lease.signed", "since": "1h"})
+    );
+    let audited: BTreeSet<String> = records[0]["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(audited, signed_ids);
+
+    // Nothing matches any more: nothing happens, nothing is audited.
+    let rerun = admin(
+        &app,
+        Method::POST,
+        "/dead-letters/replay",
+        Some(&format!("{{{filter}}}")),
+    )
+    .await;
+    assert_eq!(
+        (&rerun.json["matched"], &rerun.json["replayed"]),
+        (&json!(0), &json!(0))
+    );
+    assert_eq!(
+        app.dead_letters()
+            .recent_audit(10)
+            .await
+            .expect("redis")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_deletes_a_dead_letter_and_is_audited() {
+    let (_redis, openapp, app) = serve().await;
+    let dead = make_dead_letters(&app, &openapp, "evt-purge", "lease.signed", &["user-p"], 1).await;
+    let path = format!("/dead-letters/{}", dead["user-p"]);
+
+    let reply = admin(&app, Method::DELETE, &path, None).await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    assert_eq!(reply.json, Value::Null, "no body");
+    let reply = admin(&app, Method::GET, &path, None).await;
+    assert_eq!((reply.status, reply.code()), (404, "not_found"));
+    let reply = admin(&app, Method::DELETE, &path, None).await;
+    assert_eq!((reply.status, reply.code()), (404, "not_found"));
+    let reply = admin(&app, Method::POST, &format!("{path}/replay"), None).await;
+    assert_eq!(
+        reply.status, 404,
+        "a purged entry cannot be replayed: {reply:?}"
+    );
+
+    let audit = admin(&app, Method::GET, "/audit?limit=1", None).await;
+    assert_eq!(audit.status, 200);
+    assert_eq!(
+        audit.json,
+        json!([{
+            "at": audit.json[0]["at"],
+            "actor": token_actor(),
+            "action": "purge",
+            "ids": [dead["user-p"]],
+        }])
+    );
+    let counts = admin(&app, Method::GET, "/queue", None).await;
+    assert_eq!(counts.json["dead"], 0);
+    let reply = admin(&app, Method::GET, "/audit?limit=0", None).await;
+    assert_eq!((reply.status, reply.code()), (400, "invalid_query"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_counts_report_depths_and_counters() {
+    let (_redis, openapp, app) = serve().await;
+    post_event(
+        &app,
+        "evt-ok",
+        event_body("lease.signed", "L-2", &["user-ok"]),
+    )
+    .await;
+    wait_until("the delivery to finish", LIMIT, || async {
+        (app.queue().counts().await.ok()?.done == 1).then_some(())
+    })
+    .await;
+    make_dead_letters(&app, &openapp, "evt-counts", "lease.signed", &["user-d"], 1).await;
+
+    let reply = admin(&app, Method::GET, "/queue", None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let counts = reply.json.as_object().expect("an object");
+    for field in [
+        "ready",
+        "scheduled",
+        "in_flight",
+        "dead",
+        "oldest_ready_age_secs",
+        "done",
+        "retries",
+        "dead_lettered",
+        "auth_failures",
+        "dead_letters_trimmed",
+        "stale_tasks",
+    ] {
+        assert!(counts.contains_key(field), "{field} missing from {reply:?}");
+    }
+    assert_eq!(
+        (
+            &reply.json["done"],
+            &reply.json["dead"],
+            &reply.json["dead_lettered"]
+        ),
+        (&json!(1), &json!(1), &json!(1))
+    );
+    assert_eq!(
+        (&reply.json["ready"], &reply.json["scheduled"]),
+        (&json!(0), &json!(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_answers_503_without_details() {
+    let (mut redis, _openapp, app) = serve().await;
+    assert_eq!(admin(&app, Method::GET, "/queue", None).await.status, 200);
+    redis.kill();
+    for path in ["/queue", "/dead-letters", "/audit"] {
+        let reply = admin(&app, Method::GET, path, None).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (503, "queue_unavailable"),
+            "{path}: {reply:?}"
+        );
+        let message = reply.json["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.contains("redis://") && !message.contains("refused"),
+            "{message}"
+        );
+    }
+    // Authentication still comes first.
+    let reply = call(Method::GET, &app.admin_url("/queue"), None, None).await;
+    assert_unauthorized(&reply, "during the outage");
+}
