@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use lease_sync::config::Role;
 use lease_sync::sandbox::Fault;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -17,44 +16,24 @@ use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-async fn serve() -> (RedisServer, FakeOpenApp, TestApp) {
-    let redis = RedisServer::start();
-    let openapp = FakeOpenApp::start().await;
-    let app = TestApp::start(
-        &config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0"),
-        Role::Serve,
-    )
-    .await;
-    (redis, openapp, app)
-}
-
 /// `method url`, with `authorization` as the header when given and `body` as JSON text.
 async fn call(method: Method, url: &str, authorization: Option<&str>, body: Option<&str>) -> Reply {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    let mut request = client.request(method, url);
+    let mut headers = Vec::new();
     if let Some(value) = authorization {
-        request = request.header("authorization", value);
+        headers.push(("authorization", value.to_owned()));
     }
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_owned());
+    if body.is_some() {
+        headers.push(("content-type", "application/json".to_owned()));
     }
-    let response = request.send().await.expect("the admin listener answers");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        json: serde_json::from_str(&text).unwrap_or(Value::Null),
-    }
+    request(
+        method,
+        url,
+        &headers,
+        body.unwrap_or_default().as_bytes().to_vec(),
+    )
+    .await
 }
 
-/// `method /admin<path>` with the configured admin token.
 async fn admin(app: &TestApp, method: Method, path: &str, body: Option<&str>) -> Reply {
     let bearer = format!("Bearer {ADMIN_TOKEN}");
     call(method, &app.admin_url(path), Some(&bearer), body).await

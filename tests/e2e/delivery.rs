@@ -10,17 +10,6 @@ use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-async fn serve() -> (RedisServer, FakeOpenApp, TestApp) {
-    let redis = RedisServer::start();
-    let openapp = FakeOpenApp::start().await;
-    let app = TestApp::start(
-        &config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0"),
-        Role::Serve,
-    )
-    .await;
-    (redis, openapp, app)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_lease_adds_each_resident_and_ended_lease_removes_them() {
     let (_redis, openapp, app) = serve().await;

@@ -11,19 +11,6 @@ use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-async fn serve_with(config_edit: impl Fn(String) -> String) -> (RedisServer, FakeOpenApp, TestApp) {
-    let redis = RedisServer::start();
-    let openapp = FakeOpenApp::start().await;
-    let config = config_edit(config_toml(
-        &redis.url(),
-        &namespace(),
-        &openapp.base_url,
-        "127.0.0.1:0",
-    ));
-    let app = TestApp::start(&config, Role::Serve).await;
-    (redis, openapp, app)
-}
-
 /// Waits until the only delivery of `event_id` reaches `status`; returns its attempt log.
 async fn wait_for_delivery(
     app: &TestApp,
@@ -89,7 +76,7 @@ async fn three_503s_then_201_is_delivered_on_attempt_4_after_growing_jittered_wa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_from_openapp_is_a_floor_for_the_next_attempt() {
-    let (_redis, openapp, app) = serve_with(|c| c).await;
+    let (_redis, openapp, app) = serve().await;
     openapp.sandbox.push_fault(Fault::Status {
         status: 429,
         retry_after: Some("2".into()),
@@ -206,7 +193,7 @@ async fn a_404_on_remove_for_a_missing_integration_is_a_configuration_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthorized_and_forbidden_are_retried_and_counted_separately() {
-    let (_redis, openapp, app) = serve_with(|c| c).await;
+    let (_redis, openapp, app) = serve().await;
     openapp.sandbox.push_fault(Fault::Status {
         status: 401,
         retry_after: None,
@@ -313,7 +300,7 @@ async fn dead_letters_beyond_max_entries_are_trimmed_oldest_first_and_counted() 
 /// back to lease-sync's ledger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn housekeeping_cleans_acknowledged_tasks_and_recovers_tasks_apalis_gave_up_on() {
-    let (redis, openapp, app) = serve_with(|c| c).await;
+    let (redis, openapp, app) = serve().await;
     post_event(
         &app,
         "evt-h1",

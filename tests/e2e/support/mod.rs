@@ -312,13 +312,18 @@ impl Reply {
     }
 }
 
-/// Posts to `url` (bounded by a 10 s timeout).
-pub async fn post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply {
+/// Sends `method url` with `headers` and `body` (bounded by a 10 s timeout).
+pub async fn request(
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> Reply {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    let mut request = client.post(url).body(body);
+    let mut request = client.request(method, url).body(body);
     for (k, v) in headers {
         request = request.header(*k, v.as_str());
     }
@@ -331,6 +336,30 @@ pub async fn post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply
         headers,
         json: serde_json::from_str(&text).unwrap_or(Value::Null),
     }
+}
+
+/// Posts to `url` (bounded by a 10 s timeout).
+pub async fn post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply {
+    request(reqwest::Method::POST, url, headers, body).await
+}
+
+/// Redis, the sandbox and `lease-sync serve` in process, with the test config.
+pub async fn serve() -> (RedisServer, FakeOpenApp, TestApp) {
+    serve_with(|config| config).await
+}
+
+/// Like [`serve`], with the test config passed through `edit` first.
+pub async fn serve_with(edit: impl Fn(String) -> String) -> (RedisServer, FakeOpenApp, TestApp) {
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::start().await;
+    let config = edit(config_toml(
+        &redis.url(),
+        &namespace(),
+        &openapp.base_url,
+        "127.0.0.1:0",
+    ));
+    let app = TestApp::start(&config, Role::Serve).await;
+    (redis, openapp, app)
 }
 
 /// Posts a correctly signed event and returns the reply.
