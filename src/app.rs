@@ -95,6 +95,16 @@ impl Application {
     /// jobs finish (bounded by the configured grace periods) and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let status = WorkerStatus::default();
+        // Scheduled reconciliation ([reconcile] every), in processes that run workers.
+        let reconciliation = match &self.client {
+            Some(client) if self.role.runs_workers() => crate::reconcile::schedule::spawn(
+                &self.settings,
+                self.queue.clone(),
+                client.clone(),
+                shutdown.clone(),
+            ),
+            _ => None,
+        };
         let workers = match self.client {
             Some(client) => {
                 let settings = self.settings.clone();
@@ -161,6 +171,11 @@ impl Application {
             && let Err(e) = workers.await
         {
             warn!("worker supervisor task failed: {e}");
+        }
+        if let Some(reconciliation) = reconciliation
+            && let Err(e) = reconciliation.await
+        {
+            warn!("scheduled reconciliation task failed: {e}");
         }
         info!("stopped");
         Ok(())

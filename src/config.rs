@@ -129,6 +129,9 @@ pub struct Settings {
     /// Log output.
     #[serde(default)]
     pub log: LogSettings,
+    /// Scheduled reconciliation against a file of active leases.
+    #[serde(default)]
+    pub reconcile: ReconcileSettings,
     /// Property-management systems allowed to post webhooks.
     #[serde(default)]
     pub sources: Vec<SourceSettings>,
@@ -412,6 +415,83 @@ impl Default for LogSettings {
             format: LogFormat::Pretty,
             level: "info".into(),
         }
+    }
+}
+
+/// `[reconcile]`: scheduled reconciliation of OpenApp against a file of the active leases of
+/// one source (see `lease-sync reconcile`). Disabled unless `every` is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSettings {
+    /// How often to reconcile, in humantime (`24h`, `30m`); absent or empty disables it.
+    pub every: Option<String>,
+    /// The file of active leases: a local path (relative to the working directory) or an
+    /// http(s) URL, CSV or JSON. Shown with any URL credentials and query redacted.
+    #[serde(serialize_with = "serialize_location")]
+    pub from: Option<String>,
+    /// The `[[sources]]` entry whose truth the file is.
+    pub source: Option<String>,
+    /// Whether to enqueue the changes (`true`) or only log the plan (`false`).
+    pub apply: bool,
+    /// Whether to also remove building users lease-sync never added and has no state for.
+    pub prune_unmanaged: bool,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            every: None,
+            from: None,
+            source: None,
+            apply: true,
+            prune_unmanaged: false,
+        }
+    }
+}
+
+impl ReconcileSettings {
+    /// The period, when scheduled reconciliation is enabled and `every` is valid.
+    pub fn period(&self) -> Option<Duration> {
+        let every = self
+            .every
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())?;
+        humantime::parse_duration(every)
+            .ok()
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Whether `every` is set (validation makes sure it is then also valid).
+    pub fn enabled(&self) -> bool {
+        self.every.as_deref().is_some_and(|e| !e.trim().is_empty())
+    }
+}
+
+/// `location` without URL credentials or query (which often carry tokens), for output.
+pub fn redacted_location(location: &str) -> String {
+    match url::Url::parse(location) {
+        Ok(mut parsed) if !parsed.cannot_be_a_base() => {
+            // Only fails for URLs that cannot carry credentials, which then carry none.
+            let _ = parsed.set_password(None);
+            let _ = parsed.set_username("");
+            if parsed.query().is_some() {
+                parsed.set_query(Some("[redacted]"));
+            }
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        _ => location.to_owned(),
+    }
+}
+
+fn serialize_location<S: Serializer>(
+    value: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(location) => serializer.serialize_some(&redacted_location(location)),
+        None => serializer.serialize_none(),
     }
 }
 
@@ -770,6 +850,69 @@ impl Settings {
                     return Err(ConfigError::invalid(at("role"), "must not be empty"));
                 }
             }
+        }
+        if role.is_service() {
+            self.validate_reconcile()?;
+        }
+        Ok(())
+    }
+
+    /// Checks `[reconcile]`: when `every` is set, it must be a positive humantime duration,
+    /// `from` must be given and `source` must name a configured source.
+    fn validate_reconcile(&self) -> Result<(), ConfigError> {
+        let r = &self.reconcile;
+        if let Some(source) = r.source.as_deref()
+            && !source.is_empty()
+            && self.source(source).is_none()
+        {
+            return Err(ConfigError::invalid(
+                "reconcile.source",
+                format!("no [[sources]] entry is named `{source}`"),
+            ));
+        }
+        let Some(every) = r.every.as_deref().map(str::trim).filter(|e| !e.is_empty()) else {
+            return Ok(());
+        };
+        match humantime::parse_duration(every) {
+            Ok(d) if d.is_zero() => {
+                return Err(ConfigError::invalid(
+                    "reconcile.every",
+                    "must be longer than 0",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(ConfigError::invalid(
+                    "reconcile.every",
+                    format!("not a duration such as \"24h\" or \"30m\": {e}"),
+                ));
+            }
+        }
+        if r.from.as_deref().is_none_or(|f| f.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "reconcile.from",
+                "required when reconcile.every is set: a file path or an http(s) URL",
+            ));
+        }
+        if let Some(from) = r.from.as_deref()
+            && from.contains("://")
+            && !matches!(
+                url::Url::parse(from.trim())
+                    .map(|u| u.scheme().to_owned())
+                    .as_deref(),
+                Ok("http" | "https")
+            )
+        {
+            return Err(ConfigError::invalid(
+                "reconcile.from",
+                format!("`{}` is not an http(s) URL", redacted_location(from)),
+            ));
+        }
+        if r.source.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::invalid(
+                "reconcile.source",
+                "required when reconcile.every is set: the [[sources]] entry the file describes",
+            ));
         }
         Ok(())
     }
@@ -1140,6 +1283,122 @@ mod tests {
                     "section [{section}] missing from deploy/config.example.toml"
                 );
             }
+            assert!(
+                text.contains(&format!("\n{leaf} = ")) || text.contains(&format!("\n# {leaf} = ")),
+                "key `{key}` is not documented in deploy/config.example.toml"
+            );
+        }
+    }
+
+    #[test]
+    fn reconciliation_is_off_by_default() {
+        let s = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        assert!(!s.reconcile.enabled());
+        assert_eq!(s.reconcile.period(), None);
+        assert!(s.reconcile.apply, "apply defaults to true");
+        assert!(
+            !s.reconcile.prune_unmanaged,
+            "prune_unmanaged defaults to false"
+        );
+        let s =
+            Settings::from_toml_str(&format!("{MINIMAL}\n[reconcile]\nevery = \"\"\n"), env(&[]))
+                .unwrap();
+        s.validate(Role::Serve).unwrap();
+        assert!(!s.reconcile.enabled(), "an empty `every` disables it");
+    }
+
+    #[test]
+    fn reconcile_settings_are_validated_by_key() {
+        let with = |section: &str| {
+            let s =
+                Settings::from_toml_str(&format!("{MINIMAL}\n[reconcile]\n{section}\n"), env(&[]))
+                    .unwrap();
+            s.validate(Role::Serve).map(|()| s)
+        };
+        let good = with("every = \"24h\"\nfrom = \"/srv/leases.csv\"\nsource = \"acme\"").unwrap();
+        assert_eq!(good.reconcile.period(), Some(Duration::from_secs(86_400)));
+        for (section, key) in [
+            (
+                "every = \"daily\"\nfrom = \"a.csv\"\nsource = \"acme\"",
+                "reconcile.every",
+            ),
+            (
+                "every = \"0s\"\nfrom = \"a.csv\"\nsource = \"acme\"",
+                "reconcile.every",
+            ),
+            ("every = \"1h\"\nsource = \"acme\"", "reconcile.from"),
+            (
+                "every = \"1h\"\nfrom = \"  \"\nsource = \"acme\"",
+                "reconcile.from",
+            ),
+            (
+                "every = \"1h\"\nfrom = \"ftp://h/a.csv\"\nsource = \"acme\"",
+                "reconcile.from",
+            ),
+            ("every = \"1h\"\nfrom = \"a.csv\"", "reconcile.source"),
+            (
+                "every = \"1h\"\nfrom = \"a.csv\"\nsource = \"other\"",
+                "reconcile.source",
+            ),
+            ("source = \"other\"", "reconcile.source"),
+        ] {
+            let msg = with(section).unwrap_err().to_string();
+            assert!(msg.contains(key), "{section}: {msg}");
+        }
+        // Operator commands do not run the schedule and do not care.
+        let s = Settings::from_toml_str(
+            &format!("{MINIMAL}\n[reconcile]\nevery = \"soon\"\n"),
+            env(&[]),
+        )
+        .unwrap();
+        s.validate(Role::Operate).unwrap();
+    }
+
+    #[test]
+    fn reconcile_urls_are_shown_without_credentials() {
+        let text = format!(
+            "{MINIMAL}\n[reconcile]\nevery = \"1h\"\nsource = \"acme\"\nfrom = \"https://bob:hunter2@files.example/leases.csv?sig=s3cr3t\"\n"
+        );
+        let s = Settings::from_toml_str(&text, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        let out = s.to_redacted_toml();
+        assert!(
+            !out.contains("hunter2") && !out.contains("s3cr3t") && !out.contains("bob"),
+            "{out}"
+        );
+        assert!(
+            out.contains("https://files.example/leases.csv?[redacted]"),
+            "{out}"
+        );
+        assert_eq!(redacted_location("/srv/leases.csv"), "/srv/leases.csv");
+        assert_eq!(redacted_location("leases.json"), "leases.json");
+    }
+
+    #[test]
+    fn the_example_config_documents_the_reconcile_keys() {
+        let text = include_str!("../deploy/config.example.toml");
+        let mut settings = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
+        settings.reconcile = ReconcileSettings {
+            every: Some("24h".into()),
+            from: Some("/srv/leases.csv".into()),
+            source: Some("acme".into()),
+            ..ReconcileSettings::default()
+        };
+        settings.validate(Role::Serve).unwrap();
+        let mut keys = Vec::new();
+        key_paths(
+            &toml::Value::try_from(&settings.reconcile).unwrap(),
+            "reconcile",
+            &mut keys,
+        );
+        assert_eq!(keys.len(), 5, "{keys:?}");
+        assert!(
+            text.contains("\n[reconcile]\n"),
+            "section [reconcile] missing"
+        );
+        for key in keys {
+            let leaf = key.rsplit('.').next().unwrap();
             assert!(
                 text.contains(&format!("\n{leaf} = ")) || text.contains(&format!("\n# {leaf} = ")),
                 "key `{key}` is not documented in deploy/config.example.toml"

@@ -26,6 +26,8 @@ pub mod event;
 pub mod http;
 pub mod openapp;
 pub mod queue;
+pub mod reconcile;
+pub mod resident;
 pub mod retry;
 pub mod sandbox;
 pub mod signature;

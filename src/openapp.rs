@@ -103,6 +103,18 @@ pub enum ClientBuildError {
     Http(String),
 }
 
+/// Largest building-users list read, in bytes (about 50,000 rows).
+pub const LIST_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// One row of `GET /integrations/{id}/building-users`: a person and one role they hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildingUser {
+    /// The OpenApp user.
+    pub user_id: String,
+    /// The role, e.g. `virtual_access:integration:{id}:resident`; empty if OpenApp sent none.
+    pub role: String,
+}
+
 #[derive(Serialize)]
 struct AddBuildingUserPayload<'a> {
     user_id: &'a str,
@@ -207,6 +219,64 @@ impl OpenAppClient {
             StatusCode::NOT_FOUND => Ok(false),
             _ => Err(status_error(response).await),
         }
+    }
+
+    /// `GET /integrations/{integration_id}/building-users`: everyone holding a role of the
+    /// integration. The body is a JSON array of objects; only `user_id` and `role` are read,
+    /// rows without a string `user_id` are skipped and a missing `role` reads as empty. A body
+    /// that is not such an array, or larger than [`LIST_BODY_LIMIT`], is a
+    /// [`CallError::Transport`] of kind `body`.
+    pub async fn list_building_users(
+        &self,
+        org_id: &str,
+        integration_id: &str,
+    ) -> Result<Vec<BuildingUser>, CallError> {
+        let url = self.url(&["integrations", integration_id, "building-users"]);
+        let mut response = send(self.http.get(url).headers(self.headers(org_id))).await?;
+        if !response.status().is_success() {
+            return Err(status_error(response).await);
+        }
+        let body_error = |message: String| CallError::Transport {
+            kind: "body",
+            message,
+        };
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > LIST_BODY_LIMIT {
+                        return Err(body_error(format!(
+                            "the building-users list is larger than {LIST_BODY_LIMIT} bytes"
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(CallError::Transport {
+                        kind: if e.is_timeout() { "timeout" } else { "io" },
+                        message: error_chain(&e),
+                    });
+                }
+            }
+        }
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
+            body_error(format!(
+                "the building-users list is not a JSON array: {}",
+                clean(&e.to_string(), MESSAGE_LIMIT)
+            ))
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let user_id = row.get("user_id")?.as_str()?;
+                let role = row.get("role").and_then(|r| r.as_str()).unwrap_or_default();
+                Some(BuildingUser {
+                    user_id: user_id.to_owned(),
+                    role: role.to_owned(),
+                })
+            })
+            .collect())
     }
 
     /// The base URL with `segments` appended, each percent-encoded.

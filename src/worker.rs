@@ -27,10 +27,10 @@ use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 
 use crate::config::{DeadLetterSettings, Settings};
 use crate::dead_letters::DeadLetters;
-use crate::event::EventType;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
 use crate::queue::ledger::{AttemptRecord, Begin, Finish};
 use crate::queue::{DeliveryJob, JobQueue, now_ms};
+use crate::resident::Desired;
 use crate::retry::{CallClass, Decision, RetryPolicy, parse_retry_after};
 
 /// How long a confirmed-existing integration is trusted before a 404 on remove re-checks it.
@@ -58,16 +58,29 @@ impl WorkerStatus {
     }
 }
 
-/// Runs delivery jobs: one OpenApp call per attempt, the outcome recorded in the ledger.
+/// Runs convergence jobs: makes OpenApp show what a resident's state says, one attempt at a
+/// time, each outcome recorded in the ledger.
 pub struct Deliverer {
     client: OpenAppClient,
     queue: JobQueue,
     dead_letters: DeadLetters,
     dead_letter_limits: DeadLetterSettings,
     policy: RetryPolicy,
+    /// How long a worker may hold a resident's lock; it expires should the worker die.
+    lock_ttl: Duration,
     /// Integrations seen to exist, so a 404 on remove can be trusted as "already absent".
     known_integrations: Mutex<HashMap<String, Instant>>,
 }
+
+/// Most convergence rounds in one attempt when the state keeps changing during the calls;
+/// the events that changed it have queued their own jobs anyway.
+const MAX_ROUNDS: u32 = 3;
+
+/// Shortest wait when another worker is converging the same resident.
+const DEFER_MS: i64 = 200;
+
+/// Longest wait before looking again at a busy resident.
+const MAX_DEFER_MS: i64 = 5_000;
 
 impl std::fmt::Debug for Deliverer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,49 +90,79 @@ impl std::fmt::Debug for Deliverer {
     }
 }
 
+/// What one convergence call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Add,
+    Remove,
+    /// Nothing to change (see [`Desired::Untouched`]).
+    None,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Add => "add",
+            Action::Remove => "remove",
+            Action::None => "none",
+        }
+    }
+}
+
 impl Deliverer {
     /// A deliverer calling OpenApp through `client` and recording in `queue`'s ledger.
     pub fn new(client: OpenAppClient, queue: JobQueue, settings: &Settings) -> Self {
+        let call_timeout = Duration::from_millis(settings.openapp.timeout_ms);
         Self {
             client,
             dead_letters: DeadLetters::new(&queue),
             queue,
             dead_letter_limits: settings.dead_letters.clone(),
             policy: RetryPolicy::from_settings(&settings.retry),
+            // A round is at most a call and, on a 404 remove, a list call.
+            lock_ttl: call_timeout * (2 * MAX_ROUNDS) + Duration::from_secs(5),
             known_integrations: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Makes one OpenApp call for `job`: add on `lease.signed`, remove on `lease.ended`.
-    /// A 404 on remove counts as "already absent" only once the integration is known to
-    /// exist; a missing integration is a configuration error.
-    pub async fn call(&self, job: &DeliveryJob) -> Result<CallOutcome, CallError> {
-        match job.event_type {
-            EventType::LeaseSigned => {
+    /// Makes OpenApp show `desired` for `job`'s resident: add (POST; 409 means already there)
+    /// or remove (DELETE; 404 means already gone once the integration is known to exist — a
+    /// missing integration is a configuration error).
+    async fn apply(
+        &self,
+        job: &DeliveryJob,
+        desired: Desired,
+    ) -> (Action, Result<CallOutcome, CallError>) {
+        match desired {
+            Desired::Present => (
+                Action::Add,
                 self.client
                     .add_building_user(&job.org_id, &job.integration_id, &job.user_id, &job.role)
-                    .await
-            }
-            EventType::LeaseEnded => {
-                let outcome = self
-                    .client
-                    .remove_building_user(&job.org_id, &job.integration_id, &job.user_id)
-                    .await?;
-                if outcome == CallOutcome::AlreadyDone(404) && !self.integration_known(job).await? {
-                    return Err(CallError::Status {
-                        status: 404,
-                        message: Some(format!(
-                            "integration {} does not exist for org {}: check sources.properties in the configuration",
-                            job.integration_id, job.org_id
-                        )),
-                        error_code: Some("integration_not_found".into()),
-                        request_id: None,
-                        retry_after: None,
-                    });
-                }
-                Ok(outcome)
-            }
+                    .await,
+            ),
+            Desired::Absent => (Action::Remove, self.remove(job).await),
+            Desired::Untouched => (Action::None, Ok(CallOutcome::AlreadyDone(0))),
         }
+    }
+
+    async fn remove(&self, job: &DeliveryJob) -> Result<CallOutcome, CallError> {
+        let outcome = self
+            .client
+            .remove_building_user(&job.org_id, &job.integration_id, &job.user_id)
+            .await?;
+        if outcome == CallOutcome::AlreadyDone(404) && !self.integration_known(job).await? {
+            return Err(CallError::Status {
+                status: 404,
+                message: Some(format!(
+                    "integration {} does not exist for org {}: check sources.properties in the configuration",
+                    job.integration_id, job.org_id
+                )),
+                error_code: Some("integration_not_found".into()),
+                request_id: None,
+                retry_after: None,
+            });
+        }
+        Ok(outcome)
     }
 
     async fn integration_known(&self, job: &DeliveryJob) -> Result<bool, CallError> {
@@ -145,10 +188,38 @@ impl Deliverer {
         Ok(exists)
     }
 
-    /// Runs `job` as apalis task `task_id`: counts the attempt, calls OpenApp, records the
-    /// outcome and schedules the retry or dead letter. `Ok` whenever the ledger took the
-    /// outcome; `Err` only when Redis failed, so apalis runs the task again.
+    /// Runs `job` as apalis task `task_id`. Calls for one resident are serialized: if another
+    /// worker holds the resident, the job is put off briefly without using an attempt.
+    /// `Ok` whenever the ledger took the outcome; `Err` only when Redis failed, so apalis runs
+    /// the task again.
     pub async fn run(&self, job: &DeliveryJob, task_id: &str) -> Result<(), BoxDynError> {
+        let lock = match self
+            .queue
+            .lock_resident(&job.integration_id, &job.user_id, self.lock_ttl)
+            .await?
+        {
+            Ok(lock) => lock,
+            Err(remaining_ms) => {
+                // Usually a call of a few milliseconds; after a crash, the lock's expiry.
+                let wait = i64::try_from(remaining_ms)
+                    .unwrap_or(0)
+                    .clamp(DEFER_MS, MAX_DEFER_MS);
+                let jitter = rand::Rng::random_range(&mut rand::rng(), 0..DEFER_MS);
+                self.queue
+                    .defer(job, task_id, now_ms() + wait + jitter)
+                    .await?;
+                debug!(wait_ms = wait, "resident busy with another worker; put off");
+                return Ok(());
+            }
+        };
+        let result = self.run_locked(job, task_id).await;
+        if let Err(e) = self.queue.unlock_resident(lock).await {
+            warn!("could not release the resident lock (it expires on its own): {e}");
+        }
+        result
+    }
+
+    async fn run_locked(&self, job: &DeliveryJob, task_id: &str) -> Result<(), BoxDynError> {
         let attempt = match self
             .queue
             .begin_attempt(job, task_id, self.policy.max_attempts)
@@ -163,8 +234,8 @@ impl Deliverer {
                 error!(
                     dead_letter.id = %job.delivery_id,
                     reason = %reason,
-                    "{} user {} given up after {attempts} attempt(s) that stopped their worker; replay with `lease-sync dead-letters replay {}`",
-                    job.action(), job.user_id, job.delivery_id
+                    "converging user {} given up after {attempts} attempt(s) that stopped their worker; replay with `lease-sync dead-letters replay {}`",
+                    job.user_id, job.delivery_id
                 );
                 self.trim_dead_letters().await;
                 return Ok(());
@@ -172,10 +243,58 @@ impl Deliverer {
         };
         Span::current().record("attempt", attempt);
 
-        let result = self.call(job).await;
+        let started = Instant::now();
+        let mut round = 0;
+        let (action, result, state) = loop {
+            round += 1;
+            let state = self
+                .queue
+                .resident(&job.integration_id, &job.user_id)
+                .await?;
+            let desired = state
+                .as_ref()
+                .map_or(Desired::Untouched, |s| s.desired(now_ms()));
+            let version = state.as_ref().map_or(0, |s| s.version);
+            let (action, result) = self.apply(job, desired).await;
+            if result.is_err() {
+                break (action, result, state);
+            }
+            // Serialized per resident, but events keep arriving: if one changed the state
+            // during the call, converge again to the newer truth.
+            let now_version = if action == Action::None {
+                self.queue
+                    .resident(&job.integration_id, &job.user_id)
+                    .await?
+                    .map_or(0, |s| s.version)
+            } else {
+                self.queue
+                    .record_applied(
+                        &job.integration_id,
+                        &job.user_id,
+                        action == Action::Add,
+                        version,
+                    )
+                    .await?
+            };
+            if now_version == version
+                || round >= MAX_ROUNDS
+                || started.elapsed() > self.lock_ttl / 2
+            {
+                break (action, result, state);
+            }
+            debug!(
+                round,
+                "resident state changed during the call; converging again"
+            );
+        };
+
         let class = classify(&result);
         let decision = self.policy.decide(attempt, class, &mut rand::rng());
-        let record = attempt_record(&result, &decision);
+        let mut record = attempt_record(&result, &decision);
+        record.action = Some(action.as_str().to_owned());
+        if action == Action::None {
+            record.status = None;
+        }
         let auth_failure = matches!(
             result.as_ref().err().and_then(CallError::status),
             Some(401 | 403)
@@ -198,9 +317,22 @@ impl Deliverer {
             );
             return Ok(());
         }
-        log_outcome(job, attempt, &result, &decision, auth_failure);
-        if matches!(decision, Decision::DeadLetter(_)) {
-            self.trim_dead_letters().await;
+        log_outcome(job, action, attempt, &result, &decision, auth_failure);
+        match decision {
+            Decision::Done => {
+                // A lease window that opens or closes later needs a convergence then.
+                if let Some(at) = state.as_ref().and_then(|s| s.next_transition(now_ms()))
+                    && self.queue.schedule_convergence(job, at).await?
+                {
+                    info!(
+                        due_ms = at,
+                        "scheduled a convergence of user {} for a lease window boundary",
+                        job.user_id
+                    );
+                }
+            }
+            Decision::DeadLetter(_) => self.trim_dead_letters().await,
+            Decision::Retry { .. } => {}
         }
         Ok(())
     }
@@ -260,12 +392,13 @@ fn attempt_record(result: &Result<CallOutcome, CallError>, decision: &Decision) 
 
 fn log_outcome(
     job: &DeliveryJob,
+    action: Action,
     attempt: u32,
     result: &Result<CallOutcome, CallError>,
     decision: &Decision,
     auth_failure: bool,
 ) {
-    let action = job.action();
+    let action = action.as_str();
     let user = &job.user_id;
     match (result, decision) {
         (Ok(outcome), _) => {

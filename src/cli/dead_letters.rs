@@ -694,7 +694,7 @@ fn describe_attempt(r: &AttemptRecord) -> String {
 }
 
 /// `2026-11-22T10:15:00Z` for ms since the epoch (UTC, to the second).
-fn timestamp(ms: i64) -> String {
+pub(super) fn timestamp(ms: i64) -> String {
     let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
         .ok()

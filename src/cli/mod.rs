@@ -2,6 +2,8 @@
 
 mod dead_letters;
 mod queue_stats;
+mod reconcile;
+mod residents;
 mod send_test_event;
 
 use std::path::PathBuf;
@@ -51,6 +53,11 @@ pub enum Command {
     DeadLetters(dead_letters::DeadLettersArgs),
     /// Inspect the delivery queue.
     Queue(queue_stats::QueueArgs),
+    /// Compare a file of a source's active leases with OpenApp and lease-sync's state; print
+    /// the plan, and with --apply enqueue the changes.
+    Reconcile(reconcile::ReconcileArgs),
+    /// Inspect what lease-sync knows about residents.
+    Residents(residents::ResidentsArgs),
 }
 
 /// Runs the parsed command; errors are printed with their causes and exit with status 1.
@@ -99,6 +106,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SendTestEvent(args) => send_test_event::run(args).await,
         Command::DeadLetters(args) => dead_letters::run(args).await,
         Command::Queue(args) => queue_stats::run(args).await,
+        Command::Reconcile(args) => reconcile::run(args).await,
+        Command::Residents(args) => residents::run(args).await,
     }
 }
 

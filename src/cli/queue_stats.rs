@@ -72,6 +72,8 @@ fn describe(c: &QueueCounts) -> String {
         ("OpenApp 401/403", c.auth_failures),
         ("dead letters trimmed", c.dead_letters_trimmed),
         ("stale tasks", c.stale_tasks),
+        ("stale events ignored", c.stale_events),
+        ("deferred (resident busy)", c.deferred),
     ];
     let mut out = String::from("queue\n");
     for (name, value) in depths {

@@ -135,9 +135,9 @@ async fn accept(
             }
         })?;
     Ok(match outcome {
-        EnqueueOutcome::Queued(n) => (
+        EnqueueOutcome::Queued { jobs, stale } => (
             StatusCode::ACCEPTED,
-            Json(json!({"status": "queued", "event_id": event.id, "jobs": n})),
+            Json(json!({"status": "queued", "event_id": event.id, "jobs": jobs, "stale": stale})),
         ),
         EnqueueOutcome::Duplicate => (
             StatusCode::OK,
@@ -213,6 +213,7 @@ fn jobs_for(source: &SourceRuntime, event: &LeaseEvent) -> Result<Vec<DeliveryJo
             org_id: property.org_id.clone(),
             integration_id: property.integration_id.clone(),
             role: role.clone(),
+            trigger: None,
         })
         .collect())
 }

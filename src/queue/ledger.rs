@@ -28,6 +28,9 @@ pub struct AttemptRecord {
     /// When it ended (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
+    /// What the attempt did: `add`, `remove`, or `none` (nothing to change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     /// HTTP status OpenApp answered, if it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,

@@ -21,6 +21,7 @@
 //!   fail on Redis (bug 5).
 
 pub mod ledger;
+pub mod residents;
 
 use std::time::Duration;
 
@@ -73,6 +74,10 @@ pub struct DeliveryJob {
     pub integration_id: String,
     /// Role granted on add.
     pub role: String,
+    /// What queued this job when not an event: `schedule` (a lease window boundary),
+    /// `reconcile`. Absent for jobs queued by an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 impl DeliveryJob {
@@ -91,8 +96,13 @@ pub const JOB_VERSION: u32 = 1;
 /// Result of offering an event to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnqueueOutcome {
-    /// New event: this many jobs are now durably queued.
-    Queued(usize),
+    /// New event, folded into its residents' state.
+    Queued {
+        /// Convergence jobs now durably queued (residents whose state changed).
+        jobs: usize,
+        /// Residents for whom the event was older than what their lease already records.
+        stale: usize,
+    },
     /// The source already delivered this event id within the dedupe window; nothing written.
     Duplicate,
 }
@@ -122,6 +132,10 @@ pub struct QueueCounts {
     pub dead_letters_trimmed: u64,
     /// Duplicate runs of superseded tasks that were skipped.
     pub stale_tasks: u64,
+    /// Events (per resident) older than what their lease already recorded: ignored.
+    pub stale_events: u64,
+    /// Jobs put off because another worker was converging the same resident.
+    pub deferred: u64,
 }
 
 /// Errors talking to the queue.
@@ -190,6 +204,21 @@ impl Keys {
         format!("{}:audit", self.namespace)
     }
 
+    /// State of one resident in one building.
+    pub fn resident(&self, integration_id: &str, user_id: &str) -> String {
+        format!("{}:resident:{integration_id}:{user_id}", self.namespace)
+    }
+
+    /// Set of users lease-sync holds state for in one building.
+    pub fn residents_index(&self, integration_id: &str) -> String {
+        format!("{}:residents:{integration_id}", self.namespace)
+    }
+
+    /// Lock serializing calls for one resident.
+    pub fn resident_lock(&self, integration_id: &str, user_id: &str) -> String {
+        format!("{}:lock:{integration_id}:{user_id}", self.namespace)
+    }
+
     /// Lifetime counters.
     pub fn stats(&self) -> String {
         format!("{}:stats", self.namespace)
@@ -228,6 +257,8 @@ struct Scripts {
     sweep: redis::Script,
     begin: redis::Script,
     finish: redis::Script,
+    defer: redis::Script,
+    schedule: redis::Script,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -250,6 +281,8 @@ impl JobQueue {
                 sweep: redis::Script::new(include_str!("lua/sweep.lua")),
                 begin: redis::Script::new(include_str!("lua/begin_attempt.lua")),
                 finish: redis::Script::new(include_str!("lua/finish_attempt.lua")),
+                defer: redis::Script::new(include_str!("lua/defer.lua")),
+                schedule: redis::Script::new(include_str!("lua/schedule.lua")),
             }),
         }
     }
@@ -264,9 +297,10 @@ impl JobQueue {
         self.conn.clone()
     }
 
-    /// Durably queues `jobs` (all of one event) unless `source` already delivered
-    /// `event.id` within `dedupe_ttl`. Answers within `timeout` or fails with
-    /// [`QueueError::Timeout`]; nothing is buffered in memory.
+    /// Folds `event` into the state of each resident `jobs` names and durably queues a
+    /// convergence job for each one whose state changed — unless `source` already delivered
+    /// `event.id` within `dedupe_ttl`. All jobs must be for one building. Answers within
+    /// `timeout` or fails with [`QueueError::Timeout`]; nothing is buffered in memory.
     pub async fn enqueue_event(
         &self,
         source: &str,
@@ -275,6 +309,10 @@ impl JobQueue {
         dedupe_ttl: Duration,
         timeout: Duration,
     ) -> Result<EnqueueOutcome, QueueError> {
+        let Some(first) = jobs.first() else {
+            return Ok(EnqueueOutcome::Queued { jobs: 0, stale: 0 });
+        };
+        let record = crate::resident::LeaseRecord::from_event(event, source);
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
             .key(self.keys.dedupe(source, &event.id))
@@ -282,23 +320,33 @@ impl JobQueue {
             .key(self.keys.queue_key("active"))
             .key(self.keys.queue_key("meta"))
             .key(self.keys.delivery_prefix())
+            .key(self.keys.stats())
             .arg(dedupe_ttl.as_secs().max(1))
             .arg(now_ms())
-            .arg(serde_json::to_vec(event)?);
+            .arg(serde_json::to_vec(event)?)
+            .arg(&event.lease.id)
+            .arg(serde_json::to_vec(&record)?)
+            .arg(self.keys.residents_index(&first.integration_id));
         for job in jobs {
             invocation
                 .arg(ulid::Ulid::new().to_string())
                 .arg(&job.delivery_id)
-                .arg(serde_json::to_vec(job)?);
+                .arg(serde_json::to_vec(job)?)
+                .arg(self.keys.resident(&job.integration_id, &job.user_id))
+                .arg(&job.user_id);
         }
         let mut conn = self.conn.clone();
-        let written: i64 = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| QueueError::Timeout(timeout))??;
-        Ok(if written < 0 {
+        let (queued, stale): (i64, i64) =
+            tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| QueueError::Timeout(timeout))??;
+        Ok(if queued < 0 {
             EnqueueOutcome::Duplicate
         } else {
-            EnqueueOutcome::Queued(usize::try_from(written).unwrap_or_default())
+            EnqueueOutcome::Queued {
+                jobs: usize::try_from(queued).unwrap_or_default(),
+                stale: usize::try_from(stale).unwrap_or_default(),
+            }
         })
     }
 
@@ -399,6 +447,8 @@ impl JobQueue {
                 "auth_failures",
                 "dead_letters_trimmed",
                 "stale_tasks",
+                "stale_events",
+                "deferred",
             ])
             .query_async(&mut conn)
             .await?;
@@ -427,6 +477,8 @@ impl JobQueue {
             auth_failures: stat(3),
             dead_letters_trimmed: stat(4),
             stale_tasks: stat(5),
+            stale_events: stat(6),
+            deferred: stat(7),
         })
     }
 

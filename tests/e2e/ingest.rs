@@ -161,7 +161,7 @@ async fn rotated_secret_verifies_and_a_repeated_event_id_queues_once() {
     assert_eq!(reply.status, 202, "{reply:?}");
     assert_eq!(
         reply.json,
-        json!({"status": "queued", "event_id": "evt-rot", "jobs": 2})
+        json!({"status": "queued", "event_id": "evt-rot", "jobs": 2, "stale": 0})
     );
 
     // The sender retries (a new timestamp and signature, same id): acknowledged, not queued again.

@@ -3,9 +3,11 @@
 
 mod admin_api;
 mod cli;
+mod convergence;
 mod delivery;
 mod ingest;
 mod operator_cli;
+mod reconcile;
 mod resilience;
 mod retries;
 mod support;

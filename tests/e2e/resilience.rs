@@ -205,11 +205,19 @@ async fn twenty_thousand_retries_falling_due_at_once_drain() {
     let redis = RedisServer::start();
     let openapp = FakeOpenApp::start().await;
     let ns = namespace();
-    let config = config_toml(&redis.url(), &ns, &openapp.base_url, "127.0.0.1:0");
+    let config = config_toml(&redis.url(), &ns, &openapp.base_url, "127.0.0.1:0")
+        .replace("concurrency = 4", "concurrency = 32")
+        .replace("batch_size = 20", "batch_size = 100");
 
     // The ledger and queue entries a first failed attempt leaves behind, all due now.
     let client = ::redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Bulk set-up pipelines can take longer than the client's default response timeout.
+    let setup =
+        ::redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&setup)
+        .await
+        .unwrap();
     let queue = format!("{ns}:deliveries");
     let due = lease_sync::queue::now_ms() - 1;
     for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
@@ -230,6 +238,7 @@ async fn twenty_thousand_retries_falling_due_at_once_drain() {
                 org_id: ORG.into(),
                 integration_id: INTEGRATION.into(),
                 role: role(),
+                trigger: None,
             })
             .unwrap();
             pipe.hset_multiple(
@@ -241,6 +250,13 @@ async fn twenty_thousand_retries_falling_due_at_once_drain() {
                     ("current_task", &task),
                     ("status", "pending"),
                 ],
+            )
+            .ignore();
+            // The resident's lease ended, so the convergence removes them.
+            pipe.hset(
+                format!("{ns}:resident:{INTEGRATION}:gone-{i}"),
+                "lease:L",
+                format!(r#"{{"state":"ended","starts_at":null,"ends_at":0,"occurred_at":0,"rank":1,"event_id":"evt-{i}","source":"{SOURCE}","property_id":"{PROPERTY}"}}"#),
             )
             .ignore();
             pipe.rpush(

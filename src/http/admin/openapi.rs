@@ -265,6 +265,8 @@ mod schemas {
         integration_id: String,
         /// Role granted on add.
         role: String,
+        /// What queued the job when not an event: `schedule` or `reconcile`.
+        trigger: Option<String>,
     }
 
     /// One attempt, or a replay marker between rounds of attempts.
@@ -275,6 +277,8 @@ mod schemas {
         attempt: Option<u32>,
         /// `started`, `delivered`, `retry`, `dead`, `crashed` or `replayed`.
         outcome: String,
+        /// What the attempt did: `add`, `remove` or `none`.
+        action: Option<String>,
         /// When the call started (ms since the epoch).
         started_at: Option<i64>,
         /// When it ended (ms since the epoch).
@@ -361,6 +365,10 @@ mod schemas {
         dead_letters_trimmed: u64,
         /// Duplicate runs of superseded tasks that were skipped.
         stale_tasks: u64,
+        /// Events (per resident) older than what their lease already recorded: ignored.
+        stale_events: u64,
+        /// Jobs put off because another worker was converging the same resident.
+        deferred: u64,
     }
 }
 
@@ -461,6 +469,7 @@ mod tests {
             org_id: "o".into(),
             integration_id: "i".into(),
             role: "r".into(),
+            trigger: Some("schedule".into()),
         }
     }
 
@@ -469,6 +478,7 @@ mod tests {
         AttemptRecord {
             attempt: Some(1),
             outcome: "dead".into(),
+            action: text.clone(),
             started_at: Some(1),
             finished_at: Some(2),
             status: Some(400),

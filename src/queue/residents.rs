@@ -1,0 +1,209 @@
+//! Resident state in Redis: one hash per (integration, user) holding a JSON record per lease,
+//! the state version, the last applied state and whether lease-sync manages the person.
+//! Events are folded in by the enqueue script (`lua/enqueue.lua`); this module reads the
+//! state, records what was applied, serializes workers per resident and schedules future
+//! convergences.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{DeliveryJob, JobQueue, QueueError, now_ms};
+use crate::resident::{Applied, LeaseRecord, ResidentState};
+
+/// Releases a resident lock only if it is still ours.
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Records the applied state and answers the current state version, in one round trip.
+const RECORD_APPLIED_SCRIPT: &str = r"
+redis.call('HSET', KEYS[1], 'applied', ARGV[1], 'applied_version', ARGV[2], 'applied_at', ARGV[3])
+if ARGV[1] == 'present' then
+  redis.call('HSET', KEYS[1], 'managed', '1')
+  redis.call('SADD', KEYS[2], ARGV[4])
+end
+return tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+";
+
+/// A held per-resident lock; release it with [`JobQueue::unlock_resident`].
+#[derive(Debug)]
+pub struct ResidentLock {
+    key: String,
+    token: String,
+}
+
+impl JobQueue {
+    /// The state of `user_id` in `integration_id`, if lease-sync has heard of them.
+    pub async fn resident(
+        &self,
+        integration_id: &str,
+        user_id: &str,
+    ) -> Result<Option<ResidentState>, QueueError> {
+        let mut conn = self.conn.clone();
+        let hash: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.resident(integration_id, user_id))
+            .query_async(&mut conn)
+            .await?;
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        let number = |field: &str| hash.get(field).and_then(|v| v.parse::<i64>().ok());
+        let mut leases = BTreeMap::new();
+        for (field, value) in &hash {
+            if let Some(lease_id) = field.strip_prefix("lease:") {
+                let record: LeaseRecord = serde_json::from_str(value)?;
+                leases.insert(lease_id.to_owned(), record);
+            }
+        }
+        let applied = hash.get("applied").map(|a| Applied {
+            present: a == "present",
+            version: number("applied_version")
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or_default(),
+            at: number("applied_at").unwrap_or_default(),
+        });
+        Ok(Some(ResidentState {
+            integration_id: integration_id.to_owned(),
+            user_id: user_id.to_owned(),
+            version: number("version")
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or_default(),
+            leases,
+            applied,
+            managed: hash.get("managed").is_some_and(|m| m == "1"),
+            next_check: number("next_check"),
+        }))
+    }
+
+    /// User ids lease-sync holds state for in `integration_id`.
+    pub async fn residents_of(&self, integration_id: &str) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let mut users: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.residents_index(integration_id))
+            .query_async(&mut conn)
+            .await?;
+        users.sort();
+        Ok(users)
+    }
+
+    /// Records that OpenApp was made to show `present` for state `version`, and returns the
+    /// state version now (a newer event may have been folded in during the call). Adding
+    /// someone makes them managed: from then on lease-sync may also remove them.
+    pub async fn record_applied(
+        &self,
+        integration_id: &str,
+        user_id: &str,
+        present: bool,
+        version: u64,
+    ) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let current: u64 = redis::Script::new(RECORD_APPLIED_SCRIPT)
+            .key(self.keys.resident(integration_id, user_id))
+            .key(self.keys.residents_index(integration_id))
+            .arg(if present { "present" } else { "absent" })
+            .arg(version)
+            .arg(now_ms())
+            .arg(user_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(current)
+    }
+
+    /// Takes the per-resident lock for `ttl`. When another worker holds it, answers how long
+    /// (ms) that lock has left, so the caller can wait about that long. Calls for one resident
+    /// are serialized this way; the lock expires should its holder die.
+    pub async fn lock_resident(
+        &self,
+        integration_id: &str,
+        user_id: &str,
+        ttl: Duration,
+    ) -> Result<Result<ResidentLock, u64>, QueueError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.resident_lock(integration_id, user_id);
+        let token = ulid::Ulid::new().to_string();
+        let (taken, remaining): (Option<String>, i64) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        Ok(match taken {
+            Some(_) => Ok(ResidentLock { key, token }),
+            None => Err(u64::try_from(remaining).unwrap_or(0)),
+        })
+    }
+
+    /// Releases `lock` if it is still held by us (it may have expired and been taken over).
+    pub async fn unlock_resident(&self, lock: ResidentLock) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::Script::new(UNLOCK_SCRIPT)
+            .key(&lock.key)
+            .arg(&lock.token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Puts task `task_id` of `job` off until `due_ms` without using an attempt.
+    pub async fn defer(
+        &self,
+        job: &DeliveryJob,
+        task_id: &str,
+        due_ms: i64,
+    ) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let deferred: i64 = self
+            .scripts
+            .defer
+            .key(self.keys.delivery(&job.delivery_id))
+            .key(self.keys.queue_key("data"))
+            .key(self.keys.queue_key("meta"))
+            .key(self.keys.queue_key("scheduled"))
+            .key(self.keys.stats())
+            .arg(task_id)
+            .arg(ulid::Ulid::new().to_string())
+            .arg(due_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(deferred == 1)
+    }
+
+    /// Schedules a convergence of `job`'s resident at `due_ms` (a lease window opening or
+    /// closing) as a new delivery, unless one is already due by then. Survives restarts: it
+    /// is a scheduled task in Redis like any retry. Returns whether one was scheduled.
+    pub async fn schedule_convergence(
+        &self,
+        job: &DeliveryJob,
+        due_ms: i64,
+    ) -> Result<bool, QueueError> {
+        let mut scheduled = job.clone();
+        scheduled.delivery_id = ulid::Ulid::new().to_string();
+        scheduled.trigger = Some("schedule".into());
+        let mut conn = self.conn.clone();
+        let done: i64 = self
+            .scripts
+            .schedule
+            .key(self.keys.resident(&job.integration_id, &job.user_id))
+            .key(self.keys.delivery(&scheduled.delivery_id))
+            .key(self.keys.queue_key("data"))
+            .key(self.keys.queue_key("meta"))
+            .key(self.keys.queue_key("scheduled"))
+            .arg(due_ms)
+            .arg(now_ms())
+            .arg(ulid::Ulid::new().to_string())
+            .arg(serde_json::to_string(&scheduled)?)
+            .arg("{}")
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(done == 1)
+    }
+}
