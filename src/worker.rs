@@ -29,12 +29,19 @@ use crate::config::{DeadLetterSettings, Settings};
 use crate::dead_letters::DeadLetters;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
 use crate::queue::ledger::{AttemptRecord, Begin, Finish};
+use crate::queue::residents::ResidentLock;
 use crate::queue::{DeliveryJob, JobQueue, now_ms};
 use crate::resident::Desired;
 use crate::retry::{CallClass, Decision, RetryPolicy, parse_retry_after};
 
 /// How long a confirmed-existing integration is trusted before a 404 on remove re-checks it.
 const INTEGRATION_CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// Longest wait before a failed worker is replaced.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
+
+/// A worker that ran this long before failing counts as having been healthy.
+const WORKER_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 /// How often housekeeping (apalis sets, dead-letter caps) runs.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
@@ -66,7 +73,8 @@ pub struct Deliverer {
     dead_letters: DeadLetters,
     dead_letter_limits: DeadLetterSettings,
     policy: RetryPolicy,
-    /// How long a worker may hold a resident's lock; it expires should the worker die.
+    /// How long one round (a call, and a list call on a 404 remove) may hold a resident's
+    /// lock; it is extended before each round and expires soon after a worker dies.
     lock_ttl: Duration,
     /// Integrations seen to exist, so a 404 on remove can be trusted as "already absent".
     known_integrations: Mutex<HashMap<String, Instant>>,
@@ -120,7 +128,7 @@ impl Deliverer {
             dead_letter_limits: settings.dead_letters.clone(),
             policy: RetryPolicy::from_settings(&settings.retry),
             // A round is at most a call and, on a 404 remove, a list call.
-            lock_ttl: call_timeout * (2 * MAX_ROUNDS) + Duration::from_secs(5),
+            lock_ttl: call_timeout * 2 + Duration::from_secs(2),
             known_integrations: Mutex::new(HashMap::new()),
         }
     }
@@ -212,14 +220,19 @@ impl Deliverer {
                 return Ok(());
             }
         };
-        let result = self.run_locked(job, task_id).await;
+        let result = self.run_locked(job, task_id, &lock).await;
         if let Err(e) = self.queue.unlock_resident(lock).await {
             warn!("could not release the resident lock (it expires on its own): {e}");
         }
         result
     }
 
-    async fn run_locked(&self, job: &DeliveryJob, task_id: &str) -> Result<(), BoxDynError> {
+    async fn run_locked(
+        &self,
+        job: &DeliveryJob,
+        task_id: &str,
+        lock: &ResidentLock,
+    ) -> Result<(), BoxDynError> {
         let attempt = match self
             .queue
             .begin_attempt(job, task_id, self.policy.max_attempts)
@@ -247,6 +260,11 @@ impl Deliverer {
         let mut round = 0;
         let (action, result, state) = loop {
             round += 1;
+            if round > 1 && !self.queue.extend_resident_lock(lock, self.lock_ttl).await? {
+                // Another worker has the resident now and converges it to the same state.
+                debug!("resident lock lost between rounds; leaving the rest to its holder");
+                break (Action::None, Ok(CallOutcome::AlreadyDone(0)), None);
+            }
             let state = self
                 .queue
                 .resident(&job.integration_id, &job.user_id)
@@ -516,6 +534,7 @@ pub async fn run_workers(
             .build(handle_job);
 
         info!(worker = %name, concurrency = worker_settings.concurrency, "worker starting");
+        let started_at = Instant::now();
         status.running.store(true, Ordering::SeqCst);
         let stop = shutdown.clone();
         let run = worker.run_until(async move {
@@ -551,9 +570,15 @@ pub async fn run_workers(
                 failures = 0;
             }
             Some(Err(e)) => {
+                // A worker that ran a while before failing starts a fresh series of retries:
+                // separate outages must not stack up the delay.
+                if started_at.elapsed() > WORKER_HEALTHY_AFTER {
+                    failures = 0;
+                }
                 failures = failures.saturating_add(1);
                 status.restarts.fetch_add(1, Ordering::SeqCst);
-                let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)));
+                let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
+                    .min(MAX_RESTART_DELAY);
                 error!(worker = %name, "worker failed: {e}; starting a new one in {delay:?}");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}

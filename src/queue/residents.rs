@@ -29,6 +29,14 @@ end
 return tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 ";
 
+/// Extends a resident lock only if it is still ours.
+const EXTEND_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
 /// A held per-resident lock; release it with [`JobQueue::unlock_resident`].
 #[derive(Debug)]
 pub struct ResidentLock {
@@ -140,6 +148,22 @@ impl JobQueue {
             Some(_) => Ok(ResidentLock { key, token }),
             None => Err(u64::try_from(remaining).unwrap_or(0)),
         })
+    }
+
+    /// Extends `lock` to `ttl` from now; false if it was lost (expired and taken over).
+    pub async fn extend_resident_lock(
+        &self,
+        lock: &ResidentLock,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let extended: i64 = redis::Script::new(EXTEND_SCRIPT)
+            .key(&lock.key)
+            .arg(&lock.token)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(extended == 1)
     }
 
     /// Releases `lock` if it is still held by us (it may have expired and been taken over).

@@ -1,0 +1,168 @@
+//! What is checked after every phase, once the queue has drained: durability of every
+//! acknowledged event and OpenApp's membership against the model.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use lease_sync::queue::JobQueue;
+use lease_sync::sandbox::Sandbox;
+use serde::Serialize;
+
+use crate::cluster::{BUILDINGS, SOURCE, role};
+use crate::model::{Model, Resident};
+use crate::redis_server::RedisServer;
+use crate::scenario::Scenario;
+use crate::sender::SendLog;
+
+/// Keys checked per pipeline.
+const CHUNK: usize = 500;
+
+/// The events among `events` whose dedupe marker is not in Redis. Ingest writes the marker
+/// and the event's jobs in one Lua script, so a missing marker means the acknowledged event is
+/// gone.
+pub async fn missing_dedupe(
+    redis: &RedisServer,
+    queue: &JobQueue,
+    scenario: &Scenario,
+    events: &[usize],
+) -> Vec<usize> {
+    let mut conn = redis.connection().await;
+    let mut missing = Vec::new();
+    for chunk in events.chunks(CHUNK) {
+        let mut pipe = redis::pipe();
+        for &event in chunk {
+            pipe.cmd("EXISTS")
+                .arg(queue.keys().dedupe(SOURCE, &scenario.events[event].id));
+        }
+        let found: Vec<bool> = match tokio::time::timeout(
+            Duration::from_secs(10),
+            pipe.query_async(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => panic!("checking dedupe markers failed: {e}"),
+            Err(_) => panic!("checking dedupe markers took longer than 10 s"),
+        };
+        missing.extend(
+            chunk
+                .iter()
+                .zip(found)
+                .filter(|(_, present)| !present)
+                .map(|(&event, _)| event),
+        );
+    }
+    missing
+}
+
+/// A resident whose OpenApp state differs from the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    /// The building's integration.
+    pub integration: String,
+    /// The user.
+    pub user: String,
+    /// Whether the model wants them present.
+    pub expected: bool,
+    /// Whether OpenApp has them.
+    pub actual: bool,
+    /// Their OpenApp role when present and not the expected one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrong_role: Option<String>,
+}
+
+/// Every resident whose OpenApp membership (or role) differs from `model`.
+pub fn compare(model: &Model, sandbox: &Sandbox) -> Vec<Mismatch> {
+    let present = model.present();
+    let mut mismatches = Vec::new();
+    for building in &BUILDINGS {
+        let integration = building.integration;
+        let members = sandbox.members(integration);
+        let expected = present.get(integration).cloned().unwrap_or_default();
+        let everyone: BTreeSet<&String> = expected.iter().chain(members.keys()).collect();
+        let wanted_role = role(integration);
+        for user in everyone {
+            let should = expected.contains(user);
+            let has = members.get(user);
+            let wrong_role = has.filter(|r| **r != wanted_role).cloned();
+            if should != has.is_some() || wrong_role.is_some() {
+                mismatches.push(Mismatch {
+                    integration: integration.to_owned(),
+                    user: user.clone(),
+                    expected: should,
+                    actual: has.is_some(),
+                    wrong_role,
+                });
+            }
+        }
+    }
+    mismatches
+}
+
+/// Acknowledged events not accounted for: their dedupe marker is gone, they were queued twice
+/// (the marker vanished in between), or one of their residents is in the wrong state.
+pub fn unaccounted(
+    scenario: &Scenario,
+    log: &SendLog,
+    missing: &BTreeSet<usize>,
+    wrong: &[Mismatch],
+) -> BTreeSet<usize> {
+    let wrong: HashSet<Resident> = wrong
+        .iter()
+        .map(|m| (m.integration.clone(), m.user.clone()))
+        .collect();
+    log.acknowledged()
+        .filter(|&event| {
+            let fact = &scenario.events[event].fact;
+            missing.contains(&event)
+                || log.queued_answers[event] >= 2
+                || fact
+                    .users
+                    .iter()
+                    .any(|u| wrong.contains(&(fact.integration.clone(), u.clone())))
+        })
+        .collect()
+}
+
+/// Resident locks held now (per-resident serialization of OpenApp calls) and the longest
+/// remaining TTL among them, in ms. A lock whose holder died blocks its resident until the TTL
+/// runs out, which bounds recovery after worker and Redis faults.
+pub async fn resident_locks(redis: &RedisServer, queue: &JobQueue) -> (u64, i64) {
+    // `<namespace>:lock:<integration>:<user>`, so with both empty: `<namespace>:lock::`.
+    let pattern = format!(
+        "{}*",
+        queue.keys().resident_lock("", "").trim_end_matches(':')
+    );
+    let mut conn = redis.connection().await;
+    let (mut held, mut longest) = (0, 0);
+    let mut cursor = 0u64;
+    for _ in 0..10_000 {
+        let scanned: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(&mut conn)
+            .await;
+        let Ok((next, keys)) = scanned else {
+            break;
+        };
+        for key in keys {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(-2);
+            if ttl != -2 {
+                held += 1;
+                longest = longest.max(ttl);
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    (held, longest)
+}

@@ -1,0 +1,483 @@
+//! The system under test: one redis-server, two `lease-sync ingest` and two `lease-sync work`
+//! processes (the real binary), and the sandbox OpenApp served in this process. Every
+//! process logs to a file in one work directory, which is kept when the suite fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use lease_sync::config::Settings;
+use lease_sync::queue::{JobQueue, connect};
+use lease_sync::sandbox::{Sandbox, SandboxOptions};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+use crate::redis_server::RedisServer;
+use crate::support::{free_port, poll_until, signal};
+
+/// The webhook source the config defines.
+pub const SOURCE: &str = "faults-pms";
+/// Its secret (the Standard Webhooks public test vector's).
+pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+/// The OpenApp API key the sandbox accepts.
+pub const API_KEY: &str = "faults-suite-openapp-key-0123456789";
+/// The OpenApp organisation of both buildings.
+pub const ORG: &str = "01HORG0000000000000000000A";
+
+/// A building: the sender's property id and its OpenApp integration.
+#[derive(Debug)]
+pub struct Building {
+    /// `lease.property_id`.
+    pub property: &'static str,
+    /// OpenApp integration id.
+    pub integration: &'static str,
+}
+
+/// The two buildings of the scenario.
+pub const BUILDINGS: [Building; 2] = [
+    Building {
+        property: "P-17",
+        integration: "01HINT0000000000000000000B",
+    },
+    Building {
+        property: "P-18",
+        integration: "01HINT0000000000000000000C",
+    },
+];
+
+/// The role lease-sync grants in `integration` (the default template).
+pub fn role(integration: &str) -> String {
+    format!("virtual_access:integration:{integration}:resident")
+}
+
+/// How long a lease-sync process may take to start or stop.
+const PROCESS_LIMIT: Duration = Duration::from_secs(30);
+
+/// The configuration of every process: short heartbeats so a dead worker's jobs are taken
+/// over within 2 s, a 1 s OpenApp timeout, retries from 100 ms up to 2 s apart and 20 attempts,
+/// no admin API.
+fn config_toml(redis_url: &str, namespace: &str, openapp_base: &str, listen: &str) -> String {
+    let [first, second] = &BUILDINGS;
+    format!(
+        r#"
+[http]
+listen = "{listen}"
+body_limit_bytes = 4096
+enqueue_timeout_ms = 2000
+retry_after_secs = 1
+shutdown_grace_secs = 5
+
+[redis]
+url = "{redis_url}"
+namespace = "{namespace}"
+connect_timeout_ms = 500
+response_timeout_ms = 2000
+
+[openapp]
+base_url = "{openapp_base}"
+api_key = "{API_KEY}"
+auth = "bearer"
+timeout_ms = 1000
+connect_timeout_ms = 500
+
+[worker]
+concurrency = 4
+poll_interval_ms = 50
+heartbeat_secs = 1
+missed_heartbeats = 2
+batch_size = 20
+shutdown_timeout_secs = 5
+
+[retry]
+base_ms = 100
+max_delay_secs = 2
+max_attempts = 20
+
+[dead_letters]
+max_entries = 100000
+max_age_days = 30
+
+[admin]
+enabled = false
+
+[log]
+level = "info"
+
+[[sources]]
+name = "{SOURCE}"
+scheme = "standard-webhooks"
+secrets = ["{SECRET}"]
+tolerance_secs = 300
+
+[[sources.properties]]
+id = "{p1}"
+org_id = "{ORG}"
+integration_id = "{i1}"
+
+[[sources.properties]]
+id = "{p2}"
+org_id = "{ORG}"
+integration_id = "{i2}"
+"#,
+        p1 = first.property,
+        i1 = first.integration,
+        p2 = second.property,
+        i2 = second.integration,
+    )
+}
+
+/// A temporary directory that is kept (and named on stderr) when the test panics or
+/// `FAULT_SUITE_KEEP=1` is set.
+pub struct WorkDir {
+    dir: Option<TempDir>,
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("lease-sync-faults-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        let path = dir.path().to_owned();
+        Self {
+            dir: Some(dir),
+            path,
+        }
+    }
+
+    /// Where logs, configs and Redis data live.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let asked = std::env::var("FAULT_SUITE_KEEP").is_ok_and(|v| v == "1");
+        if (asked || std::thread::panicking())
+            && let Some(dir) = self.dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!(
+                "fault suite: logs and Redis data kept in {}",
+                kept.display()
+            );
+        }
+    }
+}
+
+/// A lease-sync child process, its stderr (the log) in a file.
+pub struct LeaseSync {
+    child: Child,
+    name: String,
+    log: PathBuf,
+}
+
+impl LeaseSync {
+    /// Runs `lease-sync <command> --config <config>`, logging to `dir/<name>.log`.
+    fn spawn(dir: &Path, name: &str, command: &str, config: &Path) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lease-sync"));
+        cmd.args([command, "--config"]).arg(config);
+        // Overrides from the developer's environment must not change the tested config.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("LEASE_SYNC__") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run lease-sync {command}: {e}"));
+        Self {
+            child,
+            name: name.to_owned(),
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last `lines` lines of the log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    async fn wait_for_log(&mut self, needle: &str, limit: Duration) {
+        let found = poll_until(limit, || async {
+            std::fs::read_to_string(&self.log)
+                .is_ok_and(|text| text.contains(needle))
+                .then_some(())
+        })
+        .await;
+        if found.is_none() {
+            let exited = self.child.try_wait().ok().flatten();
+            panic!(
+                "{} did not log `{needle}` within {limit:?} (exit status: {exited:?}); log tail:\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM without waiting.
+    fn send_term(&self) {
+        signal(self.pid(), "-TERM");
+    }
+
+    /// Waits (bounded) for the exit status; SIGKILL and a panic when it does not come.
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Ok(None) => {
+                    let tail = self.log_tail(30);
+                    self.kill9();
+                    panic!(
+                        "{} did not exit within {limit:?} of SIGTERM; log tail:\n{tail}",
+                        self.name
+                    );
+                }
+                Err(e) => panic!("cannot wait for {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+impl Drop for LeaseSync {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The sandbox OpenApp on a free loopback port, in this process.
+pub struct FakeOpenApp {
+    /// Its state, call log and fault controls.
+    pub sandbox: Sandbox,
+    /// `http://127.0.0.1:<port>/api/v1`.
+    pub base_url: String,
+    stop: CancellationToken,
+}
+
+impl FakeOpenApp {
+    async fn start() -> Self {
+        let sandbox = Sandbox::new(SandboxOptions {
+            api_keys: vec![API_KEY.into()],
+            integrations: BUILDINGS
+                .iter()
+                .map(|b| (ORG.to_owned(), b.integration.to_owned()))
+                .collect(),
+            // A call that changes nothing answers 409 (add) or 404 (remove), so duplicated
+            // calls can be counted.
+            conflict_on_existing: true,
+            ..SandboxOptions::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("cannot bind the sandbox OpenApp: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("the sandbox listener has no address: {e}"));
+        let stop = CancellationToken::new();
+        let done = stop.clone();
+        tokio::spawn(
+            sandbox
+                .clone()
+                .serve(listener, async move { done.cancelled().await }),
+        );
+        Self {
+            sandbox,
+            base_url: format!("http://{addr}/api/v1"),
+            stop,
+        }
+    }
+}
+
+impl Drop for FakeOpenApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Everything running.
+pub struct Cluster {
+    /// The redis-server.
+    pub redis: RedisServer,
+    /// The fake OpenApp.
+    pub openapp: FakeOpenApp,
+    /// Ports of the two ingest processes.
+    pub ingest_ports: [u16; 2],
+    /// A queue handle on the suite's namespace.
+    pub queue: JobQueue,
+    ingest: Vec<LeaseSync>,
+    workers: Vec<LeaseSync>,
+    ingest_configs: [PathBuf; 2],
+    worker_config: PathBuf,
+    /// Processes started so far, to give every log its own file.
+    spawned: usize,
+    /// Logs, configs and Redis data. Declared last so it is dropped last.
+    work: WorkDir,
+}
+
+impl Cluster {
+    /// Starts Redis (`appendfsync`), the sandbox, two ingest and two worker processes, and
+    /// waits until all of them are ready.
+    pub async fn start(appendfsync: &str) -> Self {
+        let work = WorkDir::new();
+        let redis = RedisServer::start(&work.path().join("redis"), appendfsync).await;
+        let openapp = FakeOpenApp::start().await;
+        let namespace = format!("faults-{}", ulid::Ulid::new());
+        let ingest_ports = [free_port(), free_port()];
+        let write = |name: &str, listen: &str| {
+            let path = work.path().join(name);
+            let text = config_toml(&redis.url(), &namespace, &openapp.base_url, listen);
+            std::fs::write(&path, text)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            path
+        };
+        let ingest_configs = ingest_ports
+            .map(|port| write(&format!("ingest-{port}.toml"), &format!("127.0.0.1:{port}")));
+        let worker_config = write("work.toml", "127.0.0.1:0");
+
+        let text = std::fs::read_to_string(&worker_config)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", worker_config.display()));
+        let settings = Settings::from_toml_str(&text, Vec::new())
+            .unwrap_or_else(|e| panic!("the suite's config does not parse: {e}"));
+        let conn = connect(&settings.redis)
+            .unwrap_or_else(|e| panic!("cannot set up a Redis connection: {e}"));
+        let queue = JobQueue::new(conn, &settings.redis.namespace);
+
+        let mut cluster = Self {
+            redis,
+            openapp,
+            ingest_ports,
+            queue,
+            ingest: Vec::new(),
+            workers: Vec::new(),
+            ingest_configs,
+            worker_config,
+            spawned: 0,
+            work,
+        };
+        for slot in 0..2 {
+            let ingest = cluster.spawn_ingest(slot).await;
+            cluster.ingest.push(ingest);
+            let worker = cluster.spawn_worker().await;
+            cluster.workers.push(worker);
+        }
+        cluster
+    }
+
+    /// The work directory.
+    pub fn dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// `http://127.0.0.1:<port>/webhooks/<source>` of ingest `slot`.
+    pub fn webhook_url(&self, slot: usize) -> String {
+        format!(
+            "http://127.0.0.1:{}/webhooks/{SOURCE}",
+            self.ingest_ports[slot]
+        )
+    }
+
+    fn next_name(&mut self, role: &str) -> String {
+        self.spawned += 1;
+        format!("{:02}-{role}", self.spawned)
+    }
+
+    async fn spawn_ingest(&mut self, slot: usize) -> LeaseSync {
+        let name = self.next_name(&format!("ingest{slot}"));
+        let mut process = LeaseSync::spawn(
+            self.work.path(),
+            &name,
+            "ingest",
+            &self.ingest_configs[slot],
+        );
+        let url = format!("http://127.0.0.1:{}/healthz", self.ingest_ports[slot]);
+        let up = poll_until(PROCESS_LIMIT, || async {
+            let answer = reqwest::get(&url).await.ok()?;
+            (answer.status() == 200).then_some(())
+        })
+        .await;
+        if up.is_none() {
+            let exited = process.child.try_wait().ok().flatten();
+            panic!(
+                "{name} did not answer /healthz within {PROCESS_LIMIT:?} (exit status: {exited:?}); log tail:\n{}",
+                process.log_tail(30)
+            );
+        }
+        process
+    }
+
+    async fn spawn_worker(&mut self) -> LeaseSync {
+        let name = self.next_name("work");
+        let config = self.worker_config.clone();
+        let mut process = LeaseSync::spawn(self.work.path(), &name, "work", &config);
+        process.wait_for_log("worker starting", PROCESS_LIMIT).await;
+        process
+    }
+
+    /// Process id of worker `slot`.
+    pub fn worker_pid(&self, slot: usize) -> u32 {
+        self.workers[slot].pid()
+    }
+
+    /// SIGKILLs worker `slot` and starts a replacement.
+    pub async fn kill_and_replace_worker(&mut self, slot: usize) {
+        self.workers[slot].kill9();
+        let replacement = self.spawn_worker().await;
+        self.workers[slot] = replacement;
+    }
+
+    /// Rolling-restart step: SIGTERM worker `slot`, start its replacement while it drains,
+    /// and return the old process's exit status.
+    pub async fn replace_worker_gracefully(&mut self, slot: usize) -> ExitStatus {
+        self.workers[slot].send_term();
+        let replacement = self.spawn_worker().await;
+        let mut old = std::mem::replace(&mut self.workers[slot], replacement);
+        old.wait_exit(PROCESS_LIMIT).await
+    }
+
+    /// SIGTERMs ingest `slot`, waits for it to exit, starts it again on the same port and
+    /// waits until it answers; returns the old process's exit status.
+    pub async fn restart_ingest(&mut self, slot: usize) -> ExitStatus {
+        self.ingest[slot].send_term();
+        let status = self.ingest[slot].wait_exit(PROCESS_LIMIT).await;
+        let replacement = self.spawn_ingest(slot).await;
+        self.ingest[slot] = replacement;
+        status
+    }
+
+    /// Log tails of every lease-sync process, for failure messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.ingest
+            .iter()
+            .chain(&self.workers)
+            .map(|p| format!("--- {} ---\n{}", p.name, p.log_tail(lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
