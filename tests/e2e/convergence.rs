@@ -522,14 +522,22 @@ async fn any_order_with_duplicates_retries_and_replays_converges_to_the_model() 
             posted += 1;
         }
         wait_drained(&app.queue(), LIMIT).await;
+        // Replay until none is left: a refusal queued for a case that made no call is used up
+        // by a later call, possibly a replay, which then dead-letters again.
         let dead_letters = app.dead_letters();
-        for id in dead_letters
-            .matching_ids(&Default::default())
-            .await
-            .unwrap()
-        {
-            dead_letters.replay(&id, "test").await.unwrap();
-            replayed += 1;
+        for _round in 0..5 {
+            let ids = dead_letters
+                .matching_ids(&Default::default())
+                .await
+                .unwrap();
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                dead_letters.replay(&id, "test").await.unwrap();
+                replayed += 1;
+            }
+            wait_drained(&app.queue(), LIMIT).await;
         }
         wait_drained(&app.queue(), LIMIT).await;
         assert_eq!(
