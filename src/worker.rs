@@ -256,7 +256,6 @@ impl Deliverer {
         };
         Span::current().record("attempt", attempt);
 
-        let started = Instant::now();
         let mut round = 0;
         let (action, result, state) = loop {
             round += 1;
@@ -294,10 +293,7 @@ impl Deliverer {
                     )
                     .await?
             };
-            if now_version == version
-                || round >= MAX_ROUNDS
-                || started.elapsed() > self.lock_ttl / 2
-            {
+            if now_version == version || round >= MAX_ROUNDS {
                 break (action, result, state);
             }
             debug!(
