@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::{ApiError, AppState, SourceRuntime};
 use crate::event::{EventError, LeaseEvent, is_valid_event_id, parse_event};
-use crate::queue::{DeliveryJob, EnqueueOutcome, JOB_VERSION};
+use crate::queue::{DeliveryJob, EnqueueOutcome, Target};
 use crate::signature::standard_webhooks::{
     ID_HEADER, SIGNATURE_HEADER, SignedHeaders, TIMESTAMP_HEADER,
 };
@@ -197,23 +197,14 @@ fn jobs_for(source: &SourceRuntime, event: &LeaseEvent) -> Result<Vec<DeliveryJo
         )
     })?;
     let role = property.effective_role();
+    let target = Target {
+        org_id: &property.org_id,
+        integration_id: &property.integration_id,
+        role: &role,
+    };
     Ok(event
         .residents
         .iter()
-        .map(|r| DeliveryJob {
-            v: JOB_VERSION,
-            delivery_id: ulid::Ulid::new().to_string(),
-            event_id: event.id.clone(),
-            source: source.name.clone(),
-            event_type: event.event_type,
-            occurred_at: event.occurred_at,
-            lease_id: event.lease.id.clone(),
-            property_id: event.lease.property_id.clone(),
-            user_id: r.openapp_user_id.clone(),
-            org_id: property.org_id.clone(),
-            integration_id: property.integration_id.clone(),
-            role: role.clone(),
-            trigger: None,
-        })
+        .map(|r| DeliveryJob::for_event(event, &source.name, &r.openapp_user_id, target, None))
         .collect())
 }

@@ -80,7 +80,44 @@ pub struct DeliveryJob {
     pub trigger: Option<String>,
 }
 
+/// Where in OpenApp a job's resident lives: the building's org, integration and role.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// OpenApp organisation (`X-Org`).
+    pub org_id: &'a str,
+    /// OpenApp integration (path id).
+    pub integration_id: &'a str,
+    /// Role granted on add.
+    pub role: &'a str,
+}
+
 impl DeliveryJob {
+    /// The convergence job for `user_id` after `event` from `source`, in the building
+    /// `target`; `trigger` is `None` for webhook events.
+    pub fn for_event(
+        event: &LeaseEvent,
+        source: &str,
+        user_id: &str,
+        target: Target<'_>,
+        trigger: Option<&str>,
+    ) -> Self {
+        Self {
+            v: JOB_VERSION,
+            delivery_id: ulid::Ulid::new().to_string(),
+            event_id: event.id.clone(),
+            source: source.to_owned(),
+            event_type: event.event_type,
+            occurred_at: event.occurred_at,
+            lease_id: event.lease.id.clone(),
+            property_id: event.lease.property_id.clone(),
+            user_id: user_id.to_owned(),
+            org_id: target.org_id.to_owned(),
+            integration_id: target.integration_id.to_owned(),
+            role: target.role.to_owned(),
+            trigger: trigger.map(str::to_owned),
+        }
+    }
+
     /// `add` for a signed lease, `remove` for an ended one.
     pub fn action(&self) -> &'static str {
         match self.event_type {

@@ -11,7 +11,7 @@ use super::input::LeaseRow;
 use crate::config::SourceSettings;
 use crate::event::{AccessWindow, EventType, Lease, LeaseEvent, Resident, is_valid_path_id};
 use crate::openapp::BuildingUser;
-use crate::queue::{DeliveryJob, JOB_VERSION};
+use crate::queue::{DeliveryJob, Target};
 use crate::resident::ResidentState;
 
 /// What queued a reconciliation job (`DeliveryJob::trigger`).
@@ -387,21 +387,18 @@ pub fn events_for(plan: &Plan, run_id: &str) -> Vec<PlannedEvent> {
                     .or(building.properties.first())
                     .map(|p| p.role.clone())
                     .unwrap_or_default();
-                let job = DeliveryJob {
-                    v: JOB_VERSION,
-                    delivery_id: ulid::Ulid::new().to_string(),
-                    event_id: event.id.clone(),
-                    source: plan.source.clone(),
-                    event_type,
-                    occurred_at: event.occurred_at,
-                    lease_id: lease.lease_id.clone(),
-                    property_id: lease.property_id.clone(),
-                    user_id: change.user_id.clone(),
-                    org_id: building.org_id.clone(),
-                    integration_id: building.integration_id.clone(),
-                    role,
-                    trigger: Some(TRIGGER.into()),
+                let target = Target {
+                    org_id: &building.org_id,
+                    integration_id: &building.integration_id,
+                    role: &role,
                 };
+                let job = DeliveryJob::for_event(
+                    &event,
+                    &plan.source,
+                    &change.user_id,
+                    target,
+                    Some(TRIGGER),
+                );
                 events.push(PlannedEvent { event, job });
             }
         };
