@@ -296,6 +296,9 @@ struct Scripts {
     finish: redis::Script,
     defer: redis::Script,
     schedule: redis::Script,
+    record_applied: redis::Script,
+    extend_lock: redis::Script,
+    unlock: redis::Script,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -320,6 +323,9 @@ impl JobQueue {
                 finish: redis::Script::new(include_str!("lua/finish_attempt.lua")),
                 defer: redis::Script::new(include_str!("lua/defer.lua")),
                 schedule: redis::Script::new(include_str!("lua/schedule.lua")),
+                record_applied: redis::Script::new(residents::RECORD_APPLIED_SCRIPT),
+                extend_lock: redis::Script::new(residents::EXTEND_SCRIPT),
+                unlock: redis::Script::new(residents::UNLOCK_SCRIPT),
             }),
         }
     }

@@ -12,7 +12,7 @@ use super::{DeliveryJob, JobQueue, QueueError, now_ms};
 use crate::resident::{Applied, LeaseRecord, ResidentState};
 
 /// Releases a resident lock only if it is still ours.
-const UNLOCK_SCRIPT: &str = r"
+pub(super) const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -20,7 +20,7 @@ return 0
 ";
 
 /// Records the applied state and answers the current state version, in one round trip.
-const RECORD_APPLIED_SCRIPT: &str = r"
+pub(super) const RECORD_APPLIED_SCRIPT: &str = r"
 redis.call('HSET', KEYS[1], 'applied', ARGV[1], 'applied_version', ARGV[2], 'applied_at', ARGV[3])
 if ARGV[1] == 'present' then
   redis.call('HSET', KEYS[1], 'managed', '1')
@@ -30,7 +30,7 @@ return tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 ";
 
 /// Extends a resident lock only if it is still ours.
-const EXTEND_SCRIPT: &str = r"
+pub(super) const EXTEND_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -109,7 +109,9 @@ impl JobQueue {
         version: u64,
     ) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
-        let current: u64 = redis::Script::new(RECORD_APPLIED_SCRIPT)
+        let current: u64 = self
+            .scripts
+            .record_applied
             .key(self.keys.resident(integration_id, user_id))
             .key(self.keys.residents_index(integration_id))
             .arg(if present { "present" } else { "absent" })
@@ -157,7 +159,9 @@ impl JobQueue {
         ttl: Duration,
     ) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
-        let extended: i64 = redis::Script::new(EXTEND_SCRIPT)
+        let extended: i64 = self
+            .scripts
+            .extend_lock
             .key(&lock.key)
             .arg(&lock.token)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
@@ -169,7 +173,9 @@ impl JobQueue {
     /// Releases `lock` if it is still held by us (it may have expired and been taken over).
     pub async fn unlock_resident(&self, lock: ResidentLock) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let _: i64 = redis::Script::new(UNLOCK_SCRIPT)
+        let _: i64 = self
+            .scripts
+            .unlock
             .key(&lock.key)
             .arg(&lock.token)
             .invoke_async(&mut conn)
