@@ -63,6 +63,7 @@ namespace = "lease-sync-quickstart"
 
 [openapp]
 base_url = "http://127.0.0.1:${SANDBOX_PORT}/api/v1"
+allow_insecure_http = true   # the local sandbox speaks plain http
 api_key = "${API_KEY}"
 
 [admin]

@@ -31,6 +31,9 @@ impl Application {
     /// Connects (lazily) to Redis, builds the OpenApp client and binds the listener, as
     /// `role` requires. Binding here lets callers learn the port before running (port 0).
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        for warning in settings.warnings(time::OffsetDateTime::now_utc()) {
+            warn!("configuration: {warning}");
+        }
         let conn = connect(&settings.redis).context("cannot set up the Redis connection")?;
         let queue = JobQueue::new(conn, &settings.redis.namespace);
         let client = if role.runs_workers() {
@@ -145,14 +148,16 @@ impl Application {
             let addr = listener.local_addr().context("listener has no address")?;
             info!(%addr, role = ?self.role, "webhook listener ready: POST http://{addr}/webhooks/{{source}}");
             let grace = Duration::from_secs(self.settings.http.shutdown_grace_secs);
-            let stop = shutdown.clone();
-            let server = axum::serve(listener, router(state))
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            let server = tokio::spawn(async move { server.await });
+            let limits = state.connection_limits();
+            let server = tokio::spawn(crate::http::server::serve(
+                listener,
+                router(state),
+                limits,
+                shutdown.clone(),
+            ));
             shutdown.cancelled().await;
             match tokio::time::timeout(grace, server).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => warn!("webhook listener ended with an error: {e}"),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!("webhook listener task failed: {e}"),
                 Err(_) => warn!("in-flight webhook requests did not finish within {grace:?}"),
             }

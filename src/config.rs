@@ -18,7 +18,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
+use time::OffsetDateTime;
+
 use crate::event::is_valid_path_id;
+use crate::signature::{SigningKey, SourceVerifier, hmac_sha256, standard_webhooks};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "LEASE_SYNC__";
@@ -155,6 +158,21 @@ pub struct HttpSettings {
     pub retry_after_secs: u64,
     /// How long shutdown waits for in-flight requests before giving up.
     pub shutdown_grace_secs: u64,
+    /// Largest total size of a request's header block (names and values). Larger heads get
+    /// 431 `headers_too_large`.
+    pub header_limit_bytes: usize,
+    /// How long a client may take to send a request's headers, and then its body. A body
+    /// still incomplete after this gets 408 `request_timeout`; a head still incomplete has
+    /// its connection closed. Shorter than senders' own timeouts (10 s for GitHub and
+    /// Buildium), so a slow sender hears why.
+    pub read_timeout_ms: u64,
+    /// Webhooks accepted per second from one source, per ingest process, once its burst is
+    /// used; more get 429 `rate_limited` with `Retry-After`. `0` turns the limit off. Counted
+    /// after signature verification, so forged requests cannot use up a sender's budget.
+    pub rate_limit_per_sec: u32,
+    /// Webhooks one source may send at once above the steady rate (a bulk import, a burst of
+    /// retries after an outage).
+    pub rate_limit_burst: u32,
 }
 
 impl Default for HttpSettings {
@@ -166,6 +184,10 @@ impl Default for HttpSettings {
             enqueue_timeout_ms: 2_000,
             retry_after_secs: 5,
             shutdown_grace_secs: 30,
+            header_limit_bytes: 16_384,
+            read_timeout_ms: 5_000,
+            rate_limit_per_sec: 200,
+            rate_limit_burst: 2_000,
         }
     }
 }
@@ -260,6 +282,9 @@ pub struct OpenAppSettings {
     pub timeout_ms: u64,
     /// Limit on establishing the connection.
     pub connect_timeout_ms: u64,
+    /// Allows an `http://` base URL. Only for the local sandbox and loopback tests: the API
+    /// key would otherwise cross the network in clear text.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for OpenAppSettings {
@@ -271,6 +296,7 @@ impl Default for OpenAppSettings {
             auth: AuthScheme::Bearer,
             timeout_ms: 10_000,
             connect_timeout_ms: 3_000,
+            allow_insecure_http: false,
         }
     }
 }
@@ -501,6 +527,88 @@ pub enum SchemeKind {
     /// Standard Webhooks 1.0 (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
     #[serde(rename = "standard-webhooks")]
     StandardWebhooks,
+    /// HMAC-SHA256 with a configurable header, prefix, encoding and signed content (GitHub,
+    /// Buildium and similar senders).
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+}
+
+/// How an `hmac-sha256` signature is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    /// Hex digits (GitHub).
+    Hex,
+    /// Standard base64 (Buildium).
+    Base64,
+}
+
+/// One webhook secret of a source: a plain string, or a table with the end of its validity
+/// (`{ secret = "…", not_after = "2026-12-31T00:00:00Z" }`) for rotation without downtime.
+#[derive(Clone, Serialize)]
+pub struct SourceSecret {
+    /// The secret.
+    pub secret: Secret,
+    /// After this instant the secret no longer verifies (RFC 3339).
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub not_after: Option<OffsetDateTime>,
+}
+
+impl fmt::Debug for SourceSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceSecret")
+            .field("secret", &self.secret)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+impl SourceSecret {
+    /// A secret without an end of validity.
+    pub fn plain(value: impl Into<String>) -> Self {
+        Self {
+            secret: Secret::new(value),
+            not_after: None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            secret: Secret,
+            #[serde(default, with = "time::serde::rfc3339::option")]
+            not_after: Option<OffsetDateTime>,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SourceSecret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a secret string or a table { secret = \"…\", not_after = \"<RFC 3339>\" }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(SourceSecret::plain(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let table = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SourceSecret {
+                    secret: table.secret,
+                    not_after: table.not_after,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `[[sources]]`: one property-management system.
@@ -512,19 +620,212 @@ pub struct SourceSettings {
     /// Signature scheme.
     #[serde(default = "default_scheme")]
     pub scheme: SchemeKind,
-    /// Secrets that may sign; any one verifies (rotation).
+    /// Secrets that may sign; any active one verifies (rotation). Each is a string or
+    /// `{ secret = "…", not_after = "<RFC 3339>" }`.
     #[serde(default)]
-    pub secrets: Vec<Secret>,
+    pub secrets: Vec<SourceSecret>,
     /// File with more secrets, one per line (blank lines and `#` comments ignored).
     #[serde(default)]
     pub secrets_file: Option<PathBuf>,
     /// Largest accepted difference, either way, between the signed timestamp and now.
     #[serde(default = "default_tolerance_secs")]
     pub tolerance_secs: u64,
+    /// `hmac-sha256`: header holding the signature (`x-hub-signature-256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_header: Option<String>,
+    /// `hmac-sha256`: text before the signature (`sha256=` for GitHub); default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_prefix: Option<String>,
+    /// `hmac-sha256`: `hex` (default) or `base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<SignatureEncoding>,
+    /// `hmac-sha256`: header holding the signed Unix timestamp (seconds, or milliseconds);
+    /// when set, `tolerance_secs` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_header: Option<String>,
+    /// `hmac-sha256`: what is signed, `{body}` (default) or e.g. `{timestamp}.{body}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_content: Option<String>,
+    /// `hmac-sha256`: where the dedupe id comes from: `header:<name>`, `body:<field>` or
+    /// `body-sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Overrides `http.rate_limit_per_sec` for this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_sec: Option<u32>,
+    /// Overrides `http.rate_limit_burst` for this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_burst: Option<u32>,
     /// Buildings this source may send events for.
     #[serde(default)]
     pub properties: Vec<PropertySettings>,
 }
+
+/// How long before a secret's `not_after` `check-config` starts warning.
+pub const EXPIRY_WARNING: time::Duration = time::Duration::days(7);
+
+impl SourceSettings {
+    /// A Standard Webhooks source named `name` with default settings and nothing else: no
+    /// secrets, no properties.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            scheme: SchemeKind::StandardWebhooks,
+            secrets: Vec::new(),
+            secrets_file: None,
+            tolerance_secs: default_tolerance_secs(),
+            signature_header: None,
+            signature_prefix: None,
+            encoding: None,
+            timestamp_header: None,
+            signed_content: None,
+            event_id: None,
+            rate_limit_per_sec: None,
+            rate_limit_burst: None,
+            properties: Vec::new(),
+        }
+    }
+
+    /// The source's verifier: secrets decoded for its scheme, the `hmac-sha256` format
+    /// checked. Fails closed: a source whose every secret has expired is refused, as is a
+    /// key that belongs to another scheme. `index` names the entry in errors.
+    pub fn verifier(&self, index: usize) -> Result<SourceVerifier, ConfigError> {
+        let at = |field: &str| format!("sources[{index}].{field}");
+        let hmac_keys = [
+            ("signature_header", self.signature_header.is_some()),
+            ("signature_prefix", self.signature_prefix.is_some()),
+            ("encoding", self.encoding.is_some()),
+            ("timestamp_header", self.timestamp_header.is_some()),
+            ("signed_content", self.signed_content.is_some()),
+            ("event_id", self.event_id.is_some()),
+        ];
+        let mut keys = Vec::with_capacity(self.secrets.len());
+        for (j, entry) in self.secrets.iter().enumerate() {
+            let bytes = match self.scheme {
+                SchemeKind::StandardWebhooks => {
+                    standard_webhooks::decode_secret(entry.secret.expose()).map_err(|e| {
+                        ConfigError::invalid(at(&format!("secrets[{j}]")), e.to_string())
+                    })?
+                }
+                SchemeKind::HmacSha256 => {
+                    let bytes = hmac_sha256::key_of(entry.secret.expose());
+                    if bytes.len() < MIN_HMAC_SECRET_LEN {
+                        return Err(ConfigError::invalid(
+                            at(&format!("secrets[{j}]")),
+                            format!("must be at least {MIN_HMAC_SECRET_LEN} bytes"),
+                        ));
+                    }
+                    bytes
+                }
+            };
+            keys.push(SigningKey::new(
+                bytes,
+                entry.not_after.map(OffsetDateTime::unix_timestamp),
+            ));
+        }
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        if !keys.is_empty() && keys.iter().all(|k| !k.is_active_at(now)) {
+            return Err(ConfigError::invalid(
+                at("secrets"),
+                "every secret is past its not_after; add a current secret",
+            ));
+        }
+        match self.scheme {
+            SchemeKind::StandardWebhooks => {
+                if let Some((key, _)) = hmac_keys.iter().find(|(_, set)| *set) {
+                    return Err(ConfigError::invalid(
+                        at(key),
+                        "applies only to scheme = \"hmac-sha256\"",
+                    ));
+                }
+                Ok(SourceVerifier::StandardWebhooks(
+                    standard_webhooks::Verifier::with_keys(keys, self.tolerance_secs),
+                ))
+            }
+            SchemeKind::HmacSha256 => {
+                let format = self.hmac_format(index)?;
+                hmac_sha256::Verifier::new(format, keys, self.tolerance_secs)
+                    .map(SourceVerifier::HmacSha256)
+                    .map_err(|e| ConfigError::invalid(at(e.key), e.message))
+            }
+        }
+    }
+
+    /// The wire format of an `hmac-sha256` source.
+    pub fn hmac_format(&self, index: usize) -> Result<hmac_sha256::Format, ConfigError> {
+        let at = |field: &str| format!("sources[{index}].{field}");
+        let signature_header = self.signature_header.as_deref().ok_or_else(|| {
+            ConfigError::invalid(
+                at("signature_header"),
+                "required for scheme = \"hmac-sha256\" (e.g. \"x-hub-signature-256\")",
+            )
+        })?;
+        let event_id = self.event_id.as_deref().ok_or_else(|| {
+            ConfigError::invalid(
+                at("event_id"),
+                "required for scheme = \"hmac-sha256\": \"header:<name>\", \"body:<field>\" or \"body-sha256\"",
+            )
+        })?;
+        Ok(hmac_sha256::Format {
+            signature_header: signature_header.trim().to_ascii_lowercase(),
+            signature_prefix: self.signature_prefix.clone().unwrap_or_default(),
+            encoding: match self.encoding.unwrap_or(SignatureEncoding::Hex) {
+                SignatureEncoding::Hex => hmac_sha256::Encoding::Hex,
+                SignatureEncoding::Base64 => hmac_sha256::Encoding::Base64,
+            },
+            timestamp_header: self
+                .timestamp_header
+                .as_deref()
+                .map(|h| h.trim().to_ascii_lowercase()),
+            signed_content: self
+                .signed_content
+                .as_deref()
+                .unwrap_or("{body}")
+                .parse()
+                .map_err(|e: String| ConfigError::invalid(at("signed_content"), e))?,
+            event_id: event_id
+                .parse()
+                .map_err(|e: String| ConfigError::invalid(at("event_id"), e))?,
+        })
+    }
+
+    /// Warnings about this source's secrets at `now`: expired ones, and ones expiring within
+    /// [`EXPIRY_WARNING`]. Never contains a secret.
+    pub fn secret_warnings(&self, index: usize, now: OffsetDateTime) -> Vec<String> {
+        self.secrets
+            .iter()
+            .enumerate()
+            .filter_map(|(j, entry)| {
+                let end = entry.not_after?;
+                let key = format!("sources[{index}].secrets[{j}] (source `{}`)", self.name);
+                if end < now {
+                    Some(format!(
+                        "{key} expired at {}; it no longer verifies, remove it",
+                        rfc3339(end)
+                    ))
+                } else if end - now <= EXPIRY_WARNING {
+                    Some(format!(
+                        "{key} expires at {} (in {}); make sure its replacement is configured",
+                        rfc3339(end),
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            (end - now).whole_seconds().max(0) as u64
+                        ))
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+/// Shortest `hmac-sha256` secret accepted, in bytes.
+pub const MIN_HMAC_SECRET_LEN: usize = 16;
 
 fn default_scheme() -> SchemeKind {
     SchemeKind::StandardWebhooks
@@ -674,7 +975,12 @@ impl Settings {
             if let Some(file) = source.secrets_file.clone() {
                 let key = format!("sources[{i}].secrets_file");
                 let text = read_secret_file(&base.join(&file), &key)?;
-                source.secrets.extend(secret_lines(&text));
+                source
+                    .secrets
+                    .extend(secret_lines(&text).map(|secret| SourceSecret {
+                        secret,
+                        not_after: None,
+                    }));
             }
         }
         Ok(())
@@ -689,6 +995,13 @@ impl Settings {
             positive("http.body_limit_bytes", self.http.body_limit_bytes as u64)?;
             positive("http.dedupe_ttl_secs", self.http.dedupe_ttl_secs)?;
             positive("http.enqueue_timeout_ms", self.http.enqueue_timeout_ms)?;
+            positive("http.read_timeout_ms", self.http.read_timeout_ms)?;
+            if self.http.header_limit_bytes < 1024 {
+                return Err(ConfigError::invalid(
+                    "http.header_limit_bytes",
+                    "must be at least 1024",
+                ));
+            }
             if self.sources.is_empty() {
                 return Err(ConfigError::invalid(
                     "sources",
@@ -716,11 +1029,21 @@ impl Settings {
         if role.runs_workers() {
             let base = url::Url::parse(&self.openapp.base_url)
                 .map_err(|e| ConfigError::invalid("openapp.base_url", format!("not a URL: {e}")))?;
-            if !matches!(base.scheme(), "http" | "https") {
-                return Err(ConfigError::invalid(
-                    "openapp.base_url",
-                    "scheme must be https (or http for a local sandbox)",
-                ));
+            match base.scheme() {
+                "https" => {}
+                "http" if self.openapp.allow_insecure_http => {}
+                "http" => {
+                    return Err(ConfigError::invalid(
+                        "openapp.base_url",
+                        "must be https; for a local sandbox set openapp.allow_insecure_http = true",
+                    ));
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "openapp.base_url",
+                        "scheme must be https",
+                    ));
+                }
             }
             match &self.openapp.api_key {
                 None => {
@@ -810,17 +1133,20 @@ impl Settings {
                         "at least one secret is needed; unsigned webhooks are never accepted",
                     ));
                 }
-                for (j, secret) in source.secrets.iter().enumerate() {
-                    crate::signature::standard_webhooks::decode_secret(secret.expose()).map_err(
-                        |e| {
-                            ConfigError::invalid(
-                                format!("sources[{i}].secrets[{j}]"),
-                                e.to_string(),
-                            )
-                        },
-                    )?;
-                }
+                source.verifier(i)?;
                 positive(&at("tolerance_secs"), source.tolerance_secs)?;
+                let per_sec = source
+                    .rate_limit_per_sec
+                    .unwrap_or(self.http.rate_limit_per_sec);
+                let burst = source
+                    .rate_limit_burst
+                    .unwrap_or(self.http.rate_limit_burst);
+                if per_sec > 0 && burst == 0 {
+                    return Err(ConfigError::invalid(
+                        at("rate_limit_burst"),
+                        "must be greater than 0 while the rate limit is on",
+                    ));
+                }
             }
             let mut ids = HashSet::new();
             for (j, property) in source.properties.iter().enumerate() {
@@ -915,6 +1241,25 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Problems that do not stop lease-sync from starting but need an operator soon: secrets
+    /// expired or expiring within [`EXPIRY_WARNING`]. Printed by `check-config` and logged
+    /// at startup; never contains a secret.
+    pub fn warnings(&self, now: OffsetDateTime) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .sources
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.secret_warnings(i, now))
+            .collect();
+        if self.openapp.allow_insecure_http && self.openapp.base_url.starts_with("http://") {
+            out.push(
+                "openapp.allow_insecure_http is on: the OpenApp API key is sent without TLS; use it only with a local sandbox"
+                    .into(),
+            );
+        }
+        out
     }
 
     /// The source named `name`, if configured.
@@ -1270,12 +1615,30 @@ mod tests {
         let mut full = settings.clone();
         full.openapp.api_key_file = Some("x".into());
         full.sources[0].secrets_file = Some("x".into());
+        full.sources[0].secrets[0].not_after = Some(OffsetDateTime::UNIX_EPOCH);
+        full.sources[0].signature_header = Some("x".into());
+        full.sources[0].signature_prefix = Some("x".into());
+        full.sources[0].encoding = Some(SignatureEncoding::Hex);
+        full.sources[0].timestamp_header = Some("x".into());
+        full.sources[0].signed_content = Some("x".into());
+        full.sources[0].event_id = Some("x".into());
+        full.sources[0].rate_limit_per_sec = Some(1);
+        full.sources[0].rate_limit_burst = Some(1);
         full.admin.tokens_file = Some("x".into());
         let mut keys = Vec::new();
         key_paths(&toml::Value::try_from(&full).unwrap(), "", &mut keys);
         for key in keys {
             let leaf = key.rsplit('.').next().unwrap();
             let section = key.rsplit_once('.').map(|(s, _)| s);
+            // Secrets are inline tables (`{ secret = "…", not_after = "…" }`), not sections.
+            if section == Some("sources.secrets") {
+                assert!(
+                    text.contains(&format!("{{ {leaf} = "))
+                        || text.contains(&format!(", {leaf} = ")),
+                    "key `{key}` is not documented in deploy/config.example.toml"
+                );
+                continue;
+            }
             if let Some(section) = section {
                 assert!(
                     text.contains(&format!("[{section}]"))
@@ -1404,5 +1767,144 @@ mod tests {
                 "key `{key}` is not documented in deploy/config.example.toml"
             );
         }
+    }
+
+    const HMAC_SOURCE: &str = r#"
+        [admin]
+        tokens = ["0123456789abcdef0123"]
+        [openapp]
+        api_key = "k"
+        [[sources]]
+        name = "github"
+        scheme = "hmac-sha256"
+        signature_header = "X-Hub-Signature-256"
+        signature_prefix = "sha256="
+        encoding = "hex"
+        event_id = "header:x-github-delivery"
+        secrets = ["It's a Secret to Everybody"]
+        [[sources.properties]]
+        id = "P-17"
+        org_id = "org1"
+        integration_id = "int1"
+    "#;
+
+    fn error_of(text: &str) -> String {
+        let s = Settings::from_toml_str(text, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn hmac_sources_are_validated_by_key() {
+        let s = Settings::from_toml_str(HMAC_SOURCE, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        let v = s.sources[0].verifier(0).unwrap();
+        assert!(matches!(v, SourceVerifier::HmacSha256(_)));
+
+        let msg = error_of(&HMAC_SOURCE.replace("signature_header = \"X-Hub-Signature-256\"", ""));
+        assert!(msg.contains("sources[0].signature_header"), "{msg}");
+        let msg = error_of(&HMAC_SOURCE.replace("event_id = \"header:x-github-delivery\"", ""));
+        assert!(msg.contains("sources[0].event_id"), "{msg}");
+        let msg = error_of(&HMAC_SOURCE.replace("header:x-github-delivery", "query:x"));
+        assert!(msg.contains("sources[0].event_id"), "{msg}");
+        let msg = error_of(&HMAC_SOURCE.replace(
+            "encoding = \"hex\"",
+            "encoding = \"hex\"\n        signed_content = \"{timestamp}.{body}\"",
+        ));
+        assert!(msg.contains("sources[0].timestamp_header"), "{msg}");
+        let msg = error_of(&HMAC_SOURCE.replace("It's a Secret to Everybody", "short"));
+        assert!(
+            msg.contains("sources[0].secrets[0]") && !msg.contains("short"),
+            "{msg}"
+        );
+        // Keys of one scheme are refused on the other.
+        let msg = error_of(&MINIMAL.replace(
+            "name = \"acme\"",
+            "name = \"acme\"\n        signature_header = \"x-sig\"",
+        ));
+        assert!(
+            msg.contains("sources[0].signature_header") && msg.contains("hmac-sha256"),
+            "{msg}"
+        );
+        // Unknown schemes never start.
+        let err = Settings::from_toml_str(
+            &MINIMAL.replace(
+                "name = \"acme\"",
+                "name = \"acme\"\n        scheme = \"none\"",
+            ),
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sources[0].scheme"), "{err}");
+    }
+
+    #[test]
+    fn secrets_rotate_with_not_after_and_a_source_with_only_expired_ones_is_refused() {
+        let rotating = MINIMAL.replace(
+            "secrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]",
+            "secrets = [{ secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\", not_after = \"2020-01-01T00:00:00Z\" }, \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]",
+        );
+        let s = Settings::from_toml_str(&rotating, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        assert_eq!(s.sources[0].secrets[0].not_after.unwrap().year(), 2020);
+        let status = s.sources[0]
+            .verifier(0)
+            .unwrap()
+            .key_status(OffsetDateTime::now_utc().unix_timestamp());
+        assert_eq!((status.active, status.total), (1, 2));
+        let redacted = s.to_redacted_toml();
+        assert!(
+            !redacted.contains("C2FVsBQ") && redacted.contains("2020-01-01"),
+            "{redacted}"
+        );
+
+        let expired_only = MINIMAL.replace(
+            "secrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]",
+            "secrets = [{ secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\", not_after = \"2020-01-01T00:00:00Z\" }]",
+        );
+        let msg = error_of(&expired_only);
+        assert!(
+            msg.contains("sources[0].secrets") && msg.contains("not_after"),
+            "{msg}"
+        );
+
+        for bad in [
+            "{ secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\", not_after = \"tomorrow\" }",
+            "{ secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\", expires = \"2030-01-01T00:00:00Z\" }",
+            "{ not_after = \"2030-01-01T00:00:00Z\" }",
+        ] {
+            let text = MINIMAL.replace(
+                "secrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]",
+                &format!("secrets = [{bad}]"),
+            );
+            let err = Settings::from_toml_str(&text, env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("sources[0].secrets[0]") && !err.contains("C2FVsBQ"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn expiring_and_expired_secrets_are_warned_about_without_showing_them() {
+        let now = OffsetDateTime::now_utc();
+        let at = |d: time::Duration| rfc3339(now + d);
+        let text = MINIMAL.replace(
+            "secrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]",
+            &format!(
+                "secrets = [{{ secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\", not_after = \"{}\" }}, {{ secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", not_after = \"{}\" }}, {{ secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", not_after = \"{}\" }}]",
+                at(time::Duration::days(3)),
+                at(time::Duration::days(-1)),
+                at(time::Duration::days(30)),
+            ),
+        );
+        let s = Settings::from_toml_str(&text, env(&[])).unwrap();
+        let warnings = s.warnings(now);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("sources[0].secrets[0]") && warnings[0].contains("expires"));
+        assert!(warnings[1].contains("sources[0].secrets[1]") && warnings[1].contains("expired"));
+        assert!(warnings.iter().all(|w| !w.contains("whsec_")));
     }
 }

@@ -148,6 +148,11 @@ impl OpenAppClient {
                 "must be an absolute http(s) URL".into(),
             ));
         }
+        if base_url.scheme() == "http" && !settings.allow_insecure_http {
+            return Err(ClientBuildError::BaseUrl(
+                "must be https unless openapp.allow_insecure_http = true".into(),
+            ));
+        }
         let key = settings.api_key.as_ref().ok_or(ClientBuildError::ApiKey)?;
         let auth_header = auth_header(settings.auth, key)?;
         let http = reqwest::Client::builder()
@@ -156,6 +161,8 @@ impl OpenAppClient {
             .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
             // A redirect could carry the key to another host; OpenApp never redirects these calls.
             .redirect(reqwest::redirect::Policy::none())
+            // Enforced per request too, so no code path can send the key in clear text.
+            .https_only(!settings.allow_insecure_http)
             .build()
             .map_err(|e| ClientBuildError::Http(e.to_string()))?;
         Ok(Self {
@@ -405,9 +412,26 @@ mod tests {
         let settings = OpenAppSettings {
             base_url: base.into(),
             api_key: Some(Secret::new("k")),
+            allow_insecure_http: base.starts_with("http:"),
             ..OpenAppSettings::default()
         };
         OpenAppClient::new(&settings).unwrap()
+    }
+
+    #[test]
+    fn plain_http_needs_the_explicit_switch() {
+        let settings = OpenAppSettings {
+            base_url: "http://127.0.0.1:1/api/v1".into(),
+            api_key: Some(Secret::new("k")),
+            ..OpenAppSettings::default()
+        };
+        let err = OpenAppClient::new(&settings).unwrap_err().to_string();
+        assert!(err.contains("allow_insecure_http"), "{err}");
+        OpenAppClient::new(&OpenAppSettings {
+            base_url: "https://api.openapp.house/api/v1".into(),
+            ..settings
+        })
+        .unwrap();
     }
 
     #[test]

@@ -92,7 +92,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(arg) => {
             let settings = load(&arg, Role::Serve)?;
             print!("{}", settings.to_redacted_toml());
-            eprintln!("configuration {} is valid", arg.config.display());
+            let warnings = settings.warnings(time::OffsetDateTime::now_utc());
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            eprintln!(
+                "configuration {} is valid{}",
+                arg.config.display(),
+                match warnings.len() {
+                    0 => String::new(),
+                    n => format!(" ({n} warning{})", if n == 1 { "" } else { "s" }),
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::SandboxOpenapp(args) => {

@@ -1,7 +1,8 @@
 //! `lease-sync send-test-event`: what an integrator runs to see the pipeline work.
 //!
 //! This is a small HTTP client of our own webhook endpoint, so it uses reqwest directly;
-//! it signs exactly as a Standard Webhooks sender would.
+//! it signs exactly as the source's sender would: Standard Webhooks, or the source's
+//! `hmac-sha256` format (header, prefix, encoding, signed content, event id).
 
 use std::process::ExitCode;
 
@@ -11,16 +12,16 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{ConfigArg, load};
-use crate::config::{Role, Settings};
+use crate::config::{Role, SchemeKind, Settings, SourceSettings};
 use crate::event::EventType;
-use crate::signature::standard_webhooks;
+use crate::signature::{EventIdSource, hmac_sha256, standard_webhooks};
 
 /// Arguments of `send-test-event`.
 #[derive(Debug, clap::Args)]
 pub struct SendTestEventArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// Source to send as (a `[[sources]]` name); its first secret signs.
+    /// Source to send as (a `[[sources]]` name); its first unexpired secret signs.
     #[arg(long)]
     source: String,
     /// Event type.
@@ -50,42 +51,92 @@ pub(super) async fn run(args: SendTestEventArgs) -> anyhow::Result<ExitCode> {
     let source = settings
         .source(&args.source)
         .with_context(|| format!("no [[sources]] entry is named `{}`", args.source))?;
-    let Some(secret) = source.secrets.first() else {
-        bail!("source `{}` has no secret to sign with", args.source);
+    let now = OffsetDateTime::now_utc();
+    let Some(secret) = source
+        .secrets
+        .iter()
+        .find(|s| s.not_after.is_none_or(|end| end >= now))
+    else {
+        bail!(
+            "source `{}` has no unexpired secret to sign with",
+            args.source
+        );
     };
     let url = args
         .url
         .clone()
         .unwrap_or_else(|| default_url(&settings, &args.source));
 
-    let now = OffsetDateTime::now_utc();
     let event_id = format!("evt_test_{}", ulid::Ulid::new());
-    let body = serde_json::to_vec(&json!({
+    let mut event = json!({
         "type": args.event_type.as_str(),
         "occurred_at": now.format(&Rfc3339).context("cannot format the time")?,
         "lease": { "id": args.lease, "property_id": args.property },
         "residents": [ { "openapp_user_id": args.user } ],
-    }))?;
-    let timestamp = now.unix_timestamp();
-    let signature = standard_webhooks::sign(secret.expose(), &event_id, timestamp, &body)
-        .context("the source's first secret cannot sign")?;
+    });
+    let timestamp = now.unix_timestamp().to_string();
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let body = match source.scheme {
+        SchemeKind::StandardWebhooks => {
+            let body = serde_json::to_vec(&event)?;
+            let signature = standard_webhooks::sign(
+                secret.secret.expose(),
+                &event_id,
+                now.unix_timestamp(),
+                &body,
+            )
+            .context("the source's secret cannot sign")?;
+            headers.push((standard_webhooks::ID_HEADER.into(), event_id.clone()));
+            headers.push((standard_webhooks::TIMESTAMP_HEADER.into(), timestamp));
+            headers.push((standard_webhooks::SIGNATURE_HEADER.into(), signature));
+            body
+        }
+        SchemeKind::HmacSha256 => {
+            let format = hmac_format(&settings, source)?;
+            match &format.event_id {
+                EventIdSource::Header(name) => headers.push((name.clone(), event_id.clone())),
+                EventIdSource::BodyField(path) => set_path(&mut event, path, &event_id),
+                EventIdSource::BodySha256 => {}
+            }
+            let body = serde_json::to_vec(&event)?;
+            let signed_ts = format.timestamp_header.as_ref().map(|name| {
+                headers.push((name.clone(), timestamp.clone()));
+                timestamp.as_str()
+            });
+            let signature = hmac_sha256::sign(&format, secret.secret.expose(), signed_ts, &body);
+            headers.push((format.signature_header.clone(), signature));
+            body
+        }
+    };
 
     let body_text = String::from_utf8_lossy(&body).into_owned();
     println!(
         "# equivalent request (valid for {} s):",
         source.tolerance_secs
     );
+    let header_args: String = headers
+        .iter()
+        .map(|(name, value)| format!(" -H '{name}: {value}'"))
+        .collect();
     println!(
-        "curl -sS -X POST '{url}' -H 'content-type: application/json' -H 'webhook-id: {event_id}' -H 'webhook-timestamp: {timestamp}' -H 'webhook-signature: {signature}' --data-raw '{}'",
+        "curl -sS -X POST '{url}' -H 'content-type: application/json'{header_args} --data-raw '{}'",
         body_text.replace('\'', r"'\''")
     );
 
     let response = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/json")
-        .header(standard_webhooks::ID_HEADER, &event_id)
-        .header(standard_webhooks::TIMESTAMP_HEADER, timestamp.to_string())
-        .header(standard_webhooks::SIGNATURE_HEADER, &signature)
+        .headers(
+            headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        reqwest::header::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        reqwest::header::HeaderValue::from_str(value).ok()?,
+                    ))
+                })
+                .collect(),
+        )
         .body(body)
         .send()
         .await
@@ -99,6 +150,33 @@ pub(super) async fn run(args: SendTestEventArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn hmac_format(
+    settings: &Settings,
+    source: &SourceSettings,
+) -> anyhow::Result<hmac_sha256::Format> {
+    let index = settings
+        .sources
+        .iter()
+        .position(|s| s.name == source.name)
+        .unwrap_or_default();
+    Ok(source.hmac_format(index)?)
+}
+
+/// Puts `value` at the dotted `path` of `event`, creating objects on the way.
+fn set_path(event: &mut serde_json::Value, path: &[String], value: &str) {
+    let mut at = event;
+    for (n, part) in path.iter().enumerate() {
+        let Some(object) = at.as_object_mut() else {
+            return;
+        };
+        if n + 1 == path.len() {
+            object.insert(part.clone(), json!(value));
+            return;
+        }
+        at = object.entry(part.clone()).or_insert_with(|| json!({}));
+    }
 }
 
 fn default_url(settings: &Settings, source: &str) -> String {

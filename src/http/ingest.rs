@@ -1,8 +1,10 @@
 //! `POST /webhooks/{source}`: verify, parse, enqueue, answer.
 //!
-//! Order of checks: source → size → media type → signature over the raw bytes → event
-//! schema → property mapping → durable enqueue. Nothing is parsed before the signature
-//! has been verified, and 202 is sent only after Redis has the event.
+//! Order of checks: source → size → media type → body read within the read timeout →
+//! signature over the raw bytes → the source's rate limit → event id → event schema →
+//! property mapping → durable enqueue. Nothing is parsed before the signature has been
+//! verified, and 202 is sent only after Redis has the event. The rate limit counts only
+//! authentic requests, so a forger cannot use up a real sender's budget.
 
 use std::time::Duration;
 
@@ -19,9 +21,7 @@ use tracing::{info, warn};
 use super::{ApiError, AppState, SourceRuntime};
 use crate::event::{EventError, LeaseEvent, is_valid_event_id, parse_event};
 use crate::queue::{DeliveryJob, EnqueueOutcome, Target};
-use crate::signature::standard_webhooks::{
-    ID_HEADER, SIGNATURE_HEADER, SignedHeaders, TIMESTAMP_HEADER,
-};
+use crate::signature::HeaderLookup;
 
 /// The handler. Every outcome is logged once, with the source and, once known, the event id.
 pub(super) async fn receive(
@@ -81,29 +81,75 @@ async fn accept(
         return Err(too_large());
     }
     check_media_type(headers)?;
-    let raw = read_body(body, limit).await.map_err(|e| match e {
-        ReadError::TooLarge => too_large(),
-        ReadError::Io => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "the request body could not be read",
-        ),
-    })?;
+    let read_timeout = Duration::from_millis(state.http.read_timeout_ms);
+    let raw = match tokio::time::timeout(read_timeout, read_body(body, limit)).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the body did not arrive within {} ms; nothing was accepted",
+                    state.http.read_timeout_ms
+                ),
+            ));
+        }
+        Ok(read) => read.map_err(|e| match e {
+            ReadError::TooLarge => too_large(),
+            ReadError::Io => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "the request body could not be read",
+            ),
+        })?,
+    };
 
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let verified = source
         .verifier
-        .verify(signed_headers(headers), &raw, now)
+        .verify(headers, &raw, now)
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
 
-    if !is_valid_event_id(&verified.id) {
+    if let Some(limiter) = &source.rate_limiter
+        && let Err(wait) = limiter.check()
+    {
+        let secs = wait
+            .wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ))
+            .as_secs_f64()
+            .ceil()
+            .max(1.0) as u64;
+        return Err(ApiError {
+            retry_after_secs: Some(secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "source `{}` is over its rate limit; nothing was accepted, retry after {secs} s",
+                    source.name
+                ),
+            )
+        });
+    }
+
+    let event_id = source
+        .verifier
+        .event_id(&verified, headers, &raw)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_event",
+                e.to_string(),
+            )
+        })?;
+    if !is_valid_event_id(&event_id) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_event",
-            "webhook-id must be 1 to 255 visible ASCII characters",
+            "the event id must be 1 to 255 visible ASCII characters",
         ));
     }
-    let event = parse_event(&raw, &verified.id).map_err(|e| match e {
+    let event = parse_event(&raw, &event_id).map_err(|e| match e {
         EventError::InvalidJson(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", m),
         invalid @ EventError::Invalid { .. } => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -176,14 +222,11 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ReadError> {
     }
 }
 
-/// Header values that are not visible ASCII are treated as absent-or-invalid by the scheme,
-/// never as a reason to fail the request with a 5xx.
-fn signed_headers(headers: &HeaderMap) -> SignedHeaders<'_> {
-    let get = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    SignedHeaders {
-        id: get(ID_HEADER),
-        timestamp: get(TIMESTAMP_HEADER),
-        signature: get(SIGNATURE_HEADER),
+/// Header values that are not visible ASCII are handed to the scheme as a value that cannot
+/// verify, never as a reason to fail the request with a 5xx.
+impl HeaderLookup for HeaderMap {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
     }
 }
 

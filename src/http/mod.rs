@@ -5,8 +5,10 @@ pub mod admin;
 mod error;
 mod health;
 mod ingest;
+pub mod server;
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +17,9 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 
-use crate::config::{HttpSettings, PropertySettings, Settings, SourceSettings};
+use crate::config::{ConfigError, HttpSettings, PropertySettings, Settings, SourceSettings};
 use crate::queue::JobQueue;
-use crate::signature::standard_webhooks::{SecretError, Verifier};
+use crate::signature::SourceVerifier;
 use crate::worker::WorkerStatus;
 
 /// What ingest knows about one configured source.
@@ -26,20 +28,31 @@ pub struct SourceRuntime {
     /// The source's name.
     pub name: String,
     /// Its signature verifier.
-    pub verifier: Verifier,
+    pub verifier: SourceVerifier,
     /// Its buildings by property id.
     pub properties: HashMap<String, PropertySettings>,
+    /// Its rate limit in this process; `None` when off.
+    pub rate_limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl SourceRuntime {
-    /// Prepares `source` for ingest (decodes its secrets once).
-    pub fn new(source: &SourceSettings) -> Result<Self, SecretError> {
+    /// Prepares source number `index` for ingest (decodes its secrets once).
+    pub fn new(
+        index: usize,
+        source: &SourceSettings,
+        http: &HttpSettings,
+    ) -> Result<Self, ConfigError> {
+        let per_sec = source.rate_limit_per_sec.unwrap_or(http.rate_limit_per_sec);
+        let burst = source.rate_limit_burst.unwrap_or(http.rate_limit_burst);
+        let rate_limiter = NonZeroU32::new(per_sec).map(|per_sec| {
+            let quota = governor::Quota::per_second(per_sec)
+                .allow_burst(NonZeroU32::new(burst).unwrap_or(per_sec));
+            governor::RateLimiter::direct(quota)
+        });
         Ok(Self {
+            rate_limiter,
             name: source.name.clone(),
-            verifier: Verifier::new(
-                source.secrets.iter().map(|s| s.expose()),
-                source.tolerance_secs,
-            )?,
+            verifier: source.verifier(index)?,
             properties: source
                 .properties
                 .iter()
@@ -65,11 +78,12 @@ impl AppState {
         settings: &Settings,
         queue: JobQueue,
         workers: Option<WorkerStatus>,
-    ) -> Result<Self, SecretError> {
+    ) -> Result<Self, ConfigError> {
         let sources = settings
             .sources
             .iter()
-            .map(|s| SourceRuntime::new(s).map(|r| (s.name.clone(), r)))
+            .enumerate()
+            .map(|(i, s)| SourceRuntime::new(i, s, &settings.http).map(|r| (s.name.clone(), r)))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             sources: Arc::new(sources),
@@ -86,11 +100,25 @@ impl AppState {
 
 /// The listener's routes.
 pub fn router(state: AppState) -> Router {
+    let header_limit = state.http.header_limit_bytes;
     Router::new()
         .route("/webhooks/{source}", post(ingest::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            server::reject_large_headers(header_limit, request, next)
+        }))
         .with_state(state)
+}
+
+impl AppState {
+    /// The connection limits of the webhook listener.
+    pub fn connection_limits(&self) -> server::ConnectionLimits {
+        server::ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.http.read_timeout_ms),
+            header_limit_bytes: self.http.header_limit_bytes,
+        }
+    }
 }

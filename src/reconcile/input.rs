@@ -470,21 +470,18 @@ fn validate(raw: RawRow, source: &SourceSettings) -> Result<LeaseRow, RowError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{PropertySettings, SchemeKind};
+    use crate::config::PropertySettings;
 
     fn source() -> SourceSettings {
         SourceSettings {
             name: "acme".into(),
-            scheme: SchemeKind::StandardWebhooks,
-            secrets: Vec::new(),
-            secrets_file: None,
-            tolerance_secs: 300,
             properties: vec![PropertySettings {
                 id: "P-17".into(),
                 org_id: "org".into(),
                 integration_id: "int".into(),
                 role: None,
             }],
+            ..SourceSettings::named("acme")
         }
     }
 

@@ -669,7 +669,7 @@ mod tests {
 
     #[test]
     fn properties_sharing_an_integration_form_one_building() {
-        use crate::config::{PropertySettings, SchemeKind};
+        use crate::config::PropertySettings;
         let property = |id: &str, integration: &str| PropertySettings {
             id: id.into(),
             org_id: "org".into(),
@@ -678,15 +678,12 @@ mod tests {
         };
         let source = SourceSettings {
             name: "acme".into(),
-            scheme: SchemeKind::StandardWebhooks,
-            secrets: Vec::new(),
-            secrets_file: None,
-            tolerance_secs: 300,
             properties: vec![
                 property("P-1", "int-a"),
                 property("P-2", "int-b"),
                 property("P-3", "int-a"),
             ],
+            ..SourceSettings::named("acme")
         };
         let buildings = buildings_of(&source);
         assert_eq!(buildings.len(), 2);

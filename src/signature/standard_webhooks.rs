@@ -8,12 +8,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, Mac};
-use secrecy::{ExposeSecret, SecretBox};
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
-use super::SignatureError;
+use super::{NO_MATCH, SignatureError, SigningKey, any_key_matches, check_freshness, hmac_sha256};
 
 /// Header carrying the message id.
 pub const ID_HEADER: &str = "webhook-id";
@@ -30,8 +26,6 @@ const TAG_LEN: usize = 32;
 
 /// More entries than any sender rotating keys would send; caps work per request.
 const MAX_SIGNATURES: usize = 16;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Why a configured secret cannot be used. Never contains the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,7 +73,7 @@ pub struct Verified {
 
 /// Verifies requests of one source against its active secrets.
 pub struct Verifier {
-    keys: Vec<SecretBox<Vec<u8>>>,
+    keys: Vec<SigningKey>,
     tolerance_secs: u64,
 }
 
@@ -93,19 +87,29 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// A verifier accepting a signature by any of `secrets`.
+    /// A verifier accepting a signature by any of `secrets`, none of which expires.
     pub fn new<'a>(
         secrets: impl IntoIterator<Item = &'a str>,
         tolerance_secs: u64,
     ) -> Result<Self, SecretError> {
         let keys = secrets
             .into_iter()
-            .map(|s| decode_secret(s).map(|k| SecretBox::new(Box::new(k))))
+            .map(|s| decode_secret(s).map(|k| SigningKey::new(k, None)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
+        Ok(Self::with_keys(keys, tolerance_secs))
+    }
+
+    /// A verifier over already decoded keys (see [`decode_secret`]), each with its expiry.
+    pub fn with_keys(keys: Vec<SigningKey>, tolerance_secs: u64) -> Self {
+        Self {
             keys,
             tolerance_secs,
-        })
+        }
+    }
+
+    /// The configured keys, active or not.
+    pub fn keys(&self) -> &[SigningKey] {
+        &self.keys
     }
 
     /// Verifies `body` as received at Unix time `now`. The signature is checked before the
@@ -116,11 +120,12 @@ impl Verifier {
         body: &[u8],
         now: i64,
     ) -> Result<Verified, SignatureError> {
-        let id = non_empty(headers.id).ok_or(SignatureError::Missing(ID_HEADER))?;
+        let missing = |name: &str| SignatureError::Missing(name.to_owned());
+        let id = non_empty(headers.id).ok_or_else(|| missing(ID_HEADER))?;
         let timestamp_text =
-            non_empty(headers.timestamp).ok_or(SignatureError::Missing(TIMESTAMP_HEADER))?;
+            non_empty(headers.timestamp).ok_or_else(|| missing(TIMESTAMP_HEADER))?;
         let signature_header =
-            non_empty(headers.signature).ok_or(SignatureError::Missing(SIGNATURE_HEADER))?;
+            non_empty(headers.signature).ok_or_else(|| missing(SIGNATURE_HEADER))?;
 
         if timestamp_text.len() > 20 || !timestamp_text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(SignatureError::Invalid(
@@ -132,31 +137,11 @@ impl Verifier {
         })?;
 
         let candidates = parse_signatures(signature_header)?;
-        let content = signed_content(id, timestamp_text, body);
-        let authentic = self.keys.iter().any(|key| {
-            let tag = hmac_tag(key.expose_secret(), &content);
-            // Every candidate is compared, whatever the earlier outcome, in constant time.
-            candidates
-                .iter()
-                .fold(subtle::Choice::from(0), |acc, c| {
-                    acc | c.as_slice().ct_eq(&tag)
-                })
-                .into()
-        });
-        if !authentic {
-            return Err(SignatureError::Invalid(
-                "no signature matches an active secret for this source",
-            ));
+        let content: [&[u8]; 5] = [id.as_bytes(), b".", timestamp_text.as_bytes(), b".", body];
+        if !any_key_matches(&self.keys, &candidates, &content, now) {
+            return Err(SignatureError::Invalid(NO_MATCH));
         }
-
-        let skew = now.saturating_sub(timestamp);
-        if skew.unsigned_abs() > self.tolerance_secs {
-            return Err(SignatureError::Stale {
-                age_secs: skew.unsigned_abs(),
-                direction: if skew > 0 { "behind" } else { "ahead of" },
-                tolerance_secs: self.tolerance_secs,
-            });
-        }
+        check_freshness(timestamp, now, self.tolerance_secs)?;
         Ok(Verified {
             id: id.to_owned(),
             timestamp,
@@ -202,29 +187,15 @@ fn parse_signatures(header: &str) -> Result<Vec<[u8; TAG_LEN]>, SignatureError> 
     Ok(out)
 }
 
-fn signed_content(id: &str, timestamp: &str, body: &[u8]) -> Vec<u8> {
-    let mut content = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
-    content.extend_from_slice(id.as_bytes());
-    content.push(b'.');
-    content.extend_from_slice(timestamp.as_bytes());
-    content.push(b'.');
-    content.extend_from_slice(body);
-    content
-}
-
-fn hmac_tag(key: &[u8], content: &[u8]) -> [u8; TAG_LEN] {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(content);
-    mac.finalize().into_bytes().into()
-}
-
 /// Signs like a Standard Webhooks sender: returns the `webhook-signature` value `v1,<base64>`.
 /// Used by `send-test-event` and the tests.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, SecretError> {
     let key = decode_secret(secret)?;
-    let tag = hmac_tag(&key, &signed_content(id, &timestamp.to_string(), body));
+    let timestamp = timestamp.to_string();
+    let tag = hmac_sha256(
+        &key,
+        &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+    );
     Ok(format!("v1,{}", BASE64.encode(tag)))
 }
 
@@ -356,13 +327,13 @@ mod tests {
         h.id = None;
         assert_eq!(
             v.verify(h, BODY, TS).unwrap_err(),
-            SignatureError::Missing(ID_HEADER)
+            SignatureError::Missing(ID_HEADER.into())
         );
         let mut h = headers("1649367553", SIG);
         h.timestamp = Some("");
         assert_eq!(
             v.verify(h, BODY, TS).unwrap_err(),
-            SignatureError::Missing(TIMESTAMP_HEADER)
+            SignatureError::Missing(TIMESTAMP_HEADER.into())
         );
         let mut h = headers("1649367553", SIG);
         h.signature = None;

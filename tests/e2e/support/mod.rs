@@ -169,6 +169,7 @@ response_timeout_ms = 2000
 
 [openapp]
 base_url = "{openapp_base}"
+allow_insecure_http = true
 api_key = "{API_KEY}"
 auth = "bearer"
 timeout_ms = 1000
