@@ -5,6 +5,7 @@ mod admin_api;
 mod cli;
 mod convergence;
 mod delivery;
+mod hardening;
 mod ingest;
 mod operator_cli;
 mod reconcile;

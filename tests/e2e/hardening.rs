@@ -1,0 +1,446 @@
+//! Hostile and unusual input at the webhook listener: the `hmac-sha256` scheme in GitHub
+//! and Buildium styles, secret rotation and expiry, the per-source rate limit, slow and
+//! oversized requests, and `check-config`'s expiry warnings.
+
+use std::process::Command;
+use std::time::Duration;
+
+use lease_sync::config::Role;
+use lease_sync::signature::EventIdSource;
+use lease_sync::signature::hmac_sha256::{self, Encoding, Format};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+const BUILDIUM_SECRET: &str = "buildium-example-secret-0001";
+
+/// Two extra sources: GitHub style (hex, `sha256=`, body only, id from a header) and
+/// Buildium style (base64, `{timestamp}.{body}`, id = hash of the body).
+fn with_hmac_sources(config: String) -> String {
+    format!(
+        r#"{config}
+[[sources]]
+name = "github"
+scheme = "hmac-sha256"
+signature_header = "x-hub-signature-256"
+signature_prefix = "sha256="
+encoding = "hex"
+signed_content = "{{body}}"
+event_id = "header:x-github-delivery"
+secrets = ["{GITHUB_SECRET}"]
+
+[[sources.properties]]
+id = "{PROPERTY}"
+org_id = "{ORG}"
+integration_id = "{INTEGRATION}"
+
+[[sources]]
+name = "buildium"
+scheme = "hmac-sha256"
+signature_header = "buildium-webhook-signature"
+encoding = "base64"
+timestamp_header = "buildium-webhook-timestamp"
+signed_content = "{{timestamp}}.{{body}}"
+event_id = "body-sha256"
+secrets = ["{BUILDIUM_SECRET}"]
+
+[[sources.properties]]
+id = "{PROPERTY}"
+org_id = "{ORG}"
+integration_id = "{INTEGRATION}"
+"#
+    )
+}
+
+fn github() -> Format {
+    Format {
+        signature_header: "x-hub-signature-256".into(),
+        signature_prefix: "sha256=".into(),
+        encoding: Encoding::Hex,
+        timestamp_header: None,
+        signed_content: "{body}".parse().expect("template"),
+        event_id: EventIdSource::Header("x-github-delivery".into()),
+    }
+}
+
+fn buildium() -> Format {
+    Format {
+        signature_header: "buildium-webhook-signature".into(),
+        signature_prefix: String::new(),
+        encoding: Encoding::Base64,
+        timestamp_header: Some("buildium-webhook-timestamp".into()),
+        signed_content: "{timestamp}.{body}".parse().expect("template"),
+        event_id: EventIdSource::BodySha256,
+    }
+}
+
+async fn ingest_with(edit: impl Fn(String) -> String) -> (RedisServer, TestApp) {
+    let redis = RedisServer::start();
+    let config = edit(config_toml(
+        &redis.url(),
+        &namespace(),
+        "http://127.0.0.1:9/api/v1",
+        "127.0.0.1:0",
+    ));
+    let app = TestApp::start(&config, Role::Ingest).await;
+    (redis, app)
+}
+
+fn json_headers(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    headers.extend_from_slice(extra);
+    headers
+}
+
+#[tokio::test]
+async fn github_style_source_verifies_the_public_vector_and_dedupes_on_the_delivery_id() {
+    let (_redis, app) = ingest_with(with_hmac_sources).await;
+
+    // GitHub's published vector is authentic; its body is not a lease event, so it fails
+    // only after verification, as JSON.
+    let vector = [
+        ("x-github-delivery", "d-0".to_owned()),
+        (
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".to_owned(),
+        ),
+    ];
+    let reply = app
+        .post("github", &json_headers(&vector), b"Hello, World!".to_vec())
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (400, "invalid_json"),
+        "{reply:?}"
+    );
+
+    let body = event_body("lease.signed", "L-gh", &["u-gh"]);
+    let signature = hmac_sha256::sign(&github(), GITHUB_SECRET, None, &body);
+    let headers = json_headers(&[
+        ("x-github-delivery", "d-1".to_owned()),
+        ("x-hub-signature-256", signature.clone()),
+    ]);
+    let reply = app.post("github", &headers, body.clone()).await;
+    assert_eq!(
+        (reply.status, reply.json["event_id"].as_str()),
+        (202, Some("d-1")),
+        "{reply:?}"
+    );
+    let reply = app.post("github", &headers, body.clone()).await;
+    assert_eq!(
+        (reply.status, reply.json["status"].as_str()),
+        (200, Some("duplicate"))
+    );
+
+    // Each rejection with its code.
+    let mut tampered = body.clone();
+    tampered[10] ^= 1;
+    let reply = app.post("github", &headers, tampered).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "invalid_signature"),
+        "{reply:?}"
+    );
+    let reply = app
+        .post(
+            "github",
+            &json_headers(&[("x-github-delivery", "d-2".into())]),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "missing_signature"),
+        "{reply:?}"
+    );
+    let reply = app
+        .post(
+            "github",
+            &json_headers(&[("x-hub-signature-256", "sha256=".into())]),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "invalid_signature"),
+        "{reply:?}"
+    );
+    // Signed but without the id header: nothing to deduplicate on, so refused.
+    let reply = app
+        .post(
+            "github",
+            &json_headers(&[("x-hub-signature-256", signature)]),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (422, "invalid_event"),
+        "{reply:?}"
+    );
+    // The Standard Webhooks source does not accept the other scheme's signature.
+    let reply = app.post(SOURCE, &headers, body).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "missing_signature"),
+        "{reply:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn buildium_style_source_checks_the_timestamp_and_dedupes_on_the_body() {
+    let (_redis, app) = ingest_with(with_hmac_sources).await;
+    let body = event_body("lease.signed", "L-bd", &["u-bd"]);
+    let send = |timestamp: String, body: Vec<u8>| {
+        let signature = hmac_sha256::sign(&buildium(), BUILDIUM_SECRET, Some(&timestamp), &body);
+        let headers = json_headers(&[
+            ("buildium-webhook-timestamp", timestamp),
+            ("buildium-webhook-signature", signature),
+        ]);
+        let app = &app;
+        async move { app.post("buildium", &headers, body).await }
+    };
+
+    let reply = send(now().to_string(), body.clone()).await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let id = reply.json["event_id"].as_str().expect("id").to_owned();
+    assert!(id.starts_with("sha256:"), "{id}");
+    // A sender retry re-signs the same body with a new timestamp (here in milliseconds):
+    // same event.
+    let reply = send(format!("{}123", now()), body.clone()).await;
+    assert_eq!(
+        (reply.status, reply.json["status"].as_str()),
+        (200, Some("duplicate")),
+        "{reply:?}"
+    );
+    // Outside the tolerance either way: authentic but stale.
+    let reply = send((now() - 400).to_string(), body.clone()).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "stale_timestamp"),
+        "{reply:?}"
+    );
+    let reply = send((now() + 400).to_string(), body.clone()).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "stale_timestamp"),
+        "{reply:?}"
+    );
+    // The timestamp is signed: moving it breaks the signature.
+    let ts = now().to_string();
+    let signature = hmac_sha256::sign(&buildium(), BUILDIUM_SECRET, Some(&ts), &body);
+    let moved = json_headers(&[
+        ("buildium-webhook-timestamp", (now() - 1).to_string()),
+        ("buildium-webhook-signature", signature.clone()),
+    ]);
+    let reply = app.post("buildium", &moved, body.clone()).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "invalid_signature"),
+        "{reply:?}"
+    );
+    let no_ts = json_headers(&[("buildium-webhook-signature", signature)]);
+    let reply = app.post("buildium", &no_ts, body.clone()).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "missing_signature"),
+        "{reply:?}"
+    );
+    let reply = send("17e8".into(), body).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "invalid_signature"),
+        "{reply:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_secret_stops_verifying_while_its_replacement_works() {
+    let expired = format!(
+        "secrets = [{{ secret = \"{SECRET}\", not_after = \"2020-01-01T00:00:00Z\" }}, {{ secret = \"{SECOND_SECRET}\", not_after = \"2999-01-01T00:00:00Z\" }}]"
+    );
+    let (_redis, app) = ingest_with(|c| {
+        c.replace(
+            &format!("secrets = [\"{SECRET}\", \"{SECOND_SECRET}\"]"),
+            &expired,
+        )
+    })
+    .await;
+    let body = event_body("lease.signed", "L-rot", &["u-rot"]);
+    let reply = app
+        .post(
+            SOURCE,
+            &signed(SECRET, "evt-old-key", now(), &body),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "invalid_signature"),
+        "{reply:?}"
+    );
+    let reply = app
+        .post(
+            SOURCE,
+            &signed(SECOND_SECRET, "evt-new-key", now(), &body),
+            body,
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after_and_forgeries_do_not_count() {
+    let (_redis, app) = ingest_with(|c| {
+        c.replace(
+            "shutdown_grace_secs = 5",
+            "shutdown_grace_secs = 5\nrate_limit_per_sec = 1\nrate_limit_burst = 3",
+        )
+    })
+    .await;
+    let body = event_body("lease.signed", "L-rl", &["u-rl"]);
+    // Forged requests are refused before the limiter, so they leave the budget untouched.
+    for n in 0..20 {
+        let reply = app
+            .post(
+                SOURCE,
+                &signed(FOREIGN_SECRET, &format!("evt-forged-{n}"), now(), &body),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(reply.code(), "invalid_signature");
+    }
+    let mut accepted = 0;
+    let mut limited = Vec::new();
+    for n in 0..10 {
+        let reply = post_event(&app, &format!("evt-rl-{n}"), body.clone()).await;
+        match reply.status {
+            202 => accepted += 1,
+            429 => limited.push(reply),
+            other => panic!("unexpected {other}: {reply:?}"),
+        }
+    }
+    // The burst of 3 is accepted whatever the timing; 10 in a row cannot all fit at 1/s.
+    assert!(accepted >= 3, "accepted {accepted}");
+    let first = limited.first().expect("at least one request is limited");
+    assert_eq!(first.code(), "rate_limited", "{first:?}");
+    let retry_after: u64 = first.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    // Nothing limited was queued: it can be sent again later and is not a duplicate.
+    let stats = app.queue().counts().await.expect("counts");
+    assert_eq!(stats.ready + stats.scheduled, accepted as u64, "{stats:?}");
+    app.stop().await;
+}
+
+/// Sends `head` and `body_part` on a raw connection, then waits (bounded) for the answer.
+async fn raw_exchange(addr: std::net::SocketAddr, head: &str, body_part: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream.write_all(body_part).await.expect("write body");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes within 10 s")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_slow_body_gets_408_and_a_slow_head_is_cut_off() {
+    let (_redis, app) = ingest_with(|c| {
+        c.replace(
+            "shutdown_grace_secs = 5",
+            "shutdown_grace_secs = 5\nread_timeout_ms = 300",
+        )
+    })
+    .await;
+    let addr = app.addr.expect("listens");
+    // Headers promise 200 bytes; 10 arrive and then nothing.
+    let head = format!(
+        "POST /webhooks/{SOURCE} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 200\r\nconnection: close\r\n\r\n"
+    );
+    let answer = raw_exchange(addr, &head, b"{\"type\":\"l").await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"error\":\"request_timeout\""), "{answer}");
+
+    // A head that never completes: the connection is closed without holding a slot.
+    let answer = raw_exchange(
+        addr,
+        "POST /webhooks/acme-pms HTTP/1.1\r\nhost: x\r\nx-slow: ",
+        b"",
+    )
+    .await;
+    assert!(!answer.contains("202"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let (_redis, app) = ingest_with(|c| c).await;
+    let body = event_body("lease.signed", "L-big", &["u-big"]);
+    let mut headers = signed(SECRET, "evt-big-headers", now(), &body);
+    headers.push(("x-padding", "a".repeat(20_000)));
+    let reply = app.post(SOURCE, &headers, body.clone()).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (431, "headers_too_large"),
+        "{reply:?}"
+    );
+    // Far larger heads are refused by the HTTP layer before they are buffered.
+    let mut headers = signed(SECRET, "evt-huge-headers", now(), &body);
+    headers.push(("x-padding", "a".repeat(200_000)));
+    let reply = app.post(SOURCE, &headers, body).await;
+    assert_eq!(reply.status, 431, "{reply:?}");
+    app.stop().await;
+}
+
+#[test]
+fn check_config_warns_about_secrets_that_expire_soon_without_printing_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    let soon = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let config = config_toml(
+        "redis://127.0.0.1:9",
+        "ns",
+        "http://127.0.0.1:9/api/v1",
+        "127.0.0.1:0",
+    )
+    .replace(
+        &format!("secrets = [\"{SECRET}\", \"{SECOND_SECRET}\"]"),
+        &format!(
+            "secrets = [{{ secret = \"{SECRET}\", not_after = \"{soon}\" }}, \"{SECOND_SECRET}\"]"
+        ),
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_lease-sync"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: sources[0].secrets[0] (source `acme-pms`) expires at"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("allow_insecure_http"), "{stderr}");
+    for secret in [SECRET, SECOND_SECRET, API_KEY, ADMIN_TOKEN] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked"
+        );
+    }
+}
