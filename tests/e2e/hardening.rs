@@ -11,6 +11,7 @@ use lease_sync::signature::hmac_sha256::{self, Encoding, Format};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use crate::support::redis::free_port;
 use crate::support::*;
 
 const GITHUB_SECRET: &str = "It's a Secret to Everybody";
@@ -442,5 +443,204 @@ fn check_config_warns_about_secrets_that_expire_soon_without_printing_them() {
             !stdout.contains(secret) && !stderr.contains(secret),
             "{secret} leaked"
         );
+    }
+}
+
+/// The whole pipeline at trace level with known secrets: webhook secrets, the OpenApp key
+/// and the admin token must not appear in any log line, response body or CLI output, on
+/// the happy path or on the error paths (forgeries, a secret pasted as a signature, wrong
+/// admin tokens, OpenApp refusing the key, a dead letter and its replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs_error_bodies_or_cli_output_at_trace_level() {
+    use lease_sync::sandbox::Fault;
+
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, admin_port) = (free_port(), free_port());
+    let config = config_toml(
+        &redis.url(),
+        &namespace(),
+        &openapp.base_url,
+        &format!("127.0.0.1:{port}"),
+    )
+    .replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{admin_port}\""),
+    )
+    .replace("level = \"info,lease_sync=debug\"", "level = \"trace\"");
+    let config_path = dir.path().join("serve.toml");
+    let mut serve = LeaseSyncProcess::spawn_with_log_filter(
+        dir.path(),
+        "serve",
+        &["serve"],
+        Some(&config),
+        "trace",
+    );
+    wait_ready(port, Duration::from_secs(30)).await;
+    let webhooks = format!("http://127.0.0.1:{port}/webhooks/{SOURCE}");
+    let admin = |path: &str| format!("http://127.0.0.1:{admin_port}{path}");
+    let mut seen = Vec::<String>::new();
+
+    // Delivered normally.
+    let body = event_body("lease.signed", "L-leak", &["u-leak-1"]);
+    let reply = post(
+        &webhooks,
+        &signed(SECRET, "evt-leak-1", now(), &body),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    seen.push(reply.json.to_string());
+    openapp.sandbox.wait_for_calls(1).await;
+
+    // Forged, and a secret pasted where the signature goes.
+    let reply = post(
+        &webhooks,
+        &signed(FOREIGN_SECRET, "evt-leak-2", now(), &body),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.code(), "invalid_signature");
+    seen.push(reply.json.to_string());
+    let mut pasted = signed(SECRET, "evt-leak-3", now(), &body);
+    pasted[3].1 = format!("v1,{SECRET} {SECOND_SECRET}");
+    let reply = post(&webhooks, &pasted, body.clone()).await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    seen.push(reply.json.to_string());
+
+    // OpenApp refuses the key once, then a permanent refusal makes a dead letter.
+    openapp.sandbox.push_fault(Fault::Status {
+        status: 401,
+        retry_after: None,
+    });
+    let body = event_body("lease.signed", "L-leak-2", &["u-leak-2"]);
+    let reply = post(&webhooks, &signed(SECRET, "evt-leak-4", now(), &body), body).await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    openapp.sandbox.push_fault(Fault::Status {
+        status: 400,
+        retry_after: None,
+    });
+    let body = event_body("lease.signed", "L-leak-3", &["u-leak-3"]);
+    let reply = post(&webhooks, &signed(SECRET, "evt-leak-5", now(), &body), body).await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+
+    // The admin API with the right token, a near miss, and the OpenApp key as a token.
+    let bearer = |token: &str| vec![("authorization", format!("Bearer {token}"))];
+    let dead = wait_until("a dead letter", Duration::from_secs(30), || async {
+        let reply = request(
+            reqwest::Method::GET,
+            &admin("/admin/dead-letters"),
+            &bearer(ADMIN_TOKEN),
+            Vec::new(),
+        )
+        .await;
+        reply.json["items"][0]["id"]
+            .as_str()
+            .map(|id| (id.to_owned(), reply.json.to_string()))
+    })
+    .await;
+    seen.push(dead.1);
+    let dead = dead.0;
+    for token in [
+        format!("{ADMIN_TOKEN}x"),
+        API_KEY.to_owned(),
+        SECRET.to_owned(),
+    ] {
+        let reply = request(
+            reqwest::Method::GET,
+            &admin("/admin/queue"),
+            &bearer(&token),
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(reply.status, 401, "{reply:?}");
+        seen.push(reply.json.to_string());
+    }
+    let reply = request(
+        reqwest::Method::POST,
+        &admin(&format!("/admin/dead-letters/{dead}/replay")),
+        &bearer(ADMIN_TOKEN),
+        Vec::new(),
+    )
+    .await;
+    seen.push(reply.json.to_string());
+    let reply = request(
+        reqwest::Method::GET,
+        &admin("/admin/audit"),
+        &bearer(ADMIN_TOKEN),
+        Vec::new(),
+    )
+    .await;
+    seen.push(reply.json.to_string());
+
+    // The operator CLI, with the same configuration.
+    for args in [
+        vec!["check-config"],
+        vec!["queue", "stats"],
+        vec!["dead-letters", "list"],
+        vec![
+            "send-test-event",
+            "--source",
+            SOURCE,
+            "--type",
+            "lease.signed",
+            "--lease",
+            "L-cli",
+            "--property",
+            PROPERTY,
+            "--user",
+            "u-cli",
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lease-sync"))
+            .args(&args)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "trace")
+            .output()
+            .expect("runs");
+        seen.push(format!(
+            "{args:?}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let status = serve.terminate(Duration::from_secs(20)).await;
+    assert!(status.success());
+    let log = serve.log();
+    // Trace really was on, and the error paths really ran.
+    assert!(log.contains("TRACE"), "trace logging was not on");
+    assert!(log.contains("401"), "OpenApp's refusal was not logged");
+    seen.push(log);
+
+    let decoded_key: String = lease_sync::signature::standard_webhooks::decode_secret(SECRET)
+        .expect("key")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let needles = [
+        SECRET,
+        &SECRET["whsec_".len()..],
+        SECOND_SECRET,
+        &SECOND_SECRET["whsec_".len()..],
+        &decoded_key,
+        API_KEY,
+        "_openapp_testsecret",
+        ADMIN_TOKEN,
+    ];
+    for text in &seen {
+        for needle in needles {
+            assert!(
+                !text.contains(needle),
+                "a secret ({}…) appears in:\n{}",
+                needle.chars().take(6).collect::<String>(),
+                text.lines()
+                    .filter(|l| l.contains(needle))
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
     }
 }

@@ -401,6 +401,17 @@ pub struct LeaseSyncProcess {
 impl LeaseSyncProcess {
     /// Runs `lease-sync <args…>`; `config` is written to `dir/name.toml` first.
     pub fn spawn(dir: &Path, name: &str, args: &[&str], config: Option<&str>) -> Self {
+        Self::spawn_with_log_filter(dir, name, args, config, "info,lease_sync=debug")
+    }
+
+    /// Like [`Self::spawn`], with `RUST_LOG` set to `filter`.
+    pub fn spawn_with_log_filter(
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        config: Option<&str>,
+        filter: &str,
+    ) -> Self {
         let log = dir.join(format!("{name}.log"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_lease-sync"));
         command.args(args);
@@ -410,7 +421,7 @@ impl LeaseSyncProcess {
             command.arg("--config").arg(path);
         }
         let child = command
-            .env("RUST_LOG", "info,lease_sync=debug")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).expect("stdout file"))
             .stderr(std::fs::File::create(&log).expect("log file"))
