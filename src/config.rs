@@ -996,6 +996,15 @@ impl Settings {
             positive("http.dedupe_ttl_secs", self.http.dedupe_ttl_secs)?;
             positive("http.enqueue_timeout_ms", self.http.enqueue_timeout_ms)?;
             positive("http.read_timeout_ms", self.http.read_timeout_ms)?;
+            if self.admin.enabled
+                && role.is_service()
+                && self.admin.listen.trim() == self.http.listen.trim()
+            {
+                return Err(ConfigError::invalid(
+                    "admin.listen",
+                    "must differ from http.listen: the admin API never shares the webhook listener",
+                ));
+            }
             if self.http.header_limit_bytes < 1024 {
                 return Err(ConfigError::invalid(
                     "http.header_limit_bytes",
@@ -1253,6 +1262,14 @@ impl Settings {
             .enumerate()
             .flat_map(|(i, s)| s.secret_warnings(i, now))
             .collect();
+        if self.admin.enabled
+            && let Ok(addr) = self.admin.listen.parse::<SocketAddr>()
+            && !addr.ip().is_loopback()
+        {
+            out.push(format!(
+                "admin.listen = \"{addr}\" is not a loopback address; make sure only operators can reach it (a private network, a firewall rule or a Kubernetes NetworkPolicy)"
+            ));
+        }
         if self.openapp.allow_insecure_http && self.openapp.base_url.starts_with("http://") {
             out.push(
                 "openapp.allow_insecure_http is on: the OpenApp API key is sent without TLS; use it only with a local sandbox"
@@ -1885,6 +1902,34 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn the_admin_api_never_shares_the_webhook_listener_and_public_binds_are_warned_about() {
+        let text = MINIMAL.replace(
+            "[admin]",
+            "[http]\n        listen = \"0.0.0.0:8080\"\n        [admin]\n        listen = \"0.0.0.0:8080\"",
+        );
+        let msg = error_of(&text);
+        assert!(msg.contains("admin.listen"), "{msg}");
+        let s = Settings::from_toml_str(
+            &text.replace(
+                "listen = \"0.0.0.0:8080\"\n        [admin]\n        listen = \"0.0.0.0:8080\"",
+                "listen = \"0.0.0.0:8080\"\n        [admin]\n        listen = \"0.0.0.0:9090\"",
+            ),
+            env(&[]),
+        )
+        .unwrap();
+        s.validate(Role::Serve).unwrap();
+        let warnings = s.warnings(OffsetDateTime::now_utc());
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("admin.listen") && w.contains("loopback")),
+            "{warnings:?}"
+        );
+        let s = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
+        assert!(s.warnings(OffsetDateTime::now_utc()).is_empty());
     }
 
     #[test]
