@@ -996,9 +996,11 @@ impl Settings {
             positive("http.dedupe_ttl_secs", self.http.dedupe_ttl_secs)?;
             positive("http.enqueue_timeout_ms", self.http.enqueue_timeout_ms)?;
             positive("http.read_timeout_ms", self.http.read_timeout_ms)?;
+            // Port 0 asks the OS for a free port, so two such binds never collide.
             if self.admin.enabled
                 && role.is_service()
                 && self.admin.listen.trim() == self.http.listen.trim()
+                && !self.http.listen.trim().ends_with(":0")
             {
                 return Err(ConfigError::invalid(
                     "admin.listen",

@@ -644,3 +644,53 @@ async fn secrets_never_appear_in_logs_error_bodies_or_cli_output_at_trace_level(
         }
     }
 }
+
+/// `send-test-event` signs as each source's sender would, so integrators can try an
+/// `hmac-sha256` source end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_event_signs_for_hmac_sources() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = with_hmac_sources(config_toml(
+        &redis.url(),
+        &namespace(),
+        "http://127.0.0.1:9/api/v1",
+        "127.0.0.1:0",
+    ));
+    let app = TestApp::start(&config, Role::Ingest).await;
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, &config).expect("write");
+    for source in ["github", "buildium"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lease-sync"))
+            .args([
+                "send-test-event",
+                "--source",
+                source,
+                "--type",
+                "lease.signed",
+            ])
+            .args([
+                "--lease",
+                "L-send",
+                "--property",
+                PROPERTY,
+                "--user",
+                "u-send",
+            ])
+            .args(["--url", &app.webhook_url(source), "--config"])
+            .arg(&path)
+            .output()
+            .await
+            .expect("runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{source}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("202 Accepted"), "{stdout}");
+        assert!(!stdout.contains(GITHUB_SECRET) && !stdout.contains(BUILDIUM_SECRET));
+    }
+    assert_eq!(app.queue().counts().await.expect("counts").ready, 2);
+    app.stop().await;
+}
