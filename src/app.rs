@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Role, Settings};
 use crate::dead_letters::DeadLetters;
-use crate::http::admin::{AdminState, router as admin_router};
+use crate::http::admin::{AcceptedTokens, AdminState, router as admin_router};
 use crate::http::{AppState, router};
 use crate::openapp::OpenAppClient;
 use crate::queue::{JobQueue, connect};
@@ -24,6 +25,7 @@ pub struct Application {
     queue: JobQueue,
     listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
+    admin_tokens: Arc<AcceptedTokens>,
     client: Option<OpenAppClient>,
 }
 
@@ -58,19 +60,26 @@ impl Application {
         } else {
             None
         };
-        let admin_listener = if settings.admin.enabled && role.is_service() {
+        let (admin_listener, admin_tokens) = if settings.admin.enabled && role.is_service() {
+            // Validation takes no clock; expiry is judged here, once, and per request after.
+            let now = OffsetDateTime::now_utc();
+            settings.admin.validate_expiry(now)?;
+            for warning in settings.admin.warnings(now) {
+                warn!("{warning}");
+            }
+            let tokens = AcceptedTokens::new(&settings.admin.tokens)
+                .context("an admin token is not usable")?;
             let addr: SocketAddr = settings
                 .admin
                 .listen
                 .parse()
                 .context("admin.listen is not a socket address")?;
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} for the admin API"))?,
-            )
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
+            (Some(listener), Arc::new(tokens))
         } else {
-            None
+            (None, Arc::default())
         };
         Ok(Self {
             settings,
@@ -78,6 +87,7 @@ impl Application {
             queue,
             listener,
             admin_listener,
+            admin_tokens,
             client,
         })
     }
@@ -125,7 +135,7 @@ impl Application {
             let state = AdminState {
                 dead_letters: DeadLetters::new(&self.queue),
                 queue: self.queue.clone(),
-                tokens: Arc::new(self.settings.admin.tokens.clone()),
+                tokens: self.admin_tokens.clone(),
             };
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "admin API ready: http://{addr}/admin (OpenAPI at /admin/openapi.json)");

@@ -387,6 +387,12 @@ impl Default for DeadLetterSettings {
     }
 }
 
+mod admin_tokens;
+
+pub use self::admin_tokens::{
+    AdminToken, EXPIRY_WARNING, InvalidToken, SHA256_PREFIX, TokenDigest, TokenScope, hash_token,
+};
+
 /// `[admin]`: the authenticated admin API (dead letters, queue stats) on its own listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -395,8 +401,11 @@ pub struct AdminSettings {
     pub enabled: bool,
     /// Address of the admin listener; keep it off the public network.
     pub listen: String,
-    /// Bearer tokens that may use the admin API (at least 16 characters each).
-    pub tokens: Vec<Secret>,
+    /// Bearer tokens that may use the admin API: plain (at least 16 characters) or, better,
+    /// `sha256:<hex>`, each optionally a table with a name, a scope and an expiry (see
+    /// [`AdminToken`]).
+    #[serde(deserialize_with = "admin_tokens::deserialize_tokens")]
+    pub tokens: Vec<AdminToken>,
     /// File with more tokens, one per line (blank lines and `#` comments ignored).
     pub tokens_file: Option<PathBuf>,
 }
@@ -969,7 +978,7 @@ impl Settings {
         }
         if let Some(file) = self.admin.tokens_file.clone() {
             let text = read_secret_file(&base.join(&file), "admin.tokens_file")?;
-            self.admin.tokens.extend(secret_lines(&text));
+            self.admin.tokens.extend(admin_tokens::token_lines(&text));
         }
         for (i, source) in self.sources.iter_mut().enumerate() {
             if let Some(file) = source.secrets_file.clone() {
@@ -1106,20 +1115,7 @@ impl Settings {
             self.admin.listen.parse::<SocketAddr>().map_err(|e| {
                 ConfigError::invalid("admin.listen", format!("not a socket address: {e}"))
             })?;
-            if self.admin.tokens.is_empty() {
-                return Err(ConfigError::invalid(
-                    "admin.tokens",
-                    "the admin API needs at least one token (tokens, tokens_file or LEASE_SYNC__ADMIN__TOKENS), or set admin.enabled = false",
-                ));
-            }
-            for (i, token) in self.admin.tokens.iter().enumerate() {
-                if token.expose().len() < MIN_ADMIN_TOKEN_LEN {
-                    return Err(ConfigError::invalid(
-                        format!("admin.tokens[{i}]"),
-                        format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
-                    ));
-                }
-            }
+            self.admin.validate_tokens()?;
         }
 
         let mut names = HashSet::new();

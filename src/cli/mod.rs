@@ -1,5 +1,6 @@
 //! The `lease-sync` command line.
 
+mod admin;
 mod dead_letters;
 mod queue_stats;
 mod reconcile;
@@ -58,6 +59,9 @@ pub enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Inspect what lease-sync knows about residents.
     Residents(residents::ResidentsArgs),
+    /// Admin API helpers: `admin hash-token` prints the `sha256:…` form of a token for
+    /// `[admin] tokens`.
+    Admin(admin::AdminArgs),
 }
 
 /// Runs the parsed command; errors are printed with their causes and exit with status 1.
@@ -119,6 +123,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(args) => queue_stats::run(args).await,
         Command::Reconcile(args) => reconcile::run(args).await,
         Command::Residents(args) => residents::run(args).await,
+        Command::Admin(args) => admin::run(args),
     }
 }
 

@@ -2,11 +2,12 @@
 //!
 //! Every route under `/admin` requires `Authorization: Bearer <token>` with one of the
 //! configured `[admin] tokens`, except `GET /admin/openapi.json`, which describes the API
-//! and holds nothing secret. Every answer, rejections included, is JSON in the shape of
-//! [`ApiError`]; axum's plain-text rejections never reach the caller.
+//! and holds nothing secret; a `read` token may only `GET`. Every answer, rejections
+//! included, is JSON in the shape of [`ApiError`]; axum's plain-text rejections never reach
+//! the caller.
 //!
-//! Replays and purges write an audit record naming the caller as `token:<fingerprint>`
-//! (see the `auth` module), never the token. The OpenAPI document is generated from the
+//! Replays and purges write an audit record naming the caller by the token's name or as
+//! `token:<fingerprint>` (see the `auth` module), never by the token. The OpenAPI document is generated from the
 //! handlers' annotations (see the `openapi` module); the e2e tests check every route
 //! against it.
 //!
@@ -23,7 +24,7 @@ use axum::Router;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 
-use crate::config::Secret;
+pub use self::auth::AcceptedTokens;
 use crate::dead_letters::DeadLetters;
 use crate::queue::JobQueue;
 
@@ -34,8 +35,8 @@ pub struct AdminState {
     pub queue: JobQueue,
     /// The dead letters.
     pub dead_letters: DeadLetters,
-    /// Accepted bearer tokens.
-    pub tokens: Arc<Vec<Secret>>,
+    /// Accepted bearer tokens, as digests.
+    pub tokens: Arc<AcceptedTokens>,
 }
 
 /// The admin routes.

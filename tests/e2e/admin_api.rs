@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use lease_sync::app::Application;
+use lease_sync::config::{Role, Settings};
 use lease_sync::sandbox::Fault;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -751,4 +753,370 @@ async fn a_redis_outage_answers_503_without_details() {
     // Authentication still comes first.
     let reply = call(Method::GET, &app.admin_url("/queue"), None, None).await;
     assert_unauthorized(&reply, "during the outage");
+}
+
+/// Tokens of the hardened-authentication tests; configured hashed unless said otherwise.
+const OPS_TOKEN: &str = "ops-token-0123456789abcdef";
+const ONCALL_TOKEN: &str = "oncall-token-0123456789";
+const VIEWER_TOKEN: &str = "viewer-token-0123456789";
+const OLD_TOKEN: &str = "old-token-0123456789";
+
+/// Lowercase hex SHA-256 of `token`.
+fn sha256_hex(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `sha256:<hex>`, as `[admin] tokens` takes a hashed token.
+fn hashed(token: &str) -> String {
+    format!("sha256:{}", sha256_hex(token))
+}
+
+/// An edit of the test config that sets `[admin] tokens` to `tokens` (TOML) instead.
+fn with_tokens(tokens: impl Fn() -> String) -> impl Fn(String) -> String {
+    move |config| {
+        let line = format!("tokens = [\"{ADMIN_TOKEN}\"]");
+        assert!(
+            config.contains(&line),
+            "the test config no longer has `{line}`"
+        );
+        config.replace(&line, &format!("tokens = {}", tokens()))
+    }
+}
+
+async fn as_token(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+) -> Reply {
+    let bearer = format!("Bearer {token}");
+    call(method, &app.admin_url(path), Some(&bearer), body).await
+}
+
+fn assert_refused(reply: &Reply, status: u16, code: &str, challenge: &str, what: &str) {
+    assert_eq!(
+        (reply.status, reply.code()),
+        (status, code),
+        "{what}: {reply:?}"
+    );
+    assert_eq!(
+        reply
+            .headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some(challenge),
+        "{what}"
+    );
+    let text = reply.json.to_string();
+    for token in [
+        ADMIN_TOKEN,
+        OPS_TOKEN,
+        ONCALL_TOKEN,
+        VIEWER_TOKEN,
+        OLD_TOKEN,
+    ] {
+        assert!(!text.contains(token), "{what}: the answer quotes a token");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_tokens_are_accepted_and_wrong_missing_or_expired_ones_are_not() {
+    let (_redis, openapp, app) = serve_with(with_tokens(|| {
+        format!(
+            r#"["{}", {{ name = "oncall", token = "{}" }}, {{ name = "old", token = "{}", not_after = "2020-01-01T00:00:00Z" }}]"#,
+            hashed(OPS_TOKEN),
+            // Hex in either case.
+            hashed(ONCALL_TOKEN).to_uppercase().replace("SHA256:", "sha256:"),
+            hashed(OLD_TOKEN),
+        )
+    }))
+    .await;
+    let dead = make_dead_letters(&app, &openapp, "evt-hash", "lease.signed", &["user-h"], 1).await;
+    let id = &dead["user-h"];
+
+    for token in [OPS_TOKEN, ONCALL_TOKEN] {
+        let reply = as_token(&app, token, Method::GET, "/queue", None).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.json["dead"], 1);
+    }
+
+    let unauthorized = [
+        ("no header", None),
+        (
+            "a wrong token",
+            Some("Bearer wrong-token-wrong-token-00".to_owned()),
+        ),
+        (
+            "the token of the other tests",
+            Some(format!("Bearer {ADMIN_TOKEN}")),
+        ),
+        // The stored hash must not work as a password.
+        (
+            "the stored hash",
+            Some(format!("Bearer {}", hashed(OPS_TOKEN))),
+        ),
+        (
+            "the stored hex",
+            Some(format!("Bearer {}", sha256_hex(OPS_TOKEN))),
+        ),
+        (
+            "a prefix",
+            Some(format!("Bearer {}", &OPS_TOKEN[..OPS_TOKEN.len() - 1])),
+        ),
+    ];
+    let endpoints = [
+        (Method::GET, "/queue".to_owned(), None),
+        (Method::GET, format!("/dead-letters/{id}"), None),
+        (Method::POST, format!("/dead-letters/{id}/replay"), None),
+        (Method::DELETE, format!("/dead-letters/{id}"), None),
+    ];
+    for (method, path, body) in &endpoints {
+        for (what, header) in &unauthorized {
+            let reply = call(
+                method.clone(),
+                &app.admin_url(path),
+                header.as_deref(),
+                *body,
+            )
+            .await;
+            assert_refused(
+                &reply,
+                401,
+                "unauthorized",
+                "Bearer",
+                &format!("{method} {path} with {what}"),
+            );
+        }
+        let reply = as_token(&app, OLD_TOKEN, method.clone(), path, *body).await;
+        let what = format!("{method} {path} with an expired token");
+        assert_refused(
+            &reply,
+            401,
+            "token_expired",
+            r#"Bearer error="invalid_token""#,
+            &what,
+        );
+        let message = reply.json["message"].as_str().unwrap_or_default();
+        assert!(message.contains("expired"), "{what}: {message}");
+    }
+
+    // None of that changed anything.
+    assert!(app.dead_letters().get(id).await.expect("redis").is_some());
+    assert!(
+        app.dead_letters()
+            .recent_audit(10)
+            .await
+            .expect("redis")
+            .is_empty()
+    );
+    assert_eq!(posts_for(&openapp, "user-h"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_service_stops_accepting_a_token_when_it_expires() {
+    // Set when the config is written, just before the service starts.
+    let not_after = std::sync::Mutex::new(None);
+    let (_redis, _openapp, app) = serve_with(with_tokens(|| {
+        let at = time::OffsetDateTime::now_utc() + Duration::from_secs(4);
+        *not_after.lock().expect("lock") = Some(at);
+        let at = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format");
+        format!(
+            r#"["{}", {{ name = "brief", token = "{}", not_after = "{at}" }}]"#,
+            hashed(OPS_TOKEN),
+            hashed(ONCALL_TOKEN)
+        )
+    }))
+    .await;
+    let not_after = not_after.lock().expect("lock").expect("config written");
+
+    let sent = time::OffsetDateTime::now_utc();
+    let first = as_token(&app, ONCALL_TOKEN, Method::GET, "/queue", None).await;
+    // Only a machine too slow to send one request within 3 s could see it expired already.
+    if sent + Duration::from_secs(1) < not_after {
+        assert_eq!(first.status, 200, "accepted before not_after: {first:?}");
+    }
+    let expired = wait_until("the token to expire", LIMIT, || async {
+        let reply = as_token(&app, ONCALL_TOKEN, Method::GET, "/queue", None).await;
+        (reply.status != 200).then_some(reply)
+    })
+    .await;
+    assert!(
+        time::OffsetDateTime::now_utc() > not_after,
+        "refused before not_after: {expired:?}"
+    );
+    assert_refused(
+        &expired,
+        401,
+        "token_expired",
+        r#"Bearer error="invalid_token""#,
+        "after not_after",
+    );
+    let other = as_token(&app, OPS_TOKEN, Method::GET, "/queue", None).await;
+    assert_eq!(other.status, 200, "the other token still works: {other:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_reads_but_may_not_replay_or_purge() {
+    let (_redis, openapp, app) = serve_with(with_tokens(|| {
+        format!(
+            r#"["{ADMIN_TOKEN}", {{ name = "viewer", token = "{}", scope = "read" }}]"#,
+            hashed(VIEWER_TOKEN)
+        )
+    }))
+    .await;
+    let dead = make_dead_letters(&app, &openapp, "evt-read", "lease.signed", &["user-v"], 1).await;
+    let id = &dead["user-v"];
+
+    let list = as_token(&app, VIEWER_TOKEN, Method::GET, "/dead-letters", None).await;
+    assert_eq!(list.status, 200, "{list:?}");
+    assert_eq!(item_ids(&list), vec![id.clone()]);
+    for path in [
+        format!("/dead-letters/{id}"),
+        "/queue".to_owned(),
+        "/audit".to_owned(),
+    ] {
+        let reply = as_token(&app, VIEWER_TOKEN, Method::GET, &path, None).await;
+        assert_eq!(reply.status, 200, "GET {path}: {reply:?}");
+    }
+
+    for (method, path, body) in [
+        (Method::POST, format!("/dead-letters/{id}/replay"), None),
+        (Method::DELETE, format!("/dead-letters/{id}"), None),
+        (
+            Method::POST,
+            "/dead-letters/replay".to_owned(),
+            Some(r#"{"filter": {}, "dry_run": true}"#),
+        ),
+    ] {
+        let reply = as_token(&app, VIEWER_TOKEN, method.clone(), &path, body).await;
+        assert_refused(
+            &reply,
+            403,
+            "insufficient_scope",
+            r#"Bearer error="insufficient_scope""#,
+            &format!("{method} {path}"),
+        );
+    }
+    assert!(
+        app.dead_letters().get(id).await.expect("redis").is_some(),
+        "not purged"
+    );
+    assert!(
+        app.dead_letters()
+            .recent_audit(10)
+            .await
+            .expect("redis")
+            .is_empty()
+    );
+    assert_eq!(posts_for(&openapp, "user-v"), 1, "not replayed");
+
+    // The same request with an `admin` token goes through: the 403 was the scope's doing.
+    let reply = admin(
+        &app,
+        Method::POST,
+        &format!("/dead-letters/{id}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_name_a_named_token_by_its_name() {
+    let (_redis, openapp, app) = serve_with(with_tokens(|| {
+        format!(
+            r#"[{{ name = "oncall", token = "{}" }}, "{}"]"#,
+            hashed(ONCALL_TOKEN),
+            hashed(OPS_TOKEN)
+        )
+    }))
+    .await;
+    let dead = make_dead_letters(
+        &app,
+        &openapp,
+        "evt-named",
+        "lease.signed",
+        &["user-n", "user-u"],
+        2,
+    )
+    .await;
+
+    let reply = as_token(
+        &app,
+        ONCALL_TOKEN,
+        Method::POST,
+        &format!("/dead-letters/{}/replay", dead["user-n"]),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = as_token(
+        &app,
+        OPS_TOKEN,
+        Method::DELETE,
+        &format!("/dead-letters/{}", dead["user-u"]),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+
+    let audit = as_token(&app, ONCALL_TOKEN, Method::GET, "/audit", None).await;
+    assert_eq!(audit.status, 200, "{audit:?}");
+    assert_eq!(
+        audit.json,
+        json!([
+            {
+                "at": audit.json[0]["at"],
+                // Unnamed: the fingerprint, which for a hashed entry is its first 12 hex.
+                "actor": format!("token:{}", &sha256_hex(OPS_TOKEN)[..12]),
+                "action": "purge",
+                "ids": [dead["user-u"]],
+            },
+            {
+                "at": audit.json[1]["at"],
+                "actor": "oncall",
+                "action": "replay",
+                "ids": [dead["user-n"]],
+            },
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_every_token_expired_refuses_to_start() {
+    let edit = with_tokens(|| {
+        format!(
+            r#"[{{ name = "old", token = "{}", not_after = "2020-01-01T00:00:00Z" }}]"#,
+            hashed(OLD_TOKEN)
+        )
+    });
+    // Redis is connected lazily and never reached: the check comes first.
+    let config = edit(config_toml(
+        "redis://127.0.0.1:9",
+        &namespace(),
+        "http://127.0.0.1:9/api/v1",
+        "127.0.0.1:0",
+    ));
+    let settings = Settings::from_toml_str(&config, Vec::new()).expect("parses");
+    settings
+        .validate(Role::Serve)
+        .expect("valid without a clock");
+    let error = match Application::build(settings.clone(), Role::Serve).await {
+        Ok(_) => panic!("started with only expired admin tokens"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("admin.tokens") && error.contains("every token has expired"),
+        "{error}"
+    );
+    // Without the admin API, the expired tokens do not matter.
+    let mut settings = settings;
+    settings.admin.enabled = false;
+    assert!(Application::build(settings, Role::Serve).await.is_ok());
 }

@@ -190,3 +190,94 @@ async fn serve_stops_on_sigterm_with_exit_0() {
     assert!(status.success(), "{}", serve.log());
     assert!(serve.log().contains("stopped"));
 }
+
+/// Runs `lease-sync <args…>` with `input` on stdin.
+fn lease_sync_with_stdin(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lease-sync"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lease-sync");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // A process that refuses early may close stdin first; its exit status tells.
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    child.wait_with_output().expect("wait for lease-sync")
+}
+
+/// `sha256:<lowercase hex>` of `token`, computed independently of lease-sync.
+fn expected_hash(token: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let hex: String = Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+#[test]
+fn admin_hash_token_prints_the_sha256_of_the_first_line_of_stdin() {
+    let token = "operator-token-0123456789";
+    for input in [
+        format!("{token}\n"),
+        format!("{token}\r\n"),
+        token.to_owned(),
+        format!("{token}\nnot read\n"),
+    ] {
+        let out = lease_sync_with_stdin(&["admin", "hash-token"], &input);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{input:?}: {stderr}");
+        assert_eq!(stdout, format!("{}\n", expected_hash(token)), "{input:?}");
+        assert!(!stderr.contains(token), "the token is never echoed");
+    }
+}
+
+#[test]
+fn admin_hash_token_refuses_a_short_or_missing_token_with_exit_1() {
+    for (input, needle) in [("short-secret\n", "at least 16"), ("", "no token")] {
+        let out = lease_sync_with_stdin(&["admin", "hash-token"], input);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{input:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{input:?}: nothing on stdout");
+        assert!(stderr.contains(needle), "{input:?}: {stderr}");
+        assert!(!stderr.contains("short-secret"), "{stderr}");
+    }
+}
+
+#[test]
+fn admin_hash_token_generate_prints_a_new_token_and_its_hash() {
+    use base64::Engine as _;
+
+    let run = || {
+        let out = lease_sync_with_stdin(&["admin", "hash-token", "--generate"], "");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<String> = stdout.lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 2, "{stdout}");
+        (lines[0].clone(), lines[1].clone(), stderr)
+    };
+    let (token, hash, hint) = run();
+    let random = token
+        .strip_prefix("lsat_")
+        .unwrap_or_else(|| panic!("{token}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(random)
+        .unwrap_or_else(|e| panic!("{token}: {e}"));
+    assert_eq!(bytes.len(), 32);
+    assert_eq!(hash, expected_hash(&token));
+    assert!(
+        hint.contains("line 1") && hint.contains("line 2") && !hint.contains(&token),
+        "{hint}"
+    );
+    // hash-token agrees with its own output, and every run makes a new token.
+    let out = lease_sync_with_stdin(&["admin", "hash-token"], &format!("{token}\n"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{hash}\n"));
+    assert_ne!(run().0, token);
+}

@@ -1,28 +1,40 @@
-//! Bearer-token authentication, and the caller's identity for audit records.
+//! Bearer-token authentication and authorization, and the caller's identity for audit
+//! records.
 //!
-//! The presented token is compared with every configured token in constant time and the
-//! results are folded, so neither the content of a token nor which of several tokens matched
-//! shows in the response time. Tokens are never logged or stored: audit records name the
-//! caller by a short fingerprint of the token.
+//! At startup every configured token becomes its SHA-256 digest ([`AcceptedTokens`]); plain
+//! tokens are hashed once and `sha256:` entries decoded, so the process holds no token. A
+//! request's token is hashed and compared with every digest in constant time, folding the
+//! results without an early exit, so neither the content of a token nor which one matched
+//! shows in the response time. Then:
+//!
+//! * no, a malformed or an unknown token: 401 `unauthorized`;
+//! * a token past its `not_after` (checked per request, so a running process stops taking
+//!   it): 401 `token_expired`;
+//! * a `read` token on anything but `GET` or `HEAD`: 403 `insufficient_scope`.
+//!
+//! Audit records and logs name the caller by the token's name, or by `token:` and the first
+//! 12 hex characters of its SHA-256 — never by the token.
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
-use subtle::{Choice, ConstantTimeEq as _};
-use tracing::info;
+use subtle::{Choice, ConditionallySelectable as _, ConstantTimeEq as _};
+use time::OffsetDateTime;
+use tracing::{info, warn};
 
 use super::AdminState;
-use crate::config::Secret;
+use crate::config::{AdminToken, InvalidToken, TokenDigest, TokenScope};
 use crate::http::ApiError;
 
 /// Bytes of the token's SHA-256 shown in the fingerprint (12 hex characters): enough to tell
 /// an operator's tokens apart, far too little to help anyone guess one.
 const FINGERPRINT_BYTES: usize = 6;
 
-/// Who made an authenticated request, as audit records name them: `token:<fingerprint>`.
+/// Who made an authenticated request, as audit records name them: the token's name, or
+/// `token:<fingerprint>`.
 ///
 /// Put into the request by [`require_bearer`]; taking it as an extractor also makes a handler
 /// refuse to run (401) should it ever be routed without the middleware.
@@ -30,10 +42,10 @@ const FINGERPRINT_BYTES: usize = 6;
 pub(super) struct Actor(String);
 
 impl Actor {
-    /// The identity of whoever holds `token`: `token:` and the first 12 hex characters of
-    /// its SHA-256.
-    pub(super) fn for_token(token: &str) -> Self {
-        let digest = Sha256::digest(token.as_bytes());
+    /// The identity of the token with SHA-256 `digest`: `token:` and its first 12 hex
+    /// characters. For a `sha256:` entry these are the entry's own first 12, so the plain and
+    /// the hashed form of one token are the same caller.
+    fn for_digest(digest: &TokenDigest) -> Self {
         let hex: String = digest
             .iter()
             .take(FINGERPRINT_BYTES)
@@ -56,35 +68,179 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             .extensions
             .get::<Actor>()
             .cloned()
-            .ok_or_else(unauthorized)
+            .ok_or_else(|| Refusal::Unauthorized.into_response())
     }
 }
 
-/// Middleware: lets the request through only with an accepted bearer token, recording the
-/// caller as an [`Actor`] in the request's extensions.
+/// One configured token, as requests are checked against it.
+#[derive(Clone)]
+struct Accepted {
+    digest: TokenDigest,
+    actor: Actor,
+    scope: TokenScope,
+    not_after: Option<OffsetDateTime>,
+}
+
+/// The configured admin tokens as digests, with what each may do. Built once at startup.
+#[derive(Clone, Default)]
+pub struct AcceptedTokens(Vec<Accepted>);
+
+impl AcceptedTokens {
+    /// Digests `tokens`; fails on an entry validation would have refused.
+    pub fn new(tokens: &[AdminToken]) -> Result<Self, InvalidToken> {
+        tokens
+            .iter()
+            .map(|token| {
+                let digest = token.digest()?;
+                Ok(Accepted {
+                    digest,
+                    actor: token
+                        .name
+                        .clone()
+                        .map_or_else(|| Actor::for_digest(&digest), Actor),
+                    scope: token.scope,
+                    not_after: token.not_after,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// The configured token `presented` is, if any. Every digest is compared, whatever
+    /// matched before, and the match is selected without branching on it.
+    fn find(&self, presented: &str) -> Option<&Accepted> {
+        let digest: TokenDigest = Sha256::digest(presented.as_bytes()).into();
+        let mut found = Choice::from(0);
+        let mut index = 0u64;
+        for (i, accepted) in self.0.iter().enumerate() {
+            let equal = digest.as_slice().ct_eq(accepted.digest.as_slice());
+            index.conditional_assign(&(i as u64), equal);
+            found |= equal;
+        }
+        if bool::from(found) {
+            self.0.get(usize::try_from(index).ok()?)
+        } else {
+            None
+        }
+    }
+
+    /// Who may make a `method` request with `presented` (the bearer token, if any) at `now`.
+    fn authorize(
+        &self,
+        presented: Option<&str>,
+        method: &Method,
+        now: OffsetDateTime,
+    ) -> Result<Actor, Refusal> {
+        let accepted = presented
+            .and_then(|token| self.find(token))
+            .ok_or(Refusal::Unauthorized)?;
+        if accepted.not_after.is_some_and(|not_after| now > not_after) {
+            return Err(Refusal::Expired(accepted.actor.clone()));
+        }
+        if accepted.scope == TokenScope::Read && !matches!(*method, Method::GET | Method::HEAD) {
+            return Err(Refusal::InsufficientScope(accepted.actor.clone()));
+        }
+        Ok(accepted.actor.clone())
+    }
+}
+
+impl std::fmt::Debug for AcceptedTokens {
+    /// Identities and limits only: a digest of a weak plain token could be guessed offline.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|a| (a.actor.as_str(), a.scope, a.not_after)),
+            )
+            .finish()
+    }
+}
+
+/// Why a request was turned away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// No token, a malformed header, or a token that is not configured.
+    Unauthorized,
+    /// A configured token past its `not_after`.
+    Expired(Actor),
+    /// A `read` token on a request that changes something.
+    InsufficientScope(Actor),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, code, message, challenge) = match self {
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin token is required: send `Authorization: Bearer <token>`",
+                "Bearer",
+            ),
+            Self::Expired(_) => (
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                "this admin token has expired (its not_after has passed); use a current token",
+                r#"Bearer error="invalid_token""#,
+            ),
+            Self::InsufficientScope(_) => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "this admin token has the `read` scope and may only read (GET); replays and purges need a token with the `admin` scope",
+                r#"Bearer error="insufficient_scope""#,
+            ),
+        };
+        let mut response = ApiError::new(status, code, message).into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+        response
+    }
+}
+
+/// Middleware: lets the request through only with an accepted, current token of enough
+/// scope, recording the caller as an [`Actor`] in the request's extensions.
 pub(super) async fn require_bearer(
     State(state): State<AdminState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let actor = bearer_token(request.headers())
-        .filter(|token| token_accepted(token, &state.tokens))
-        .map(Actor::for_token);
-    match actor {
-        Some(actor) => {
+    let verdict = state.tokens.authorize(
+        bearer_token(request.headers()),
+        request.method(),
+        OffsetDateTime::now_utc(),
+    );
+    let refusal = match verdict {
+        Ok(actor) => {
             request.extensions_mut().insert(actor);
-            next.run(request).await
+            return next.run(request).await;
         }
-        None => {
-            // Path and method only: the header may hold a real token with a typo in it.
-            info!(
-                http.method = %request.method(),
-                http.path = request.uri().path(),
-                "admin request rejected: missing or invalid bearer token"
-            );
-            unauthorized()
-        }
+        Err(refusal) => refusal,
+    };
+    // Method, path and identity only: the header may hold a real token with a typo in it.
+    let (method, path) = (request.method(), request.uri().path());
+    match &refusal {
+        Refusal::Unauthorized => info!(
+            http.method = %method,
+            http.path = path,
+            "admin request rejected: missing or invalid bearer token"
+        ),
+        // Someone still uses a token that should be gone: worth an operator's attention.
+        Refusal::Expired(actor) => warn!(
+            http.method = %method,
+            http.path = path,
+            actor = actor.as_str(),
+            "admin request rejected: the token has expired"
+        ),
+        Refusal::InsufficientScope(actor) => info!(
+            http.method = %method,
+            http.path = path,
+            actor = actor.as_str(),
+            "admin request rejected: a read-only token may not change anything"
+        ),
     }
+    refusal.into_response()
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive, as
@@ -96,34 +252,15 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Whether `presented` equals one of `tokens`. Every token is compared, whatever matched
-/// before; each comparison checks the length and then every byte without an early exit.
-fn token_accepted(presented: &str, tokens: &[Secret]) -> bool {
-    let matched = tokens.iter().fold(Choice::from(0), |matched, token| {
-        matched | presented.as_bytes().ct_eq(token.expose().as_bytes())
-    });
-    bool::from(matched)
-}
-
-/// 401 with `WWW-Authenticate: Bearer`, so clients know which scheme to use.
-fn unauthorized() -> Response {
-    let mut response = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "a valid admin token is required: send `Authorization: Bearer <token>`",
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
 #[cfg(test)]
 mod tests {
+    use time::macros::datetime;
+
     use super::*;
+    use crate::config::hash_token;
 
     const TOKEN: &str = "0123456789abcdef-admin";
+    const NOW: OffsetDateTime = datetime!(2027-01-20 12:00 UTC);
 
     fn headers(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -133,21 +270,155 @@ mod tests {
         headers
     }
 
+    fn accepted(tokens: &[AdminToken]) -> AcceptedTokens {
+        AcceptedTokens::new(tokens).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn named(name: &str, token: &str, scope: TokenScope, not_after: Option<&str>) -> AdminToken {
+        let mut entry = AdminToken::new(token);
+        entry.name = Some(name.into());
+        entry.scope = scope;
+        entry.not_after = not_after.map(|t| {
+            OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|e| panic!("{e}"))
+        });
+        entry
+    }
+
+    fn fingerprint(token: &str) -> String {
+        format!("token:{}", &hash_token(token)["sha256:".len()..][..12])
+    }
+
     #[test]
-    fn only_a_configured_token_is_accepted() {
-        let tokens = vec![Secret::new("another-token-of-16+"), Secret::new(TOKEN)];
-        assert!(token_accepted(TOKEN, &tokens));
-        assert!(
-            !token_accepted("0123456789abcdef-admiN", &tokens),
-            "last char"
+    fn only_a_configured_token_is_accepted_plain_or_hashed() {
+        let tokens = accepted(&[
+            AdminToken::new("another-token-of-16+"),
+            AdminToken::new(hash_token(TOKEN)),
+        ]);
+        let get = |token: &str| tokens.authorize(Some(token), &Method::GET, NOW);
+        assert!(get(TOKEN).is_ok());
+        assert!(get("another-token-of-16+").is_ok());
+        for wrong in [
+            "0123456789abcdef-admiN",
+            "0123456789abcdef-admi",
+            "0123456789abcdef-admin2",
+            "",
+            // The stored hash is not a password.
+            &hash_token(TOKEN),
+        ] {
+            assert_eq!(get(wrong), Err(Refusal::Unauthorized), "{wrong}");
+        }
+        assert_eq!(
+            tokens.authorize(None, &Method::GET, NOW),
+            Err(Refusal::Unauthorized)
         );
-        assert!(!token_accepted("0123456789abcdef-admi", &tokens), "prefix");
-        assert!(
-            !token_accepted("0123456789abcdef-admin2", &tokens),
-            "longer"
+        assert_eq!(
+            AcceptedTokens::default().authorize(Some(TOKEN), &Method::GET, NOW),
+            Err(Refusal::Unauthorized),
+            "no tokens configured"
         );
-        assert!(!token_accepted("", &tokens));
-        assert!(!token_accepted(TOKEN, &[]), "no tokens configured");
+    }
+
+    #[test]
+    fn the_match_is_selected_from_any_position() {
+        let entries: Vec<AdminToken> = (0..5)
+            .map(|i| {
+                named(
+                    &format!("t{i}"),
+                    &format!("token-number-{i}-0123456789"),
+                    TokenScope::Admin,
+                    None,
+                )
+            })
+            .collect();
+        let tokens = accepted(&entries);
+        for i in 0..5 {
+            let token = format!("token-number-{i}-0123456789");
+            assert_eq!(
+                tokens
+                    .authorize(Some(&token), &Method::GET, NOW)
+                    .map(|a| a.0),
+                Ok(format!("t{i}"))
+            );
+        }
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_from_the_instant_after_not_after() {
+        let tokens = accepted(&[named(
+            "old",
+            TOKEN,
+            TokenScope::Admin,
+            Some("2027-01-20T12:00:00Z"),
+        )]);
+        assert!(tokens.authorize(Some(TOKEN), &Method::GET, NOW).is_ok());
+        let later = NOW + time::Duration::SECOND;
+        let refusal = tokens.authorize(Some(TOKEN), &Method::GET, later);
+        assert_eq!(refusal, Err(Refusal::Expired(Actor("old".into()))));
+        // An expired token is refused as expired even where its scope would not do either.
+        let tokens = accepted(&[named(
+            "old",
+            TOKEN,
+            TokenScope::Read,
+            Some("2027-01-20T12:00:00Z"),
+        )]);
+        assert!(matches!(
+            tokens.authorize(Some(TOKEN), &Method::POST, later),
+            Err(Refusal::Expired(_))
+        ));
+    }
+
+    #[test]
+    fn a_read_token_may_only_get() {
+        let tokens = accepted(&[
+            named("viewer", TOKEN, TokenScope::Read, None),
+            AdminToken::new("admin-token-0123456789"),
+        ]);
+        for method in [Method::GET, Method::HEAD] {
+            assert_eq!(
+                tokens.authorize(Some(TOKEN), &method, NOW),
+                Ok(Actor("viewer".into()))
+            );
+        }
+        for method in [Method::POST, Method::DELETE, Method::PUT, Method::PATCH] {
+            assert_eq!(
+                tokens.authorize(Some(TOKEN), &method, NOW),
+                Err(Refusal::InsufficientScope(Actor("viewer".into()))),
+                "{method}"
+            );
+            assert!(
+                tokens
+                    .authorize(Some("admin-token-0123456789"), &method, NOW)
+                    .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_answer_with_their_code_and_challenge() {
+        for (refusal, status, code, challenge) in [
+            (Refusal::Unauthorized, 401, "unauthorized", "Bearer"),
+            (
+                Refusal::Expired(Actor("a".into())),
+                401,
+                "token_expired",
+                r#"Bearer error="invalid_token""#,
+            ),
+            (
+                Refusal::InsufficientScope(Actor("a".into())),
+                403,
+                "insufficient_scope",
+                r#"Bearer error="insufficient_scope""#,
+            ),
+        ] {
+            let response = refusal.into_response();
+            assert_eq!(response.status().as_u16(), status, "{code}");
+            assert_eq!(
+                response.headers().get(header::WWW_AUTHENTICATE),
+                Some(&HeaderValue::from_static(challenge)),
+                "{code}"
+            );
+        }
     }
 
     #[test]
@@ -161,12 +432,31 @@ mod tests {
     }
 
     #[test]
-    fn the_actor_is_a_short_fingerprint_not_the_token() {
-        let actor = Actor::for_token(TOKEN);
-        let digest = Sha256::digest(TOKEN.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(actor.as_str(), format!("token:{}", &hex[..12]));
-        assert!(!actor.as_str().contains(TOKEN));
-        assert_ne!(actor, Actor::for_token("0123456789abcdef-admiN"));
+    fn the_actor_is_the_name_or_a_fingerprint_the_same_for_both_forms() {
+        let tokens = accepted(&[
+            AdminToken::new(TOKEN),
+            AdminToken::new(hash_token("hashed-token-0123456789")),
+            named("oncall", "named-token-0123456789", TokenScope::Admin, None),
+        ]);
+        let actor = |token: &str| {
+            tokens
+                .authorize(Some(token), &Method::GET, NOW)
+                .map(|a| a.0)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+        };
+        assert_eq!(actor(TOKEN), fingerprint(TOKEN));
+        assert!(!actor(TOKEN).contains(TOKEN));
+        assert_eq!(
+            actor("hashed-token-0123456789"),
+            fingerprint("hashed-token-0123456789"),
+            "a hashed entry names its caller as the plain entry would"
+        );
+        assert_eq!(actor("named-token-0123456789"), "oncall");
+        assert_ne!(fingerprint(TOKEN), fingerprint("0123456789abcdef-admiN"));
+        let debug = format!("{tokens:?}");
+        assert!(
+            debug.contains("oncall") && !debug.contains(TOKEN),
+            "{debug}"
+        );
     }
 }

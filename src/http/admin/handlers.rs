@@ -197,7 +197,7 @@ pub(super) async fn get_dead_letter(
 }
 
 /// Replays one dead letter: queues it again with a fresh attempt budget. Of concurrent
-/// replays of one entry exactly one succeeds; the others get 409.
+/// replays of one entry exactly one succeeds; the others get 409. Needs the `admin` scope.
 #[utoipa::path(
     post,
     path = "/admin/dead-letters/{id}/replay",
@@ -242,7 +242,8 @@ pub(super) async fn replay_dead_letter(
     }
 }
 
-/// Replays every dead letter matching a filter, or with `dry_run` only lists them.
+/// Replays every dead letter matching a filter, or with `dry_run` only lists them. Needs the
+/// `admin` scope, even for a dry run.
 #[utoipa::path(
     post,
     path = "/admin/dead-letters/replay",
@@ -306,7 +307,7 @@ pub(super) async fn replay_dead_letters(
     }))
 }
 
-/// Deletes one dead letter for good.
+/// Deletes one dead letter for good. Needs the `admin` scope.
 #[utoipa::path(
     delete,
     path = "/admin/dead-letters/{id}",

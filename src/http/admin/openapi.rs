@@ -31,7 +31,8 @@ static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(AdminApi::op
     info(
         title = "lease-sync admin API",
         description = "Dead letters and queue stats for operators. Every endpoint except this \
-            document requires `Authorization: Bearer <token>` with one of the `[admin] tokens`. \
+            document requires `Authorization: Bearer <token>` with one of the `[admin] tokens`; \
+            a token with the `read` scope may only use `GET`. \
             Errors are `{\"error\": code, \"message\": sentence}`."
     ),
     paths(
@@ -67,7 +68,8 @@ pub(super) async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
 }
 
 /// Registers the bearer scheme and adds the answers every authenticated endpoint can give
-/// (401, and 503 because each reads Redis) instead of repeating them on every handler.
+/// (401, 403 on those that change something, and 503 because each reads Redis) instead of
+/// repeating them on every handler.
 struct CommonResponses;
 
 impl Modify for CommonResponses {
@@ -80,26 +82,42 @@ impl Modify for CommonResponses {
                 SecurityScheme::Http(
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
-                        .description(Some("One of the `[admin] tokens` of the configuration."))
+                        .description(Some(
+                            "One of the `[admin] tokens` of the configuration. A token with \
+                             the `read` scope may only use `GET`; one past its `not_after` is \
+                             refused.",
+                        ))
                         .build(),
                 ),
             );
         for item in openapi.paths.paths.values_mut() {
+            // Whether the method changes something, which a `read` token may not do.
             let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
+                (&mut item.get, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
             ];
-            for operation in operations.into_iter().flatten() {
+            for (operation, mutates) in operations {
+                let Some(operation) = operation else { continue };
                 if operation.security.is_some() {
                     add_error(
                         operation,
                         "401",
-                        "No or an unknown bearer token (`unauthorized`); sent with \
-                         `WWW-Authenticate: Bearer`.",
+                        "No or an unknown bearer token (`unauthorized`, with \
+                         `WWW-Authenticate: Bearer`), or a token past its `not_after` \
+                         (`token_expired`, with `WWW-Authenticate: Bearer \
+                         error=\"invalid_token\"`).",
                     );
+                    if mutates {
+                        add_error(
+                            operation,
+                            "403",
+                            "The token has the `read` scope, which may only use `GET` \
+                             (`insufficient_scope`).",
+                        );
+                    }
                     add_error(
                         operation,
                         "503",
@@ -557,6 +575,12 @@ mod tests {
                 if secured {
                     assert!(operation["responses"]["401"].is_object(), "{method} {path}");
                     assert!(operation["responses"]["503"].is_object(), "{method} {path}");
+                    // Only what a `read` token may not do can be forbidden to it.
+                    assert_eq!(
+                        operation["responses"]["403"].is_object(),
+                        method != "get",
+                        "{method} {path}"
+                    );
                 }
             }
         }
