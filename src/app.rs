@@ -64,9 +64,6 @@ impl Application {
             // Validation takes no clock; expiry is judged here, once, and per request after.
             let now = OffsetDateTime::now_utc();
             settings.admin.validate_expiry(now)?;
-            for warning in settings.admin.warnings(now) {
-                warn!("{warning}");
-            }
             let tokens = AcceptedTokens::new(&settings.admin.tokens)
                 .context("an admin token is not usable")?;
             let addr: SocketAddr = settings
@@ -140,12 +137,16 @@ impl Application {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "admin API ready: http://{addr}/admin (OpenAPI at /admin/openapi.json)");
             }
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, admin_router(state))
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            })
+            let limits = crate::http::server::ConnectionLimits {
+                header_read_timeout: Duration::from_millis(self.settings.http.read_timeout_ms),
+                header_limit_bytes: self.settings.http.header_limit_bytes,
+            };
+            tokio::spawn(crate::http::server::serve(
+                listener,
+                admin_router(state),
+                limits,
+                shutdown.clone(),
+            ))
         });
 
         if let Some(listener) = self.listener {
@@ -178,7 +179,7 @@ impl Application {
 
         if let Some(admin) = admin {
             let grace = Duration::from_secs(self.settings.http.shutdown_grace_secs);
-            if !matches!(tokio::time::timeout(grace, admin).await, Ok(Ok(Ok(())))) {
+            if !matches!(tokio::time::timeout(grace, admin).await, Ok(Ok(()))) {
                 warn!("the admin listener did not stop cleanly within {grace:?}");
             }
         }

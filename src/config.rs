@@ -670,9 +670,6 @@ pub struct SourceSettings {
     pub properties: Vec<PropertySettings>,
 }
 
-/// How long before a secret's `not_after` `check-config` starts warning.
-pub const EXPIRY_WARNING: time::Duration = time::Duration::days(7);
-
 impl SourceSettings {
     /// A Standard Webhooks source named `name` with default settings and nothing else: no
     /// secrets, no properties.
@@ -816,15 +813,24 @@ impl SourceSettings {
                     Some(format!(
                         "{key} expires at {} (in {}); make sure its replacement is configured",
                         rfc3339(end),
-                        humantime::format_duration(std::time::Duration::from_secs(
-                            (end - now).whole_seconds().max(0) as u64
-                        ))
+                        approximately(end - now)
                     ))
                 } else {
                     None
                 }
             })
             .collect()
+    }
+}
+
+/// `3 d 4 h`, `5 h 12 min`: precise enough for an expiry warning.
+fn approximately(left: time::Duration) -> String {
+    let minutes = left.whole_minutes().max(0);
+    let (days, hours, minutes) = (minutes / 1440, minutes / 60 % 24, minutes % 60);
+    if days > 0 {
+        format!("{days} d {hours} h")
+    } else {
+        format!("{hours} h {minutes} min")
     }
 }
 
@@ -1251,7 +1257,8 @@ impl Settings {
     }
 
     /// Problems that do not stop lease-sync from starting but need an operator soon: secrets
-    /// expired or expiring within [`EXPIRY_WARNING`]. Printed by `check-config` and logged
+    /// and admin tokens expired or expiring within [`EXPIRY_WARNING`], plain-text admin
+    /// tokens, a public admin bind, plain-http OpenApp. Printed by `check-config` and logged
     /// at startup; never contains a secret.
     pub fn warnings(&self, now: OffsetDateTime) -> Vec<String> {
         let mut out: Vec<String> = self
@@ -1260,6 +1267,7 @@ impl Settings {
             .enumerate()
             .flat_map(|(i, s)| s.secret_warnings(i, now))
             .collect();
+        out.extend(self.admin.warnings(now));
         if self.admin.enabled
             && let Ok(addr) = self.admin.listen.parse::<SocketAddr>()
             && !addr.ip().is_loopback()
@@ -1927,7 +1935,8 @@ mod tests {
             "{warnings:?}"
         );
         let s = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
-        assert!(s.warnings(OffsetDateTime::now_utc()).is_empty());
+        let warnings = s.warnings(OffsetDateTime::now_utc());
+        assert!(warnings.iter().all(|w| !w.contains("admin.listen")), "{warnings:?}");
     }
 
     #[test]
@@ -1944,8 +1953,13 @@ mod tests {
             ),
         );
         let s = Settings::from_toml_str(&text, env(&[])).unwrap();
-        let warnings = s.warnings(now);
+        let warnings: Vec<String> = s
+            .warnings(now)
+            .into_iter()
+            .filter(|w| w.starts_with("sources"))
+            .collect();
         assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("(in 3 d 0 h)"), "{warnings:?}");
         assert!(warnings[0].contains("sources[0].secrets[0]") && warnings[0].contains("expires"));
         assert!(warnings[1].contains("sources[0].secrets[1]") && warnings[1].contains("expired"));
         assert!(warnings.iter().all(|w| !w.contains("whsec_")));

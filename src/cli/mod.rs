@@ -95,8 +95,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Work(arg) => run_role(&arg, Role::Work).await,
         Command::CheckConfig(arg) => {
             let settings = load(&arg, Role::Serve)?;
+            let now = time::OffsetDateTime::now_utc();
+            settings
+                .admin
+                .validate_expiry(now)
+                .with_context(|| format!("configuration {} is not usable", arg.config.display()))?;
             print!("{}", settings.to_redacted_toml());
-            let warnings = settings.warnings(time::OffsetDateTime::now_utc());
+            let warnings = settings.warnings(now);
             for warning in &warnings {
                 eprintln!("warning: {warning}");
             }

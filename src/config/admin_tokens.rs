@@ -34,7 +34,7 @@ use super::{AdminSettings, ConfigError, MIN_ADMIN_TOKEN_LEN, Secret};
 /// Prefix of a hashed token: `sha256:` and the 64 hex characters of the token's SHA-256.
 pub const SHA256_PREFIX: &str = "sha256:";
 
-/// How long before a token expires [`AdminSettings::warnings`] starts warning about it.
+/// How long before a webhook secret or admin token expires `check-config` and startup warn.
 pub const EXPIRY_WARNING: time::Duration = time::Duration::days(7);
 
 /// Longest token name.
