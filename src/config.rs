@@ -1936,7 +1936,10 @@ mod tests {
         );
         let s = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
         let warnings = s.warnings(OffsetDateTime::now_utc());
-        assert!(warnings.iter().all(|w| !w.contains("admin.listen")), "{warnings:?}");
+        assert!(
+            warnings.iter().all(|w| !w.contains("admin.listen")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

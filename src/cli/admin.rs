@@ -4,6 +4,7 @@
 //! the configuration holds no usable secret. The token is read from stdin, never from the
 //! command line, where shell history and `ps` would keep it.
 
+use std::io::Write as _;
 use std::io::{BufRead, IsTerminal as _};
 use std::process::ExitCode;
 
@@ -50,8 +51,9 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         AdminCommand::HashToken(args) if args.generate => {
             let token = generate_token();
-            println!("{token}");
-            println!("{}", hash_token(&token));
+            // A closed pipe (`| head -n 1`) is the reader's choice, not a crash.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{token}").and_then(|()| writeln!(out, "{}", hash_token(&token)));
             eprintln!(
                 "line 1 is the token, for whoever calls the admin API (Authorization: Bearer …); line 2 goes into [admin] tokens"
             );
@@ -64,7 +66,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let token = read_token(stdin.lock())?;
-            println!("{}", hash_token(&token));
+            let _ = writeln!(std::io::stdout().lock(), "{}", hash_token(&token));
         }
     }
     Ok(ExitCode::SUCCESS)
