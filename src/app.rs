@@ -33,6 +33,8 @@ impl Application {
     /// Connects (lazily) to Redis, builds the OpenApp client and binds the listener, as
     /// `role` requires. Binding here lets callers learn the port before running (port 0).
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Self> {
+        // Early, so that nothing recorded before the admin listener starts is lost.
+        crate::telemetry::metrics::install();
         for warning in settings.warnings(time::OffsetDateTime::now_utc()) {
             warn!("configuration: {warning}");
         }
@@ -133,6 +135,8 @@ impl Application {
                 dead_letters: DeadLetters::new(&self.queue),
                 queue: self.queue.clone(),
                 tokens: self.admin_tokens.clone(),
+                workers: workers.as_ref().map(|_| status.clone()),
+                metrics: crate::telemetry::metrics::install(),
             };
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "admin API ready: http://{addr}/admin (OpenAPI at /admin/openapi.json)");

@@ -187,7 +187,7 @@ impl OpenAppClient {
             .post(url)
             .headers(self.headers(org_id))
             .json(&AddBuildingUserPayload { user_id, role });
-        let response = send(request).await?;
+        let response = send("add", request).await?;
         match response.status() {
             s if s.is_success() => Ok(CallOutcome::Applied(s.as_u16())),
             StatusCode::CONFLICT => Ok(CallOutcome::AlreadyDone(409)),
@@ -204,7 +204,11 @@ impl OpenAppClient {
         user_id: &str,
     ) -> Result<CallOutcome, CallError> {
         let url = self.url(&["integrations", integration_id, "building-users", user_id]);
-        let response = send(self.http.delete(url).headers(self.headers(org_id))).await?;
+        let response = send(
+            "remove",
+            self.http.delete(url).headers(self.headers(org_id)),
+        )
+        .await?;
         match response.status() {
             s if s.is_success() => Ok(CallOutcome::Applied(s.as_u16())),
             StatusCode::NOT_FOUND => Ok(CallOutcome::AlreadyDone(404)),
@@ -220,7 +224,7 @@ impl OpenAppClient {
         integration_id: &str,
     ) -> Result<bool, CallError> {
         let url = self.url(&["integrations", integration_id, "building-users"]);
-        let response = send(self.http.get(url).headers(self.headers(org_id))).await?;
+        let response = send("list", self.http.get(url).headers(self.headers(org_id))).await?;
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -239,7 +243,7 @@ impl OpenAppClient {
         integration_id: &str,
     ) -> Result<Vec<BuildingUser>, CallError> {
         let url = self.url(&["integrations", integration_id, "building-users"]);
-        let mut response = send(self.http.get(url).headers(self.headers(org_id))).await?;
+        let mut response = send("list", self.http.get(url).headers(self.headers(org_id))).await?;
         if !response.status().is_success() {
             return Err(status_error(response).await);
         }
@@ -322,7 +326,32 @@ fn auth_header(
     Ok((name, value))
 }
 
-async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
+/// Sends `request` and records its latency and result class as `operation` (`add`,
+/// `remove`, `list`) in the OpenApp metrics.
+async fn send(
+    operation: &'static str,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, CallError> {
+    use crate::telemetry::metrics::{OPENAPP_DURATION, OPENAPP_RESPONSES};
+    let started = std::time::Instant::now();
+    let result = send_unobserved(request).await;
+    let class = match &result {
+        Ok(response) => match response.status().as_u16() {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        },
+        Err(CallError::Transport { kind, .. }) => kind,
+        Err(CallError::Status { .. }) => "other",
+    };
+    metrics::histogram!(OPENAPP_DURATION, "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(OPENAPP_RESPONSES, "operation" => operation, "class" => class).increment(1);
+    result
+}
+
+async fn send_unobserved(request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
     request.send().await.map_err(|e| {
         let kind = if e.is_timeout() {
             "timeout"

@@ -217,6 +217,7 @@ impl Deliverer {
                     .defer(job, task_id, now_ms() + wait + jitter)
                     .await?;
                 debug!(wait_ms = wait, "resident busy with another worker; put off");
+                count_job("deferred", "");
                 return Ok(());
             }
         };
@@ -250,6 +251,7 @@ impl Deliverer {
                     "converging user {} given up after {attempts} attempt(s) that stopped their worker; replay with `lease-sync dead-letters replay {}`",
                     job.user_id, job.delivery_id
                 );
+                count_job("dead_lettered", reason.as_str());
                 self.trim_dead_letters().await;
                 return Ok(());
             }
@@ -332,6 +334,11 @@ impl Deliverer {
             return Ok(());
         }
         log_outcome(job, action, attempt, &result, &decision, auth_failure);
+        match &decision {
+            Decision::Done => count_job("converged", ""),
+            Decision::Retry { .. } => count_job("retried", ""),
+            Decision::DeadLetter(reason) => count_job("dead_lettered", reason.as_str()),
+        }
         match decision {
             Decision::Done => {
                 // A lease window that opens or closes later needs a convergence then.
@@ -487,6 +494,12 @@ async fn handle_job(
 fn unique_worker_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
     format!("{host}-{}-{}", std::process::id(), ulid::Ulid::new())
+}
+
+/// Counts one job run in [`crate::telemetry::metrics::JOBS`].
+fn count_job(outcome: &'static str, reason: &'static str) {
+    metrics::counter!(crate::telemetry::metrics::JOBS, "outcome" => outcome, "reason" => reason)
+        .increment(1);
 }
 
 /// Runs workers until `shutdown` is cancelled, starting a fresh one whenever one dies.

@@ -2,6 +2,7 @@
 
 mod admin;
 mod dead_letters;
+mod healthcheck;
 mod queue_stats;
 mod reconcile;
 mod residents;
@@ -59,6 +60,9 @@ pub enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Inspect what lease-sync knows about residents.
     Residents(residents::ResidentsArgs),
+    /// Ask a running instance whether it is ready (exit 0) or not (exit 1); for container
+    /// health checks.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Admin API helpers: `admin hash-token` prints the `sha256:…` form of a token for
     /// `[admin] tokens`.
     Admin(admin::AdminArgs),
@@ -128,6 +132,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(args) => queue_stats::run(args).await,
         Command::Reconcile(args) => reconcile::run(args).await,
         Command::Residents(args) => residents::run(args).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Admin(args) => admin::run(args),
     }
 }

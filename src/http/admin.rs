@@ -16,6 +16,7 @@
 mod auth;
 mod error;
 mod handlers;
+mod observability;
 mod openapi;
 
 use std::sync::Arc;
@@ -25,8 +26,11 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 
 pub use self::auth::AcceptedTokens;
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::dead_letters::DeadLetters;
 use crate::queue::JobQueue;
+use crate::worker::WorkerStatus;
 
 /// State of the admin listener.
 #[derive(Debug, Clone)]
@@ -37,6 +41,10 @@ pub struct AdminState {
     pub dead_letters: DeadLetters,
     /// Accepted bearer tokens, as digests.
     pub tokens: Arc<AcceptedTokens>,
+    /// The process's workers, when it runs them (for `/readyz`).
+    pub workers: Option<WorkerStatus>,
+    /// Renders the Prometheus registry (for `/metrics`).
+    pub metrics: PrometheusHandle,
 }
 
 /// The admin routes.
@@ -62,6 +70,9 @@ pub fn router(state: AdminState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), auth::require_bearer));
     Router::new()
         .route("/admin/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(observability::metrics))
+        .route("/healthz", get(observability::healthz))
+        .route("/readyz", get(observability::readyz))
         .merge(protected)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

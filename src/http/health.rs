@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::queue::JobQueue;
+use crate::worker::WorkerStatus;
 
 /// Readiness waits at most this long for Redis.
 const READY_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -19,11 +21,20 @@ pub(super) async fn healthz() -> Json<Value> {
 
 /// `GET /readyz`: Redis answers and, where this process runs workers, they are running.
 pub(super) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let redis = match state.queue.ping(READY_REDIS_TIMEOUT).await {
+    readiness(&state.queue, state.workers.as_ref()).await
+}
+
+/// Readiness of a process using `queue`, with `workers` when it runs them. Shared by the
+/// webhook and admin listeners (a `work` process has only the latter).
+pub(super) async fn readiness(
+    queue: &JobQueue,
+    workers: Option<&WorkerStatus>,
+) -> (StatusCode, Json<Value>) {
+    let redis = match queue.ping(READY_REDIS_TIMEOUT).await {
         Ok(()) => "ok".to_owned(),
         Err(e) => format!("unavailable: {e}"),
     };
-    let workers = state.workers.as_ref().map(|w| {
+    let workers = workers.map(|w| {
         if w.is_running() {
             "running"
         } else {

@@ -30,8 +30,10 @@ pub(super) async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let started = std::time::Instant::now();
     let source_name = source.map(|Path(s)| s).unwrap_or_default();
     let result = accept(&state, &source_name, &headers, body).await;
+    record_metrics(&state, &source_name, &result, started.elapsed());
     match &result {
         Ok((status, body)) => info!(
             source = %source_name,
@@ -48,6 +50,31 @@ pub(super) async fn receive(
         }
     }
     result
+}
+
+/// Counts the webhook by source and outcome and times it; see [`crate::telemetry::metrics`].
+fn record_metrics(
+    state: &AppState,
+    source_name: &str,
+    result: &Result<(StatusCode, Json<Value>), ApiError>,
+    elapsed: Duration,
+) {
+    use crate::telemetry::metrics::{INGEST_DURATION, STALE_EVENTS, WEBHOOKS, source_label};
+    let source = source_label(source_name, state.sources.contains_key(source_name));
+    let (outcome, class) = match result {
+        Ok((_, body)) if body["status"] == "duplicate" => ("duplicate", "duplicate"),
+        Ok((_, body)) => {
+            let stale = body["stale"].as_u64().unwrap_or(0);
+            if stale > 0 {
+                metrics::counter!(STALE_EVENTS, "source" => source.clone()).increment(stale);
+            }
+            ("accepted", "accepted")
+        }
+        Err(e) if e.status.is_server_error() => (e.code, "unavailable"),
+        Err(e) => (e.code, "rejected"),
+    };
+    metrics::counter!(WEBHOOKS, "source" => source, "outcome" => outcome).increment(1);
+    metrics::histogram!(INGEST_DURATION, "outcome" => class).record(elapsed.as_secs_f64());
 }
 
 async fn accept(

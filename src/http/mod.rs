@@ -3,7 +3,7 @@
 
 pub mod admin;
 mod error;
-mod health;
+pub(crate) mod health;
 mod ingest;
 pub mod server;
 

@@ -256,6 +256,11 @@ impl Keys {
         format!("{}:lock:{integration_id}:{user_id}", self.namespace)
     }
 
+    /// Scheduled convergences (lease window boundaries) by due time, for the pending count.
+    pub fn convergences(&self) -> String {
+        format!("{}:convergences", self.namespace)
+    }
+
     /// Lifetime counters.
     pub fn stats(&self) -> String {
         format!("{}:stats", self.namespace)

@@ -207,6 +207,20 @@ impl JobQueue {
         Ok(deferred == 1)
     }
 
+    /// How many scheduled convergences are due after `now_ms`. Entries due more than a day
+    /// ago are dropped on the way, so the index stays as small as the schedule.
+    pub async fn pending_convergences(&self, now_ms: i64) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.convergences();
+        let (_, pending): (i64, u64) = redis::pipe()
+            .atomic()
+            .zrembyscore(&key, "-inf", now_ms - 86_400_000)
+            .zcount(&key, format!("({now_ms}"), "+inf")
+            .query_async(&mut conn)
+            .await?;
+        Ok(pending)
+    }
+
     /// Schedules a convergence of `job`'s resident at `due_ms` (a lease window opening or
     /// closing) as a new delivery, unless one is already due by then. Survives restarts: it
     /// is a scheduled task in Redis like any retry. Returns whether one was scheduled.
@@ -227,6 +241,7 @@ impl JobQueue {
             .key(self.keys.queue_key("data"))
             .key(self.keys.queue_key("meta"))
             .key(self.keys.queue_key("scheduled"))
+            .key(self.keys.convergences())
             .arg(due_ms)
             .arg(now_ms())
             .arg(ulid::Ulid::new().to_string())

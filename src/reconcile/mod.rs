@@ -174,13 +174,17 @@ impl Reconciler {
     ) -> Result<Plan, ReconcileError> {
         let now = now.replace_millisecond(now.millisecond()).unwrap_or(now);
         let observed = self.observe(source).await?;
-        Ok(plan::plan(
-            &source.name,
-            &observed,
-            rows,
-            now,
-            prune_unmanaged,
-        ))
+        let plan = plan::plan(&source.name, &observed, rows, now, prune_unmanaged);
+        let drift = crate::telemetry::metrics::RECONCILE_DRIFT;
+        let counts = &plan.counts;
+        for (kind, n) in [
+            ("add", counts.add),
+            ("remove", counts.remove),
+            ("unmanaged", counts.unmanaged),
+        ] {
+            metrics::counter!(drift, "kind" => kind).increment(n as u64);
+        }
+        Ok(plan)
     }
 
     /// Enqueues the synthetic events of `plan` ([`plan::events_for`]), calling `progress`

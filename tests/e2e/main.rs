@@ -7,6 +7,7 @@ mod convergence;
 mod delivery;
 mod hardening;
 mod ingest;
+mod observability;
 mod operator_cli;
 mod reconcile;
 mod resilience;

@@ -1,7 +1,7 @@
 -- Schedules a convergence of a resident at a future moment (a lease window opening or
 -- closing), unless one is already due no later than that.
 -- KEYS[1] resident hash  KEYS[2] delivery hash  KEYS[3] {q}:data  KEYS[4] {q}:meta (prefix)
--- KEYS[5] {q}:scheduled
+-- KEYS[5] {q}:scheduled  KEYS[6] convergences index (due by task, for the pending gauge)
 -- ARGV[1] due (ms)  ARGV[2] now (ms)  ARGV[3] task id  ARGV[4] job JSON  ARGV[5] event JSON
 local due = tonumber(ARGV[1])
 local pending = tonumber(redis.call('HGET', KEYS[1], 'next_check') or '0')
@@ -16,4 +16,5 @@ redis.call('HSET', KEYS[3], task, ARGV[4])
 redis.call('HSET', KEYS[4] .. ':' .. task, 'attempts', 0, 'max_attempts', 0,
   'status', 'Pending', 'idempotency_key', '', 'ready_at', due)
 redis.call('ZADD', KEYS[5], due, task)
+redis.call('ZADD', KEYS[6], due, task)
 return 1

@@ -1,5 +1,7 @@
-//! Log output: `pretty` for people, `json` for log pipelines; written to stderr so that
-//! commands printing results on stdout stay pipeable.
+//! Telemetry: logs (`pretty` for people, `json` for log pipelines; written to stderr so that
+//! commands printing results on stdout stay pipeable) and Prometheus [`metrics`].
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::MakeWriterExt as _;

@@ -1,0 +1,234 @@
+//! Prometheus metrics: every metric lease-sync exports, its help text, and the recorder.
+//!
+//! Code records through the `metrics` facade (`metrics::counter!(WEBHOOKS, …)`); the admin
+//! listener renders the Prometheus text at `GET /metrics`. Labels are low-cardinality by
+//! construction: source names (from configuration; unknown ones become `unknown`), outcome
+//! and error codes, operations, status classes — never user, lease or event ids.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Webhooks received, by `source` and `outcome` (`accepted`, `duplicate` or the rejection
+/// code, e.g. `invalid_signature`).
+pub const WEBHOOKS: &str = "lease_sync_webhooks_received_total";
+/// Time from a webhook's arrival to its answer, by `outcome` class (`accepted`,
+/// `duplicate`, `rejected`, `unavailable`).
+pub const INGEST_DURATION: &str = "lease_sync_ingest_duration_seconds";
+/// Per-resident events ignored because they were older than what the lease recorded.
+pub const STALE_EVENTS: &str = "lease_sync_stale_events_total";
+/// Job attempts by `outcome` (`converged`, `retried`, `dead_lettered`, `deferred`) and
+/// `reason` (the dead-letter reason, empty otherwise).
+pub const JOBS: &str = "lease_sync_jobs_total";
+/// OpenApp call latency, by `operation` (`add`, `remove`, `list`).
+pub const OPENAPP_DURATION: &str = "lease_sync_openapp_request_duration_seconds";
+/// OpenApp call results, by `operation` and `class` (`2xx`, `4xx`, `5xx`, `timeout`,
+/// `connect`, `io`).
+pub const OPENAPP_RESPONSES: &str = "lease_sync_openapp_responses_total";
+/// Jobs in the queue by `state` (`ready`, `scheduled`, `in_flight`, `dead`), read from
+/// Redis at scrape time.
+pub const QUEUE_JOBS: &str = "lease_sync_queue_jobs";
+/// Age of the oldest ready job, 0 when none is waiting; read at scrape time.
+pub const QUEUE_OLDEST_READY_AGE: &str = "lease_sync_queue_oldest_ready_age_seconds";
+/// Scheduled convergences (lease windows opening or closing) still to come.
+pub const SCHEDULED_CONVERGENCES: &str = "lease_sync_scheduled_convergences";
+/// Differences reconciliation found between the source of truth and OpenApp, by `kind`
+/// (`add`, `remove`, `unmanaged`).
+pub const RECONCILE_DRIFT: &str = "lease_sync_reconcile_drift_total";
+/// Whether the last scrape could read the queue from Redis (1) or not (0).
+pub const QUEUE_SCRAPE_OK: &str = "lease_sync_queue_scrape_ok";
+/// Always 1, labelled with the running `version`.
+pub const BUILD_INFO: &str = "lease_sync_build_info";
+
+/// The kind of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets.
+    Histogram,
+}
+
+/// One exported metric: name, kind, labels and help text.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// Prometheus name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// Label names.
+    pub labels: &'static [&'static str],
+    /// What it counts, as shown in `# HELP`.
+    pub help: &'static str,
+}
+
+/// Every metric lease-sync exports. The README's table and the tests are checked against it.
+pub const CATALOG: &[Metric] = &[
+    Metric {
+        name: WEBHOOKS,
+        kind: Kind::Counter,
+        labels: &["source", "outcome"],
+        help: "Webhooks received, by source and outcome (accepted, duplicate, or the rejection code).",
+    },
+    Metric {
+        name: INGEST_DURATION,
+        kind: Kind::Histogram,
+        labels: &["outcome"],
+        help: "Seconds from a webhook's arrival to its answer, by outcome class (accepted, duplicate, rejected, unavailable).",
+    },
+    Metric {
+        name: STALE_EVENTS,
+        kind: Kind::Counter,
+        labels: &["source"],
+        help: "Per-resident events ignored because they were older than what the lease already recorded.",
+    },
+    Metric {
+        name: JOBS,
+        kind: Kind::Counter,
+        labels: &["outcome", "reason"],
+        help: "Delivery job runs by outcome (converged, retried, dead_lettered, deferred) and dead-letter reason.",
+    },
+    Metric {
+        name: OPENAPP_DURATION,
+        kind: Kind::Histogram,
+        labels: &["operation"],
+        help: "Seconds per OpenApp call, by operation (add, remove, list).",
+    },
+    Metric {
+        name: OPENAPP_RESPONSES,
+        kind: Kind::Counter,
+        labels: &["operation", "class"],
+        help: "OpenApp call results by operation and class (2xx, 3xx, 4xx, 5xx, timeout, connect, io).",
+    },
+    Metric {
+        name: QUEUE_JOBS,
+        kind: Kind::Gauge,
+        labels: &["state"],
+        help: "Jobs in the queue by state (ready, scheduled, in_flight, dead), read from Redis at scrape time.",
+    },
+    Metric {
+        name: QUEUE_OLDEST_READY_AGE,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Seconds the oldest ready job has waited (0 when none is waiting), read at scrape time.",
+    },
+    Metric {
+        name: SCHEDULED_CONVERGENCES,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Scheduled convergences (lease windows opening or closing) still to come, read at scrape time.",
+    },
+    Metric {
+        name: RECONCILE_DRIFT,
+        kind: Kind::Counter,
+        labels: &["kind"],
+        help: "Differences reconciliation found between the source of truth and OpenApp, by kind (add, remove, unmanaged).",
+    },
+    Metric {
+        name: QUEUE_SCRAPE_OK,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "1 when the last scrape read the queue from Redis, 0 when Redis did not answer.",
+    },
+    Metric {
+        name: BUILD_INFO,
+        kind: Kind::Gauge,
+        labels: &["version"],
+        help: "Always 1; the version label says which lease-sync is running.",
+    },
+];
+
+/// Bucket bounds in seconds: from half a millisecond (an ingest on loopback) to 10 s (the
+/// OpenApp timeout).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns the handle that renders it. When
+/// another recorder is already installed (a host application's), lease-sync keeps its own
+/// registry anyway, so `/metrics` still works; its values then stay empty.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe();
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Registers help texts and the series that exist from the start.
+fn describe() {
+    for metric in CATALOG {
+        match metric.kind {
+            Kind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            Kind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            Kind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Known label sets start at 0, so rates and alerts work before the first occurrence.
+    for kind in ["add", "remove", "unmanaged"] {
+        metrics::counter!(RECONCILE_DRIFT, "kind" => kind).increment(0);
+    }
+    for (outcome, reason) in [
+        ("converged", ""),
+        ("retried", ""),
+        ("deferred", ""),
+        ("dead_lettered", "permanent"),
+        ("dead_lettered", "exhausted"),
+        ("dead_lettered", "crash_loop"),
+    ] {
+        metrics::counter!(JOBS, "outcome" => outcome, "reason" => reason).increment(0);
+    }
+}
+
+/// The source label for `name`: the configured name, or `unknown` for a path that names no
+/// source (so a scanner cannot create series at will).
+pub fn source_label(name: &str, known: bool) -> String {
+    if known {
+        name.to_owned()
+    } else {
+        "unknown".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalog_is_well_formed() {
+        let mut names: Vec<_> = CATALOG.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CATALOG.len(), "duplicate metric names");
+        for m in CATALOG {
+            assert!(m.name.starts_with("lease_sync_"), "{}", m.name);
+            assert_eq!(
+                m.kind == Kind::Counter,
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
+            assert!(!m.help.is_empty());
+            for label in m.labels {
+                assert!(
+                    !matches!(*label, "user" | "user_id" | "lease" | "event" | "event_id"),
+                    "{} has a high-cardinality label",
+                    m.name
+                );
+            }
+        }
+    }
+}
