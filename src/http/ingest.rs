@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::{Instrument as _, Span, info, info_span, warn};
 
 use super::{ApiError, AppState, SourceRuntime};
 use crate::event::{EventError, LeaseEvent, is_valid_event_id, parse_event};
@@ -32,21 +32,54 @@ pub(super) async fn receive(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let started = std::time::Instant::now();
     let source_name = source.map(|Path(s)| s).unwrap_or_default();
-    let result = accept(&state, &source_name, &headers, body).await;
+    // The path is the sender's: an unknown name is logged escaped and cut short, so it
+    // cannot forge log lines, and is `unknown` as a field.
+    let known = state.sources.contains_key(&source_name);
+    let shown = if known {
+        source_name.clone()
+    } else {
+        "unknown".to_owned()
+    };
+    // Every line about this request, here and below, carries these fields once known.
+    let span = info_span!(
+        "webhook",
+        source = %shown,
+        event.id = tracing::field::Empty,
+        lease.id = tracing::field::Empty,
+    );
+    let result = accept(&state, &source_name, &headers, body)
+        .instrument(span.clone())
+        .await;
     record_metrics(&state, &source_name, &result, started.elapsed());
+    let _entered = span.enter();
     match &result {
         Ok((status, body)) => info!(
-            source = %source_name,
             event.id = body["event_id"].as_str().unwrap_or_default(),
             http.status = status.as_u16(),
             jobs = body["jobs"].as_u64(),
-            "webhook {}", body["status"].as_str().unwrap_or_default()
+            "webhook {}",
+            body["status"].as_str().unwrap_or_default()
         ),
         Err(e) if e.status.is_server_error() => {
-            warn!(source = %source_name, http.status = e.status.as_u16(), code = e.code, "webhook not accepted: {}", e.message)
+            warn!(
+                http.status = e.status.as_u16(),
+                code = e.code,
+                "webhook not accepted: {}",
+                e.message
+            )
         }
         Err(e) => {
-            info!(source = %source_name, http.status = e.status.as_u16(), code = e.code, "webhook rejected: {}", e.message)
+            if known {
+                info!(
+                    http.status = e.status.as_u16(),
+                    code = e.code,
+                    "webhook rejected: {}",
+                    e.message
+                )
+            } else {
+                let requested: String = source_name.chars().take(64).collect();
+                info!(http.status = e.status.as_u16(), code = e.code, requested = ?requested, "webhook rejected: {}", e.message)
+            }
         }
     }
     result
@@ -170,12 +203,14 @@ async fn accept(
             )
         })?;
     if !is_valid_event_id(&event_id) {
+        // Not recorded: an invalid id is not worth a log field (it may be anything).
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_event",
             "the event id must be 1 to 255 visible ASCII characters",
         ));
     }
+    Span::current().record("event.id", event_id.as_str());
     let event = parse_event(&raw, &event_id).map_err(|e| match e {
         EventError::InvalidJson(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", m),
         invalid @ EventError::Invalid { .. } => ApiError::new(
@@ -184,6 +219,7 @@ async fn accept(
             invalid.to_string(),
         ),
     })?;
+    Span::current().record("lease.id", event.lease.id.as_str());
     let jobs = jobs_for(source, &event)?;
 
     let outcome = state

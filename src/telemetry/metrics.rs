@@ -208,6 +208,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_documents_every_metric() {
+        let readme = include_str!("../../README.md");
+        for m in CATALOG {
+            assert!(
+                readme.contains(&format!("| `{}` |", m.name)),
+                "{} is not in the README",
+                m.name
+            );
+        }
+    }
+
+    #[test]
     fn the_catalog_is_well_formed() {
         let mut names: Vec<_> = CATALOG.iter().map(|m| m.name).collect();
         names.sort_unstable();

@@ -316,3 +316,81 @@ async fn a_worker_process_answers_health_probes_and_the_healthcheck_command() {
     ]);
     assert!(!gone.status.success());
 }
+
+/// `[log] format = "json"`: every line is one JSON object; lines about an event carry
+/// `event.id`, `source`, `lease.id` (and `attempt` in workers); OpenApp failures carry the
+/// status and OpenApp's request id; no body is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_the_documented_fields() {
+    use crate::support::redis::free_port;
+    use serde_json::Value;
+
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config_toml(
+        &redis.url(),
+        &namespace(),
+        &openapp.base_url,
+        &format!("127.0.0.1:{port}"),
+    )
+    .replace("[log]\n", "[log]\nformat = \"json\"\n");
+    let mut serve = LeaseSyncProcess::spawn(dir.path(), "serve", &["serve"], Some(&config));
+    wait_ready(port, LIMIT).await;
+
+    openapp.sandbox.push_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+    });
+    let body = event_body("lease.signed", "L-json", &["u-json"]);
+    let url = format!("http://127.0.0.1:{port}/webhooks/{SOURCE}");
+    let reply = post(&url, &signed(SECRET, "evt-json-1", now(), &body), body).await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    serve
+        .wait_for_log("delivered: add user u-json", LIMIT)
+        .await;
+    assert!(serve.terminate(LIMIT).await.success());
+
+    let log = serve.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for line in &lines {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(line.get(field).is_some(), "no {field}: {line}");
+        }
+    }
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{log}"))
+    };
+    let ingest = find("webhook queued");
+    assert_eq!(ingest["event.id"], "evt-json-1");
+    assert_eq!(ingest["source"], SOURCE);
+    assert_eq!(ingest["lease.id"], "L-json");
+    assert_eq!(ingest["http.status"], 202);
+    let failed = find("failed, will retry");
+    assert_eq!(failed["event.id"], "evt-json-1");
+    assert_eq!(failed["lease.id"], "L-json");
+    assert_eq!(failed["source"], SOURCE);
+    assert_eq!(failed["attempt"], 1);
+    assert_eq!(failed["http.status"], 503);
+    assert!(
+        failed["openapp.request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{failed}"
+    );
+    let delivered = find("delivered: add user u-json");
+    assert_eq!(delivered["event.id"], "evt-json-1");
+    assert_eq!(delivered["attempt"], 2);
+    // Bodies are never logged: a field only the body has stays out.
+    assert!(
+        !log.contains("\"external_id\"") && !log.contains("T-1"),
+        "a body was logged"
+    );
+}
