@@ -219,6 +219,69 @@ mod tests {
         }
     }
 
+    /// Every metric name in `expr`: `lease_sync_…` tokens, histogram suffixes removed.
+    fn metrics_in(expr: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("lease_sync_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix).filter(|b| {
+                        CATALOG
+                            .iter()
+                            .any(|m| m.name == *b && m.kind == Kind::Histogram)
+                    })
+                })
+                .unwrap_or(name);
+            out.push(base.to_owned());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    #[test]
+    fn the_dashboard_uses_only_exported_metrics_and_shows_them_all() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/lease-sync.json"))
+                .expect("the dashboard is JSON");
+        let mut used = std::collections::BTreeSet::new();
+        let panels = dashboard["panels"].as_array().expect("panels");
+        for panel in panels.iter().filter(|p| p["type"] != "row") {
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+            for target in targets {
+                let expr = target["expr"].as_str().expect("expr");
+                let names = metrics_in(expr);
+                assert!(!names.is_empty(), "{expr} queries no lease-sync metric");
+                for name in names {
+                    assert!(
+                        CATALOG.iter().any(|m| m.name == name),
+                        "panel {} queries {name}, which lease-sync does not export",
+                        panel["title"]
+                    );
+                    used.insert(name);
+                }
+            }
+        }
+        for m in CATALOG {
+            assert!(used.contains(m.name), "{} is on no dashboard panel", m.name);
+        }
+        assert_eq!(
+            metrics_in("rate(lease_sync_ingest_duration_seconds_bucket[5m])"),
+            ["lease_sync_ingest_duration_seconds"]
+        );
+        assert_eq!(
+            metrics_in("lease_sync_nope_total"),
+            ["lease_sync_nope_total"]
+        );
+    }
+
     #[test]
     fn the_catalog_is_well_formed() {
         let mut names: Vec<_> = CATALOG.iter().map(|m| m.name).collect();
