@@ -57,6 +57,19 @@ impl SignedContent {
     pub fn uses_timestamp(&self) -> bool {
         self.0.contains(&Part::Timestamp)
     }
+
+    /// The pieces to feed the MAC, in order, for `body` and the timestamp header's text.
+    fn render<'a>(&'a self, body: &'a [u8], timestamp: Option<&'a str>) -> Vec<&'a [u8]> {
+        self.0
+            .iter()
+            .map(|part| match part {
+                Part::Literal(text) => text.as_bytes(),
+                Part::Body => body,
+                // `Format::validate` guarantees a timestamp header whenever one is signed.
+                Part::Timestamp => timestamp.unwrap_or_default().as_bytes(),
+            })
+            .collect()
+    }
 }
 
 impl std::str::FromStr for SignedContent {
@@ -252,17 +265,9 @@ impl Verifier {
         };
         let tag = self.decode_tag(signature)?;
 
-        let content: Vec<&[u8]> = format
+        let content = format
             .signed_content
-            .0
-            .iter()
-            .map(|part| match part {
-                Part::Literal(text) => text.as_bytes(),
-                Part::Body => body,
-                // `validate` guarantees a timestamp header whenever the template has one.
-                Part::Timestamp => timestamp.map_or(&b""[..], |(text, _)| text.as_bytes()),
-            })
-            .collect();
+            .render(body, timestamp.map(|(text, _)| text));
         if !any_key_matches(&self.keys, &[tag], &content, now) {
             return Err(SignatureError::Invalid(NO_MATCH));
         }
@@ -320,16 +325,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 /// Signs like a sender of `format` would: returns the signature header's value. Used by
 /// `send-test-event` and the tests.
 pub fn sign(format: &Format, secret: &str, timestamp: Option<&str>, body: &[u8]) -> String {
-    let content: Vec<&[u8]> = format
-        .signed_content
-        .0
-        .iter()
-        .map(|part| match part {
-            Part::Literal(text) => text.as_bytes(),
-            Part::Body => body,
-            Part::Timestamp => timestamp.unwrap_or_default().as_bytes(),
-        })
-        .collect();
+    let content = format.signed_content.render(body, timestamp);
     let tag = hmac_sha256(&key_of(secret), &content);
     let encoded = match format.encoding {
         Encoding::Hex => tag.iter().map(|b| format!("{b:02x}")).collect(),
