@@ -1,11 +1,12 @@
 //! `parse_event` on arbitrary bytes. The input is `<event id>\n<body>`; without a newline
-//! the whole input is the body and the id is `evt-1`. Never panics; an accepted event
-//! holds what the validator promises and survives the queue's JSON round trip.
+//! the whole input is the body and the id is `evt-1`. Never panics; only a body that is not
+//! JSON is `InvalidJson`; an accepted event holds what the validator promises and survives
+//! the queue's JSON round trip.
 
 #![no_main]
 
 use lease_sync::event::{EventError, parse_event};
-use lease_sync_fuzz::{check_event, trace};
+use lease_sync_fuzz::{check_event, is_one_json_text, trace};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,6 +27,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(EventError::Invalid { field, message }) => {
             assert!(!field.is_empty() && !message.is_empty());
+            assert!(
+                is_one_json_text(body),
+                "a body that is not JSON reported as an invalid event"
+            );
         }
     }
 });

@@ -39,6 +39,7 @@ use lease_sync::signature::standard_webhooks;
 use lease_sync::signature::{
     EventIdSource, HeaderLookup as _, SignatureError, SigningKey, SourceVerifier, Verified,
 };
+use serde::de::IgnoredAny;
 use sha2::{Digest as _, Sha256};
 
 /// The server clock.
@@ -804,6 +805,12 @@ pub fn check_event_id_source(text: &str, request: &Request) {
     }
 }
 
+/// Whether `body` is UTF-8 and exactly one JSON value (whitespace around it allowed), by
+/// serde_json's grammar; what `parse_event` must report as `InvalidJson` otherwise.
+pub fn is_one_json_text(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok_and(|text| serde_json::from_str::<IgnoredAny>(text).is_ok())
+}
+
 /// Checks what `parse_event` guarantees of an event it accepted with `event_id`, and that
 /// the event survives the JSON round trip the queue puts it through.
 pub fn check_event(event: &lease_sync::event::LeaseEvent, event_id: &str, body: &[u8]) {
@@ -830,6 +837,7 @@ pub fn check_event(event: &lease_sync::event::LeaseEvent, event_id: &str, body: 
     {
         assert!(s <= e, "access ends before it starts");
     }
+    assert!(is_one_json_text(body), "accepted a body that is not JSON");
     // The body's own id, when given, is the signed one.
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
         && let Some(serde_json::Value::String(id)) = map.get("id")
