@@ -8,11 +8,11 @@
 # FUZZ_SECONDS     seconds per target (default 60)
 # FUZZ_TARGETS     space-separated targets (default: all of `cargo fuzz list`)
 # FUZZ_SANITIZER   address (default) or none (faster, for safe code)
-# FUZZ_UPDATE_CORPUS=1  merge what the run found into fuzz/corpus/<target>, minimized
 # CARGO_BUILD_JOBS build parallelism (default 1)
 #
 # Each run reads the committed seeds in fuzz/corpus/<target> and writes what it finds to
-# fuzz/target/corpus/<target> (ignored by git). A crash leaves its input in
+# fuzz/target/corpus/<target> (ignored by git, kept for the next run; minimized it is over
+# 500 KB, so only the seeds are committed). A crash leaves its input in
 # fuzz/artifacts/<target>/ and makes this script exit non-zero after all targets ran;
 # reproduce it with `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <artifact>`.
 set -euo pipefail
@@ -56,8 +56,10 @@ for target in $targets; do
     elapsed=$(($(date +%s) - start))
 
     crashes=$(($(find "$artifacts" -type f | wc -l) - before))
+    note=""
     if [[ $status -ne 0 && $crashes -eq 0 ]]; then
-        crashes=1 # it failed without leaving an input (e.g. it did not start)
+        crashes=1
+        note=" (exit $status without an input: see the log)"
     fi
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     fuzz_secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
@@ -66,12 +68,7 @@ for target in $targets; do
     rate=$((execs / (fuzz_secs > 0 ? fuzz_secs : 1)))
     files=$(find "$work" "$seeds" -type f | wc -l)
 
-    if [[ "${FUZZ_UPDATE_CORPUS:-0}" == 1 && $crashes -eq 0 ]]; then
-        cp -n "$work"/* "$seeds"/ 2>/dev/null || true
-        cargo fuzz cmin --sanitizer "$sanitizer" "$target" "$seeds" >>"$log" 2>&1
-    fi
-
-    line="$target: $execs execs in $fuzz_secs s ($rate exec/s), $crashes crashes, corpus $files files"
+    line="$target: $execs execs in $fuzz_secs s ($rate exec/s), $crashes crashes$note, corpus $files files"
     summary+=("$line")
     if [[ $crashes -ne 0 ]]; then
         failed=1
