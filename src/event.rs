@@ -176,7 +176,15 @@ pub fn is_valid_event_id(s: &str) -> bool {
 
 /// Parses and validates a version-1 event body whose signed id is `event_id`.
 pub fn parse_event(body: &[u8], event_id: &str) -> Result<LeaseEvent, EventError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(body);
+    // The whole body must be one JSON text before any field is looked at: serde_json stops
+    // reading after the event's closing brace and does not check the UTF-8 of strings it
+    // skips, so neither trailing bytes nor bad UTF-8 in unknown fields would be noticed.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        EventError::InvalidJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| EventError::InvalidJson(e.to_string()))?;
+    let deserializer = &mut serde_json::Deserializer::from_str(text);
     let wire: WireEvent = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -364,6 +372,29 @@ mod tests {
             parse_event(&[0xff, 0xfe], "e"),
             Err(EventError::InvalidJson(_))
         ));
+    }
+
+    /// Found by the `event_parser` fuzz target: bytes after the event, and invalid UTF-8 in
+    /// a field the parser skips, were accepted; a syntax error after a bad field was
+    /// reported as an invalid event.
+    #[test]
+    fn a_body_that_is_not_one_json_text_is_invalid_json() {
+        let mut not_utf8 = b"{\"note\": \"a\xe1Z\",".to_vec();
+        not_utf8.extend_from_slice(&SAMPLE.as_bytes()[1..]);
+        for body in [
+            format!("{SAMPLE}}}").into_bytes(),
+            format!("{SAMPLE} {{\"type\": \"lease.ended\"}}").into_bytes(),
+            format!("{SAMPLE}[]").into_bytes(),
+            not_utf8,
+            b"{\"type\": 5, garbage".to_vec(),
+        ] {
+            assert!(
+                matches!(parse_event(&body, "evt-1"), Err(EventError::InvalidJson(_))),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        assert!(parse_event(format!("{SAMPLE}\r\n \t").as_bytes(), "evt-1").is_ok());
     }
 
     #[test]

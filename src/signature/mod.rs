@@ -11,6 +11,9 @@
 pub mod hmac_sha256;
 pub mod standard_webhooks;
 
+#[cfg(test)]
+mod properties;
+
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::{Digest as _, Sha256};
 
