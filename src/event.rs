@@ -184,6 +184,10 @@ pub fn parse_event(body: &[u8], event_id: &str) -> Result<LeaseEvent, EventError
     })?;
     serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map_err(|e| EventError::InvalidJson(e.to_string()))?;
+    // serde reads a struct from an array in field order too; an event is an object only.
+    if !text.trim_start().starts_with('{') {
+        return Err(invalid("body", "must be a JSON object"));
+    }
     let deserializer = &mut serde_json::Deserializer::from_str(text);
     let wire: WireEvent = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -429,6 +433,18 @@ mod tests {
             ),
             "residents"
         );
+    }
+
+    #[test]
+    fn only_a_json_object_is_an_event() {
+        let sample = r#"["v", "evt-1", "lease.signed", "2026-11-22T10:15:00Z", {"id": "L", "property_id": "P"}, [{"openapp_user_id": "u"}]]"#;
+        for body in [sample, "5", "\"event\"", "null"] {
+            let err = parse_event(body.as_bytes(), "evt-1").unwrap_err();
+            assert!(
+                matches!(&err, EventError::Invalid { field, .. } if field == "body"),
+                "{body}: {err:?}"
+            );
+        }
     }
 
     #[test]
