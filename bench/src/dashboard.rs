@@ -69,6 +69,9 @@ pub fn render(
     interval: f64,
     caption: &str,
 ) -> anyhow::Result<Rendered> {
+    if interval <= 0.0 {
+        bail!("the dashboard needs a positive scrape interval");
+    }
     let dashboard: Value = serde_json::from_str(dashboard_json).context("dashboard JSON")?;
     let panels = dashboard["panels"]
         .as_array()

@@ -73,6 +73,22 @@ struct RunArgs {
     /// Wait (up to 25 minutes) until the 1-minute load average is below this first.
     #[arg(long)]
     wait_quiet: Option<f64>,
+    /// Seconds between /metrics scrapes for the dashboard page; 0 turns scraping (and the
+    /// page) off, to measure without the scrapes' load.
+    #[arg(long, default_value_t = 1.0)]
+    scrape_every: f64,
+    /// Override: events of the maximum-rate run.
+    #[arg(long)]
+    max_events: Option<usize>,
+    /// Override: seconds of the fixed-rate run.
+    #[arg(long)]
+    fixed_secs: Option<f64>,
+    /// Override: jobs drained at 50 ms.
+    #[arg(long)]
+    drain_50_jobs: Option<usize>,
+    /// Override: requests per redis-benchmark test.
+    #[arg(long)]
+    yardstick_requests: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,22 +172,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         lease_sync: std::fs::canonicalize(&args.lease_sync)?,
         work: work.clone(),
         runs,
-        yardstick_requests: if short { 2_000 } else { 100_000 },
+        yardstick_requests: args
+            .yardstick_requests
+            .unwrap_or(if short { 2_000 } else { 100_000 }),
         fixed_rate: args.fixed_rate,
-        fixed_secs: if short { 1.0 } else { 10.0 },
+        fixed_secs: args.fixed_secs.unwrap_or(if short { 1.0 } else { 10.0 }),
         fixed_connections: if short { 16 } else { 64 },
-        max_events: if short { 300 } else { 20_000 },
+        max_events: args.max_events.unwrap_or(if short { 300 } else { 20_000 }),
         max_connections: if short { 16 } else { 50 },
-        drain_50_jobs: if short {
+        drain_50_jobs: args.drain_50_jobs.unwrap_or(if short {
             64
         } else {
             args.concurrency * 20 * 10
-        },
+        }),
         warmup_events: if short { 20 } else { 200 },
         concurrency: args.concurrency,
         appendfsync: args.appendfsync.clone(),
         body_bytes: 1024,
-        scrape_every: Duration::from_secs(1),
+        scrape_every: Duration::from_secs_f64(args.scrape_every.max(0.0)),
     };
     eprintln!("lease-sync-bench: scratch directory {}", work.display());
     let quiet_wait = match args.wait_quiet {
@@ -205,7 +223,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let table = report::markdown(&results);
     std::fs::write(args.out.join("table.md"), &table)?;
     std::fs::write(args.out.join("chart.svg"), report::chart(&results))?;
-    std::fs::write(args.out.join("dashboard.html"), &html.html)?;
+    if !html.html.is_empty() {
+        std::fs::write(args.out.join("dashboard.html"), &html.html)?;
+    }
     println!("{table}");
     println!(
         "machine: {} cores ({}), {:.1} GiB, kernel {}, {}, {}, {} build; load average {} at the start, {} at the end",
@@ -223,7 +243,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "written: {}/{{latest.json,table.md,chart.svg,dashboard.html}}",
         args.out.display()
     );
-    if let Err(e) = dashboard::check_required(&html) {
+    if opts.scrape_every.is_zero() {
+        println!("scraping was off: no dashboard page");
+    } else if let Err(e) = dashboard::check_required(&html) {
         eprintln!("logs and data kept in {}", work.display());
         return Err(e);
     }
@@ -274,13 +296,17 @@ async fn measure(
         opts.runs,
         if short { "short mode" } else { "full mode" }
     );
-    let html = dashboard::render(
-        dashboard_json,
-        &scrapes,
-        &phases,
-        opts.scrape_every.as_secs_f64(),
-        &caption,
-    )?;
+    let html = if opts.scrape_every.is_zero() {
+        dashboard::Rendered::default()
+    } else {
+        dashboard::render(
+            dashboard_json,
+            &scrapes,
+            &phases,
+            opts.scrape_every.as_secs_f64(),
+            &caption,
+        )?
+    };
     let summary = summarize(&yardstick, &runs, opts.concurrency);
     let scrape_ms: Vec<f64> = scrapes.iter().map(|s| s.millis).collect();
     let results = Results {

@@ -1,6 +1,7 @@
 //! Results of a benchmark run: what was measured per run, medians, ratios to the
 //! redis-benchmark yardstick, the targets, a Markdown table and an SVG chart.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -117,6 +118,8 @@ pub struct IngestRun {
     pub generator: Usage,
     /// The machine.
     pub machine: MachineLoad,
+    /// Redis commands per event, by command (those inside the enqueue script included).
+    pub redis_calls_per_event: BTreeMap<String, f64>,
 }
 
 /// One drain measurement.
@@ -146,6 +149,11 @@ pub struct DrainRun {
     pub clean_exit: bool,
     /// The machine.
     pub machine: MachineLoad,
+    /// Redis commands per job, by command (those inside Lua scripts included; `evalsha` is
+    /// one round trip each).
+    pub redis_calls_per_job: BTreeMap<String, f64>,
+    /// Changes of the queue's counters during the drain (`delivered` must equal `jobs`).
+    pub queue_counters: BTreeMap<String, u64>,
 }
 
 /// One complete run: both ingest measurements and both drains.

@@ -47,23 +47,27 @@ pub struct Scraper {
 }
 
 impl Scraper {
-    /// Starts scraping every `every` (nothing until a target is set).
+    /// Starts scraping every `every` (nothing until a target is set); a zero `every`
+    /// scrapes nothing at all.
     pub fn start(every: Duration) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let started = Instant::now();
-        let task = tokio::spawn(scrape_loop(shared.clone(), started, every));
+        let task =
+            (!every.is_zero()).then(|| tokio::spawn(scrape_loop(shared.clone(), started, every)));
         Self {
             shared,
             started,
-            task: Some(task),
+            task,
         }
     }
 
     /// Scrapes `url` (a `/metrics` address) as `instance` from now on.
     pub fn add(&self, instance: &str, url: &str) {
-        self.lock()
-            .targets
-            .push((instance.to_owned(), url.to_owned()));
+        if self.task.is_some() {
+            self.lock()
+                .targets
+                .push((instance.to_owned(), url.to_owned()));
+        }
     }
 
     /// Stops scraping `instance`, after one last scrape so its final counters are kept.

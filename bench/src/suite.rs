@@ -3,6 +3,7 @@
 //! `lease-sync work` processes draining the queue against the OpenApp sandbox at 0 ms and
 //! 50 ms. Every wait is a bounded poll; every process is stopped at the end.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -469,6 +470,36 @@ impl Cluster {
             .map_or(0, serde_json::Map::len))
     }
 
+    /// `INFO commandstats`: calls per command (those run inside Lua scripts included).
+    async fn command_calls(&mut self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.redis_conn)
+            .await?;
+        Ok(info
+            .lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_owned(), calls))
+            })
+            .collect())
+    }
+
+    /// The queue's lifetime counters (`delivered`, `deferred`, `stale_tasks`, …).
+    async fn stats(&mut self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let keys = lease_sync::queue::Keys::new(NAMESPACE);
+        Ok(redis::cmd("HGETALL")
+            .arg(keys.stats())
+            .query_async(&mut self.redis_conn)
+            .await?)
+    }
+
     async fn delivered(&mut self) -> anyhow::Result<u64> {
         let keys = lease_sync::queue::Keys::new(NAMESPACE);
         let n: Option<u64> = redis::cmd("HGET")
@@ -482,6 +513,24 @@ impl Cluster {
     fn batch(&self, tag: &str, count: usize) -> anyhow::Result<Batch> {
         load::build_batch(&self.spec, loopback(self.http), tag, count)
     }
+}
+
+/// Calls per event of each Redis command between two `INFO commandstats` readings, those
+/// under 0.01 left out.
+fn per_event(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    events: u64,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(name, calls)| {
+            let delta = calls.saturating_sub(before.get(name).copied().unwrap_or(0));
+            (name.clone(), delta as f64 / events.max(1) as f64)
+        })
+        .filter(|(_, per)| *per >= 0.01)
+        .map(|(name, per)| (name, (per * 100.0).round() / 100.0))
+        .collect()
 }
 
 fn accepted(report: &load::LoadReport) -> u64 {
@@ -551,9 +600,12 @@ pub async fn run_once(
         let batch = cluster.batch(tag, count)?;
         let pids = [ingest.pid(), redis_pid];
         let start_t = scraper.now();
+        let calls_before = cluster.command_calls().await?;
         let before = snapshot(&pids);
         let report = load::run(http, &batch, pace, connections).await?;
         let after = snapshot(&pids);
+        let redis_calls_per_event =
+            per_event(&calls_before, &cluster.command_calls().await?, count as u64);
         phases.push(Phase {
             name: format!(
                 "{} #{index}",
@@ -574,6 +626,7 @@ pub async fn run_once(
             generator: before.usage(&after, std::process::id(), n),
             machine: before.machine(&after),
             load: report,
+            redis_calls_per_event,
         })
     };
     let ingest_fixed = measure_ingest(
@@ -674,6 +727,8 @@ async fn drain(
         .spawn_sandbox(delay_ms, &format!("sandbox-{delay_ms}ms-{index}"))
         .await?;
     let baseline = cluster.delivered().await?;
+    let stats_before = cluster.stats().await?;
+    let calls_before = cluster.command_calls().await?;
     let redis_pid = cluster.redis.proc.pid();
     let name = format!("work-{delay_ms}ms-{index}");
     let start_t = scraper.now();
@@ -712,6 +767,21 @@ async fn drain(
     }
     let elapsed = started.elapsed();
     let after = snapshot(&[redis_pid, sandbox.pid(), worker.pid()]);
+    let redis_calls_per_job = per_event(&calls_before, &cluster.command_calls().await?, jobs);
+    let stats_after = cluster.stats().await?;
+    let counter = |name: &str| {
+        stats_after.get(name).copied().unwrap_or(0) - stats_before.get(name).copied().unwrap_or(0)
+    };
+    let queue_counters: BTreeMap<String, u64> = [
+        "delivered",
+        "deferred",
+        "stale_tasks",
+        "retries",
+        "dead_lettered",
+    ]
+    .into_iter()
+    .map(|name| (name.to_owned(), counter(name)))
+    .collect();
     let end_t = scraper.now();
     // One more scrape interval so the dashboard sees the drained queue, then stop.
     tokio::time::sleep(opts.scrape_every + Duration::from_millis(100)).await;
@@ -755,6 +825,8 @@ async fn drain(
         sandbox_users,
         clean_exit,
         machine,
+        redis_calls_per_job,
+        queue_counters,
     })
 }
 
