@@ -41,7 +41,9 @@ if [ "$short" = 1 ]; then
   cargo build --locked -p lease-sync -p lease-sync-bench
   out=$(mktemp -d "${TMPDIR:-/tmp}/lease-sync-bench-short.XXXXXX")
   target/debug/lease-sync-bench run --short --lease-sync target/debug/lease-sync --out "$out" "${args[@]}"
-  if command -v chromium >/dev/null 2>&1; then
+  if [ ! -f "$out/dashboard.html" ]; then
+    echo "no dashboard page (scraping off)"
+  elif command -v chromium >/dev/null 2>&1; then
     screenshot "$out/dashboard.html" "$out/dashboard.png"
     echo "dashboard screenshot: $out/dashboard.png"
   else
@@ -65,6 +67,9 @@ for arg in "${args[@]}"; do
   if [ "${prev:-}" = "--out" ]; then out_dir="$arg"; fi
   prev="$arg"
 done
+if [ ! -f "$out_dir/dashboard.html" ]; then
+  exit 0 # --scrape-every 0: no dashboard page
+fi
 screenshot "$out_dir/dashboard.html" "$out_dir/dashboard.png"
 bytes=$(stat -c %s "$out_dir/dashboard.png")
 echo "dashboard screenshot: $out_dir/dashboard.png ($bytes bytes)"

@@ -553,76 +553,74 @@ pub fn markdown(results: &Results) -> String {
     out
 }
 
-/// A two-part SVG chart: throughputs against their targets, and the fixed-rate latency
-/// percentiles against the 5 ms bar.
+/// A two-part SVG chart: each throughput as a share of its target (the yardstick-relative
+/// ones and the 50 ms one), and the fixed-rate latency percentiles against the 5 ms bar.
 pub fn chart(results: &Results) -> String {
     let s = &results.summary;
     let t = &s.targets;
-    let (w, h) = (960.0, 360.0);
+    let (w, h) = (1040.0, 330.0);
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">
 <rect width="{w}" height="{h}" fill="#ffffff"/>
-<text x="16" y="24" font-size="15" font-weight="bold">lease-sync benchmarks — median of {n} run(s), {mode}, {nproc} cores, Redis appendfsync {fsync}</text>
+<text x="16" y="24" font-size="15" font-weight="bold">lease-sync benchmarks — median of {n} run(s), {nproc} cores, Redis appendfsync {fsync}, {build} build</text>
 "##,
         n = results.runs.len(),
-        mode = results.mode,
         nproc = results.machine.nproc,
         fsync = results.setup.appendfsync,
+        build = results.machine.build,
     );
-    // Left: throughput bars with target marks.
+    // Left: measured ÷ target for the three throughput targets.
     let bars = [
-        ("LPUSH yardstick", s.lpush_rps, None, "#9e9e9e"),
-        ("RPOP yardstick", s.rpop_rps, None, "#bdbdbd"),
-        ("ingest, max rate", s.ingest_max_rps, Some(&t[0]), "#1f77b4"),
+        ("ingest, max rate", s.ingest_max_rps, &t[0], "#1f77b4"),
         (
-            "drain, 0 ms OpenApp",
+            "drain, OpenApp 0 ms",
             s.drain_0ms_jobs_per_s,
-            Some(&t[3]),
+            &t[3],
             "#2ca02c",
         ),
         (
-            "drain, 50 ms OpenApp",
+            "drain, OpenApp 50 ms",
             s.drain_50ms_jobs_per_s,
-            Some(&t[4]),
+            &t[4],
             "#17becf",
         ),
     ];
-    let (x0, y0, bw, bh, gap) = (170.0, 60.0, 380.0, 30.0, 22.0);
+    let (x0, y0, bw, bh, gap) = (170.0, 70.0, 400.0, 34.0, 40.0);
     let top = bars
         .iter()
-        .map(|b| b.1.max(b.2.map_or(0.0, |t| t.threshold)))
-        .fold(1.0, f64::max)
-        * 1.08;
+        .map(|b| b.1 / b.2.threshold.max(1e-9))
+        .fold(1.25, f64::max)
+        * 1.05;
     let _ = writeln!(
         svg,
-        r#"<text x="{x0}" y="48" font-weight="bold">Throughput (events or jobs per second); | = target</text>"#
+        r#"<text x="{x0}" y="52" font-weight="bold">Throughput as a share of its target</text>"#
     );
+    let one = x0 + bw / top;
     for (i, (label, value, target, color)) in bars.iter().enumerate() {
         let y = y0 + i as f64 * (bh + gap);
-        let len = value / top * bw;
+        let share = value / target.threshold.max(1e-9);
+        let len = share / top * bw;
         let _ = writeln!(
             svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{label}</text><rect x="{x0}" y="{y}" width="{len:.1}" height="{bh}" fill="{color}"/><text x="{:.1}" y="{}">{value:.0}/s</text>"#,
+            r##"<text x="{}" y="{}" text-anchor="end">{label}</text><rect x="{x0}" y="{y}" width="{len:.1}" height="{bh}" fill="{color}"/><text x="{x0}" y="{}" font-size="11" fill="{}">{value:.0}/s = {:.2} × target {:.0}/s ({}) — {}</text>"##,
             x0 - 8.0,
             y + bh / 2.0 + 4.0,
-            x0 + len + 4.0,
-            y + bh / 2.0 + 4.0,
+            y + bh + 14.0,
+            if target.pass { "#2e7d32" } else { "#c62828" },
+            share,
+            target.threshold,
+            target.definition,
+            if target.pass { "meets it" } else { "misses it" },
         );
-        if let Some(target) = target {
-            let tx = x0 + target.threshold / top * bw;
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{tx:.1}" x2="{tx:.1}" y1="{}" y2="{}" stroke="#d62728" stroke-width="3"/><text x="{x0}" y="{}" font-size="10" fill="{}">{} target {:.0}/s ({})</text>"##,
-                y - 3.0,
-                y + bh + 3.0,
-                y + bh + 13.0,
-                if target.pass { "#2e7d32" } else { "#c62828" },
-                if target.pass { "meets" } else { "misses" },
-                target.threshold,
-                target.definition
-            );
-        }
     }
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{one:.1}" x2="{one:.1}" y1="{}" y2="{}" stroke="#d62728" stroke-width="2" stroke-dasharray="6 3"/><text x="{:.1}" y="{}" fill="#d62728" font-size="11">target</text>"##,
+        y0 - 8.0,
+        y0 + 3.0 * (bh + gap) - gap + 4.0,
+        one + 4.0,
+        y0 - 10.0
+    );
     // Right: latency percentiles at the fixed rate.
     let lat = [
         ("p50", s.ingest_fixed_p50_ms),
@@ -630,11 +628,11 @@ pub fn chart(results: &Results) -> String {
         ("p99", s.ingest_fixed_p99_ms),
         ("p99.9", s.ingest_fixed_p999_ms),
     ];
-    let (lx0, ly_base, lw, lh) = (640.0, 320.0, 290.0, 250.0);
+    let (lx0, ly_base, lw, lh) = (720.0, 290.0, 290.0, 220.0);
     let lmax = lat.iter().map(|l| l.1).fold(6.0, f64::max) * 1.1;
     let _ = writeln!(
         svg,
-        r#"<text x="{lx0}" y="48" font-weight="bold">Ingest latency at {:.0} events/s (ms, CO-corrected)</text>"#,
+        r#"<text x="{lx0}" y="52" font-weight="bold">Ingest latency at {:.0}/s, CO-corrected (ms)</text>"#,
         results.setup.fixed_rate
     );
     let slot = lw / lat.len() as f64;
@@ -655,10 +653,11 @@ pub fn chart(results: &Results) -> String {
     let ty = ly_base - 5.0 / lmax * lh;
     let _ = writeln!(
         svg,
-        r##"<line x1="{lx0}" x2="{:.1}" y1="{ty:.1}" y2="{ty:.1}" stroke="#d62728" stroke-width="2" stroke-dasharray="6 3"/><text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end">p99 target 5 ms</text><line x1="{lx0}" x2="{:.1}" y1="{ly_base}" y2="{ly_base}" stroke="#555"/>"##,
+        r##"<line x1="{lx0}" x2="{:.1}" y1="{ty:.1}" y2="{ty:.1}" stroke="#d62728" stroke-width="2" stroke-dasharray="6 3"/><text x="{:.1}" y="{:.1}" fill="#d62728" text-anchor="end" font-size="11">p99 target 5 ms ({})</text><line x1="{lx0}" x2="{:.1}" y1="{ly_base}" y2="{ly_base}" stroke="#555"/>"##,
         lx0 + lw,
         lx0 + lw,
         ty - 4.0,
+        if t[1].pass { "met" } else { "missed" },
         lx0 + lw
     );
     svg.push_str("</svg>\n");
