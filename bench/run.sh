@@ -53,22 +53,26 @@ if [ "$short" = 1 ]; then
   exit 0
 fi
 
+out_dir=bench/results
+rest=()
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[$i]}" in
+    --out) i=$((i + 1)); out_dir="${args[$i]}" ;;
+    --out=*) out_dir="${args[$i]#--out=}" ;;
+    *) rest+=("${args[$i]}") ;;
+  esac
+done
 cargo build --release --locked -p lease-sync -p lease-sync-bench
-target/release/lease-sync-bench run --lease-sync target/release/lease-sync --out bench/results \
-  --wait-quiet 0.6 "${args[@]}"
+target/release/lease-sync-bench run --lease-sync target/release/lease-sync --out "$out_dir" \
+  --wait-quiet 0.6 "${rest[@]}"
+if [ ! -f "$out_dir/dashboard.html" ]; then
+  exit 0 # --scrape-every 0: no dashboard page
+fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "installing Debian's chromium for the dashboard screenshot" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
-fi
-out_dir=bench/results
-for arg in "${args[@]}"; do
-  if [ "${prev:-}" = "--out" ]; then out_dir="$arg"; fi
-  prev="$arg"
-done
-if [ ! -f "$out_dir/dashboard.html" ]; then
-  exit 0 # --scrape-every 0: no dashboard page
 fi
 screenshot "$out_dir/dashboard.html" "$out_dir/dashboard.png"
 bytes=$(stat -c %s "$out_dir/dashboard.png")
