@@ -240,8 +240,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         results.machine.loadavg_end
     );
     println!(
-        "written: {}/{{latest.json,table.md,chart.svg,dashboard.html}}",
-        args.out.display()
+        "written: {}/{{latest.json,table.md,chart.svg{}}}",
+        args.out.display(),
+        if html.html.is_empty() {
+            ""
+        } else {
+            ",dashboard.html"
+        }
     );
     if opts.scrape_every.is_zero() {
         println!("scraping was off: no dashboard page");
