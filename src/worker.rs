@@ -31,7 +31,7 @@ use crate::openapp::{CallError, CallOutcome, OpenAppClient};
 use crate::queue::ledger::{AttemptRecord, Begin, Finish};
 use crate::queue::residents::ResidentLock;
 use crate::queue::{DeliveryJob, JobQueue, now_ms};
-use crate::resident::Desired;
+use crate::resident::{Desired, ResidentState};
 use crate::retry::{CallClass, Decision, RetryPolicy, parse_retry_after};
 
 /// How long a confirmed-existing integration is trusted before a 404 on remove re-checks it.
@@ -201,12 +201,12 @@ impl Deliverer {
     /// `Ok` whenever the ledger took the outcome; `Err` only when Redis failed, so apalis runs
     /// the task again.
     pub async fn run(&self, job: &DeliveryJob, task_id: &str) -> Result<(), BoxDynError> {
-        let lock = match self
+        let (lock, state) = match self
             .queue
             .lock_resident(&job.integration_id, &job.user_id, self.lock_ttl)
             .await?
         {
-            Ok(lock) => lock,
+            Ok(locked) => locked,
             Err(remaining_ms) => {
                 // Usually a call of a few milliseconds; after a crash, the lock's expiry.
                 let wait = i64::try_from(remaining_ms)
@@ -221,19 +221,26 @@ impl Deliverer {
                 return Ok(());
             }
         };
-        let result = self.run_locked(job, task_id, &lock).await;
-        if let Err(e) = self.queue.unlock_resident(lock).await {
+        let result = self.run_locked(job, task_id, &lock, state).await;
+        // Usually the finish script released the lock already; otherwise release it here.
+        if !matches!(result, Ok(true))
+            && let Err(e) = self.queue.unlock_resident(lock).await
+        {
             warn!("could not release the resident lock (it expires on its own): {e}");
         }
-        result
+        result.map(|_| ())
     }
 
+    /// Runs the attempt under `lock`, starting from `state`, the resident's state read when
+    /// the lock was taken. `Ok(true)` when the lock was released with the outcome.
     async fn run_locked(
         &self,
         job: &DeliveryJob,
         task_id: &str,
         lock: &ResidentLock,
-    ) -> Result<(), BoxDynError> {
+        state: Option<ResidentState>,
+    ) -> Result<bool, BoxDynError> {
+        let mut locked_state = Some(state);
         let attempt = match self
             .queue
             .begin_attempt(job, task_id, self.policy.max_attempts)
@@ -242,7 +249,7 @@ impl Deliverer {
             Begin::Run(n) => n,
             Begin::Stale => {
                 debug!("skipping a superseded run of this delivery");
-                return Ok(());
+                return Ok(false);
             }
             Begin::DeadLettered { reason, attempts } => {
                 error!(
@@ -253,7 +260,7 @@ impl Deliverer {
                 );
                 count_job("dead_lettered", reason.as_str());
                 self.trim_dead_letters().await;
-                return Ok(());
+                return Ok(false);
             }
         };
         Span::current().record("attempt", attempt);
@@ -266,10 +273,15 @@ impl Deliverer {
                 debug!("resident lock lost between rounds; leaving the rest to its holder");
                 break (Action::None, Ok(CallOutcome::AlreadyDone(0)), None);
             }
-            let state = self
-                .queue
-                .resident(&job.integration_id, &job.user_id)
-                .await?;
+            // The first round uses the state read with the lock; later ones read it again.
+            let state = match locked_state.take() {
+                Some(state) => state,
+                None => {
+                    self.queue
+                        .resident(&job.integration_id, &job.user_id)
+                        .await?
+                }
+            };
             let desired = state
                 .as_ref()
                 .map_or(Desired::Untouched, |s| s.desired(now_ms()));
@@ -315,6 +327,14 @@ impl Deliverer {
             result.as_ref().err().and_then(CallError::status),
             Some(401 | 403)
         );
+        // A lease window that opens or closes later needs a convergence then, scheduled while
+        // the lock is held; otherwise the finish script releases the lock with the outcome.
+        let next_transition = if matches!(decision, Decision::Done) {
+            state.as_ref().and_then(|s| s.next_transition(now_ms()))
+        } else {
+            None
+        };
+        let release = next_transition.is_none().then_some(lock);
         let finish = match decision {
             Decision::Done => Finish::Delivered,
             Decision::Retry { delay, .. } => Finish::Retry {
@@ -325,13 +345,13 @@ impl Deliverer {
         };
         if !self
             .queue
-            .finish_attempt(job, task_id, &record, &finish, auth_failure)
+            .finish_attempt(job, task_id, &record, &finish, auth_failure, release)
             .await?
         {
             warn!(
                 "the delivery moved on during the call (replayed or purged); outcome not recorded"
             );
-            return Ok(());
+            return Ok(release.is_some());
         }
         log_outcome(job, action, attempt, &result, &decision, auth_failure);
         match &decision {
@@ -341,8 +361,7 @@ impl Deliverer {
         }
         match decision {
             Decision::Done => {
-                // A lease window that opens or closes later needs a convergence then.
-                if let Some(at) = state.as_ref().and_then(|s| s.next_transition(now_ms()))
+                if let Some(at) = next_transition
                     && self.queue.schedule_convergence(job, at).await?
                 {
                     info!(
@@ -355,7 +374,7 @@ impl Deliverer {
             Decision::DeadLetter(_) => self.trim_dead_letters().await,
             Decision::Retry { .. } => {}
         }
-        Ok(())
+        Ok(release.is_some())
     }
 
     async fn trim_dead_letters(&self) {

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::residents::ResidentLock;
 use super::{DeliveryJob, JobQueue, QueueError, now_ms};
 
 /// How long the ledger of a completed delivery stays readable, for inspection.
@@ -132,7 +133,8 @@ impl JobQueue {
     }
 
     /// Records how the attempt of `task_id` ended (`result`) and carries out `finish`, in one
-    /// step. Returns false when the task turned out to be stale (nothing was written).
+    /// step; also releases `release`, the resident lock, if given and still ours (stale task or
+    /// not). Returns false when the task turned out to be stale (nothing else was written).
     pub async fn finish_attempt(
         &self,
         job: &DeliveryJob,
@@ -140,6 +142,7 @@ impl JobQueue {
         result: &AttemptRecord,
         finish: &Finish,
         auth_failure: bool,
+        release: Option<&ResidentLock>,
     ) -> Result<bool, QueueError> {
         let (kind, retry_task, due, reason) = match finish {
             Finish::Delivered => ("delivered", String::new(), 0, ""),
@@ -157,6 +160,10 @@ impl JobQueue {
             .key(self.keys.queue_key("data"))
             .key(self.keys.queue_key("meta"))
             .key(self.keys.queue_key("scheduled"))
+            .key(release.map_or_else(
+                || self.keys.resident_lock(&job.integration_id, &job.user_id),
+                |lock| lock.key.clone(),
+            ))
             .arg(task_id)
             .arg(now_ms())
             .arg(kind)
@@ -167,6 +174,7 @@ impl JobQueue {
             .arg(reason)
             .arg(if auth_failure { "1" } else { "0" })
             .arg(DELIVERED_RETENTION_SECS)
+            .arg(release.map_or("", |lock| lock.token.as_str()))
             .invoke_async(&mut conn)
             .await?;
         Ok(answer != "stale")

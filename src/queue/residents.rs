@@ -37,11 +37,12 @@ end
 return 0
 ";
 
-/// A held per-resident lock; release it with [`JobQueue::unlock_resident`].
+/// A held per-resident lock; release it with [`JobQueue::unlock_resident`], or with the
+/// outcome through [`JobQueue::finish_attempt`].
 #[derive(Debug)]
 pub struct ResidentLock {
-    key: String,
-    token: String,
+    pub(super) key: String,
+    pub(super) token: String,
 }
 
 impl JobQueue {
@@ -56,35 +57,7 @@ impl JobQueue {
             .arg(self.keys.resident(integration_id, user_id))
             .query_async(&mut conn)
             .await?;
-        if hash.is_empty() {
-            return Ok(None);
-        }
-        let number = |field: &str| hash.get(field).and_then(|v| v.parse::<i64>().ok());
-        let mut leases = BTreeMap::new();
-        for (field, value) in &hash {
-            if let Some(lease_id) = field.strip_prefix("lease:") {
-                let record: LeaseRecord = serde_json::from_str(value)?;
-                leases.insert(lease_id.to_owned(), record);
-            }
-        }
-        let applied = hash.get("applied").map(|a| Applied {
-            present: a == "present",
-            version: number("applied_version")
-                .and_then(|v| u64::try_from(v).ok())
-                .unwrap_or_default(),
-            at: number("applied_at").unwrap_or_default(),
-        });
-        Ok(Some(ResidentState {
-            integration_id: integration_id.to_owned(),
-            user_id: user_id.to_owned(),
-            version: number("version")
-                .and_then(|v| u64::try_from(v).ok())
-                .unwrap_or_default(),
-            leases,
-            applied,
-            managed: hash.get("managed").is_some_and(|m| m == "1"),
-            next_check: number("next_check"),
-        }))
+        parse_resident(integration_id, user_id, &hash)
     }
 
     /// User ids lease-sync holds state for in `integration_id`.
@@ -123,31 +96,39 @@ impl JobQueue {
         Ok(current)
     }
 
-    /// Takes the per-resident lock for `ttl`. When another worker holds it, answers how long
-    /// (ms) that lock has left, so the caller can wait about that long. Calls for one resident
-    /// are serialized this way; the lock expires should its holder die.
+    /// Takes the per-resident lock for `ttl` and reads the resident's state (as
+    /// [`JobQueue::resident`]) in the same round trip, the read executing after the lock was
+    /// taken. When another worker holds the lock, answers how long (ms) it has left, so the
+    /// caller can wait about that long. Calls for one resident are serialized this way; the
+    /// lock expires should its holder die.
     pub async fn lock_resident(
         &self,
         integration_id: &str,
         user_id: &str,
         ttl: Duration,
-    ) -> Result<Result<ResidentLock, u64>, QueueError> {
+    ) -> Result<Result<(ResidentLock, Option<ResidentState>), u64>, QueueError> {
         let mut conn = self.conn.clone();
         let key = self.keys.resident_lock(integration_id, user_id);
         let token = ulid::Ulid::new().to_string();
-        let (taken, remaining): (Option<String>, i64) = redis::pipe()
-            .cmd("SET")
-            .arg(&key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-            .cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await?;
+        let (taken, remaining, hash): (Option<String>, i64, HashMap<String, String>) =
+            redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                .cmd("PTTL")
+                .arg(&key)
+                .cmd("HGETALL")
+                .arg(self.keys.resident(integration_id, user_id))
+                .query_async(&mut conn)
+                .await?;
         Ok(match taken {
-            Some(_) => Ok(ResidentLock { key, token }),
+            Some(_) => Ok((
+                ResidentLock { key, token },
+                parse_resident(integration_id, user_id, &hash)?,
+            )),
             None => Err(u64::try_from(remaining).unwrap_or(0)),
         })
     }
@@ -251,4 +232,41 @@ impl JobQueue {
             .await?;
         Ok(done == 1)
     }
+}
+
+/// A resident's state from its hash (`HGETALL`); `None` when lease-sync has not heard of them.
+fn parse_resident(
+    integration_id: &str,
+    user_id: &str,
+    hash: &HashMap<String, String>,
+) -> Result<Option<ResidentState>, QueueError> {
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    let number = |field: &str| hash.get(field).and_then(|v| v.parse::<i64>().ok());
+    let mut leases = BTreeMap::new();
+    for (field, value) in hash {
+        if let Some(lease_id) = field.strip_prefix("lease:") {
+            let record: LeaseRecord = serde_json::from_str(value)?;
+            leases.insert(lease_id.to_owned(), record);
+        }
+    }
+    let applied = hash.get("applied").map(|a| Applied {
+        present: a == "present",
+        version: number("applied_version")
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or_default(),
+        at: number("applied_at").unwrap_or_default(),
+    });
+    Ok(Some(ResidentState {
+        integration_id: integration_id.to_owned(),
+        user_id: user_id.to_owned(),
+        version: number("version")
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or_default(),
+        leases,
+        applied,
+        managed: hash.get("managed").is_some_and(|m| m == "1"),
+        next_check: number("next_check"),
+    }))
 }

@@ -5,6 +5,11 @@
 -- ARGV[4] attempt result JSON (merged into the attempt record)  ARGV[5] delivery id
 -- ARGV[6] retry task id  ARGV[7] retry due (ms)  ARGV[8] dead reason  ARGV[9] '1' if 401/403
 -- ARGV[10] seconds a delivered record is kept for inspection
+-- KEYS[8] the resident lock  ARGV[11] its token: released here if still ours ('' = keep it),
+-- which saves the worker a round trip; stale or not, like the separate unlock it replaces.
+if ARGV[11] ~= '' and redis.call('GET', KEYS[8]) == ARGV[11] then
+  redis.call('DEL', KEYS[8])
+end
 if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then
   return 'stale'
 end
