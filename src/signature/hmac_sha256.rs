@@ -141,6 +141,36 @@ pub struct FormatError {
 }
 
 impl Format {
+    /// GitHub's format: `x-hub-signature-256: sha256=<hex>` over the body, no timestamp, the
+    /// delivery id in `x-github-delivery`.
+    pub fn github() -> Self {
+        Self {
+            signature_header: "x-hub-signature-256".into(),
+            signature_prefix: "sha256=".into(),
+            encoding: Encoding::Hex,
+            timestamp_header: None,
+            signed_content: SignedContent(vec![Part::Body]),
+            event_id: EventIdSource::Header("x-github-delivery".into()),
+        }
+    }
+
+    /// Buildium's format: `buildium-webhook-signature: <base64>` over
+    /// `{timestamp}.{body}` with `buildium-webhook-timestamp`; no event id, so the body's hash.
+    pub fn buildium() -> Self {
+        Self {
+            signature_header: "buildium-webhook-signature".into(),
+            signature_prefix: String::new(),
+            encoding: Encoding::Base64,
+            timestamp_header: Some("buildium-webhook-timestamp".into()),
+            signed_content: SignedContent(vec![
+                Part::Timestamp,
+                Part::Literal(".".into()),
+                Part::Body,
+            ]),
+            event_id: EventIdSource::BodySha256,
+        }
+    }
+
     /// Checks that the pieces fit together: a signed `{timestamp}` needs `timestamp_header`,
     /// and a `timestamp_header` must be signed, or anyone could change it.
     pub fn validate(&self) -> Result<(), FormatError> {
@@ -344,28 +374,6 @@ mod tests {
     const GITHUB_SIG: &str =
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
-    fn github() -> Format {
-        Format {
-            signature_header: "x-hub-signature-256".into(),
-            signature_prefix: "sha256=".into(),
-            encoding: Encoding::Hex,
-            timestamp_header: None,
-            signed_content: "{body}".parse().unwrap(),
-            event_id: EventIdSource::Header("x-github-delivery".into()),
-        }
-    }
-
-    fn buildium() -> Format {
-        Format {
-            signature_header: "buildium-webhook-signature".into(),
-            signature_prefix: String::new(),
-            encoding: Encoding::Base64,
-            timestamp_header: Some("buildium-webhook-timestamp".into()),
-            signed_content: "{timestamp}.{body}".parse().unwrap(),
-            event_id: EventIdSource::BodySha256,
-        }
-    }
-
     fn verifier(format: Format, secrets: &[&str]) -> Verifier {
         let keys = secrets
             .iter()
@@ -377,10 +385,10 @@ mod tests {
     #[test]
     fn github_public_vector_signs_and_verifies() {
         assert_eq!(
-            sign(&github(), GITHUB_SECRET, None, GITHUB_BODY),
+            sign(&Format::github(), GITHUB_SECRET, None, GITHUB_BODY),
             GITHUB_SIG
         );
-        let v = verifier(github(), &[GITHUB_SECRET]);
+        let v = verifier(Format::github(), &[GITHUB_SECRET]);
         let ok = v
             .verify(&[("X-Hub-Signature-256", GITHUB_SIG)], GITHUB_BODY, 0)
             .unwrap();
@@ -405,14 +413,14 @@ mod tests {
         let body = br#"{"a":1}"#;
         assert_eq!(
             sign(
-                &buildium(),
+                &Format::buildium(),
                 "buildium-example-secret-0001",
                 Some("1700000000"),
                 body
             ),
             SIG
         );
-        let v = verifier(buildium(), &["buildium-example-secret-0001"]);
+        let v = verifier(Format::buildium(), &["buildium-example-secret-0001"]);
         let headers = [
             ("buildium-webhook-signature", SIG),
             ("buildium-webhook-timestamp", "1700000000"),
@@ -438,7 +446,7 @@ mod tests {
 
     #[test]
     fn malformed_signatures_are_rejected_before_comparing() {
-        let v = verifier(github(), &[GITHUB_SECRET]);
+        let v = verifier(Format::github(), &[GITHUB_SECRET]);
         let hex = &GITHUB_SIG[7..];
         for sig in [
             "sha256=".to_owned(),
@@ -473,13 +481,13 @@ mod tests {
         ] {
             assert!(bad.parse::<SignedContent>().is_err(), "{bad}");
         }
-        let mut f = buildium();
+        let mut f = Format::buildium();
         f.timestamp_header = None;
         assert_eq!(f.validate().unwrap_err().key, "timestamp_header");
-        let mut f = github();
+        let mut f = Format::github();
         f.timestamp_header = Some("x-ts".into());
         assert_eq!(f.validate().unwrap_err().key, "signed_content");
-        let mut f = github();
+        let mut f = Format::github();
         f.signature_header = "X Hub".into();
         assert_eq!(f.validate().unwrap_err().key, "signature_header");
     }
@@ -490,8 +498,13 @@ mod tests {
             SigningKey::new(key_of("old-secret-0123456789"), Some(1_000)),
             SigningKey::new(key_of(GITHUB_SECRET), None),
         ];
-        let v = Verifier::new(github(), keys, 300).unwrap();
-        let old = sign(&github(), "old-secret-0123456789", None, GITHUB_BODY);
+        let v = Verifier::new(Format::github(), keys, 300).unwrap();
+        let old = sign(
+            &Format::github(),
+            "old-secret-0123456789",
+            None,
+            GITHUB_BODY,
+        );
         let headers = [("x-hub-signature-256", old.as_str())];
         v.verify(&headers, GITHUB_BODY, 1_000).unwrap();
         assert_eq!(

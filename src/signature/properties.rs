@@ -8,9 +8,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use super::hmac_sha256::{self, Encoding, Format};
+use super::hmac_sha256::{self, Format};
 use super::standard_webhooks::{self, SignedHeaders};
-use super::{EventIdSource, SignatureError, SigningKey};
+use super::{SignatureError, SigningKey};
 
 /// The server clock of every case.
 const NOW: i64 = 1_700_000_000;
@@ -70,28 +70,6 @@ fn fresh_timestamp() -> impl Strategy<Value = i64> {
 /// A non-zero shift of a timestamp.
 fn shift() -> impl Strategy<Value = i64> {
     (1..=MAX_SHIFT, any::<bool>()).prop_map(|(d, down)| if down { -d } else { d })
-}
-
-fn github() -> Format {
-    Format {
-        signature_header: "x-hub-signature-256".into(),
-        signature_prefix: "sha256=".into(),
-        encoding: Encoding::Hex,
-        timestamp_header: None,
-        signed_content: "{body}".parse().expect("valid template"),
-        event_id: EventIdSource::Header("x-github-delivery".into()),
-    }
-}
-
-fn buildium() -> Format {
-    Format {
-        signature_header: "buildium-webhook-signature".into(),
-        signature_prefix: String::new(),
-        encoding: Encoding::Base64,
-        timestamp_header: Some("buildium-webhook-timestamp".into()),
-        signed_content: "{timestamp}.{body}".parse().expect("valid template"),
-        event_id: EventIdSource::BodySha256,
-    }
 }
 
 fn hmac_verifier(format: Format, keys: Vec<SigningKey>) -> hmac_sha256::Verifier {
@@ -296,7 +274,7 @@ proptest! {
 // GitHub style: hex with `sha256=`, over the body only.
 
 fn github_request(secret: &str, body: Vec<u8>) -> Request {
-    let signature = hmac_sha256::sign(&github(), secret, None, &body);
+    let signature = hmac_sha256::sign(&Format::github(), secret, None, &body);
     Request {
         id: String::new(),
         timestamp: 0,
@@ -336,7 +314,7 @@ proptest! {
         body in body(),
         upper_case in any::<bool>(),
     ) {
-        let v = hmac_verifier(github(), hmac_keys(&secrets));
+        let v = hmac_verifier(Format::github(), hmac_keys(&secrets));
         let mut r = github_request(&secrets[signer.index(secrets.len())], body);
         if upper_case {
             // The same tag in upper-case hex.
@@ -353,7 +331,7 @@ proptest! {
         body in body(),
         mutation in prop_oneof![body_mutation(), signature_mutation()],
     ) {
-        let v = hmac_verifier(github(), hmac_keys(&secrets));
+        let v = hmac_verifier(Format::github(), hmac_keys(&secrets));
         let mut r = github_request(&secrets[signer.index(secrets.len())], body);
         prop_assert_eq!(r.signature.len(), GITHUB_SIGNATURE_LEN);
         r.mutate(&mutation, github_decode, github_encode, GITHUB_SIGNATURE_LEN);
@@ -365,7 +343,12 @@ proptest! {
 // Buildium style: base64 without prefix, over `{timestamp}.{body}`.
 
 fn buildium_request(secret: &str, timestamp: i64, body: Vec<u8>) -> Request {
-    let signature = hmac_sha256::sign(&buildium(), secret, Some(&timestamp.to_string()), &body);
+    let signature = hmac_sha256::sign(
+        &Format::buildium(),
+        secret,
+        Some(&timestamp.to_string()),
+        &body,
+    );
     Request {
         id: String::new(),
         timestamp,
@@ -410,7 +393,7 @@ proptest! {
         body in body(),
         strip_padding in any::<bool>(),
     ) {
-        let v = hmac_verifier(buildium(), hmac_keys(&secrets));
+        let v = hmac_verifier(Format::buildium(), hmac_keys(&secrets));
         let mut r = buildium_request(&secrets[signer.index(secrets.len())], timestamp, body);
         if strip_padding {
             r.signature = r.signature.trim_end_matches('=').to_owned();
@@ -427,7 +410,7 @@ proptest! {
         body in body(),
         mutation in prop_oneof![body_mutation(), timestamp_mutation(), signature_mutation()],
     ) {
-        let v = hmac_verifier(buildium(), hmac_keys(&secrets));
+        let v = hmac_verifier(Format::buildium(), hmac_keys(&secrets));
         let mut r = buildium_request(&secrets[signer.index(secrets.len())], timestamp, body);
         prop_assert_eq!(r.signature.len(), BUILDIUM_TAG_CHARS + 1);
         r.mutate(&mutation, buildium_decode, buildium_encode, BUILDIUM_TAG_CHARS);
@@ -491,13 +474,13 @@ proptest! {
             SigningKey::new(hmac_sha256::key_of(&expired_secret), expired_end),
             SigningKey::new(hmac_sha256::key_of(&active_secret), active_end),
         ];
-        let v = hmac_verifier(github(), keys());
+        let v = hmac_verifier(Format::github(), keys());
         let expired = github_request(&expired_secret, body.clone());
         let active = github_request(&active_secret, body.clone());
         prop_assert_eq!(code_of(github_verify(&v, &expired)).map_err(TestCaseError::fail)?, "invalid_signature");
         prop_assert!(github_verify(&v, &active).is_ok());
 
-        let v = hmac_verifier(buildium(), keys());
+        let v = hmac_verifier(Format::buildium(), keys());
         let expired = buildium_request(&expired_secret, timestamp, body.clone());
         let active = buildium_request(&active_secret, timestamp, body);
         prop_assert_eq!(code_of(buildium_verify(&v, &expired)).map_err(TestCaseError::fail)?, "invalid_signature");
@@ -522,12 +505,12 @@ proptest! {
         r.signature = sw_encode(&wrong_length_tag(&sw_decode(&r.signature), len, &fill, from_correct));
         prop_assert_eq!(code_of(sw_verify(&v, &r)).map_err(TestCaseError::fail)?, "invalid_signature");
 
-        let v = hmac_verifier(github(), hmac_keys(std::slice::from_ref(&secret)));
+        let v = hmac_verifier(Format::github(), hmac_keys(std::slice::from_ref(&secret)));
         let mut r = github_request(&secret, body.clone());
         r.signature = github_encode(&wrong_length_tag(&github_decode(&r.signature), len, &fill, from_correct));
         prop_assert_eq!(code_of(github_verify(&v, &r)).map_err(TestCaseError::fail)?, "invalid_signature");
 
-        let v = hmac_verifier(buildium(), hmac_keys(std::slice::from_ref(&secret)));
+        let v = hmac_verifier(Format::buildium(), hmac_keys(std::slice::from_ref(&secret)));
         let mut r = buildium_request(&secret, timestamp, body);
         r.signature = buildium_encode(&wrong_length_tag(&buildium_decode(&r.signature), len, &fill, from_correct));
         // An empty tag is an empty header value: missing, not invalid.

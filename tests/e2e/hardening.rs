@@ -6,8 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use lease_sync::config::Role;
-use lease_sync::signature::EventIdSource;
-use lease_sync::signature::hmac_sha256::{self, Encoding, Format};
+use lease_sync::signature::hmac_sha256::{self, Format};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -55,28 +54,6 @@ integration_id = "{INTEGRATION}"
     )
 }
 
-fn github() -> Format {
-    Format {
-        signature_header: "x-hub-signature-256".into(),
-        signature_prefix: "sha256=".into(),
-        encoding: Encoding::Hex,
-        timestamp_header: None,
-        signed_content: "{body}".parse().expect("template"),
-        event_id: EventIdSource::Header("x-github-delivery".into()),
-    }
-}
-
-fn buildium() -> Format {
-    Format {
-        signature_header: "buildium-webhook-signature".into(),
-        signature_prefix: String::new(),
-        encoding: Encoding::Base64,
-        timestamp_header: Some("buildium-webhook-timestamp".into()),
-        signed_content: "{timestamp}.{body}".parse().expect("template"),
-        event_id: EventIdSource::BodySha256,
-    }
-}
-
 async fn ingest_with(edit: impl Fn(String) -> String) -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
     let config = edit(config_toml(
@@ -118,7 +95,7 @@ async fn github_style_source_verifies_the_public_vector_and_dedupes_on_the_deliv
     );
 
     let body = event_body("lease.signed", "L-gh", &["u-gh"]);
-    let signature = hmac_sha256::sign(&github(), GITHUB_SECRET, None, &body);
+    let signature = hmac_sha256::sign(&Format::github(), GITHUB_SECRET, None, &body);
     let headers = json_headers(&[
         ("x-github-delivery", "d-1".to_owned()),
         ("x-hub-signature-256", signature.clone()),
@@ -196,7 +173,12 @@ async fn buildium_style_source_checks_the_timestamp_and_dedupes_on_the_body() {
     let (_redis, app) = ingest_with(with_hmac_sources).await;
     let body = event_body("lease.signed", "L-bd", &["u-bd"]);
     let send = |timestamp: String, body: Vec<u8>| {
-        let signature = hmac_sha256::sign(&buildium(), BUILDIUM_SECRET, Some(&timestamp), &body);
+        let signature = hmac_sha256::sign(
+            &Format::buildium(),
+            BUILDIUM_SECRET,
+            Some(&timestamp),
+            &body,
+        );
         let headers = json_headers(&[
             ("buildium-webhook-timestamp", timestamp),
             ("buildium-webhook-signature", signature),
@@ -232,7 +214,7 @@ async fn buildium_style_source_checks_the_timestamp_and_dedupes_on_the_body() {
     );
     // The timestamp is signed: moving it breaks the signature.
     let ts = now().to_string();
-    let signature = hmac_sha256::sign(&buildium(), BUILDIUM_SECRET, Some(&ts), &body);
+    let signature = hmac_sha256::sign(&Format::buildium(), BUILDIUM_SECRET, Some(&ts), &body);
     let moved = json_headers(&[
         ("buildium-webhook-timestamp", (now() - 1).to_string()),
         ("buildium-webhook-signature", signature.clone()),
