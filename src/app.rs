@@ -141,10 +141,7 @@ impl Application {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "admin API ready: http://{addr}/admin (OpenAPI at /admin/openapi.json)");
             }
-            let limits = crate::http::server::ConnectionLimits {
-                header_read_timeout: Duration::from_millis(self.settings.http.read_timeout_ms),
-                header_limit_bytes: self.settings.http.header_limit_bytes,
-            };
+            let limits = crate::http::server::ConnectionLimits::from_settings(&self.settings.http);
             tokio::spawn(crate::http::server::serve(
                 listener,
                 admin_router(state),

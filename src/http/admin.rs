@@ -71,7 +71,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/admin/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(observability::metrics))
-        .route("/healthz", get(observability::healthz))
+        .route("/healthz", get(crate::http::health::healthz))
         .route("/readyz", get(observability::readyz))
         .merge(protected)
         .fallback(error::not_found)

@@ -15,7 +15,7 @@ use crate::worker::WorkerStatus;
 const READY_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `GET /healthz`: the process is up and serving.
-pub(super) async fn healthz() -> Json<Value> {
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 

@@ -35,11 +35,7 @@ pub(super) async fn receive(
     // The path is the sender's: an unknown name is logged escaped and cut short, so it
     // cannot forge log lines, and is `unknown` as a field.
     let known = state.sources.contains_key(&source_name);
-    let shown = if known {
-        source_name.clone()
-    } else {
-        "unknown".to_owned()
-    };
+    let shown = crate::telemetry::metrics::source_label(&source_name, known);
     // Every line about this request, here and below, carries these fields once known.
     let span = info_span!(
         "webhook",
@@ -50,7 +46,7 @@ pub(super) async fn receive(
     let result = accept(&state, &source_name, &headers, body)
         .instrument(span.clone())
         .await;
-    record_metrics(&state, &source_name, &result, started.elapsed());
+    record_metrics(&shown, &result, started.elapsed());
     let _entered = span.enter();
     match &result {
         Ok((status, body)) => info!(
@@ -87,13 +83,12 @@ pub(super) async fn receive(
 
 /// Counts the webhook by source and outcome and times it; see [`crate::telemetry::metrics`].
 fn record_metrics(
-    state: &AppState,
-    source_name: &str,
+    source: &str,
     result: &Result<(StatusCode, Json<Value>), ApiError>,
     elapsed: Duration,
 ) {
-    use crate::telemetry::metrics::{INGEST_DURATION, STALE_EVENTS, WEBHOOKS, source_label};
-    let source = source_label(source_name, state.sources.contains_key(source_name));
+    use crate::telemetry::metrics::{INGEST_DURATION, STALE_EVENTS, WEBHOOKS};
+    let source = source.to_owned();
     let (outcome, class) = match result {
         Ok((_, body)) if body["status"] == "duplicate" => ("duplicate", "duplicate"),
         Ok((_, body)) => {

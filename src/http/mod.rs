@@ -116,9 +116,6 @@ pub fn router(state: AppState) -> Router {
 impl AppState {
     /// The connection limits of the webhook listener.
     pub fn connection_limits(&self) -> server::ConnectionLimits {
-        server::ConnectionLimits {
-            header_read_timeout: Duration::from_millis(self.http.read_timeout_ms),
-            header_limit_bytes: self.http.header_limit_bytes,
-        }
+        server::ConnectionLimits::from_settings(&self.http)
     }
 }

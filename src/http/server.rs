@@ -36,6 +36,16 @@ pub struct ConnectionLimits {
     pub header_limit_bytes: usize,
 }
 
+impl ConnectionLimits {
+    /// The limits `[http]` sets; both listeners use them.
+    pub fn from_settings(http: &crate::config::HttpSettings) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(http.read_timeout_ms),
+            header_limit_bytes: http.header_limit_bytes,
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown`, then stops accepting and waits for open
 /// connections to finish their current request (the caller bounds that wait).
 pub async fn serve(

@@ -98,11 +98,6 @@ impl SigningKey {
         self.not_after.is_none_or(|end| now <= end)
     }
 
-    /// The end of validity, if any.
-    pub fn not_after(&self) -> Option<i64> {
-        self.not_after
-    }
-
     pub(crate) fn expose(&self) -> &[u8] {
         self.bytes.expose_secret()
     }
@@ -245,8 +240,7 @@ impl SourceVerifier {
         }
     }
 
-    /// The earliest `not_after` among this source's keys that are still active at `now`,
-    /// and how many keys are active.
+    /// How many of this source's keys are active at `now`, of how many configured.
     pub fn key_status(&self, now: i64) -> KeyStatus {
         let keys = match self {
             SourceVerifier::StandardWebhooks(v) => v.keys(),

@@ -48,11 +48,6 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// `GET /healthz`: the process is up.
-pub(super) async fn healthz() -> Json<Value> {
-    Json(serde_json::json!({"status": "ok"}))
-}
-
 /// `GET /readyz`: Redis answers and, in a process that runs workers, they are running.
 pub(super) async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
     crate::http::health::readiness(&state.queue, state.workers.as_ref()).await
