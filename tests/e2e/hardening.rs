@@ -115,56 +115,58 @@ async fn github_style_source_verifies_the_public_vector_and_dedupes_on_the_deliv
     // Each rejection with its code.
     let mut tampered = body.clone();
     tampered[10] ^= 1;
-    let reply = app.post("github", &headers, tampered).await;
-    assert_eq!(
-        (reply.status, reply.code()),
-        (401, "invalid_signature"),
-        "{reply:?}"
-    );
-    let reply = app
-        .post(
+    let cases = [
+        (
+            "tampered body",
             "github",
-            &json_headers(&[("x-github-delivery", "d-2".into())]),
-            body.clone(),
-        )
-        .await;
-    assert_eq!(
-        (reply.status, reply.code()),
-        (401, "missing_signature"),
-        "{reply:?}"
-    );
-    let reply = app
-        .post(
+            headers.clone(),
+            tampered,
+            401,
+            "invalid_signature",
+        ),
+        (
+            "no signature",
             "github",
-            &json_headers(&[("x-hub-signature-256", "sha256=".into())]),
+            json_headers(&[("x-github-delivery", "d-2".into())]),
             body.clone(),
-        )
-        .await;
-    assert_eq!(
-        (reply.status, reply.code()),
-        (401, "invalid_signature"),
-        "{reply:?}"
-    );
-    // Signed but without the id header: nothing to deduplicate on, so refused.
-    let reply = app
-        .post(
+            401,
+            "missing_signature",
+        ),
+        (
+            "empty tag",
             "github",
-            &json_headers(&[("x-hub-signature-256", signature)]),
+            json_headers(&[("x-hub-signature-256", "sha256=".into())]),
             body.clone(),
-        )
-        .await;
-    assert_eq!(
-        (reply.status, reply.code()),
-        (422, "invalid_event"),
-        "{reply:?}"
-    );
-    // The Standard Webhooks source does not accept the other scheme's signature.
-    let reply = app.post(SOURCE, &headers, body).await;
-    assert_eq!(
-        (reply.status, reply.code()),
-        (401, "missing_signature"),
-        "{reply:?}"
-    );
+            401,
+            "invalid_signature",
+        ),
+        // Signed but without the id header: nothing to deduplicate on, so refused.
+        (
+            "no delivery id",
+            "github",
+            json_headers(&[("x-hub-signature-256", signature)]),
+            body.clone(),
+            422,
+            "invalid_event",
+        ),
+        // The Standard Webhooks source does not accept the other scheme's signature.
+        (
+            "other scheme",
+            SOURCE,
+            headers,
+            body,
+            401,
+            "missing_signature",
+        ),
+    ];
+    for (what, source, headers, body, status, code) in cases {
+        let reply = app.post(source, &headers, body).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (status, code),
+            "{what}: {reply:?}"
+        );
+    }
     app.stop().await;
 }
 
