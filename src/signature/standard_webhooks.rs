@@ -24,8 +24,15 @@ pub const SECRET_PREFIX: &str = "whsec_";
 /// Length in bytes of an HMAC-SHA256 tag.
 const TAG_LEN: usize = 32;
 
-/// More entries than any sender rotating keys would send; caps work per request.
-const MAX_SIGNATURES: usize = 16;
+/// Most `webhook-signature` entries read (of any version, well-formed or not): far more than
+/// a sender rotating keys sends (one per active secret); a longer list is refused. The
+/// messages in [`parse_signatures`] quote this number.
+pub const MAX_SIGNATURES: usize = 32;
+
+/// Longest `webhook-signature` value read, in bytes: room for [`MAX_SIGNATURES`] entries of
+/// any current version (an ed25519 `v1a` entry is 92 bytes). The messages in
+/// [`parse_signatures`] quote this number.
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 4096;
 
 /// Why a configured secret cannot be used. Never contains the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,35 +160,39 @@ fn non_empty(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// Decodes the `v1,` entries; wrong-length tags are rejected here, before any comparison,
-/// which is what closes the `v1,` bypass of CVE-2024-21491.
+/// Decodes the well-formed `v1,` entries and skips every other entry, as the Standard
+/// Webhooks reference libraries do: an entry without a comma, of another version, not base64
+/// or of the wrong length is never compared with anything. Skipping wrong-length tags, rather
+/// than comparing a prefix, is what closes the `v1,` bypass of CVE-2024-21491. The header's
+/// length and number of entries are capped ([`MAX_SIGNATURE_HEADER_BYTES`],
+/// [`MAX_SIGNATURES`]) so that one request cannot ask for unbounded work.
 fn parse_signatures(header: &str) -> Result<Vec<[u8; TAG_LEN]>, SignatureError> {
+    if header.len() > MAX_SIGNATURE_HEADER_BYTES {
+        return Err(SignatureError::Invalid(
+            "webhook-signature is longer than 4096 bytes",
+        ));
+    }
     let mut out = Vec::new();
     for (n, entry) in header.split(' ').filter(|e| !e.is_empty()).enumerate() {
         if n >= MAX_SIGNATURES {
             return Err(SignatureError::Invalid(
-                "webhook-signature holds too many entries",
+                "webhook-signature holds more than 32 entries",
             ));
         }
-        let Some((version, encoded)) = entry.split_once(',') else {
-            return Err(SignatureError::Invalid(
-                "webhook-signature entries must look like v1,<base64>",
-            ));
-        };
-        if version != "v1" {
+        let Some(("v1", encoded)) = entry.split_once(',') else {
             continue;
-        }
-        let decoded = BASE64
+        };
+        if let Some(tag) = BASE64
             .decode(encoded)
-            .map_err(|_| SignatureError::Invalid("webhook-signature v1 entry is not base64"))?;
-        let tag: [u8; TAG_LEN] = decoded.try_into().map_err(|_| {
-            SignatureError::Invalid("webhook-signature v1 entry has the wrong length")
-        })?;
-        out.push(tag);
+            .ok()
+            .and_then(|decoded| <[u8; TAG_LEN]>::try_from(decoded).ok())
+        {
+            out.push(tag);
+        }
     }
     if out.is_empty() {
         return Err(SignatureError::Invalid(
-            "webhook-signature holds no v1 signature",
+            "webhook-signature holds no well-formed v1 signature",
         ));
     }
     Ok(out)
@@ -361,5 +372,44 @@ mod tests {
             SecretError::TooShort(3)
         );
         assert!(format!("{:?}", verifier()).contains("redacted"));
+    }
+
+    #[test]
+    fn malformed_entries_are_skipped_and_any_valid_v1_entry_verifies() {
+        for header in [
+            format!("garbage {SIG}"),
+            format!("v1,!!! {SIG}"),
+            format!("v1,dGVzdA== {SIG}"),
+            format!("{SIG} v1"),
+            format!("v1a,abc v2,xyz , {SIG}"),
+            format!("{} {SIG}", "junk ".repeat(MAX_SIGNATURES - 1)),
+        ] {
+            verifier()
+                .verify(headers("1649367553", &header), BODY, TS)
+                .unwrap_or_else(|e| panic!("{header:?} → {e:?}"));
+        }
+    }
+
+    #[test]
+    fn entry_count_and_header_length_are_capped() {
+        let too_many = format!("{}{SIG}", "junk ".repeat(MAX_SIGNATURES));
+        let err = verifier()
+            .verify(headers("1649367553", &too_many), BODY, TS)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "webhook-signature holds more than 32 entries"
+        );
+        let too_long = format!("{} {SIG}", "j".repeat(MAX_SIGNATURE_HEADER_BYTES));
+        let err = verifier()
+            .verify(headers("1649367553", &too_long), BODY, TS)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "webhook-signature is longer than 4096 bytes"
+        );
+        // The length cap leaves room for every entry the count cap allows, even ed25519 ones
+        // (92 bytes and a separator).
+        const { assert!(MAX_SIGNATURES * 93 <= MAX_SIGNATURE_HEADER_BYTES) };
     }
 }
