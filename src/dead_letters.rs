@@ -166,20 +166,33 @@ pub enum ReplayOutcome {
     NotFound,
 }
 
-/// An audit record of a replay or purge.
+/// An audit record of a replay, a purge or a lease reset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// When (ms since the epoch).
     pub at: i64,
     /// Who: `token:<fingerprint>` for the admin API, `cli:<user>@<host>` for the CLI.
     pub actor: String,
-    /// `replay` or `purge`.
+    /// `replay`, `purge` or `lease_reset`.
     pub action: String,
-    /// The entries acted on.
+    /// The entries acted on: delivery ids, or for a lease reset `<integration_id>/<user_id>`
+    /// of each resident whose record was forgotten.
     pub ids: Vec<String>,
     /// The filter used for bulk operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<DeadLetterFilter>,
+    /// The lease a reset forgot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<AuditedLease>,
+}
+
+/// The lease of an audited reset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditedLease {
+    /// The source whose record was forgotten.
+    pub source: String,
+    /// The lease id.
+    pub lease_id: String,
 }
 
 /// Access to the dead letters of one namespace. Cheap to clone.
@@ -298,6 +311,9 @@ impl DeadLetters {
 
     /// Everything about one entry; `None` if it is not a dead letter.
     pub async fn get(&self, id: &str) -> Result<Option<DeadLetter>, QueueError> {
+        if !is_delivery_id(id) {
+            return Ok(None);
+        }
         let mut conn = self.conn.clone();
         let (score, hash, log): (
             Option<f64>,
@@ -342,6 +358,9 @@ impl DeadLetters {
     /// Replays one entry: claims it atomically and queues it again with a fresh attempt
     /// budget and the original event. Does not write an audit record; see [`Self::audit`].
     pub async fn replay(&self, id: &str, actor: &str) -> Result<ReplayOutcome, QueueError> {
+        if !is_delivery_id(id) {
+            return Ok(ReplayOutcome::NotFound);
+        }
         let mut conn = self.conn.clone();
         let claimed: i64 = self
             .replay
@@ -373,6 +392,9 @@ impl DeadLetters {
 
     /// Deletes one entry; false if it was not a dead letter.
     pub async fn purge(&self, id: &str) -> Result<bool, QueueError> {
+        if !is_delivery_id(id) {
+            return Ok(false);
+        }
         let mut conn = self.conn.clone();
         let removed: i64 = self
             .purge
@@ -514,6 +536,12 @@ fn summary(
     })
 }
 
+/// Whether `id` is a delivery id as lease-sync makes them (a ULID in canonical form). Only
+/// such ids are looked up, so a caller's text never becomes part of a Redis key name.
+pub fn is_delivery_id(id: &str) -> bool {
+    ulid::Ulid::from_string(id).is_ok_and(|u| u.to_string() == id)
+}
+
 /// Who runs this CLI: `cli:<user>@<host>`, for audit records.
 pub fn cli_actor() -> String {
     let user = std::env::var("USER")
@@ -521,4 +549,20 @@ pub fn cli_actor() -> String {
         .unwrap_or_else(|_| "unknown".into());
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     format!("cli:{user}@{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_ulids_are_delivery_ids() {
+        let id = ulid::Ulid::new().to_string();
+        assert!(is_delivery_id(&id));
+        assert!(!is_delivery_id(&id.to_ascii_lowercase()));
+        assert!(!is_delivery_id(&format!("{id}:attempts")));
+        assert!(!is_delivery_id(""));
+        assert!(!is_delivery_id("*"));
+        assert!(!is_delivery_id(&"Z".repeat(26)), "beyond the largest ULID");
+    }
 }

@@ -75,8 +75,31 @@ pub(super) fn no_dead_letter(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no dead letter with id `{id}`"),
+        format!("no dead letter with id `{}`", shown(id)),
     )
+}
+
+/// Longest part of a caller's id echoed in an answer, in characters.
+const SHOWN_ID_CHARS: usize = 32;
+
+/// A caller-supplied id as echoed back: at most [`SHOWN_ID_CHARS`] characters, anything but
+/// visible ASCII and spaces replaced by `?`, `…` when cut.
+pub(super) fn shown(id: &str) -> String {
+    let mut out: String = id
+        .chars()
+        .take(SHOWN_ID_CHARS)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if id.chars().count() > SHOWN_ID_CHARS {
+        out.push('…');
+    }
+    out
 }
 
 /// Fallback for paths the admin API does not have.
@@ -95,4 +118,20 @@ pub(super) async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this endpoint; see GET /admin/openapi.json",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_ids_are_short_and_printable() {
+        assert_eq!(
+            shown("01JD3ZJ4Q8W6V5T2N9K7H1M0PX"),
+            "01JD3ZJ4Q8W6V5T2N9K7H1M0PX"
+        );
+        let long = "x".repeat(10_000);
+        assert_eq!(shown(&long), format!("{}…", "x".repeat(SHOWN_ID_CHARS)));
+        assert_eq!(shown("a\nb\u{7f}c\u{e9}"), "a?b?c?");
+    }
 }
