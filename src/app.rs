@@ -137,6 +137,7 @@ impl Application {
                 tokens: self.admin_tokens.clone(),
                 workers: workers.as_ref().map(|_| status.clone()),
                 metrics: crate::telemetry::metrics::install(),
+                leases: crate::leases::Leases::new(&self.settings, self.queue.clone()),
             };
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "admin API ready: http://{addr}/admin (OpenAPI at /admin/openapi.json)");

@@ -639,6 +639,10 @@ pub struct SourceSettings {
     /// Largest accepted difference, either way, between the signed timestamp and now.
     #[serde(default = "default_tolerance_secs")]
     pub tolerance_secs: u64,
+    /// Largest amount by which an event's `occurred_at` may be ahead of this server's clock;
+    /// later ones are refused (422 `invalid_event`), since an event's time is its version.
+    #[serde(default = "default_max_clock_skew_secs")]
+    pub max_clock_skew_secs: u64,
     /// `hmac-sha256`: header holding the signature (`x-hub-signature-256`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_header: Option<String>,
@@ -680,6 +684,7 @@ impl SourceSettings {
             secrets: Vec::new(),
             secrets_file: None,
             tolerance_secs: default_tolerance_secs(),
+            max_clock_skew_secs: default_max_clock_skew_secs(),
             signature_header: None,
             signature_prefix: None,
             encoding: None,
@@ -847,6 +852,10 @@ fn default_scheme() -> SchemeKind {
 }
 
 fn default_tolerance_secs() -> u64 {
+    300
+}
+
+fn default_max_clock_skew_secs() -> u64 {
     300
 }
 

@@ -295,6 +295,31 @@ pub fn parse_event(body: &[u8], event_id: &str) -> Result<LeaseEvent, EventError
     })
 }
 
+/// Refuses an event that claims to have happened more than `max_skew` after `now`.
+///
+/// An event's `occurred_at` is its version: one dated in the future would outrank every
+/// real event of its lease until that moment, keeping a door open (or shut) for as long.
+/// So a sender's clock may run ahead by `max_skew` at most. Access windows
+/// (`access.starts_at`, `access.ends_at`) are not versions and may lie in the future.
+pub fn check_not_future(
+    event: &LeaseEvent,
+    now: OffsetDateTime,
+    max_skew: std::time::Duration,
+) -> Result<(), EventError> {
+    let ahead = event.occurred_at - now;
+    if ahead <= time::Duration::try_from(max_skew).unwrap_or(time::Duration::MAX) {
+        return Ok(());
+    }
+    Err(invalid(
+        "occurred_at",
+        format!(
+            "is {} s ahead of the server clock; at most {} s is accepted (max_clock_skew_secs)",
+            ahead.whole_seconds(),
+            max_skew.as_secs()
+        ),
+    ))
+}
+
 fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, EventError> {
     OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).map_err(|_| {
         invalid(
@@ -485,5 +510,38 @@ mod tests {
         assert!(!is_valid_path_id(&"a".repeat(65)));
         assert!(!is_valid_path_id("a b"));
         assert!(!is_valid_path_id("a%2F"));
+    }
+
+    #[test]
+    fn occurred_at_may_run_ahead_by_the_skew_only_and_windows_may_lie_ahead() {
+        use time::macros::datetime;
+        let event = parse_event(SAMPLE.as_bytes(), "evt-1").unwrap();
+        let skew = std::time::Duration::from_secs(300);
+        // SAMPLE occurred at 10:15 and its access window starts weeks later.
+        for now in [
+            datetime!(2026-11-22 10:10 UTC),
+            datetime!(2030-01-01 0:00 UTC),
+        ] {
+            check_not_future(&event, now, skew).unwrap();
+        }
+        match check_not_future(&event, datetime!(2026-11-22 10:09:59 UTC), skew) {
+            Err(EventError::Invalid { field, message }) => {
+                assert_eq!(field, "occurred_at");
+                assert!(message.starts_with("is 301 s ahead"), "{message}");
+            }
+            other => panic!("expected occurred_at to be refused, got {other:?}"),
+        }
+        let far = SAMPLE.replace("2026-11-22T10:15:00Z", "9999-01-01T00:00:00Z");
+        let far = parse_event(far.as_bytes(), "evt-1").unwrap();
+        assert!(check_not_future(&far, datetime!(2026-11-22 0:00 UTC), skew).is_err());
+        assert!(
+            check_not_future(
+                &far,
+                datetime!(2026-11-22 0:00 UTC),
+                std::time::Duration::MAX
+            )
+            .is_ok(),
+            "an unbounded skew does not overflow"
+        );
     }
 }

@@ -9,7 +9,11 @@
 //! * [`event`]: the lease event and its validation (pure domain, no I/O).
 //! * [`signature`]: webhook signature schemes (pure).
 //! * [`http`]: the webhook listener (the only axum code besides the sandbox).
+//! * [`resident`]: resident state and the version order of lease events (pure).
+//! * [`leases`]: operator actions on one lease (find its holders, reset it).
+//! * [`reconcile`]: comparing a file of active leases with OpenApp, and applying the plan.
 //! * [`queue`]: delivery jobs in Redis, in apalis-redis's layout.
+//! * [`dead_letters`]: deliveries given up, replayed or purged, and the audit trail.
 //! * [`worker`]: apalis workers and their supervisor.
 //! * [`openapp`]: the OpenApp client (the only reqwest code besides `send-test-event`).
 //! * [`sandbox`]: a local OpenApp emulator for integrators and tests.
@@ -24,6 +28,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod event;
 pub mod http;
+pub mod leases;
 pub mod openapp;
 pub mod queue;
 pub mod reconcile;

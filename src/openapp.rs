@@ -1,5 +1,5 @@
-//! The OpenApp client: the three building-users operations, as the contract in
-//! `shared/openapp/` describes them. The only module that knows reqwest.
+//! The OpenApp client: the three building-users operations, as OpenApp's published OpenAPI
+//! specification describes them. The only module that knows reqwest.
 
 use std::time::Duration;
 

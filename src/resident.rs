@@ -122,9 +122,24 @@ impl LeaseRecord {
     }
 }
 
-/// Whether an incoming record replaces the recorded one: only a strictly newer version does.
-pub fn supersedes(incoming: &LeaseRecord, recorded: Option<&LeaseRecord>) -> bool {
-    recorded.is_none_or(|r| incoming.version() > r.version())
+/// Whether an incoming record replaces the recorded one: a strictly newer version does, and
+/// so does anything when the recorded one occurred after `future_cutoff` (ms; see
+/// [`future_cutoff`]). Ingest refuses events dated that far ahead, so such a record was
+/// written by a sender whose clock ran ahead before that check existed; trusting it would let
+/// one bad timestamp freeze the lease until that time. The enqueue script
+/// (`queue/lua/enqueue.lua`) applies the same rule in Redis.
+pub fn supersedes(
+    incoming: &LeaseRecord,
+    recorded: Option<&LeaseRecord>,
+    future_cutoff: i64,
+) -> bool {
+    recorded.is_none_or(|r| r.occurred_at > future_cutoff || incoming.version() > r.version())
+}
+
+/// The latest version time (ms) a lease record may have at `now_ms` to be trusted: now plus
+/// the source's allowed clock skew.
+pub fn future_cutoff(now_ms: i64, max_clock_skew: std::time::Duration) -> i64 {
+    now_ms.saturating_add(i64::try_from(max_clock_skew.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// What OpenApp should show for a resident.
@@ -230,6 +245,13 @@ mod tests {
         }
     }
 
+    /// Far beyond every record these tests write: no record counts as future-dated.
+    const NO_CUTOFF: i64 = i64::MAX;
+
+    fn supersedes(incoming: &LeaseRecord, recorded: Option<&LeaseRecord>) -> bool {
+        super::supersedes(incoming, recorded, NO_CUTOFF)
+    }
+
     #[test]
     fn newer_events_win_and_ended_wins_ties() {
         let signed = record(LeaseState::Active, 10, "a");
@@ -310,5 +332,24 @@ mod tests {
             resident(&[("L", record(LeaseState::Ended, 0, "e"))], false).desired(1),
             Desired::Absent
         );
+    }
+
+    #[test]
+    fn a_record_dated_beyond_the_skew_never_outranks_an_incoming_event() {
+        let skew = std::time::Duration::from_secs(300);
+        let now = 1_800_000_000_000;
+        let cutoff = future_cutoff(now, skew);
+        assert_eq!(cutoff, now + 300_000);
+        let from_the_future = record(LeaseState::Active, 253_370_764_800_000, "x"); // 9999
+        let current = record(LeaseState::Ended, now, "e");
+        assert!(super::supersedes(&current, Some(&from_the_future), cutoff));
+        assert!(
+            !super::supersedes(&current, Some(&from_the_future), i64::MAX),
+            "without the cutoff the future record wins, as it did before"
+        );
+        // Within the skew, the version order holds: a record 200 s ahead still wins.
+        let slightly_ahead = record(LeaseState::Active, now + 200_000, "s");
+        assert!(!super::supersedes(&current, Some(&slightly_ahead), cutoff));
+        assert_eq!(future_cutoff(now, std::time::Duration::MAX), i64::MAX);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! apalis runs the loop (fetch, in-flight tracking, acknowledgement, take-over of jobs held by
 //! dead workers). Around it, [`run_workers`] adds what apalis-redis 1.0 lacks
-//! (`shared/reference/apalis-redis-1.0.md`):
+//! (each a measured defect, covered by a named test in `tests/e2e/`):
 //! * a poll interval, without which new jobs wait for the next heartbeat (bug 2);
 //! * a unique worker name per run, because a same-name restart is refused for the whole
 //!   heartbeat window (bug 8), and a supervisor that starts a fresh worker whenever apalis

@@ -506,6 +506,7 @@ async fn write_audit(
         action: action.to_owned(),
         ids,
         filter,
+        lease: None,
     };
     dls.audit(&record)
         .await
@@ -513,7 +514,7 @@ async fn write_audit(
 }
 
 /// Asks `question` on stderr and reads the answer from stdin; true on `y` or `yes`.
-async fn confirm(question: String) -> anyhow::Result<bool> {
+pub(super) async fn confirm(question: String) -> anyhow::Result<bool> {
     tokio::task::spawn_blocking(move || {
         use std::io::Write as _;
         let mut stderr = std::io::stderr();

@@ -3,6 +3,7 @@
 mod admin;
 mod dead_letters;
 mod healthcheck;
+mod leases;
 mod queue_stats;
 mod reconcile;
 mod residents;
@@ -60,6 +61,9 @@ pub enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Inspect what lease-sync knows about residents.
     Residents(residents::ResidentsArgs),
+    /// Inspect lease-sync's record of one lease, or reset it (forget it and converge its
+    /// residents again).
+    Leases(leases::LeasesArgs),
     /// Ask a running instance whether it is ready (exit 0) or not (exit 1); for container
     /// health checks.
     Healthcheck(healthcheck::HealthcheckArgs),
@@ -132,6 +136,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(args) => queue_stats::run(args).await,
         Command::Reconcile(args) => reconcile::run(args).await,
         Command::Residents(args) => residents::run(args).await,
+        Command::Leases(args) => leases::run(args).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Admin(args) => admin::run(args),
     }

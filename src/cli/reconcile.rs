@@ -232,14 +232,23 @@ fn describe_report(report: &ApplyReport) -> String {
         "enqueued {} event(s), {} convergence job(s){}:\n",
         report.events.len(),
         report.jobs,
-        if report.stale > 0 {
-            format!(
-                ", {} stale (the lease already records a newer event)",
-                report.stale
-            )
-        } else {
-            String::new()
-        }
+        [
+            (report.stale > 0).then(|| {
+                format!(
+                    ", {} stale (the lease already records a newer event)",
+                    report.stale
+                )
+            }),
+            (report.overridden > 0).then(|| {
+                format!(
+                    ", {} future-dated lease record(s) overridden",
+                    report.overridden
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<String>()
     );
     for e in &report.events {
         out.push_str(&format!(
@@ -348,9 +357,11 @@ mod tests {
                 integration_id: "int".into(),
                 jobs: 1,
                 stale: 0,
+                overridden: 0,
             }],
             jobs: 1,
             stale: 0,
+            overridden: 0,
         };
         let text = describe_report(&report);
         assert!(

@@ -1,4 +1,5 @@
-//! The admin API: dead letters and queue stats for operators, on its own listener.
+//! The admin API: dead letters, lease resets and queue stats for operators, on its own
+//! listener.
 //!
 //! Every route under `/admin` requires `Authorization: Bearer <token>` with one of the
 //! configured `[admin] tokens`, except `GET /admin/openapi.json`, which describes the API
@@ -6,7 +7,7 @@
 //! included, is JSON in the shape of [`ApiError`]; axum's plain-text rejections never reach
 //! the caller.
 //!
-//! Replays and purges write an audit record naming the caller by the token's name or as
+//! Replays, purges and lease resets write an audit record naming the caller by the token's name or as
 //! `token:<fingerprint>` (see the `auth` module), never by the token. The OpenAPI document is generated from the
 //! handlers' annotations (see the `openapi` module); the e2e tests check every route
 //! against it.
@@ -45,6 +46,8 @@ pub struct AdminState {
     pub workers: Option<WorkerStatus>,
     /// Renders the Prometheus registry (for `/metrics`).
     pub metrics: PrometheusHandle,
+    /// Lease lookups and resets.
+    pub leases: crate::leases::Leases,
 }
 
 /// The admin routes.
@@ -64,6 +67,10 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/admin/dead-letters/{id}/replay",
             post(handlers::replay_dead_letter),
+        )
+        .route(
+            "/admin/leases/{source}/{lease_id}/reset",
+            post(handlers::reset_lease),
         )
         .route("/admin/queue", get(handlers::queue_counts))
         .route("/admin/audit", get(handlers::recent_audit))

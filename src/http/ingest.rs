@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use tracing::{Instrument as _, Span, info, info_span, warn};
 
 use super::{ApiError, AppState, SourceRuntime};
-use crate::event::{EventError, LeaseEvent, is_valid_event_id, parse_event};
-use crate::queue::{DeliveryJob, EnqueueOutcome, Target};
+use crate::event::{EventError, LeaseEvent, check_not_future, is_valid_event_id, parse_event};
+use crate::queue::{DeliveryJob, EnqueueLimits, EnqueueOutcome, Target};
 use crate::signature::HeaderLookup;
 
 /// The handler. Every outcome is logged once, with the source and, once known, the event id.
@@ -64,6 +64,14 @@ pub(super) async fn receive(
                 e.message
             )
         }
+        // A sender reusing an id for another event is a bug on its side that would otherwise
+        // lose the second event: worth a warning, not just a rejection line.
+        Err(e) if e.status == StatusCode::CONFLICT => warn!(
+            http.status = e.status.as_u16(),
+            code = e.code,
+            "webhook rejected: {}",
+            e.message
+        ),
         Err(e) => {
             if known {
                 info!(
@@ -215,17 +223,24 @@ async fn accept(
         ),
     })?;
     Span::current().record("lease.id", event.lease.id.as_str());
+    check_not_future(&event, OffsetDateTime::now_utc(), source.max_clock_skew).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+            e.to_string(),
+        )
+    })?;
     let jobs = jobs_for(source, &event)?;
 
+    let dedupe_ttl = Duration::from_secs(state.http.dedupe_ttl_secs);
+    let limits = EnqueueLimits {
+        dedupe_ttl,
+        max_clock_skew: source.max_clock_skew,
+        timeout: state.enqueue_timeout(),
+    };
     let outcome = state
         .queue
-        .enqueue_event(
-            &source.name,
-            &event,
-            &jobs,
-            Duration::from_secs(state.http.dedupe_ttl_secs),
-            state.enqueue_timeout(),
-        )
+        .enqueue_event(&source.name, &event, &jobs, limits)
         .await
         .map_err(|e| {
             warn!(source = %source.name, event.id = %event.id, "could not queue event: {e}");
@@ -239,14 +254,45 @@ async fn accept(
             }
         })?;
     Ok(match outcome {
-        EnqueueOutcome::Queued { jobs, stale } => (
-            StatusCode::ACCEPTED,
-            Json(json!({"status": "queued", "event_id": event.id, "jobs": jobs, "stale": stale})),
-        ),
+        EnqueueOutcome::Queued {
+            jobs,
+            stale,
+            overridden,
+        } => {
+            if overridden > 0 {
+                warn!(
+                    overridden,
+                    "replaced {overridden} lease record(s) dated beyond the source's clock skew"
+                );
+                metrics::counter!(
+                    crate::telemetry::metrics::FUTURE_VERSIONS_OVERRIDDEN,
+                    "source" => source.name.clone()
+                )
+                .increment(overridden as u64);
+            }
+            (
+                StatusCode::ACCEPTED,
+                Json(
+                    json!({"status": "queued", "event_id": event.id, "jobs": jobs, "stale": stale}),
+                ),
+            )
+        }
         EnqueueOutcome::Duplicate => (
             StatusCode::OK,
             Json(json!({"status": "duplicate", "event_id": event.id})),
         ),
+        EnqueueOutcome::Conflict => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "event_id_conflict",
+                format!(
+                    "event id `{}` was already accepted from this source for a different event \
+                     (within the last {}); nothing was queued: a new event needs a new id",
+                    event.id,
+                    humantime::format_duration(dedupe_ttl)
+                ),
+            ));
+        }
     })
 }
 

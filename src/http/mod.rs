@@ -33,6 +33,8 @@ pub struct SourceRuntime {
     pub properties: HashMap<String, PropertySettings>,
     /// Its rate limit in this process; `None` when off.
     pub rate_limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// `max_clock_skew_secs`: how far ahead of our clock an event's `occurred_at` may be.
+    pub max_clock_skew: std::time::Duration,
 }
 
 impl SourceRuntime {
@@ -51,6 +53,7 @@ impl SourceRuntime {
         });
         Ok(Self {
             rate_limiter,
+            max_clock_skew: std::time::Duration::from_secs(source.max_clock_skew_secs),
             name: source.name.clone(),
             verifier: source.verifier(index)?,
             properties: source

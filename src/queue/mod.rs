@@ -4,7 +4,7 @@
 //! apalis-redis is the transport: its worker loop fetches jobs, tracks them in per-worker
 //! in-flight sets and re-enqueues the in-flight jobs of workers that stop heart-beating.
 //! Everything else is owned here, each part because of a measured apalis-redis 1.0 defect
-//! (`shared/reference/apalis-redis-1.0.md` §4):
+//! (each measured, and covered by a named test in `tests/e2e/`):
 //!
 //! * **Enqueue** is one Lua script that claims the dedupe key and writes every job of the
 //!   event, so 202 means all of it is in Redis and 200 `duplicate` means nothing was written.
@@ -139,9 +139,42 @@ pub enum EnqueueOutcome {
         jobs: usize,
         /// Residents for whom the event was older than what their lease already records.
         stale: usize,
+        /// Residents whose lease record was dated in the future (beyond the clock skew) and
+        /// was replaced by this event.
+        overridden: usize,
     },
-    /// The source already delivered this event id within the dedupe window; nothing written.
+    /// The source already delivered this event, under this id, within the dedupe window;
+    /// nothing written.
     Duplicate,
+    /// The source already delivered a *different* event under this id within the dedupe
+    /// window; nothing written.
+    Conflict,
+}
+
+/// The bounds of one enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnqueueLimits {
+    /// How long the event id is remembered for deduplication.
+    pub dedupe_ttl: Duration,
+    /// The source's `max_clock_skew_secs`: lease records dated further ahead of now than
+    /// this never outrank an incoming event.
+    pub max_clock_skew: Duration,
+    /// How long Redis may take to answer.
+    pub timeout: Duration,
+}
+
+/// The digest kept with an event's dedupe marker: `sha256:` and the hex SHA-256 of the
+/// event as lease-sync serializes it, so a re-delivery matches whatever its whitespace, key
+/// order or ignored fields, and a different event under the same id does not.
+pub fn event_digest(event_json: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(event_json);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for byte in digest {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
 }
 
 /// Queue depths and lifetime counters, read straight from Redis.
@@ -347,20 +380,54 @@ impl JobQueue {
 
     /// Folds `event` into the state of each resident `jobs` names and durably queues a
     /// convergence job for each one whose state changed — unless `source` already delivered
-    /// `event.id` within `dedupe_ttl`. All jobs must be for one building. Answers within
-    /// `timeout` or fails with [`QueueError::Timeout`]; nothing is buffered in memory.
+    /// `event.id` within `dedupe_ttl` (the same event: [`EnqueueOutcome::Duplicate`]; another
+    /// event under that id: [`EnqueueOutcome::Conflict`]). A lease record dated more than
+    /// `max_clock_skew` after now never outranks the event (see [`crate::resident::supersedes`]).
+    /// All jobs must be for one building. Answers within `timeout` or fails with
+    /// [`QueueError::Timeout`]; nothing is buffered in memory.
     pub async fn enqueue_event(
         &self,
         source: &str,
         event: &LeaseEvent,
         jobs: &[DeliveryJob],
-        dedupe_ttl: Duration,
-        timeout: Duration,
+        limits: EnqueueLimits,
+    ) -> Result<EnqueueOutcome, QueueError> {
+        let record = crate::resident::LeaseRecord::from_event(event, source);
+        self.fold(source, event, Some(&record), jobs, limits).await
+    }
+
+    /// Forgets what `source`'s events recorded about lease `lease_id` for each resident
+    /// `jobs` names (an operator's reset), and queues a convergence job for each resident
+    /// that held such a record. `reset` is the synthetic event standing for the reset: its
+    /// id must be new. All jobs must be for one building.
+    pub async fn forget_lease(
+        &self,
+        source: &str,
+        reset: &LeaseEvent,
+        jobs: &[DeliveryJob],
+        limits: EnqueueLimits,
+    ) -> Result<EnqueueOutcome, QueueError> {
+        self.fold(source, reset, None, jobs, limits).await
+    }
+
+    /// The enqueue script: `record` folded in, or, when `None`, the lease forgotten.
+    async fn fold(
+        &self,
+        source: &str,
+        event: &LeaseEvent,
+        record: Option<&crate::resident::LeaseRecord>,
+        jobs: &[DeliveryJob],
+        limits: EnqueueLimits,
     ) -> Result<EnqueueOutcome, QueueError> {
         let Some(first) = jobs.first() else {
-            return Ok(EnqueueOutcome::Queued { jobs: 0, stale: 0 });
+            return Ok(EnqueueOutcome::Queued {
+                jobs: 0,
+                stale: 0,
+                overridden: 0,
+            });
         };
-        let record = crate::resident::LeaseRecord::from_event(event, source);
+        let now = now_ms();
+        let event_json = serde_json::to_vec(event)?;
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
             .key(self.keys.dedupe(source, &event.id))
@@ -369,12 +436,18 @@ impl JobQueue {
             .key(self.keys.queue_key("meta"))
             .key(self.keys.delivery_prefix())
             .key(self.keys.stats())
-            .arg(dedupe_ttl.as_secs().max(1))
-            .arg(now_ms())
-            .arg(serde_json::to_vec(event)?)
+            .arg(limits.dedupe_ttl.as_secs().max(1))
+            .arg(now)
+            .arg(&event_json)
             .arg(&event.lease.id)
-            .arg(serde_json::to_vec(&record)?)
-            .arg(self.keys.residents_index(&first.integration_id));
+            .arg(match record {
+                Some(record) => serde_json::to_vec(record)?,
+                None => Vec::new(),
+            })
+            .arg(self.keys.residents_index(&first.integration_id))
+            .arg(event_digest(&event_json))
+            .arg(crate::resident::future_cutoff(now, limits.max_clock_skew))
+            .arg(source);
         for job in jobs {
             invocation
                 .arg(ulid::Ulid::new().to_string())
@@ -384,17 +457,19 @@ impl JobQueue {
                 .arg(&job.user_id);
         }
         let mut conn = self.conn.clone();
-        let (queued, stale): (i64, i64) =
-            tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
+        let (queued, stale, overridden): (i64, i64, i64) =
+            tokio::time::timeout(limits.timeout, invocation.invoke_async(&mut conn))
                 .await
-                .map_err(|_| QueueError::Timeout(timeout))??;
-        Ok(if queued < 0 {
-            EnqueueOutcome::Duplicate
-        } else {
-            EnqueueOutcome::Queued {
-                jobs: usize::try_from(queued).unwrap_or_default(),
-                stale: usize::try_from(stale).unwrap_or_default(),
-            }
+                .map_err(|_| QueueError::Timeout(limits.timeout))??;
+        let count = |n: i64| usize::try_from(n).unwrap_or_default();
+        Ok(match queued {
+            -1 => EnqueueOutcome::Duplicate,
+            -2 => EnqueueOutcome::Conflict,
+            _ => EnqueueOutcome::Queued {
+                jobs: count(queued),
+                stale: count(stale),
+                overridden: count(overridden),
+            },
         })
     }
 

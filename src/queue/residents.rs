@@ -71,6 +71,34 @@ impl JobQueue {
         Ok(users)
     }
 
+    /// The state of every resident of `integration_id` holding a record of lease
+    /// `lease_id` (from any source). Reads the building's resident index in batches.
+    pub async fn residents_holding(
+        &self,
+        integration_id: &str,
+        lease_id: &str,
+    ) -> Result<Vec<ResidentState>, QueueError> {
+        const BATCH: usize = 500;
+        let field = format!("lease:{lease_id}");
+        let mut conn = self.conn.clone();
+        let mut holding = Vec::new();
+        for users in self.residents_of(integration_id).await?.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for user in users {
+                pipe.cmd("HEXISTS")
+                    .arg(self.keys.resident(integration_id, user))
+                    .arg(&field);
+            }
+            let found: Vec<bool> = pipe.query_async(&mut conn).await?;
+            for (user, _) in users.iter().zip(found).filter(|(_, found)| *found) {
+                if let Some(state) = self.resident(integration_id, user).await? {
+                    holding.push(state);
+                }
+            }
+        }
+        Ok(holding)
+    }
+
     /// Records that OpenApp was made to show `present` for state `version`, and returns the
     /// state version now (a newer event may have been folded in during the call). Adding
     /// someone makes them managed: from then on lease-sync may also remove them.

@@ -33,7 +33,7 @@ pub use self::plan::{Building, BuildingPlan, Change, Counts, Observed, Plan, Pla
 use crate::config::{Settings, SourceSettings};
 use crate::event::EventType;
 use crate::openapp::{CallError, OpenAppClient};
-use crate::queue::{EnqueueOutcome, JobQueue, QueueError};
+use crate::queue::{EnqueueLimits, EnqueueOutcome, JobQueue, QueueError};
 
 /// Why a reconciliation could not be planned or applied.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,9 @@ pub struct Enqueued {
     pub jobs: usize,
     /// 1 if the lease already records a newer event, so this one changed nothing.
     pub stale: usize,
+    /// 1 if the lease's record was dated in the future (beyond the source's clock skew) and
+    /// this event replaced it.
+    pub overridden: usize,
 }
 
 /// What applying a plan enqueued.
@@ -94,6 +97,8 @@ pub struct ApplyReport {
     pub jobs: usize,
     /// Events older than what their lease already recorded.
     pub stale: usize,
+    /// Future-dated lease records replaced.
+    pub overridden: usize,
 }
 
 /// Gathers the inputs of a plan and applies it.
@@ -103,6 +108,8 @@ pub struct Reconciler {
     client: OpenAppClient,
     dedupe_ttl: Duration,
     enqueue_timeout: Duration,
+    /// `max_clock_skew_secs` by source name.
+    max_clock_skew: std::collections::HashMap<String, Duration>,
 }
 
 impl Reconciler {
@@ -114,6 +121,11 @@ impl Reconciler {
             client,
             dedupe_ttl: Duration::from_secs(settings.http.dedupe_ttl_secs),
             enqueue_timeout: Duration::from_millis(settings.http.enqueue_timeout_ms),
+            max_clock_skew: settings
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), Duration::from_secs(s.max_clock_skew_secs)))
+                .collect(),
         }
     }
 
@@ -198,6 +210,13 @@ impl Reconciler {
         let run_id = ulid::Ulid::new().to_string();
         let events = plan::events_for(plan, &run_id);
         let total = events.len();
+        let limits = EnqueueLimits {
+            dedupe_ttl: self.dedupe_ttl,
+            max_clock_skew: self.max_clock_skew.get(&plan.source).copied().unwrap_or(
+                Duration::from_secs(SourceSettings::named("").max_clock_skew_secs),
+            ),
+            timeout: self.enqueue_timeout,
+        };
         let mut report = ApplyReport::default();
         for planned in events {
             let outcome = self
@@ -206,8 +225,7 @@ impl Reconciler {
                     &plan.source,
                     &planned.event,
                     std::slice::from_ref(&planned.job),
-                    self.dedupe_ttl,
-                    self.enqueue_timeout,
+                    limits,
                 )
                 .await
                 .map_err(|error| ReconcileError::Enqueue {
@@ -216,10 +234,14 @@ impl Reconciler {
                     total,
                     error,
                 })?;
-            let (jobs, stale) = match outcome {
-                EnqueueOutcome::Queued { jobs, stale } => (jobs, stale),
-                // Fresh ids are never duplicates; should one be, it changed nothing.
-                EnqueueOutcome::Duplicate => (0, 0),
+            let (jobs, stale, overridden) = match outcome {
+                EnqueueOutcome::Queued {
+                    jobs,
+                    stale,
+                    overridden,
+                } => (jobs, stale, overridden),
+                // Fresh ids are never seen before; should one be, it changed nothing.
+                EnqueueOutcome::Duplicate | EnqueueOutcome::Conflict => (0, 0, 0),
             };
             let enqueued = Enqueued {
                 event_id: planned.event.id.clone(),
@@ -229,10 +251,12 @@ impl Reconciler {
                 integration_id: planned.job.integration_id.clone(),
                 jobs,
                 stale,
+                overridden,
             };
             progress(&enqueued);
             report.jobs += jobs;
             report.stale += stale;
+            report.overridden += overridden;
             report.events.push(enqueued);
         }
         Ok(report)

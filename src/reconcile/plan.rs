@@ -750,7 +750,11 @@ mod tests {
         let ms = i64::try_from(NOW.unix_timestamp_nanos() / 1_000_000).unwrap();
         let mut b = state("B", &[("L-B", "acme", LeaseState::Active)], true);
         let ended = LeaseRecord::from_event(&events[1].event, "acme");
-        assert!(crate::resident::supersedes(&ended, b.leases.get("L-B")));
+        assert!(crate::resident::supersedes(
+            &ended,
+            b.leases.get("L-B"),
+            i64::MAX
+        ));
         b.leases.insert("L-B".into(), ended);
         assert_eq!(b.desired(ms), Desired::Absent);
 

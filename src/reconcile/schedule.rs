@@ -167,6 +167,7 @@ impl Scheduled {
             events = report.events.len(),
             jobs = report.jobs,
             stale = report.stale,
+            overridden = report.overridden,
             "reconciliation enqueued {} event(s), {} convergence job(s)",
             report.events.len(),
             report.jobs

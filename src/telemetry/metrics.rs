@@ -17,6 +17,8 @@ pub const WEBHOOKS: &str = "lease_sync_webhooks_received_total";
 pub const INGEST_DURATION: &str = "lease_sync_ingest_duration_seconds";
 /// Per-resident events ignored because they were older than what the lease recorded.
 pub const STALE_EVENTS: &str = "lease_sync_stale_events_total";
+/// Lease records dated beyond their source's clock skew that an event replaced, by `source`.
+pub const FUTURE_VERSIONS_OVERRIDDEN: &str = "lease_sync_future_versions_overridden_total";
 /// Job attempts by `outcome` (`converged`, `retried`, `dead_lettered`, `deferred`) and
 /// `reason` (the dead-letter reason, empty otherwise).
 pub const JOBS: &str = "lease_sync_jobs_total";
@@ -83,6 +85,12 @@ pub const CATALOG: &[Metric] = &[
         kind: Kind::Counter,
         labels: &["source"],
         help: "Per-resident events ignored because they were older than what the lease already recorded.",
+    },
+    Metric {
+        name: FUTURE_VERSIONS_OVERRIDDEN,
+        kind: Kind::Counter,
+        labels: &["source"],
+        help: "Lease records dated beyond their source's clock skew (written before such events were refused) that a newer event replaced.",
     },
     Metric {
         name: JOBS,

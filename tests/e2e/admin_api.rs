@@ -161,6 +161,7 @@ async fn every_endpoint_refuses_a_missing_or_wrong_token() {
         (Method::DELETE, format!("/dead-letters/{id}"), None),
         (Method::GET, "/queue".to_owned(), None),
         (Method::GET, "/audit".to_owned(), None),
+        (Method::POST, "/leases/acme-pms/L-1/reset".to_owned(), None),
     ];
     for (method, path, body) in &endpoints {
         for header in &bad_headers {
@@ -225,6 +226,7 @@ async fn the_openapi_document_is_public_and_lists_every_endpoint() {
         ("/admin/dead-letters/replay", "post"),
         ("/admin/queue", "get"),
         ("/admin/audit", "get"),
+        ("/admin/leases/{source}/{lease_id}/reset", "post"),
         ("/admin/openapi.json", "get"),
     ];
     for (path, method) in expected {
@@ -993,6 +995,7 @@ async fn a_read_token_reads_but_may_not_replay_or_purge() {
             "/dead-letters/replay".to_owned(),
             Some(r#"{"filter": {}, "dry_run": true}"#),
         ),
+        (Method::POST, "/leases/acme-pms/L-1/reset".to_owned(), None),
     ] {
         let reply = as_token(&app, VIEWER_TOKEN, method.clone(), &path, body).await;
         assert_refused(

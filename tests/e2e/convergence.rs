@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lease_sync::config::Role;
 use lease_sync::event::parse_event;
-use lease_sync::queue::{DeliveryJob, JOB_VERSION};
+use lease_sync::queue::{DeliveryJob, EnqueueLimits, JOB_VERSION};
 use lease_sync::resident::Desired;
 use lease_sync::sandbox::{Fault, FaultOptions};
 use rand::seq::SliceRandom;
@@ -443,8 +443,11 @@ async fn folding_any_permutation_of_a_history_gives_the_version_order_state() {
                         SOURCE,
                         &event,
                         &[job],
-                        Duration::from_secs(60),
-                        Duration::from_secs(5),
+                        EnqueueLimits {
+                            dedupe_ttl: Duration::from_secs(60),
+                            max_clock_skew: Duration::from_secs(300),
+                            timeout: Duration::from_secs(5),
+                        },
                     )
                     .await
                     .unwrap();

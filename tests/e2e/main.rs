@@ -12,4 +12,5 @@ mod operator_cli;
 mod reconcile;
 mod resilience;
 mod retries;
+mod safety;
 mod support;

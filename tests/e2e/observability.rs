@@ -90,6 +90,23 @@ async fn metrics_expose_every_documented_metric_and_move_as_the_pipeline_runs() 
     let old = body_at("lease.ended", "L-m1", "u-m1", "2020-01-01T00:00:00Z");
     let reply = post_event(&app, "evt-m3", old).await;
     assert_eq!(reply.json["stale"], 1, "{reply:?}");
+    // A record dated in 9999, as ingest wrote them before it refused such events, is
+    // replaced by the next event of its lease.
+    let from_the_future = body_at("lease.signed", "L-m7", "u-m7", "9999-01-01T00:00:00Z");
+    fold_without_ingest_checks(&app, "evt-m7", &from_the_future).await;
+    let current = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let current = current
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let reply = post_event(
+        &app,
+        "evt-m7b",
+        body_at("lease.ended", "L-m7", "u-m7", &current),
+    )
+    .await;
+    assert_eq!(reply.json["jobs"], 1, "{reply:?}");
+    // Its convergences must not meet the faults scripted below.
+    wait_drained(&app.queue(), LIMIT).await;
     // One 503 then success (a retry), and one permanent 400 (a dead letter).
     openapp.sandbox.push_fault(Fault::Status {
         status: 503,
@@ -177,6 +194,7 @@ async fn metrics_expose_every_documented_metric_and_move_as_the_pipeline_runs() 
         4.0,
     );
     grew("lease_sync_stale_events_total", &[&source], 1.0);
+    grew("lease_sync_future_versions_overridden_total", &[&source], 1.0);
     grew("lease_sync_jobs_total", &["outcome=\"converged\""], 2.0);
     grew("lease_sync_jobs_total", &["outcome=\"retried\""], 1.0);
     grew(

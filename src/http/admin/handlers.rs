@@ -15,15 +15,16 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AdminState;
 use super::auth::Actor;
-use super::error::{AdminError, invalid_body, invalid_query, no_dead_letter};
+use super::error::{AdminError, invalid_body, invalid_query, no_dead_letter, shown};
 use super::openapi::{
     AuditRecordDoc, DeadLetterDoc, DeadLetterFilterDoc, DeadReasonDoc, ErrorBody, EventTypeDoc,
-    PageDoc, QueueCountsDoc,
+    PageDoc, QueueCountsDoc, ResetReportDoc,
 };
 use crate::dead_letters::{
-    AuditRecord, DeadLetter, DeadLetterFilter, DeadLetters, Page, ReplayOutcome,
+    AuditRecord, DeadLetter, DeadLetterFilter, DeadLetters, Page, ReplayOutcome, is_delivery_id,
 };
 use crate::http::ApiError;
+use crate::leases::{LeaseError, ResetReport};
 use crate::queue::{QueueCounts, QueueError, now_ms};
 
 /// Page size when the caller names none.
@@ -368,6 +369,65 @@ pub(super) async fn recent_audit(
     Ok(Json(state.dead_letters.recent_audit(limit).await?))
 }
 
+/// Forgets lease-sync's record of one lease from one source, for every resident holding
+/// it, and converges each of them again (from their other leases); the next event or
+/// reconciliation records the lease afresh. Needs the `admin` scope; audited.
+#[utoipa::path(
+    post,
+    path = "/admin/leases/{source}/{lease_id}/reset",
+    tag = "leases",
+    params(
+        ("source" = String, Path, description = "A configured source name."),
+        ("lease_id" = String, Path, description = "The lease id, as the source sends it (percent-encoded)."),
+    ),
+    responses(
+        (status = 200, description = "The record was forgotten and the residents queued for convergence; an audit record was written.", body = ResetReportDoc),
+        (status = 404, description = "No source has this name (`unknown_source`), or no resident holds a record of this lease from it (`not_found`).", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn reset_lease(
+    State(state): State<AdminState>,
+    actor: Actor,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<ResetReport>, AdminError> {
+    let Path((source, lease_id)) = path.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            rejection.body_text(),
+        )
+    })?;
+    match state.leases.reset(&source, &lease_id, actor.as_str()).await {
+        Ok(report) => {
+            info!(
+                source = %source,
+                lease.id = %lease_id,
+                residents = report.residents.len(),
+                actor = actor.as_str(),
+                "lease reset"
+            );
+            Ok(Json(report))
+        }
+        Err(LeaseError::UnknownSource(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_source",
+            format!("no source named `{}` is configured", shown(&source)),
+        )
+        .into()),
+        Err(LeaseError::InvalidLeaseId | LeaseError::NotFound { .. }) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "lease-sync holds no record of lease `{}` from source `{source}`",
+                shown(&lease_id)
+            ),
+        )
+        .into()),
+        Err(LeaseError::Queue(e)) => Err(e.into()),
+    }
+}
+
 /// What a bulk replay did.
 struct BulkRun {
     /// Ids queued again, in the order they were matched.
@@ -423,6 +483,7 @@ async fn write_audit(
         action: action.to_owned(),
         ids,
         filter,
+        lease: None,
     };
     if let Err(e) = dead_letters.audit(&record).await {
         error!(
@@ -458,15 +519,20 @@ fn parse_bulk_request(body: Result<Bytes, BytesRejection>) -> Result<BulkReplayR
     Ok(request)
 }
 
-/// The `{id}` path segment; it only fails to extract when not valid UTF-8.
+/// The `{id}` path segment. Anything that is not a delivery id (a ULID) is answered 404
+/// before it comes near a Redis key name, so the answer says nothing about which keys exist.
 fn delivery_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    id.map(|Path(id)| id).map_err(|rejection| {
+    let id = id.map(|Path(id)| id).map_err(|rejection| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_path",
             rejection.body_text(),
         )
-    })
+    })?;
+    if !is_delivery_id(&id) {
+        return Err(no_dead_letter(&id));
+    }
+    Ok(id)
 }
 
 /// A query string that does not even split into the known parameters (an unknown or

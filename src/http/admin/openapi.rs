@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
 
 pub(super) use self::schemas::{
     AuditRecordDoc, DeadLetterDoc, DeadLetterFilterDoc, DeadReasonDoc, ErrorBody, EventTypeDoc,
-    PageDoc, QueueCountsDoc,
+    PageDoc, QueueCountsDoc, ResetReportDoc,
 };
 use super::handlers;
 
@@ -30,7 +30,7 @@ static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(AdminApi::op
 #[openapi(
     info(
         title = "lease-sync admin API",
-        description = "Dead letters and queue stats for operators. Every endpoint except this \
+        description = "Dead letters, lease resets and queue stats for operators. Every endpoint except this \
             document requires `Authorization: Bearer <token>` with one of the `[admin] tokens`; \
             a token with the `read` scope may only use `GET`. \
             Errors are `{\"error\": code, \"message\": sentence}`."
@@ -44,13 +44,15 @@ static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(AdminApi::op
         handlers::purge_dead_letter,
         handlers::queue_counts,
         handlers::recent_audit,
+        handlers::reset_lease,
     ),
     components(schemas(ErrorBody, EventTypeDoc, DeadReasonDoc)),
     modifiers(&CommonResponses),
     tags(
         (name = "dead letters", description = "Deliveries that were given up: list, inspect, replay, purge."),
+        (name = "leases", description = "lease-sync's record of one lease: reset it."),
         (name = "queue", description = "Queue depths and counters."),
-        (name = "audit", description = "Who replayed or purged what."),
+        (name = "audit", description = "Who replayed, purged or reset what."),
         (name = "meta", description = "This document."),
     )
 )]
@@ -341,20 +343,86 @@ mod schemas {
         attempt_log: Vec<AttemptRecordDoc>,
     }
 
-    /// An audit record of a replay or purge.
+    /// An audit record of a replay, a purge or a lease reset.
     #[derive(Serialize, ToSchema)]
     #[schema(as = AuditRecord)]
     pub(crate) struct AuditRecordDoc {
         /// When (ms since the epoch).
         at: i64,
-        /// Who: `token:<first 12 hex of sha256(token)>`, or `cli:<user>@<host>`.
+        /// Who: the token's name or `token:<first 12 hex of sha256(token)>`, or
+        /// `cli:<user>@<host>`.
         actor: String,
-        /// `replay` or `purge`.
+        /// `replay`, `purge` or `lease_reset`.
         action: String,
-        /// The entries acted on.
+        /// The entries acted on: delivery ids, or `<integration_id>/<user_id>` of each
+        /// resident a lease reset converged again.
         ids: Vec<String>,
         /// The filter of a bulk replay.
         filter: Option<DeadLetterFilterDoc>,
+        /// The lease a reset forgot.
+        lease: Option<AuditedLeaseDoc>,
+    }
+
+    /// The lease of an audited reset.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = AuditedLease)]
+    pub(crate) struct AuditedLeaseDoc {
+        /// The source whose record was forgotten.
+        source: String,
+        /// The lease id.
+        lease_id: String,
+    }
+
+    /// What a lease reset did.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = ResetReport)]
+    pub(crate) struct ResetReportDoc {
+        /// The source.
+        source: String,
+        /// The lease.
+        lease_id: String,
+        /// The residents whose record was forgotten and who were queued for convergence.
+        residents: Vec<HolderDoc>,
+        /// Convergence jobs queued.
+        jobs: usize,
+    }
+
+    /// A resident who held a record of the lease.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = LeaseHolder)]
+    pub(crate) struct HolderDoc {
+        /// OpenApp integration (the building).
+        integration_id: String,
+        /// OpenApp user.
+        user_id: String,
+        /// The record forgotten.
+        record: LeaseRecordDoc,
+        /// What OpenApp should have shown with the record: `present`, `absent` or `untouched`.
+        desired_now: String,
+        /// What it should show without it (from the resident's other leases).
+        desired_after_reset: String,
+    }
+
+    /// lease-sync's record of one lease for one resident: the newest event's effect.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = LeaseRecord)]
+    pub(crate) struct LeaseRecordDoc {
+        /// `active` (signed) or `ended`.
+        state: String,
+        /// Access begins (ms since the epoch); absent = already.
+        starts_at: Option<i64>,
+        /// Access ends (ms since the epoch); absent = open-ended.
+        ends_at: Option<i64>,
+        /// `occurred_at` of the event recorded (ms): its version.
+        occurred_at: i64,
+        /// 0 for `lease.signed`, 1 for `lease.ended`.
+        rank: u8,
+        /// The event recorded.
+        event_id: String,
+        /// Its source.
+        source: String,
+        /// The source's building id.
+        property_id: String,
     }
 
     /// Queue depths and lifetime counters.
@@ -513,6 +581,31 @@ mod tests {
         }
     }
 
+    fn reset_report() -> crate::leases::ResetReport {
+        let record = crate::resident::LeaseRecord {
+            state: crate::resident::LeaseState::Active,
+            starts_at: Some(1),
+            ends_at: Some(2),
+            occurred_at: 3,
+            rank: 0,
+            event_id: "e".into(),
+            source: "s".into(),
+            property_id: "p".into(),
+        };
+        crate::leases::ResetReport {
+            source: "s".into(),
+            lease_id: "L".into(),
+            residents: vec![crate::leases::Holder {
+                integration_id: "i".into(),
+                user_id: "u".into(),
+                record,
+                desired_now: crate::resident::Desired::Present,
+                desired_after_reset: crate::resident::Desired::Absent,
+            }],
+            jobs: 1,
+        }
+    }
+
     #[test]
     fn every_mirror_documents_exactly_what_its_type_serializes() {
         let counts = QueueCounts {
@@ -525,6 +618,10 @@ mod tests {
             action: "replay".into(),
             ids: vec!["d".into()],
             filter: Some(filter()),
+            lease: Some(crate::dead_letters::AuditedLease {
+                source: "acme".into(),
+                lease_id: "L-1".into(),
+            }),
         };
         let dead_letter = DeadLetter {
             summary: summary(),
@@ -545,6 +642,12 @@ mod tests {
             ("Page", serialized(&page)),
             ("AuditRecord", serialized(&audit)),
             ("QueueCounts", serialized(&counts)),
+            ("ResetReport", serialized(&reset_report())),
+            ("LeaseHolder", serialized(&reset_report().residents[0])),
+            (
+                "LeaseRecord",
+                serialized(&reset_report().residents[0].record),
+            ),
         ] {
             assert_eq!(
                 documented(name),
@@ -567,7 +670,7 @@ mod tests {
             "bearer"
         );
         let paths = document["paths"].as_object().cloned().unwrap_or_default();
-        assert_eq!(paths.len(), 7, "{:?}", paths.keys());
+        assert_eq!(paths.len(), 8, "{:?}", paths.keys());
         for (path, item) in &paths {
             for (method, operation) in item.as_object().into_iter().flatten() {
                 let secured = operation.get("security").is_some();

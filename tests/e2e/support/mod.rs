@@ -369,6 +369,48 @@ pub async fn post_event(app: &TestApp, id: &str, body: Vec<u8>) -> Reply {
         .await
 }
 
+/// Folds `body` into resident state the way ingest did before it refused future-dated
+/// events: the same enqueue script, without the `occurred_at` check.
+pub async fn fold_without_ingest_checks(
+    app: &TestApp,
+    id: &str,
+    body: &[u8],
+) -> lease_sync::queue::EnqueueOutcome {
+    let event = lease_sync::event::parse_event(body, id).expect("valid event");
+    let role = role();
+    let target = lease_sync::queue::Target {
+        org_id: ORG,
+        integration_id: INTEGRATION,
+        role: &role,
+    };
+    let jobs: Vec<lease_sync::queue::DeliveryJob> = event
+        .residents
+        .iter()
+        .map(|r| {
+            lease_sync::queue::DeliveryJob::for_event(
+                &event,
+                SOURCE,
+                &r.openapp_user_id,
+                target,
+                None,
+            )
+        })
+        .collect();
+    app.queue()
+        .enqueue_event(
+            SOURCE,
+            &event,
+            &jobs,
+            lease_sync::queue::EnqueueLimits {
+                dedupe_ttl: Duration::from_secs(3600),
+                max_clock_skew: Duration::from_secs(300),
+                timeout: Duration::from_secs(5),
+            },
+        )
+        .await
+        .expect("redis")
+}
+
 /// Waits until the listener on `port` answers `/readyz` with 200; returns its body.
 pub async fn wait_ready(port: u16, limit: Duration) -> Value {
     wait_until("the listener to be ready", limit, || async {
