@@ -194,7 +194,11 @@ async fn metrics_expose_every_documented_metric_and_move_as_the_pipeline_runs() 
         4.0,
     );
     grew("lease_sync_stale_events_total", &[&source], 1.0);
-    grew("lease_sync_future_versions_overridden_total", &[&source], 1.0);
+    grew(
+        "lease_sync_future_versions_overridden_total",
+        &[&source],
+        1.0,
+    );
     grew("lease_sync_jobs_total", &["outcome=\"converged\""], 2.0);
     grew("lease_sync_jobs_total", &["outcome=\"retried\""], 1.0);
     grew(
