@@ -658,3 +658,108 @@ async fn residents_show_prints_leases_windows_desired_and_applied_state() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no state for user nobody"));
 }
+
+/// The version order exists twice: in the enqueue script (what production runs) and in
+/// `resident::supersedes` (what the pure code and its tests use). For random pairs of records
+/// — equal and distinct times, both types, both id orders, and times beyond the allowed clock
+/// skew — the script replaces a record exactly when `supersedes` says the newcomer wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enqueue_script_and_supersedes_agree_on_the_version_order() {
+    use lease_sync::event::{EventType, Lease, LeaseEvent, Resident};
+    use lease_sync::queue::{EnqueueOutcome, Target};
+    use lease_sync::resident::{LeaseRecord, future_cutoff, supersedes};
+
+    const PAIRS: usize = 600;
+    let skew = Duration::from_secs(300);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261203);
+    let redis = RedisServer::start();
+    let settings = lease_sync::config::Settings::from_toml_str(
+        &config_toml(
+            &redis.url(),
+            &namespace(),
+            "http://127.0.0.1:9/api/v1",
+            "127.0.0.1:0",
+        ),
+        Vec::new(),
+    )
+    .unwrap();
+    let queue = lease_sync::queue::JobQueue::new(
+        lease_sync::queue::connect(&settings.redis).unwrap(),
+        &settings.redis.namespace,
+    );
+    let limits = EnqueueLimits {
+        dedupe_ttl: Duration::from_secs(60),
+        max_clock_skew: skew,
+        timeout: Duration::from_secs(5),
+    };
+    let role = role();
+    let target = Target {
+        org_id: ORG,
+        integration_id: INTEGRATION,
+        role: &role,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    // Past, within the skew, and far beyond it: minutes from the cutoff, so the run's own
+    // clock cannot tip a case.
+    let times = [
+        now - time::Duration::hours(2),
+        now - time::Duration::hours(1),
+        now + time::Duration::seconds(60),
+        time::macros::datetime!(9999-01-01 0:00 UTC),
+    ];
+    let (mut replaced, mut kept) = (0, 0);
+    for pair in 0..PAIRS {
+        let user = format!("vo-{pair}");
+        let mut draw = |name: &str| LeaseEvent {
+            id: format!("{pair}-{name}{}", rng.random_range(0..2)),
+            event_type: if rng.random_bool(0.5) {
+                EventType::LeaseSigned
+            } else {
+                EventType::LeaseEnded
+            },
+            occurred_at: times[rng.random_range(0..times.len())],
+            lease: Lease {
+                id: "L".into(),
+                property_id: PROPERTY.into(),
+                unit: None,
+            },
+            residents: vec![Resident {
+                openapp_user_id: user.clone(),
+                external_id: None,
+            }],
+            access: None,
+        };
+        let (first, second) = (draw("a"), draw("b"));
+        for event in [&first, &second] {
+            let job = DeliveryJob::for_event(event, SOURCE, &user, target, None);
+            let outcome = queue
+                .enqueue_event(SOURCE, event, &[job], limits)
+                .await
+                .unwrap();
+            let EnqueueOutcome::Queued { jobs, stale, .. } = outcome else {
+                panic!("{outcome:?}");
+            };
+            if std::ptr::eq(event, &second) {
+                let recorded = LeaseRecord::from_event(&first, SOURCE);
+                let incoming = LeaseRecord::from_event(&second, SOURCE);
+                let cutoff = future_cutoff(lease_sync::queue::now_ms(), skew);
+                let wins = supersedes(&incoming, Some(&recorded), cutoff);
+                assert_eq!(
+                    (jobs, stale),
+                    if wins { (1, 0) } else { (0, 1) },
+                    "pair {pair}: {recorded:?} then {incoming:?}"
+                );
+                if wins {
+                    replaced += 1;
+                } else {
+                    kept += 1;
+                }
+            }
+        }
+    }
+    // Both answers occur often enough for the comparison to mean something.
+    assert!(
+        replaced > PAIRS / 5 && kept > PAIRS / 5,
+        "{replaced} replaced, {kept} kept"
+    );
+}
