@@ -15,6 +15,7 @@
 //!   the longest is closed to make room (see the `slots` module); when none is idle, the new
 //!   connection is answered 503 `overloaded` with `Retry-After` and closed. The loop never
 //!   stops accepting.
+//! * **Answers.** Requests hyper refuses by itself get a JSON body too (the `io` module).
 //! * **Shutdown.** Accepting stops, idle connections are closed, and open requests are
 //!   answered (the caller bounds the wait).
 
@@ -75,8 +76,8 @@ pub struct ConnectionLimits {
     /// previous answer; the connection is closed after it.
     pub header_read_timeout: Duration,
     /// Largest request head answered with a JSON 431 by [`reject_large_headers`]; hyper
-    /// itself refuses (with a bare 431) heads larger than twice this, so no connection
-    /// buffers more than that.
+    /// itself refuses heads larger than twice this (answered 431 in JSON as well), so no
+    /// connection buffers more than that.
     pub header_limit_bytes: usize,
     /// Connections held at once (see the module documentation for what happens past it).
     pub max_connections: usize,
@@ -146,7 +147,7 @@ pub async fn serve(
                 connection,
                 reclaimed,
             } => {
-                let io = ConnectionIo::new(stream, connection.clone());
+                let io = ConnectionIo::new(stream, connection.clone(), limits.max_buf_size());
                 tasks.spawn(serve_connection(
                     builder.clone(),
                     io,

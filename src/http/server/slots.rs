@@ -211,6 +211,14 @@ impl Connection {
         self.state.store(after, Ordering::Release);
     }
 
+    /// Bytes that are not the service's are about to be written (see the `io` module): the
+    /// connection is not idle until they have been flushed.
+    pub(super) fn writing_own_answer(&self) {
+        let mut idle = self.slots.lock();
+        self.state.fetch_or(UNFLUSHED, Ordering::AcqRel);
+        idle.make_busy(self.id);
+    }
+
     /// Everything written so far has reached the socket.
     pub(super) fn flushed(&self) {
         if self.state.load(Ordering::Acquire) != UNFLUSHED {
@@ -325,6 +333,17 @@ mod tests {
         assert!(a.is_idle());
         // `a` is closing: nothing is idle to make room with.
         assert!(matches!(slots.admit(), Admission::Refused(_)));
+    }
+
+    #[test]
+    fn a_connection_writing_its_own_answer_is_not_idle_until_flushed() {
+        let slots = Slots::new("test", 1);
+        let (a, _) = admitted(&slots);
+        a.writing_own_answer();
+        assert!(!a.is_idle());
+        assert!(matches!(slots.admit(), Admission::Refused(_)));
+        a.flushed();
+        assert!(a.is_idle());
     }
 
     #[test]
