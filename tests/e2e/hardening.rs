@@ -1,6 +1,7 @@
 //! Hostile and unusual input at the webhook listener: the `hmac-sha256` scheme in GitHub
 //! and Buildium styles, secret rotation and expiry, the per-source rate limit, slow and
-//! oversized requests, and `check-config`'s expiry warnings.
+//! oversized requests, requests the HTTP parser refuses (JSON on both listeners), and
+//! `check-config`'s expiry warnings.
 
 use std::process::Command;
 use std::time::Duration;
