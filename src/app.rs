@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Role, Settings};
+use crate::config::{ConnectionCaps, Role, Settings};
 use crate::dead_letters::DeadLetters;
 use crate::http::admin::{AcceptedTokens, AdminState, router as admin_router};
+use crate::http::server::{ConnectionLimits, Listener, serve};
 use crate::http::{AppState, router};
 use crate::openapp::OpenAppClient;
 use crate::queue::{JobQueue, connect};
@@ -27,6 +28,7 @@ pub struct Application {
     admin_listener: Option<TcpListener>,
     admin_tokens: Arc<AcceptedTokens>,
     client: Option<OpenAppClient>,
+    caps: ConnectionCaps,
 }
 
 impl Application {
@@ -80,6 +82,7 @@ impl Application {
         } else {
             (None, Arc::default())
         };
+        let caps = connection_caps(&settings, role);
         Ok(Self {
             settings,
             role,
@@ -88,6 +91,7 @@ impl Application {
             admin_listener,
             admin_tokens,
             client,
+            caps,
         })
     }
 
@@ -142,8 +146,12 @@ impl Application {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "admin API ready: http://{addr}/admin (OpenAPI at /admin/openapi.json)");
             }
-            let limits = crate::http::server::ConnectionLimits::from_settings(&self.settings.http);
-            tokio::spawn(crate::http::server::serve(
+            let limits = ConnectionLimits::new(
+                Listener::Admin,
+                &self.settings.http,
+                self.caps.admin.unwrap_or(crate::config::ADMIN_CONNECTIONS),
+            );
+            tokio::spawn(serve(
                 listener,
                 admin_router(state),
                 limits,
@@ -161,13 +169,12 @@ impl Application {
             let addr = listener.local_addr().context("listener has no address")?;
             info!(%addr, role = ?self.role, "webhook listener ready: POST http://{addr}/webhooks/{{source}}");
             let grace = Duration::from_secs(self.settings.http.shutdown_grace_secs);
-            let limits = state.connection_limits();
-            let server = tokio::spawn(crate::http::server::serve(
-                listener,
-                router(state),
-                limits,
-                shutdown.clone(),
-            ));
+            let limits = ConnectionLimits::new(
+                Listener::Webhook,
+                &self.settings.http,
+                self.caps.http.unwrap_or(crate::config::MIN_CONNECTIONS),
+            );
+            let server = tokio::spawn(serve(listener, router(state), limits, shutdown.clone()));
             shutdown.cancelled().await;
             match tokio::time::timeout(grace, server).await {
                 Ok(Ok(())) => {}
@@ -198,6 +205,34 @@ impl Application {
         info!("stopped");
         Ok(())
     }
+}
+
+/// The listeners' connection caps under the open-file limit in force (the command line
+/// raised it first), logged once.
+fn connection_caps(settings: &Settings, role: Role) -> ConnectionCaps {
+    let fd_limit = match crate::fd_limit::current() {
+        Ok(limit) => limit.soft,
+        Err(e) => {
+            // The most common soft limit: caps that fit it are safe wherever it is higher.
+            warn!("cannot read the open-file limit (RLIMIT_NOFILE), assuming 1024: {e}");
+            1024
+        }
+    };
+    let caps = settings.connection_caps(role, fd_limit);
+    let shown = |cap: Option<usize>| cap.map_or_else(|| "-".to_owned(), |c| c.to_string());
+    info!(
+        "connection caps: webhook listener {}, admin listener {} (open-file limit {fd_limit}, {} descriptors for connections)",
+        shown(caps.http),
+        shown(caps.admin),
+        caps.budget
+    );
+    if caps.overcommitted() {
+        warn!(
+            "http.max_connections and admin.max_connections together exceed the {} file descriptors the open-file limit ({fd_limit}) leaves for connections: the process may run out of descriptors before it refuses a connection",
+            caps.budget
+        );
+    }
+    caps
 }
 
 /// Cancels the returned token on SIGTERM or SIGINT.

@@ -154,7 +154,8 @@ pub struct HttpSettings {
     pub dedupe_ttl_secs: u64,
     /// How long ingest waits for Redis to take an event before answering 503.
     pub enqueue_timeout_ms: u64,
-    /// Seconds a 503 `queue_unavailable` asks the sender to wait (`Retry-After`).
+    /// Seconds a 503 `queue_unavailable` or `overloaded` asks the sender to wait
+    /// (`Retry-After`).
     pub retry_after_secs: u64,
     /// How long shutdown waits for in-flight requests before giving up.
     pub shutdown_grace_secs: u64,
@@ -173,6 +174,11 @@ pub struct HttpSettings {
     /// Webhooks one source may send at once above the steady rate (a bulk import, a burst of
     /// retries after an outage).
     pub rate_limit_burst: u32,
+    /// Connections the webhook listener holds at once. Unset: derived from the open-file
+    /// limit ([`Settings::connection_caps`]). At the cap, the connection that has been idle
+    /// longest (no request in progress) is closed to make room; when none is idle, a new
+    /// connection gets 503 `overloaded` with `Retry-After`.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for HttpSettings {
@@ -188,6 +194,7 @@ impl Default for HttpSettings {
             read_timeout_ms: 5_000,
             rate_limit_per_sec: 200,
             rate_limit_burst: 2_000,
+            max_connections: None,
         }
     }
 }
@@ -408,6 +415,10 @@ pub struct AdminSettings {
     pub tokens: Vec<AdminToken>,
     /// File with more tokens, one per line (blank lines and `#` comments ignored).
     pub tokens_file: Option<PathBuf>,
+    /// Connections the admin listener holds at once, a budget of its own so that a flood of
+    /// the webhook listener never locks operators and probes out. Unset: derived from the
+    /// open-file limit ([`Settings::connection_caps`]). Past it, as for `http.max_connections`.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for AdminSettings {
@@ -417,6 +428,7 @@ impl Default for AdminSettings {
             listen: "127.0.0.1:9090".into(),
             tokens: Vec::new(),
             tokens_file: None,
+            max_connections: None,
         }
     }
 }
@@ -1020,6 +1032,9 @@ impl Settings {
             positive("http.dedupe_ttl_secs", self.http.dedupe_ttl_secs)?;
             positive("http.enqueue_timeout_ms", self.http.enqueue_timeout_ms)?;
             positive("http.read_timeout_ms", self.http.read_timeout_ms)?;
+            if let Some(max) = self.http.max_connections {
+                positive("http.max_connections", max as u64)?;
+            }
             // Port 0 asks the OS for a free port, so two such binds never collide.
             if self.admin.enabled
                 && role.is_service()
@@ -1131,6 +1146,9 @@ impl Settings {
                 ConfigError::invalid("admin.listen", format!("not a socket address: {e}"))
             })?;
             self.admin.validate_tokens()?;
+            if let Some(max) = self.admin.max_connections {
+                positive("admin.max_connections", max as u64)?;
+            }
         }
 
         let mut names = HashSet::new();
@@ -1304,6 +1322,83 @@ impl Settings {
         // Serialising plain data structs to TOML cannot fail; the fallback keeps this total.
         toml::to_string_pretty(self)
             .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// File descriptors a serving process keeps for everything but its listeners' connections:
+/// standard streams, the runtime's epoll and event fds, the listening sockets, Redis
+/// connections, DNS look-ups, a log file.
+pub const RESERVED_FDS: u64 = 64;
+
+/// Connections a listener may hold beyond its cap for a moment, twice over: ones admitted in
+/// place of reclaimed idle connections that have not closed yet, and ones being answered 503
+/// `overloaded`. Each listener's cap leaves room for both.
+pub const CONNECTION_SPARE: usize = 32;
+
+/// The admin listener's derived cap: operators, probes and a Prometheus scraper need few.
+pub const ADMIN_CONNECTIONS: usize = 64;
+
+/// The smallest derived cap, however low the open-file limit.
+pub const MIN_CONNECTIONS: usize = 8;
+
+/// How many connections each listener of a process may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    /// The webhook listener's cap; `None` when the role does not run it.
+    pub http: Option<usize>,
+    /// The admin listener's cap; `None` when the process does not serve the admin API.
+    pub admin: Option<usize>,
+    /// File descriptors left for the listeners' connections by the open-file limit.
+    pub budget: usize,
+}
+
+impl ConnectionCaps {
+    /// Whether the caps together exceed the budget (only possible when configured): the
+    /// process could then run out of file descriptors before refusing a connection.
+    pub fn overcommitted(&self) -> bool {
+        self.http.unwrap_or(0) + self.admin.unwrap_or(0) > self.budget
+    }
+}
+
+impl Settings {
+    /// Each listener's connection cap under an open-file limit of `fd_limit`: the configured
+    /// `max_connections`, or derived. The derived caps share
+    ///
+    /// `budget = fd_limit − RESERVED_FDS − worker.concurrency (roles that deliver: one
+    /// OpenApp connection per job) − 2 × CONNECTION_SPARE per listener`
+    ///
+    /// as `admin = min(ADMIN_CONNECTIONS, budget / 8)` and `http = budget − admin`, neither
+    /// below [`MIN_CONNECTIONS`]. With 1,024 descriptors, `serve` and the default 16 workers:
+    /// budget 816, admin 64, http 752.
+    pub fn connection_caps(&self, role: Role, fd_limit: u64) -> ConnectionCaps {
+        let webhook = role.runs_ingest();
+        let admin = self.admin.enabled && role.is_service();
+        let listeners = u64::from(webhook) + u64::from(admin);
+        let workers = if role.runs_workers() {
+            self.worker.concurrency as u64
+        } else {
+            0
+        };
+        let reserved = RESERVED_FDS + workers + listeners * 2 * CONNECTION_SPARE as u64;
+        // An unlimited limit still yields a cap that fits in memory.
+        let budget = fd_limit.saturating_sub(reserved).min(1 << 24) as usize;
+        let admin = admin.then(|| {
+            self.admin
+                .max_connections
+                .unwrap_or((budget / 8).clamp(MIN_CONNECTIONS, ADMIN_CONNECTIONS))
+        });
+        let http = webhook.then(|| {
+            self.http.max_connections.unwrap_or(
+                budget
+                    .saturating_sub(admin.unwrap_or(0))
+                    .max(MIN_CONNECTIONS),
+            )
+        });
+        ConnectionCaps {
+            http,
+            admin,
+            budget,
+        }
     }
 }
 
@@ -1657,6 +1752,8 @@ mod tests {
         full.sources[0].rate_limit_per_sec = Some(1);
         full.sources[0].rate_limit_burst = Some(1);
         full.admin.tokens_file = Some("x".into());
+        full.http.max_connections = Some(1);
+        full.admin.max_connections = Some(1);
         let mut keys = Vec::new();
         key_paths(&toml::Value::try_from(&full).unwrap(), "", &mut keys);
         for key in keys {
@@ -1682,6 +1779,65 @@ mod tests {
                 text.contains(&format!("\n{leaf} = ")) || text.contains(&format!("\n# {leaf} = ")),
                 "key `{key}` is not documented in deploy/config.example.toml"
             );
+        }
+    }
+
+    #[test]
+    fn connection_caps_are_derived_from_the_open_file_limit_unless_set() {
+        let s = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        // 1,024 − 64 reserved − 16 workers − 2 × 32 spare for each of two listeners = 816.
+        let caps = s.connection_caps(Role::Serve, 1024);
+        assert_eq!(
+            caps,
+            ConnectionCaps {
+                http: Some(752),
+                admin: Some(64),
+                budget: 816
+            }
+        );
+        assert!(!caps.overcommitted());
+        // Ingest delivers nothing, so keeps no OpenApp connections; work has no webhook listener.
+        assert_eq!(s.connection_caps(Role::Ingest, 1024).http, Some(768));
+        let work = s.connection_caps(Role::Work, 1024);
+        assert_eq!((work.http, work.admin), (None, Some(64)));
+        // A small limit shrinks the admin share too, but never below the floor.
+        let small = s.connection_caps(Role::Serve, 256);
+        assert_eq!((small.http, small.admin), (Some(40), Some(8)));
+        let tiny = s.connection_caps(Role::Serve, 16);
+        assert_eq!(
+            (tiny.http, tiny.admin),
+            (Some(MIN_CONNECTIONS), Some(MIN_CONNECTIONS))
+        );
+        assert!(tiny.overcommitted());
+        // An unlimited limit stays a usable number.
+        assert!(s.connection_caps(Role::Serve, u64::MAX).http.unwrap() > 1_000_000);
+        // Without the admin API its share goes to the webhook listener.
+        let mut off = s.clone();
+        off.admin.enabled = false;
+        assert_eq!(off.connection_caps(Role::Serve, 1024).http, Some(880));
+
+        let set = Settings::from_toml_str(
+            MINIMAL,
+            env(&[
+                ("LEASE_SYNC__HTTP__MAX_CONNECTIONS", "5000"),
+                ("LEASE_SYNC__ADMIN__MAX_CONNECTIONS", "10"),
+            ]),
+        )
+        .unwrap();
+        set.validate(Role::Serve).unwrap();
+        let caps = set.connection_caps(Role::Serve, 1024);
+        assert_eq!((caps.http, caps.admin), (Some(5000), Some(10)));
+        assert!(caps.overcommitted());
+    }
+
+    #[test]
+    fn max_connections_must_be_positive_when_set() {
+        for key in ["http.max_connections", "admin.max_connections"] {
+            let var = format!("LEASE_SYNC__{}", key.to_uppercase().replace('.', "__"));
+            let s = Settings::from_toml_str(MINIMAL, env(&[(&var, "0")])).unwrap();
+            let msg = s.validate(Role::Serve).unwrap_err().to_string();
+            assert!(msg.contains(key), "{msg}");
         }
     }
 

@@ -18,6 +18,7 @@
 //! * [`openapp`]: the OpenApp client (the only reqwest code besides `send-test-event`).
 //! * [`sandbox`]: a local OpenApp emulator for integrators and tests.
 //! * [`app`]: wiring and shutdown; [`cli`]: the command line; [`telemetry`]: logs.
+//! * [`fd_limit`]: the open-file limit, raised at startup and sizing the connection caps.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod dead_letters;
 pub mod event;
+pub mod fd_limit;
 pub mod http;
 pub mod leases;
 pub mod openapp;

@@ -91,9 +91,27 @@ fn load(arg: &ConfigArg, role: Role) -> anyhow::Result<Settings> {
 async fn run_role(arg: &ConfigArg, role: Role) -> anyhow::Result<ExitCode> {
     let settings = load(arg, role)?;
     telemetry::init(&settings.log);
+    raise_open_file_limit();
     let app = Application::build(settings, role).await?;
     app.run(shutdown_on_signals()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every connection costs a file descriptor, and the soft limit is often 1,024 while the
+/// hard one is far higher: serving processes take what they may. The listeners' connection
+/// caps are derived from the result (see `Settings::connection_caps`).
+fn raise_open_file_limit() {
+    match crate::fd_limit::raise_soft_to_hard() {
+        Ok((before, after)) => tracing::info!(
+            soft = after.soft,
+            hard = after.hard,
+            "open-file limit (RLIMIT_NOFILE): soft {} (was {}), hard {}",
+            after.soft,
+            before.soft,
+            after.hard
+        ),
+        Err(e) => tracing::warn!("cannot raise the open-file limit (RLIMIT_NOFILE): {e}"),
+    }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

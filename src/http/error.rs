@@ -30,13 +30,38 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    fn body(&self) -> serde_json::Value {
+        json!({"error": self.code, "message": self.message})
+    }
+
+    /// The whole answer as HTTP/1.1 bytes, ending with `connection: close`: for the
+    /// connection layer, which answers where no router runs (503 `overloaded` at the cap, a
+    /// request hyper could not parse). Same status, headers and body as the router's.
+    pub(super) fn to_http1_bytes(&self) -> Vec<u8> {
+        let body = self.body().to_string();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            self.status.as_str(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(secs) = self.retry_after_secs {
+            head.push_str(&format!("retry-after: {secs}\r\n"));
+        }
+        head.push_str(&format!(
+            "connection: close\r\ndate: {}\r\n\r\n",
+            httpdate::fmt_http_date(std::time::SystemTime::now())
+        ));
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        bytes
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response();
+        let mut response = (self.status, Json(self.body())).into_response();
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()

@@ -115,10 +115,3 @@ pub fn router(state: AppState) -> Router {
         }))
         .with_state(state)
 }
-
-impl AppState {
-    /// The connection limits of the webhook listener.
-    pub fn connection_limits(&self) -> server::ConnectionLimits {
-        server::ConnectionLimits::from_settings(&self.http)
-    }
-}

@@ -39,6 +39,16 @@ pub const SCHEDULED_CONVERGENCES: &str = "lease_sync_scheduled_convergences";
 pub const RECONCILE_DRIFT: &str = "lease_sync_reconcile_drift_total";
 /// Whether the last scrape could read the queue from Redis (1) or not (0).
 pub const QUEUE_SCRAPE_OK: &str = "lease_sync_queue_scrape_ok";
+/// Open connections of a listener, by `listener` (`webhook`, `admin`).
+pub const HTTP_CONNECTIONS: &str = "lease_sync_http_connections";
+/// The connection cap of a listener, by `listener`.
+pub const HTTP_CONNECTION_LIMIT: &str = "lease_sync_http_connection_limit";
+/// Idle connections closed to make room for a new one at the cap, by `listener`.
+pub const HTTP_CONNECTIONS_RECLAIMED: &str = "lease_sync_http_connections_reclaimed_total";
+/// Connections refused at the cap (503 `overloaded`, or closed at once), by `listener`.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "lease_sync_http_connections_refused_total";
+/// The `listener` label values.
+pub const LISTENERS: [&str; 2] = ["webhook", "admin"];
 /// Always 1, labelled with the running `version`.
 pub const BUILD_INFO: &str = "lease_sync_build_info";
 
@@ -141,6 +151,30 @@ pub const CATALOG: &[Metric] = &[
         help: "1 when the last scrape read the queue from Redis, 0 when Redis did not answer.",
     },
     Metric {
+        name: HTTP_CONNECTIONS,
+        kind: Kind::Gauge,
+        labels: &["listener"],
+        help: "Open connections, by listener (webhook, admin).",
+    },
+    Metric {
+        name: HTTP_CONNECTION_LIMIT,
+        kind: Kind::Gauge,
+        labels: &["listener"],
+        help: "Connections a listener holds at most (http.max_connections, admin.max_connections or derived from the open-file limit).",
+    },
+    Metric {
+        name: HTTP_CONNECTIONS_RECLAIMED,
+        kind: Kind::Counter,
+        labels: &["listener"],
+        help: "Idle connections closed to make room for a new one at the cap, by listener.",
+    },
+    Metric {
+        name: HTTP_CONNECTIONS_REFUSED,
+        kind: Kind::Counter,
+        labels: &["listener"],
+        help: "Connections refused at the cap with nothing idle to reclaim (503 overloaded, or closed at once), by listener.",
+    },
+    Metric {
         name: BUILD_INFO,
         kind: Kind::Gauge,
         labels: &["version"],
@@ -186,6 +220,11 @@ fn describe() {
     }
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Known label sets start at 0, so rates and alerts work before the first occurrence.
+    for listener in LISTENERS {
+        metrics::gauge!(HTTP_CONNECTIONS, "listener" => listener).increment(0.0);
+        metrics::counter!(HTTP_CONNECTIONS_RECLAIMED, "listener" => listener).increment(0);
+        metrics::counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener).increment(0);
+    }
     for kind in ["add", "remove", "unmanaged"] {
         metrics::counter!(RECONCILE_DRIFT, "kind" => kind).increment(0);
     }

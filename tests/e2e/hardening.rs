@@ -1,6 +1,7 @@
 //! Hostile and unusual input at the webhook listener: the `hmac-sha256` scheme in GitHub
 //! and Buildium styles, secret rotation and expiry, the per-source rate limit, slow and
-//! oversized requests, and `check-config`'s expiry warnings.
+//! oversized requests, requests the HTTP parser refuses (JSON on both listeners), and
+//! `check-config`'s expiry warnings.
 
 use std::process::Command;
 use std::time::Duration;
@@ -384,7 +385,112 @@ async fn oversized_headers_get_431() {
     let mut headers = signed(SECRET, "evt-huge-headers", now(), &body);
     headers.push(("x-padding", "a".repeat(200_000)));
     let reply = app.post(SOURCE, &headers, body).await;
-    assert_eq!(reply.status, 431, "{reply:?}");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (431, "headers_too_large"),
+        "{reply:?}"
+    );
+    app.stop().await;
+}
+
+/// Sends `request` on a raw connection and reads until the server closes it. A reset after
+/// the answer (the server closed with part of an oversized request unread) ends the read.
+async fn raw_answer(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The server may answer and close before the whole of an oversized request is written.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let mut buf = [0_u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the server answers and closes within 10 s");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// hyper refuses these before any handler runs, with a bare head; they get the same JSON
+/// body as every other rejection, on both listeners.
+#[tokio::test]
+async fn requests_the_http_parser_refuses_get_json_with_a_code() {
+    let (_redis, app) = ingest_with(|c| c).await;
+    let (webhook, admin) = (app.addr.expect("listens"), app.admin_addr.expect("admin"));
+    let over = "a".repeat(2 * app.settings.http.header_limit_bytes + 1024);
+    let cases: [(&str, _, Vec<u8>, u16, &str); 5] = [
+        (
+            "a DEL byte in a header value",
+            webhook,
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-note: a\x7fb\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "two Content-Length headers",
+            webhook,
+            format!(
+                "POST /webhooks/{SOURCE} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!"
+            )
+            .into_bytes(),
+            400,
+            "bad_request",
+        ),
+        (
+            "a head over twice http.header_limit_bytes",
+            webhook,
+            format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-padding: {over}\r\n\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "a garbage request line",
+            webhook,
+            b"GARBAGE\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "a DEL byte at the admin listener",
+            admin,
+            b"GET /admin/queue HTTP/1.1\r\nhost: x\r\nx-note: a\x7fb\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (what, addr, request, status, code) in cases {
+        let answer = raw_answer(addr, &request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {answer}"
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.contains("\r\ncontent-type: application/json\r\n"),
+            "{what}: {answer}"
+        );
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{what}: {answer}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{what}: the body is not JSON ({e}): {answer}"));
+        assert_eq!(json["error"], code, "{what}: {answer}");
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {answer}"
+        );
+    }
+    // The listener still serves after all that.
+    let reply = request(
+        reqwest::Method::GET,
+        &format!("http://{webhook}/healthz"),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
     app.stop().await;
 }
 

@@ -3,6 +3,7 @@
 
 mod admin_api;
 mod cli;
+mod connections;
 mod convergence;
 mod delivery;
 mod hardening;

@@ -454,8 +454,42 @@ impl LeaseSyncProcess {
         config: Option<&str>,
         filter: &str,
     ) -> Self {
+        Self::spawn_command(
+            Command::new(env!("CARGO_BIN_EXE_lease-sync")),
+            dir,
+            name,
+            args,
+            config,
+            filter,
+        )
+    }
+
+    /// Like [`Self::spawn`], with `RLIMIT_NOFILE` soft and hard both `limit` (through
+    /// util-linux's `prlimit`, which then runs the binary in its own place), so that raising
+    /// the soft limit at startup cannot help.
+    pub fn spawn_with_fd_limit(
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        config: Option<&str>,
+        limit: u64,
+    ) -> Self {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg(env!("CARGO_BIN_EXE_lease-sync"));
+        Self::spawn_command(command, dir, name, args, config, "info,lease_sync=debug")
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        config: Option<&str>,
+        filter: &str,
+    ) -> Self {
         let log = dir.join(format!("{name}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lease-sync"));
         command.args(args);
         if let Some(config) = config {
             let path = dir.join(format!("{name}.toml"));
@@ -468,7 +502,7 @@ impl LeaseSyncProcess {
             .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).expect("stdout file"))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
-            .expect("spawn lease-sync");
+            .unwrap_or_else(|e| panic!("cannot spawn {command:?}: {e}"));
         Self { child, log }
     }
 
