@@ -40,7 +40,7 @@ screenshot() { # screenshot HTML PNG
 # binaries wherever cargo put them (CARGO_TARGET_DIR and build.target-dir are honoured).
 build() {
   local bins
-  echo "==> building lease-sync and lease-sync-bench ($*)" >&2
+  echo "==> building lease-sync and lease-sync-bench${*:+ ($*)}" >&2
   bins=$(scripts/cargo-build-bins.sh --locked -p lease-sync -p lease-sync-bench "$@") || {
     echo "error: bench/run.sh: building the binaries failed" >&2
     exit 1
