@@ -254,7 +254,7 @@ else
     redis_note="the Redis on 127.0.0.1:$REDIS_PORT (the redis-server package's service) is left running"
   else
     port_busy "$REDIS_PORT" &&
-      die "port $REDIS_PORT on 127.0.0.1 is in use by something that is not Redis; set REDIS_PORT to a free port"
+      die "port $REDIS_PORT on 127.0.0.1 is in use, but not by a Redis that answers PING without a password; set REDIS_PORT to a free port"
     say "starting Redis on 127.0.0.1:$REDIS_PORT (data in $STATE/redis; stopped when this script ends)"
     mkdir -p "$STATE/redis"
     start "Redis (127.0.0.1:$REDIS_PORT)" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
