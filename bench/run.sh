@@ -36,11 +36,28 @@ screenshot() { # screenshot HTML PNG
   test -s "$png"
 }
 
+# build [CARGO ARGS…]: builds lease-sync and the harness, sets $lease_sync and $harness to the
+# binaries wherever cargo put them (CARGO_TARGET_DIR and build.target-dir are honoured).
+build() {
+  local bins
+  echo "==> building lease-sync and lease-sync-bench${*:+ ($*)}" >&2
+  bins=$(scripts/cargo-build-bins.sh --locked -p lease-sync -p lease-sync-bench "$@") || {
+    echo "error: bench/run.sh: building the binaries failed" >&2
+    exit 1
+  }
+  lease_sync=$(printf '%s\n' "$bins" | grep '/lease-sync$' | head -n 1 || true)
+  harness=$(printf '%s\n' "$bins" | grep '/lease-sync-bench$' | head -n 1 || true)
+  if [ ! -x "$lease_sync" ] || [ ! -x "$harness" ]; then
+    printf 'error: bench/run.sh: cargo reported no lease-sync and lease-sync-bench binaries, only:\n%s\n' "$bins" >&2
+    exit 1
+  fi
+}
+
 if [ "$short" = 1 ]; then
   # Debug binaries: after `cargo test --all-targets` only the bench harness itself is new.
-  cargo build --locked -p lease-sync -p lease-sync-bench
+  build
   out=$(mktemp -d "${TMPDIR:-/tmp}/lease-sync-bench-short.XXXXXX")
-  target/debug/lease-sync-bench run --short --lease-sync target/debug/lease-sync --out "$out" "${args[@]}"
+  "$harness" run --short --lease-sync "$lease_sync" --out "$out" "${args[@]}"
   if [ ! -f "$out/dashboard.html" ]; then
     echo "no dashboard page (scraping off)"
   elif command -v chromium >/dev/null 2>&1; then
@@ -62,9 +79,8 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     *) rest+=("${args[$i]}") ;;
   esac
 done
-cargo build --release --locked -p lease-sync -p lease-sync-bench
-target/release/lease-sync-bench run --lease-sync target/release/lease-sync --out "$out_dir" \
-  --wait-quiet 0.6 "${rest[@]}"
+build --release
+"$harness" run --lease-sync "$lease_sync" --out "$out_dir" --wait-quiet 0.6 "${rest[@]}"
 if [ ! -f "$out_dir/dashboard.html" ]; then
   exit 0 # --scrape-every 0: no dashboard page
 fi

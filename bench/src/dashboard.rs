@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::promql::{self, Labels, Store};
-use crate::scrape::Scrape;
+use crate::scrape::Recorded;
 
 /// Panels that must show data after a run that ingested and drained events.
 pub const REQUIRED: &[&str] = &[
@@ -61,10 +61,10 @@ pub struct Rendered {
     pub without_data: Vec<String>,
 }
 
-/// Renders `dashboard_json` over `scrapes`; `interval` is the scrape interval in seconds.
+/// Renders `dashboard_json` over `recorded`; `interval` is the scrape interval in seconds.
 pub fn render(
     dashboard_json: &str,
-    scrapes: &[Scrape],
+    recorded: &Recorded,
     phases: &[Phase],
     interval: f64,
     caption: &str,
@@ -76,7 +76,8 @@ pub fn render(
     let panels = dashboard["panels"]
         .as_array()
         .context("the dashboard has no panels")?;
-    let store = Store::new(scrapes);
+    let scrapes = &recorded.scrapes;
+    let store = Store::new(scrapes, &recorded.fresh_since);
     let t_end = scrapes.iter().map(|s| s.t).fold(0.0, f64::max);
     let t_start = scrapes.iter().map(|s| s.t).fold(t_end, f64::min);
     let times: Vec<f64> = (0..)
@@ -196,7 +197,7 @@ svg text{{fill:#9fa1ad;font-size:10px}}
 </style></head><body>
 <header><h1>lease-sync — {title}</h1>
 <p>{caption}</p>
-<p>Panels and queries from deploy/grafana/lease-sync.json, evaluated over {n} scrapes of the instances' /metrics every {interval:.0} s. Approximations: $__rate_interval = {rate_interval:.0} s; rate/increase without extrapolation; 1.5 s instant lookback; [1h] = whole run. Shaded: {phases}.</p></header>
+<p>Panels and queries from deploy/grafana/lease-sync.json, evaluated over {n} scrapes of the instances' /metrics every {interval:.0} s. Approximations: $__rate_interval = {rate_interval:.0} s; rate/increase without extrapolation; counters are 0 when their process starts; 1.5 s instant lookback; [1h] = whole run. Shaded: {phases}.</p></header>
 <div id=grid>{body}</div></body></html>"#,
         title = escape(dashboard["title"].as_str().unwrap_or("dashboard")),
         caption = escape(caption),

@@ -289,10 +289,10 @@ async fn measure(
         runs.push(suite::run_once(opts, i, fixed_rate, &scraper, &mut phases).await?);
     }
     machine.loadavg_end = suite::loadavg();
-    let scrapes = scraper.finish();
+    let recorded = scraper.finish();
     std::fs::write(
         opts.work.join("scrapes.json"),
-        serde_json::to_string(&scrapes)?,
+        serde_json::to_string(&recorded.scrapes)?,
     )?;
     let caption = format!(
         "Benchmark run of {} ({} build, {} run(s), {}): ingest at a fixed and at the maximum rate, then workers draining against the OpenApp sandbox at 0 ms and 50 ms.",
@@ -306,14 +306,14 @@ async fn measure(
     } else {
         dashboard::render(
             dashboard_json,
-            &scrapes,
+            &recorded,
             &phases,
             opts.scrape_every.as_secs_f64(),
             &caption,
         )?
     };
     let summary = summarize(&yardstick, &runs, opts.concurrency);
-    let scrape_ms: Vec<f64> = scrapes.iter().map(|s| s.millis).collect();
+    let scrape_ms: Vec<f64> = recorded.scrapes.iter().map(|s| s.millis).collect();
     let results = Results {
         mode: if short { "short".into() } else { "full".into() },
         machine: machine.clone(),

@@ -6,8 +6,11 @@
 //! Differences from Prometheus, so the page is an approximation: `$__rate_interval` is a
 //! fixed window (4 scrape intervals); `rate`/`increase` take the reset-aware increase between
 //! the first and last samples inside the window without extrapolating to its edges; an
-//! instant selector looks back 2.5 s instead of 5 min, so a stopped process drops out at once;
-//! `[1h]` over a run shorter than an hour covers the whole run.
+//! instant selector looks back 1.5 s instead of 5 min, so a stopped process drops out at once;
+//! `[1h]` over a run shorter than an hour covers the whole run. A counter (or histogram
+//! series) is 0 when its instance was added to the scraper, before the process counted
+//! anything, as with Prometheus's created-timestamp zero ingestion: a counter that first
+//! appears with a value has a rate from the start.
 
 use std::collections::BTreeMap;
 
@@ -302,20 +305,29 @@ pub struct Store {
 const LOOKBACK: f64 = 1.5;
 
 impl Store {
-    /// Indexes `scrapes`.
-    pub fn new(scrapes: &[Scrape]) -> Self {
+    /// Indexes `scrapes` (in time order). `fresh_since` says, per instance, when its
+    /// counters were 0: each counter series starts with a 0 sample then.
+    pub fn new(scrapes: &[Scrape], fresh_since: &BTreeMap<String, f64>) -> Self {
         let mut series: BTreeMap<(String, Labels), Vec<Point>> = BTreeMap::new();
         for scrape in scrapes {
             for sample in &scrape.samples {
                 let mut labels = sample.labels.clone();
                 labels.insert("instance".into(), scrape.instance.clone());
-                series
-                    .entry((sample.name.clone(), labels))
-                    .or_default()
-                    .push(Point {
-                        t: scrape.t,
-                        value: sample.value,
+                let points = series.entry((sample.name.clone(), labels)).or_default();
+                if points.is_empty()
+                    && sample.counter
+                    && let Some(&since) = fresh_since.get(&scrape.instance)
+                    && since < scrape.t
+                {
+                    points.push(Point {
+                        t: since,
+                        value: 0.0,
                     });
+                }
+                points.push(Point {
+                    t: scrape.t,
+                    value: sample.value,
+                });
             }
         }
         Self { series }
@@ -470,9 +482,14 @@ mod tests {
                         .map(|(k, v)| ((*k).into(), (*v).into()))
                         .collect(),
                     value: *value,
+                    counter: name.ends_with("_total") || name.ends_with("_bucket"),
                 })
                 .collect(),
         }
+    }
+
+    fn no_starts() -> BTreeMap<String, f64> {
+        BTreeMap::new()
     }
 
     #[test]
@@ -486,7 +503,7 @@ mod tests {
             scrape(2.0, "a", &[(m, ok, 20.0), (m, bad, 4.0)]),
             scrape(2.0, "b", &[(m, ok, 140.0)]),
         ];
-        let store = Store::new(&scrapes);
+        let store = Store::new(&scrapes, &no_starts());
         let expr = parse(
             "sum(rate(lease_sync_webhooks_received_total{outcome!~\"accepted|duplicate\"}[$__rate_interval]))",
             4.0,
@@ -512,9 +529,51 @@ mod tests {
             scrape(1.0, "a", &[(m, &[], 2.0)]),
             scrape(2.0, "a", &[(m, &[], 5.0)]),
         ];
-        let store = Store::new(&scrapes);
+        let store = Store::new(&scrapes, &no_starts());
         let expr = parse("sum(increase(c[1h]))", 4.0).unwrap();
         assert_eq!(store.eval(&expr, 2.0)[0].1, 5.0);
+    }
+
+    #[test]
+    fn counters_start_at_zero_when_their_instance_was_added() {
+        // The worker drained everything before its first scrape: without the 0 at the
+        // moment it was added, the two identical samples would give a rate of 0.
+        let jobs = "lease_sync_jobs_total";
+        let bucket = "lease_sync_openapp_request_duration_seconds_bucket";
+        let depth = "lease_sync_queue_jobs";
+        let converged: &[(&str, &str)] = &[("outcome", "converged")];
+        let le: &[(&str, &str)] = &[("le", "0.01")];
+        let inf: &[(&str, &str)] = &[("le", "+Inf")];
+        let ready: &[(&str, &str)] = &[("state", "ready")];
+        let rows: &[Row<'_>] = &[
+            (jobs, converged, 40.0),
+            (bucket, le, 40.0),
+            (bucket, inf, 40.0),
+            (depth, ready, 0.0),
+        ];
+        let scrapes = vec![scrape(10.5, "w", rows), scrape(11.5, "w", rows)];
+        let starts = BTreeMap::from([("w".to_owned(), 10.0)]);
+        let rate = parse(
+            "sum by (outcome) (rate(lease_sync_jobs_total[$__rate_interval]))",
+            4.0,
+        )
+        .unwrap();
+        let latency = parse(
+            "histogram_quantile(0.5, sum by (le) (rate(lease_sync_openapp_request_duration_seconds_bucket[$__rate_interval])))",
+            4.0,
+        )
+        .unwrap();
+
+        let without = Store::new(&scrapes, &no_starts());
+        assert_eq!(without.eval(&rate, 12.0)[0].1, 0.0);
+        assert!(without.eval(&latency, 12.0).is_empty());
+
+        let with = Store::new(&scrapes, &starts);
+        assert_eq!(with.eval(&rate, 12.0)[0].1, 40.0 / 1.5);
+        assert!((with.eval(&latency, 12.0)[0].1 - 0.005).abs() < 1e-12);
+        // Gauges get no invented sample.
+        let gauge = parse("max by (state) (lease_sync_queue_jobs)", 4.0).unwrap();
+        assert!(with.eval(&gauge, 10.2).is_empty());
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Scrapes the `/metrics` of the running lease-sync instances once a second, as Prometheus
-//! would, and keeps every sample for the dashboard page.
+//! would, and at the edges of every phase of the run, and keeps every sample for the
+//! dashboard page.
+//!
+//! Each instance is added before it has counted anything, and the time it was added is kept:
+//! the dashboard takes its counters to be 0 then (as Prometheus does with created-timestamp
+//! zero ingestion), so work finished before the instance's first scrape still shows in rates.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +22,9 @@ pub struct Sample {
     pub labels: BTreeMap<String, String>,
     /// Value.
     pub value: f64,
+    /// A counter, or a histogram's `_bucket`, `_sum` or `_count` (per `# TYPE`): it only
+    /// goes up, from 0 when its process started.
+    pub counter: bool,
 }
 
 /// One scrape of one instance.
@@ -37,12 +45,24 @@ pub struct Scrape {
 struct Shared {
     targets: Vec<(String, String)>,
     scrapes: Vec<Scrape>,
+    fresh_since: BTreeMap<String, f64>,
+}
+
+/// Everything a [`Scraper`] recorded.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Every scrape, in time order.
+    pub scrapes: Vec<Scrape>,
+    /// Per instance, when it was added (seconds on the scraper's clock): its counters were 0
+    /// then.
+    pub fresh_since: BTreeMap<String, f64>,
 }
 
 /// A background scraper; targets change as processes come and go.
 pub struct Scraper {
     shared: Arc<Mutex<Shared>>,
     started: Instant,
+    client: reqwest::Client,
     task: Option<JoinHandle<()>>,
 }
 
@@ -57,16 +77,30 @@ impl Scraper {
         Self {
             shared,
             started,
+            client: client(),
             task,
         }
     }
 
-    /// Scrapes `url` (a `/metrics` address) as `instance` from now on.
+    /// Scrapes `url` (a `/metrics` address) as `instance` from now on. The instance must not
+    /// have counted anything yet (not started, or started and sent no work): its counters
+    /// are taken to be 0 now.
     pub fn add(&self, instance: &str, url: &str) {
         if self.task.is_some() {
-            self.lock()
-                .targets
-                .push((instance.to_owned(), url.to_owned()));
+            let now = self.now();
+            let mut shared = self.lock();
+            shared.fresh_since.insert(instance.to_owned(), now);
+            shared.targets.push((instance.to_owned(), url.to_owned()));
+        }
+    }
+
+    /// Scrapes every instance once, now: at the edges of a phase, so that each phase has
+    /// samples at its start and at its end however short it is.
+    pub async fn scrape_now(&self) {
+        let targets = self.lock().targets.clone();
+        for (instance, url) in targets {
+            let scrape = scrape_one(&self.client, &instance, &url, self.started).await;
+            self.lock().scrapes.push(scrape);
         }
     }
 
@@ -79,7 +113,7 @@ impl Scraper {
             .find(|(name, _)| name == instance)
             .cloned();
         if let Some((name, url)) = target {
-            let scrape = scrape_one(&client(), &name, &url, self.started).await;
+            let scrape = scrape_one(&self.client, &name, &url, self.started).await;
             let mut shared = self.lock();
             shared.scrapes.push(scrape);
             shared.targets.retain(|(n, _)| *n != name);
@@ -91,14 +125,18 @@ impl Scraper {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Stops and returns every scrape, in time order.
-    pub fn finish(mut self) -> Vec<Scrape> {
+    /// Stops and returns every scrape, in time order, and when each instance was added.
+    pub fn finish(mut self) -> Recorded {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        let mut scrapes = std::mem::take(&mut self.lock().scrapes);
+        let mut shared = self.lock();
+        let mut scrapes = std::mem::take(&mut shared.scrapes);
         scrapes.sort_by(|a, b| a.t.total_cmp(&b.t));
-        scrapes
+        Recorded {
+            scrapes,
+            fresh_since: std::mem::take(&mut shared.fresh_since),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -165,12 +203,37 @@ async fn scrape_one(
     }
 }
 
-/// Parses Prometheus text exposition: `name{label="value",…} value` lines; comments and
-/// anything unparsable are skipped.
+/// Parses Prometheus text exposition: `name{label="value",…} value` lines, typed by the
+/// `# TYPE` lines; other comments and anything unparsable are skipped.
 pub fn parse(text: &str) -> Vec<Sample> {
+    let mut types: BTreeMap<&str, &str> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            types.insert(name, kind);
+        }
+    }
+    let is_counter = |name: &str| {
+        if types.get(name) == Some(&"counter") {
+            return true;
+        }
+        ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .and_then(|base| types.get(base))
+                .is_some_and(|kind| {
+                    *kind == "histogram" || (*kind == "summary" && *suffix != "_bucket")
+                })
+        })
+    };
     text.lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
         .filter_map(parse_line)
+        .map(|mut sample| {
+            sample.counter = is_counter(&sample.name);
+            sample
+        })
         .collect()
 }
 
@@ -195,6 +258,7 @@ fn parse_line(line: &str) -> Option<Sample> {
         name: name.trim().to_owned(),
         labels,
         value,
+        counter: false,
     })
 }
 
@@ -250,5 +314,28 @@ mod tests {
         assert_eq!(samples[1].value, 3.5);
         assert_eq!(samples[2].labels["le"], "+Inf");
         assert_eq!(samples[2].labels["outcome"], "accepted");
+    }
+
+    #[test]
+    fn type_lines_tell_counters_from_gauges() {
+        let text = "# TYPE jobs_total counter\njobs_total{outcome=\"converged\"} 4\n\
+                    # TYPE depth gauge\ndepth 2\n\
+                    # TYPE latency_seconds histogram\nlatency_seconds_bucket{le=\"0.1\"} 1\n\
+                    latency_seconds_sum 0.05\nlatency_seconds_count 1\nuntyped 1\n";
+        let kinds: Vec<(String, bool)> = parse(text)
+            .into_iter()
+            .map(|s| (s.name, s.counter))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("jobs_total".to_owned(), true),
+                ("depth".to_owned(), false),
+                ("latency_seconds_bucket".to_owned(), true),
+                ("latency_seconds_sum".to_owned(), true),
+                ("latency_seconds_count".to_owned(), true),
+                ("untyped".to_owned(), false),
+            ]
+        );
     }
 }

@@ -599,6 +599,7 @@ pub async fn run_once(
            -> anyhow::Result<IngestRun> {
         let batch = cluster.batch(tag, count)?;
         let pids = [ingest.pid(), redis_pid];
+        scraper.scrape_now().await;
         let start_t = scraper.now();
         let calls_before = cluster.command_calls().await?;
         let before = snapshot(&pids);
@@ -618,6 +619,7 @@ pub async fn run_once(
             start: start_t,
             end: scraper.now(),
         });
+        scraper.scrape_now().await;
         ingest.check_alive()?;
         let n = report.requests as u64;
         Ok(IngestRun {
@@ -668,6 +670,7 @@ pub async fn run_once(
     );
 
     // Fill the queue again for the 50 ms drain (not measured).
+    scraper.scrape_now().await;
     let start_t = scraper.now();
     let fill = cluster.batch(&format!("r{index}d"), opts.drain_50_jobs)?;
     let report = load::run(http, &fill, Pace::Max, opts.max_connections).await?;
@@ -676,6 +679,7 @@ pub async fn run_once(
         start: start_t,
         end: scraper.now(),
     });
+    scraper.scrape_now().await;
     if report.ok as usize != opts.drain_50_jobs {
         bail!(
             "filling the queue: {} of {} events accepted ({:?})",
@@ -731,17 +735,21 @@ async fn drain(
     let calls_before = cluster.command_calls().await?;
     let redis_pid = cluster.redis.proc.pid();
     let name = format!("work-{delay_ms}ms-{index}");
-    let start_t = scraper.now();
-    let before = snapshot(&[redis_pid, sandbox.pid()]);
-    let started = Instant::now();
     let config = cluster.write_config(&name, cluster.worker_admin, opts.concurrency)?;
-    let mut command = Command::new(&cluster.lease_sync);
-    command.arg("work").arg("--config").arg(&config);
-    let mut worker = Proc::spawn(&name, command, &cluster.dir.join(format!("{name}.log")))?;
+    // The queue as the drain finds it.
+    scraper.scrape_now().await;
+    // Added before it starts, so its counters count from 0 at the drain's start even when it
+    // has drained everything before its first scrape.
     scraper.add(
         &name,
         &format!("http://127.0.0.1:{}/metrics", cluster.worker_admin),
     );
+    let start_t = scraper.now();
+    let before = snapshot(&[redis_pid, sandbox.pid()]);
+    let started = Instant::now();
+    let mut command = Command::new(&cluster.lease_sync);
+    command.arg("work").arg("--config").arg(&config);
+    let mut worker = Proc::spawn(&name, command, &cluster.dir.join(format!("{name}.log")))?;
     let target = baseline + jobs;
     // Bounded: at least 60 s, or 20 jobs/s, whichever is longer.
     let limit = Duration::from_secs(60.max(jobs / 20));
@@ -783,7 +791,9 @@ async fn drain(
     .map(|name| (name.to_owned(), counter(name)))
     .collect();
     let end_t = scraper.now();
-    // One more scrape interval so the dashboard sees the drained queue, then stop.
+    // The drain's end, then one more scrape interval so the dashboard sees the drained
+    // queue, then stop.
+    scraper.scrape_now().await;
     tokio::time::sleep(opts.scrape_every + Duration::from_millis(100)).await;
     scraper.remove(&name).await;
     phases.push(Phase {

@@ -75,13 +75,21 @@ fn describe(c: &QueueCounts) -> String {
         ("stale events ignored", c.stale_events),
         ("deferred (resident busy)", c.deferred),
     ];
+    // One column for every value: the longest label, then at least two spaces.
+    let width = depths
+        .iter()
+        .map(|(name, _)| name.len())
+        .chain(counters.iter().map(|(name, _)| name.len()))
+        .max()
+        .unwrap_or(0)
+        + 2;
     let mut out = String::from("queue\n");
     for (name, value) in depths {
-        out.push_str(&format!("  {name:<22}{value}\n"));
+        out.push_str(&format!("  {name:<width$}{value}\n"));
     }
     out.push_str("\nlifetime counters\n");
     for (name, value) in counters {
-        out.push_str(&format!("  {name:<22}{value}\n"));
+        out.push_str(&format!("  {name:<width$}{value}\n"));
     }
     out
 }
@@ -111,8 +119,39 @@ mod tests {
             auth_failures: 3,
             ..QueueCounts::default()
         });
-        assert!(text.contains("oldest ready age      -"), "{text}");
-        assert!(text.contains("OpenApp 401/403       3"), "{text}");
-        assert!(text.contains("dead letters          2"), "{text}");
+        assert!(text.contains("oldest ready age          -"), "{text}");
+        assert!(text.contains("OpenApp 401/403           3"), "{text}");
+        assert!(text.contains("dead letters              2"), "{text}");
+        assert!(text.contains("deferred (resident busy)  0"), "{text}");
+    }
+
+    #[test]
+    fn every_value_is_apart_from_its_label_and_in_one_column() {
+        let text = describe(&QueueCounts {
+            ready: 7,
+            oldest_ready_age_secs: Some(125.0),
+            deferred: 12,
+            stale_events: 3,
+            ..QueueCounts::default()
+        });
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
+        assert_eq!(rows.len(), 13, "{text}");
+        let mut columns = std::collections::BTreeSet::new();
+        for row in rows {
+            // The value is the text after the last run of two or more spaces.
+            let split = row
+                .trim_start()
+                .rfind("  ")
+                .unwrap_or_else(|| panic!("no two spaces between label and value in {row:?}"));
+            let label = row.trim_start()[..split].trim_end();
+            let value = row.trim_start()[split..].trim_start();
+            assert!(!label.is_empty() && !value.is_empty(), "{row:?}");
+            assert!(
+                !value.contains(' ') || value == "2m 5s",
+                "the label runs into the value in {row:?}"
+            );
+            columns.insert(row.len() - value.len());
+        }
+        assert_eq!(columns.len(), 1, "values not in one column:\n{text}");
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,10 +19,16 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub listen: String,
 
-    /// API key to accept (repeatable). Without any, every non-empty key is
-    /// accepted.
+    /// API key to accept (repeatable). Without any (and without
+    /// --api-key-file), every non-empty key is accepted. A command line is
+    /// visible to every user of the machine (`ps`): prefer --api-key-file.
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_keys: Vec<String>,
+
+    /// File holding an API key to accept, surrounding whitespace ignored
+    /// (repeatable; same format as lease-sync's `openapp.api_key_file`).
+    #[arg(long = "api-key-file", value_name = "PATH")]
+    pub api_key_files: Vec<PathBuf>,
 
     /// Where clients must send the API key.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = SandboxAuth::Bearer)]
@@ -67,6 +74,7 @@ impl fmt::Debug for SandboxArgs {
                 "api_keys",
                 &format_args!("[{} redacted]", self.api_keys.len()),
             )
+            .field("api_key_files", &self.api_key_files)
             .field("auth", &self.auth)
             .field("integrations", &self.integrations)
             .field("fail_status", &self.fail_status)
@@ -84,6 +92,14 @@ pub enum SandboxArgsError {
     /// An `--api-key` value is empty (it could never be matched).
     #[error("--api-key must not be empty")]
     EmptyApiKey,
+    /// An `--api-key-file` cannot be read or holds no key.
+    #[error("--api-key-file {}: {reason}", path.display())]
+    ApiKeyFile {
+        /// The file as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An `--integration` value is not `ORG_ID:INTEGRATION_ID`.
     #[error("--integration {value:?}: {reason}")]
     InvalidIntegration {
@@ -120,6 +136,19 @@ impl SandboxArgs {
     pub fn options(&self) -> Result<SandboxOptions, SandboxArgsError> {
         if self.api_keys.iter().any(String::is_empty) {
             return Err(SandboxArgsError::EmptyApiKey);
+        }
+        let mut api_keys = self.api_keys.clone();
+        for path in &self.api_key_files {
+            let invalid = |reason: String| SandboxArgsError::ApiKeyFile {
+                path: path.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+            let key = text.trim();
+            if key.is_empty() {
+                return Err(invalid("the file is empty".into()));
+            }
+            api_keys.push(key.to_owned());
         }
 
         let mut integrations: Vec<(String, String)> = Vec::new();
@@ -160,7 +189,7 @@ impl SandboxArgs {
         }
 
         Ok(SandboxOptions {
-            api_keys: self.api_keys.clone(),
+            api_keys,
             auth: self.auth,
             integrations,
             conflict_on_existing: self.conflict_on_existing,
@@ -215,7 +244,7 @@ fn parse_integration(value: &str) -> Result<(String, String), SandboxArgsError> 
 /// logs the base URL and serves until `shutdown` resolves.
 ///
 /// # Errors
-/// Invalid arguments, a failure to bind, or a server I/O error.
+/// Invalid arguments, an unreadable key file, a failure to bind, or a server I/O error.
 pub async fn run(
     args: SandboxArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,

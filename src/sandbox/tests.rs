@@ -984,6 +984,31 @@ fn cli_rejects_invalid_values() {
     );
 }
 
+#[test]
+fn cli_reads_api_keys_from_files_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("openapp-api-key");
+    std::fs::write(&key_file, "  oa_test_0123456789abcdef\n").expect("write");
+    let key_path = key_file.to_str().expect("utf-8");
+    let args = parse(&["--api-key", "k1", "--api-key-file", key_path]).expect("parse");
+    assert!(!format!("{args:?}").contains("oa_test_"));
+    let options = args.options().expect("valid");
+    assert_eq!(options.api_keys, ["k1", "oa_test_0123456789abcdef"]);
+
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n \n").expect("write");
+    let args = parse(&["--api-key-file", empty.to_str().expect("utf-8")]).expect("parse");
+    assert!(matches!(
+        args.options(),
+        Err(SandboxArgsError::ApiKeyFile { path, .. }) if path == empty
+    ));
+
+    let missing = dir.path().join("missing");
+    let args = parse(&["--api-key-file", missing.to_str().expect("utf-8")]).expect("parse");
+    let err = args.options().expect_err("a missing file is an error");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
 #[tokio::test]
 async fn run_serves_until_shutdown() {
     let args = parse(&["--listen", "127.0.0.1:0"]).expect("parse");

@@ -7,7 +7,9 @@
 
 pub mod metrics;
 
+use std::ffi::OsStr;
 use std::fmt;
+use std::io::IsTerminal as _;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -21,13 +23,19 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::config::{LogFormat, LogSettings};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `[log] level`.
-/// Calling it twice is harmless (the second call does nothing).
+/// Calling it twice is harmless (the second call does nothing). Pretty lines are coloured
+/// only when stderr is a terminal and `NO_COLOR` is unset or empty, so log files and
+/// pipes get plain text.
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr.with_max_level(tracing::Level::TRACE));
     let _ = match settings.format {
         LogFormat::Json => builder
@@ -36,6 +44,12 @@ pub fn init(settings: &LogSettings) {
             .try_init(),
         LogFormat::Pretty => builder.with_target(false).try_init(),
     };
+}
+
+/// Whether log lines get ANSI colours: on a terminal, unless `NO_COLOR` is set to a
+/// non-empty value (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<&OsStr>) -> bool {
+    terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// One JSON object per line: `timestamp` (RFC 3339, UTC), `level`, `target`, `message`, the
@@ -110,5 +124,19 @@ impl Visit for FieldVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0
             .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new(""))));
     }
 }
