@@ -185,13 +185,7 @@ impl Leases {
                 }],
                 access: None,
             };
-            let role = building
-                .properties
-                .iter()
-                .find(|p| p.id == holder.record.property_id)
-                .or(building.properties.first())
-                .map(|p| p.role.clone())
-                .unwrap_or_default();
+            let role = building.role_for(&holder.record.property_id);
             let target = Target {
                 org_id: &building.org_id,
                 integration_id: &building.integration_id,

@@ -42,6 +42,12 @@ impl Building {
         self.properties.iter().find(|p| p.id == id)
     }
 
+    /// The role a resident of `property_id` gets: that property's, or the first property's
+    /// when the building no longer maps it.
+    pub fn role_for(&self, property_id: &str) -> String {
+        role_of(&self.properties, property_id)
+    }
+
     /// The property used for synthetic events that name none of their own.
     fn first_property_id(&self) -> String {
         self.properties
@@ -49,6 +55,16 @@ impl Building {
             .map(|p| p.id.clone())
             .unwrap_or_default()
     }
+}
+
+/// The role of `property_id` among `properties`, or of the first one when it is not there.
+fn role_of(properties: &[BuildingProperty], property_id: &str) -> String {
+    properties
+        .iter()
+        .find(|p| p.id == property_id)
+        .or(properties.first())
+        .map(|p| p.role.clone())
+        .unwrap_or_default()
 }
 
 /// The buildings of `source`: its properties grouped by integration, in configuration order.
@@ -380,13 +396,7 @@ pub fn events_for(plan: &Plan, run_id: &str) -> Vec<PlannedEvent> {
                         },
                     ),
                 };
-                let role = building
-                    .properties
-                    .iter()
-                    .find(|p| p.id == lease.property_id)
-                    .or(building.properties.first())
-                    .map(|p| p.role.clone())
-                    .unwrap_or_default();
+                let role = role_of(&building.properties, &lease.property_id);
                 let target = Target {
                     org_id: &building.org_id,
                     integration_id: &building.integration_id,

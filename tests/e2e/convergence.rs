@@ -40,13 +40,6 @@ fn event_at(
     serde_json::to_vec(&body).expect("json")
 }
 
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .expect("time")
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("format")
-}
-
 fn present(openapp: &FakeOpenApp, user: &str) -> bool {
     openapp.sandbox.members(INTEGRATION).contains_key(user)
 }
@@ -390,20 +383,7 @@ async fn folding_any_permutation_of_a_history_gives_the_version_order_state() {
         .unwrap_or(20261123);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let redis = RedisServer::start();
-    let settings = lease_sync::config::Settings::from_toml_str(
-        &config_toml(
-            &redis.url(),
-            &namespace(),
-            "http://127.0.0.1:9/api/v1",
-            "127.0.0.1:0",
-        ),
-        Vec::new(),
-    )
-    .unwrap();
-    let queue = lease_sync::queue::JobQueue::new(
-        lease_sync::queue::connect(&settings.redis).unwrap(),
-        &settings.redis.namespace,
-    );
+    let queue = queue_on(&redis);
     let mut folds = 0;
     for case in 0..HISTORIES {
         let history = random_history(&mut rng, case);
@@ -673,20 +653,7 @@ async fn the_enqueue_script_and_supersedes_agree_on_the_version_order() {
     let skew = Duration::from_secs(300);
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261203);
     let redis = RedisServer::start();
-    let settings = lease_sync::config::Settings::from_toml_str(
-        &config_toml(
-            &redis.url(),
-            &namespace(),
-            "http://127.0.0.1:9/api/v1",
-            "127.0.0.1:0",
-        ),
-        Vec::new(),
-    )
-    .unwrap();
-    let queue = lease_sync::queue::JobQueue::new(
-        lease_sync::queue::connect(&settings.redis).unwrap(),
-        &settings.redis.namespace,
-    );
+    let queue = queue_on(&redis);
     let limits = EnqueueLimits {
         dedupe_ttl: Duration::from_secs(60),
         max_clock_skew: skew,

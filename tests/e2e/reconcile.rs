@@ -2,7 +2,7 @@
 //! from the CLI (dry run, apply, prune; CSV and JSON) and on a schedule inside `serve`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use lease_sync::config::Role;
@@ -13,18 +13,6 @@ use crate::support::*;
 const LIMIT: Duration = Duration::from_secs(30);
 
 const HEADER: &str = "lease_id,property_id,openapp_user_id,starts_at,ends_at\n";
-
-/// Runs the binary off the async runtime.
-async fn lease_sync(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_lease-sync"))
-            .args(&args)
-            .output()
-            .expect("run lease-sync")
-    })
-    .await
-    .expect("join")
-}
 
 /// `reconcile --config <config> --source SOURCE --from <from>` plus `extra`.
 async fn reconcile(config: &Path, from: &Path, extra: &[&str]) -> Output {
@@ -41,11 +29,7 @@ async fn reconcile(config: &Path, from: &Path, extra: &[&str]) -> Output {
     .map(|s| (*s).to_owned())
     .collect();
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    lease_sync(args).await
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    run_lease_sync(args).await
 }
 
 /// The `--json` plan printed by a successful run.
@@ -92,13 +76,6 @@ fn changes(openapp: &FakeOpenApp) -> usize {
         .count()
 }
 
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .expect("time")
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("format")
-}
-
 /// A signed event for `user` on `lease` that happened a minute ago.
 fn signed_event(lease: &str, user: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -110,21 +87,10 @@ fn signed_event(lease: &str, user: &str) -> Vec<u8> {
     .expect("json")
 }
 
-/// Redis, the sandbox, `serve` in process, and the same config written to `dir/c.toml`.
-async fn setup(dir: &Path) -> (RedisServer, FakeOpenApp, TestApp, std::path::PathBuf) {
-    let redis = RedisServer::start();
-    let openapp = FakeOpenApp::start().await;
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
-    let app = TestApp::start(&config, Role::Serve).await;
-    let path = dir.join("c.toml");
-    std::fs::write(&path, &config).expect("write config");
-    (redis, openapp, app, path)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planted_drift_is_planned_then_applied_and_unmanaged_people_are_pruned_only_on_request() {
     let dir = tempfile::tempdir().unwrap();
-    let (_redis, openapp, app, config) = setup(dir.path()).await;
+    let (_redis, openapp, app, config) = serve_with_config_file(dir.path()).await;
     let guest_role = format!("virtual_access:integration:{INTEGRATION}:guest");
 
     // B was added through lease-sync; C and D by hand; E holds another role.
@@ -257,7 +223,7 @@ async fn a_planted_drift_is_planned_then_applied_and_unmanaged_people_are_pruned
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_files_work_and_a_bad_row_is_named_and_applies_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (_redis, openapp, app, config) = setup(dir.path()).await;
+    let (_redis, openapp, app, config) = serve_with_config_file(dir.path()).await;
 
     // JSON, told by its extension and, without one, by its first character.
     let rows = json!([

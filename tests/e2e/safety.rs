@@ -3,10 +3,8 @@
 //! headers and admin ids that are not delivery ids.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use lease_sync::config::Role;
 use lease_sync::queue::{EnqueueOutcome, now_ms};
 use lease_sync::sandbox::Fault;
 use reqwest::Method;
@@ -19,13 +17,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// 9999-01-01T00:00:00Z, the date of the example.
 const YEAR_9999: &str = "9999-01-01T00:00:00Z";
-
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .expect("time")
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("format")
-}
 
 fn body(event_type: &str, lease: &str, users: &[&str], occurred_at: &str) -> Vec<u8> {
     let residents: Vec<Value> = users
@@ -53,28 +44,11 @@ async fn wait_presence(openapp: &FakeOpenApp, user: &str, want: bool) {
     .await;
 }
 
-/// Runs the binary off the async runtime, stdin closed.
-async fn lease_sync(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_lease-sync"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run lease-sync")
-    })
-    .await
-    .expect("join")
-}
-
 fn args(parts: &[&str], config: &Path) -> Vec<String> {
     let mut out: Vec<String> = parts.iter().map(|s| (*s).to_owned()).collect();
     out.push("--config".into());
     out.push(config.to_str().expect("utf-8 path").to_owned());
     out
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 async fn admin(app: &TestApp, method: Method, path: &str) -> Reply {
@@ -85,17 +59,6 @@ async fn admin(app: &TestApp, method: Method, path: &str) -> Reply {
         Vec::new(),
     )
     .await
-}
-
-/// Redis, the sandbox, `serve` in process, and the same config written to `dir/c.toml`.
-async fn setup(dir: &Path) -> (RedisServer, FakeOpenApp, TestApp, std::path::PathBuf) {
-    let redis = RedisServer::start();
-    let openapp = FakeOpenApp::start().await;
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
-    let app = TestApp::start(&config, Role::Serve).await;
-    let path = dir.join("c.toml");
-    std::fs::write(&path, &config).expect("write config");
-    (redis, openapp, app, path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +198,7 @@ async fn future_dated_state_written_before_the_check_heals_with_the_next_event()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_overrides_a_future_dated_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_redis, openapp, app, config) = setup(dir.path()).await;
+    let (_redis, openapp, app, config) = serve_with_config_file(dir.path()).await;
     fold_without_ingest_checks(
         &app,
         "evt-old-9999",
@@ -265,7 +228,7 @@ async fn reconciliation_overrides_a_future_dated_record() {
         ]
         .map(str::to_owned),
     );
-    let out = lease_sync(cli).await;
+    let out = run_lease_sync(cli).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(
@@ -280,7 +243,7 @@ async fn reconciliation_overrides_a_future_dated_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_reset_forgets_one_lease_and_converges_its_residents() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_redis, openapp, app, config) = setup(dir.path()).await;
+    let (_redis, openapp, app, config) = serve_with_config_file(dir.path()).await;
     // u-a and u-b hold L-7 "from 9999"; u-b also holds L-8, which still grants access.
     fold_without_ingest_checks(
         &app,
@@ -294,7 +257,7 @@ async fn leases_reset_forgets_one_lease_and_converges_its_residents() {
     wait_presence(&openapp, "u-b", true).await;
     wait_drained(&app.queue(), LIMIT).await;
 
-    let show = lease_sync(args(
+    let show = run_lease_sync(args(
         &[
             "leases", "show", "--source", SOURCE, "--lease", "L-7", "--json",
         ],
@@ -317,7 +280,7 @@ async fn leases_reset_forgets_one_lease_and_converges_its_residents() {
     assert_eq!(after, vec![("u-a", "absent"), ("u-b", "present")]);
 
     // Without --yes and without a terminal: refused, nothing changed.
-    let refused = lease_sync(args(
+    let refused = run_lease_sync(args(
         &["leases", "reset", "--source", SOURCE, "--lease", "L-7"],
         &config,
     ))
@@ -332,7 +295,7 @@ async fn leases_reset_forgets_one_lease_and_converges_its_residents() {
             .is_some_and(|s| s.leases.contains_key("L-7"))
     );
 
-    let reset = lease_sync(args(
+    let reset = run_lease_sync(args(
         &[
             "leases", "reset", "--source", SOURCE, "--lease", "L-7", "--yes",
         ],
@@ -391,7 +354,7 @@ async fn leases_reset_forgets_one_lease_and_converges_its_residents() {
         ),
         ("nope", "L-7", "no source named `nope` is configured"),
     ] {
-        let out = lease_sync(args(
+        let out = run_lease_sync(args(
             &[
                 "leases", "reset", "--source", source, "--lease", lease, "--yes",
             ],

@@ -363,6 +363,60 @@ pub async fn serve_with(edit: impl Fn(String) -> String) -> (RedisServer, FakeOp
     (redis, openapp, app)
 }
 
+/// `ms` since the epoch as RFC 3339 (UTC).
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .expect("time")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
+}
+
+/// Runs the binary with `args` off the async runtime, stdin closed, and collects its output.
+pub async fn run_lease_sync(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_lease-sync"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lease-sync")
+    })
+    .await
+    .expect("join")
+}
+
+/// Output bytes as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Redis, the sandbox, `serve` in process, and the same config written to `dir/c.toml` for
+/// the CLI.
+pub async fn serve_with_config_file(dir: &Path) -> (RedisServer, FakeOpenApp, TestApp, PathBuf) {
+    let redis = RedisServer::start();
+    let openapp = FakeOpenApp::start().await;
+    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
+    let app = TestApp::start(&config, Role::Serve).await;
+    let path = dir.join("c.toml");
+    std::fs::write(&path, &config).expect("write config");
+    (redis, openapp, app, path)
+}
+
+/// A queue handle on a fresh namespace of `redis`, for tests that fold events without a
+/// running service.
+pub fn queue_on(redis: &RedisServer) -> JobQueue {
+    let config = config_toml(
+        &redis.url(),
+        &namespace(),
+        "http://127.0.0.1:9/api/v1",
+        "127.0.0.1:0",
+    );
+    let settings = Settings::from_toml_str(&config, Vec::new()).expect("test config parses");
+    JobQueue::new(
+        connect(&settings.redis).expect("redis"),
+        &settings.redis.namespace,
+    )
+}
+
 /// Posts a correctly signed event and returns the reply.
 pub async fn post_event(app: &TestApp, id: &str, body: Vec<u8>) -> Reply {
     app.post(SOURCE, &signed(SECRET, id, now(), &body), body)
