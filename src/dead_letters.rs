@@ -414,17 +414,21 @@ impl DeadLetters {
         let age_ms =
             i64::try_from(settings.max_age_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
         let cutoff = now_ms().saturating_sub(age_ms);
-        let mut victims: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        // Both read in one transaction: a purge between two separate reads could make the
+        // expired entries outnumber the total.
+        let (mut victims, total): (Vec<String>, u64) = redis::pipe()
+            .atomic()
+            .cmd("ZRANGEBYSCORE")
             .arg(self.keys.dead_letters())
             .arg("-inf")
             .arg(cutoff)
-            .query_async(&mut conn)
-            .await?;
-        let total: u64 = redis::cmd("ZCARD")
+            .cmd("ZCARD")
             .arg(self.keys.dead_letters())
             .query_async(&mut conn)
             .await?;
-        let excess = (total - victims.len() as u64).saturating_sub(settings.max_entries);
+        let excess = total
+            .saturating_sub(victims.len() as u64)
+            .saturating_sub(settings.max_entries);
         if excess > 0 {
             let start = victims.len() as i64;
             let oldest: Vec<String> = redis::cmd("ZRANGE")

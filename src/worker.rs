@@ -98,6 +98,15 @@ impl std::fmt::Debug for Deliverer {
     }
 }
 
+/// Whether a resident's lock is still held when an attempt ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockAfter {
+    /// The finish script released it with the outcome (saving a round trip).
+    Released,
+    /// Still held: the caller releases it.
+    Held,
+}
+
 /// What one convergence call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
@@ -223,7 +232,7 @@ impl Deliverer {
         };
         let result = self.run_locked(job, task_id, &lock, state).await;
         // Usually the finish script released the lock already; otherwise release it here.
-        if !matches!(result, Ok(true))
+        if !matches!(result, Ok(LockAfter::Released))
             && let Err(e) = self.queue.unlock_resident(lock).await
         {
             warn!("could not release the resident lock (it expires on its own): {e}");
@@ -232,14 +241,14 @@ impl Deliverer {
     }
 
     /// Runs the attempt under `lock`, starting from `state`, the resident's state read when
-    /// the lock was taken. `Ok(true)` when the lock was released with the outcome.
+    /// the lock was taken; says whether the lock went with the outcome.
     async fn run_locked(
         &self,
         job: &DeliveryJob,
         task_id: &str,
         lock: &ResidentLock,
         state: Option<ResidentState>,
-    ) -> Result<bool, BoxDynError> {
+    ) -> Result<LockAfter, BoxDynError> {
         let mut locked_state = Some(state);
         let attempt = match self
             .queue
@@ -249,7 +258,7 @@ impl Deliverer {
             Begin::Run(n) => n,
             Begin::Stale => {
                 debug!("skipping a superseded run of this delivery");
-                return Ok(false);
+                return Ok(LockAfter::Held);
             }
             Begin::DeadLettered { reason, attempts } => {
                 error!(
@@ -260,7 +269,7 @@ impl Deliverer {
                 );
                 count_job("dead_lettered", reason.as_str());
                 self.trim_dead_letters().await;
-                return Ok(false);
+                return Ok(LockAfter::Held);
             }
         };
         Span::current().record("attempt", attempt);
@@ -335,6 +344,11 @@ impl Deliverer {
             None
         };
         let release = next_transition.is_none().then_some(lock);
+        let lock_after = if release.is_some() {
+            LockAfter::Released
+        } else {
+            LockAfter::Held
+        };
         let finish = match decision {
             Decision::Done => Finish::Delivered,
             Decision::Retry { delay, .. } => Finish::Retry {
@@ -351,7 +365,7 @@ impl Deliverer {
             warn!(
                 "the delivery moved on during the call (replayed or purged); outcome not recorded"
             );
-            return Ok(release.is_some());
+            return Ok(lock_after);
         }
         log_outcome(job, action, attempt, &result, &decision, auth_failure);
         match &decision {
@@ -374,7 +388,7 @@ impl Deliverer {
             Decision::DeadLetter(_) => self.trim_dead_letters().await,
             Decision::Retry { .. } => {}
         }
-        Ok(release.is_some())
+        Ok(lock_after)
     }
 
     async fn trim_dead_letters(&self) {
