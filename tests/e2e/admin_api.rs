@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lease_sync::app::Application;
 use lease_sync::config::{Role, Settings};
-use lease_sync::sandbox::Fault;
+use lease_sync_sandbox::Fault;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};

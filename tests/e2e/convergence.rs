@@ -7,7 +7,7 @@ use lease_sync::config::Role;
 use lease_sync::event::parse_event;
 use lease_sync::queue::{DeliveryJob, EnqueueLimits, JOB_VERSION};
 use lease_sync::resident::Desired;
-use lease_sync::sandbox::{Fault, FaultOptions};
+use lease_sync_sandbox::{Fault, FaultOptions};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};

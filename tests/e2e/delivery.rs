@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lease_sync::config::Role;
-use lease_sync::sandbox::{Fault, SandboxAuth, SandboxOptions};
+use lease_sync_sandbox::{Fault, SandboxAuth, SandboxOptions};
 use serde_json::json;
 
 use crate::support::*;

@@ -542,7 +542,7 @@ fn check_config_warns_about_secrets_that_expire_soon_without_printing_them() {
 /// admin tokens, OpenApp refusing the key, a dead letter and its replay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_appear_in_logs_error_bodies_or_cli_output_at_trace_level() {
-    use lease_sync::sandbox::Fault;
+    use lease_sync_sandbox::Fault;
 
     let redis = RedisServer::start();
     let openapp = FakeOpenApp::start().await;

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use lease_sync::config::Role;
-use lease_sync::sandbox::Fault;
 use lease_sync::telemetry::metrics::{CATALOG, Kind};
+use lease_sync_sandbox::Fault;
 use serde_json::json;
 
 use crate::support::*;

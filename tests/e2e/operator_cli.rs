@@ -9,7 +9,7 @@ use lease_sync::config::Role;
 use lease_sync::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterSummary};
 use lease_sync::event::EventType;
 use lease_sync::retry::DeadReason;
-use lease_sync::sandbox::Fault;
+use lease_sync_sandbox::Fault;
 use serde_json::Value;
 
 use crate::support::redis::free_port;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use lease_sync::config::Role;
 use lease_sync::event::EventType;
 use lease_sync::queue::{DeliveryJob, JOB_VERSION};
-use lease_sync::sandbox::Fault;
+use lease_sync_sandbox::Fault;
 
 use crate::support::redis::free_port;
 use crate::support::*;
@@ -288,7 +288,7 @@ async fn twenty_thousand_retries_falling_due_at_once_drain() {
     );
     // The sandbox keeps the last 10,000 calls; all of them are the DELETEs.
     let calls = openapp.sandbox.calls();
-    assert_eq!(calls.len(), lease_sync::sandbox::MAX_RECORDED_CALLS);
+    assert_eq!(calls.len(), lease_sync_sandbox::MAX_RECORDED_CALLS);
     assert!(
         calls
             .iter()

@@ -5,7 +5,7 @@ use std::time::Duration;
 use lease_sync::config::Role;
 use lease_sync::queue::ledger::AttemptRecord;
 use lease_sync::retry::DeadReason;
-use lease_sync::sandbox::{Fault, FaultOptions};
+use lease_sync_sandbox::{Fault, FaultOptions};
 
 use crate::support::*;
 

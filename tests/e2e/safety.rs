@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use lease_sync::queue::{EnqueueOutcome, now_ms};
-use lease_sync::sandbox::Fault;
+use lease_sync_sandbox::Fault;
 use reqwest::Method;
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use lease_sync::queue::JobQueue;
-use lease_sync::sandbox::Sandbox;
+use lease_sync_sandbox::Sandbox;
 use serde::Serialize;
 
 use crate::cluster::{BUILDINGS, SOURCE, role};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use lease_sync::config::Settings;
 use lease_sync::queue::{JobQueue, connect};
-use lease_sync::sandbox::{Sandbox, SandboxOptions};
+use lease_sync_sandbox::{Sandbox, SandboxOptions};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 

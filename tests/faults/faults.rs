@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use lease_sync::sandbox::{Fault as OpenAppFault, FaultOptions};
+use lease_sync_sandbox::{Fault as OpenAppFault, FaultOptions};
 
 use crate::checks::missing_dedupe;
 use crate::cluster::Cluster;
