@@ -1500,9 +1500,9 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn workspace_members_include_the_sandbox_crate() {
+fn workspace_members_include_the_sandbox_and_the_test_kit() {
     let members = workspace_members();
-    for member in ["crates/sandbox", "bench"] {
+    for member in ["crates/sandbox", "crates/testkit", "bench"] {
         assert!(
             members.iter().any(|m| m == member),
             "{member} is a workspace member: {members:?}"
