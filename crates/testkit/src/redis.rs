@@ -11,7 +11,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::free_port;
-use crate::process::{Output, Process, ProcessBuilder, signal};
+use crate::process::{OnDrop, Output, Process, ProcessBuilder, signal};
 
 /// One admin command may take this long before Redis is called unresponsive.
 const COMMAND_LIMIT: Duration = Duration::from_secs(5);
@@ -68,15 +68,18 @@ pub struct RedisOptions {
     dir: Option<PathBuf>,
     appendfsync: Appendfsync,
     start_limit: Duration,
+    on_drop: OnDrop,
 }
 
 impl Default for RedisOptions {
-    /// A temporary data directory removed on drop, `appendfsync always`, 10 s to start.
+    /// A temporary data directory removed on drop, `appendfsync always`, 10 s to start,
+    /// killed when dropped.
     fn default() -> Self {
         Self {
             dir: None,
             appendfsync: Appendfsync::Always,
             start_limit: Duration::from_secs(10),
+            on_drop: OnDrop::Kill,
         }
     }
 }
@@ -104,6 +107,14 @@ impl RedisOptions {
         self.start_limit = limit;
         self
     }
+
+    /// What dropping the [`RedisServer`] does to a server still running (default
+    /// [`OnDrop::Kill`]; SIGKILL also ends a server stopped with [`RedisServer::pause`]).
+    #[must_use]
+    pub fn on_drop(mut self, on_drop: OnDrop) -> Self {
+        self.on_drop = on_drop;
+        self
+    }
 }
 
 /// A redis-server child process configured as production is told to be: `appendonly yes`,
@@ -111,13 +122,13 @@ impl RedisOptions {
 /// restart on the same port and directory keep exactly what the append-only file holds.
 ///
 /// The binary is `redis-server` from `PATH`, or `$REDIS_SERVER`. Its log is `redis.log` in
-/// the data directory. Dropping the server kills it (SIGKILL also ends a server stopped with
-/// [`Self::pause`]).
+/// the data directory. Dropping the server ends it as [`RedisOptions::on_drop`] says.
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     appendfsync: Appendfsync,
     start_limit: Duration,
+    on_drop: OnDrop,
     process: Option<Process>,
     /// The temporary data directory, if any; declared last so it is removed after the process
     /// is gone.
@@ -166,6 +177,7 @@ impl RedisServer {
             dir,
             appendfsync: options.appendfsync,
             start_limit: options.start_limit,
+            on_drop: options.on_drop,
             process: None,
             _temp: temp,
         };
@@ -196,6 +208,7 @@ impl RedisServer {
             .arg(self.dir.join("redis.log"))
             .stdout(Output::Log)
             .append()
+            .on_drop(self.on_drop)
             .spawn()
             .context("install Redis (`apt-get install redis-server`) or set REDIS_SERVER")?;
         let port = self.port;
