@@ -6,6 +6,29 @@ use std::time::{Duration, Instant};
 /// How often a bounded poll looks again.
 pub const POLL: Duration = Duration::from_millis(25);
 
+/// The pace of a bounded poll: look, then [`Ticker::next`] to wait for the next look.
+pub(crate) struct Ticker {
+    deadline: Instant,
+}
+
+impl Ticker {
+    /// Looks every [`POLL`] for at most `limit`.
+    pub(crate) fn new(limit: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + limit,
+        }
+    }
+
+    /// Sleeps [`POLL`] and returns true, or returns false at once when the limit has passed.
+    pub(crate) async fn next(&self) -> bool {
+        if Instant::now() >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+        true
+    }
+}
+
 /// Polls `probe` every [`POLL`] until it returns `Some`, or gives up after `limit` with `None`.
 /// The probe runs at least once, and once more at or after the limit.
 pub async fn poll_until<T, F, Fut>(limit: Duration, mut probe: F) -> Option<T>
@@ -13,15 +36,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
+    let ticker = Ticker::new(limit);
     loop {
         if let Some(value) = probe().await {
             return Some(value);
         }
-        if Instant::now() >= deadline {
+        if !ticker.next().await {
             return None;
         }
-        tokio::time::sleep(POLL).await;
     }
 }
 

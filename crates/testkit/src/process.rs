@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::poll::POLL;
+use crate::poll::Ticker;
 
 /// Lines of a log quoted in failure messages.
 const TAIL_LINES: usize = 40;
@@ -301,7 +301,7 @@ impl Process {
         F: FnMut() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
-        let deadline = Instant::now() + limit;
+        let ticker = Ticker::new(limit);
         loop {
             if let Some(value) = probe().await {
                 return Ok(value);
@@ -314,7 +314,7 @@ impl Process {
                     self.log_tail(TAIL_LINES)
                 );
             }
-            if Instant::now() >= deadline {
+            if !ticker.next().await {
                 bail!(
                     "{}: no {what} within {limit:?} (still running); log {}, last lines:\n{}",
                     self.name,
@@ -322,7 +322,6 @@ impl Process {
                     self.log_tail(TAIL_LINES)
                 );
             }
-            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -367,12 +366,12 @@ impl Process {
     /// When the process is still running after `limit`: it is killed, and the panic quotes
     /// its log's last lines.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
+        let ticker = Ticker::new(limit);
         loop {
             if let Some(status) = self.exit_status() {
                 return status;
             }
-            if Instant::now() >= deadline {
+            if !ticker.next().await {
                 let tail = self.log_tail(TAIL_LINES);
                 self.kill9();
                 panic!(
@@ -381,7 +380,6 @@ impl Process {
                     self.log.display()
                 );
             }
-            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -402,15 +400,16 @@ impl Process {
             return Some(status);
         }
         let _ = signal(self.pid(), "-TERM");
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
+        let ticker = Ticker::new(grace);
+        loop {
             if let Some(status) = self.exit_status() {
                 return Some(status);
             }
-            tokio::time::sleep(POLL).await;
+            if !ticker.next().await {
+                self.kill9();
+                return None;
+            }
         }
-        self.kill9();
-        None
     }
 
     /// [`Self::stop`] without an async runtime, for `Drop`.
