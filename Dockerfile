@@ -20,6 +20,8 @@ RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
 
 FROM chef AS planner
+# The whole tree: cargo loads the whole workspace (lease-sync, crates/*, bench/), so every
+# member's manifest and sources must be in the context (tests/manifests.rs checks .dockerignore).
 COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the full test suite: unit tests and end-to-end tests against real redis-server
+# Runs the full test suite: unit tests of every default workspace member (lease-sync,
+# crates/sandbox, the OpenApp emulator, and crates/testkit) and end-to-end tests against real redis-server
 # processes the tests start themselves on free loopback ports (never 6379), the quick start's
 # smoke mode as a new user runs it (its cargo build included, so the binary is found wherever
 # CARGO_TARGET_DIR puts it; free ports, a temporary state directory), then the benchmark

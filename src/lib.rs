@@ -8,7 +8,7 @@
 //! * [`config`]: the TOML configuration and its environment overrides.
 //! * [`event`]: the lease event and its validation (pure domain, no I/O).
 //! * [`signature`]: webhook signature schemes (pure).
-//! * [`http`]: the webhook listener (the only axum code besides the sandbox).
+//! * [`http`]: the webhook listener (the only axum code).
 //! * [`resident`]: resident state and the version order of lease events (pure).
 //! * [`leases`]: operator actions on one lease (find its holders, reset it).
 //! * [`reconcile`]: comparing a file of active leases with OpenApp, and applying the plan.
@@ -16,8 +16,9 @@
 //! * [`dead_letters`]: deliveries given up, replayed or purged, and the audit trail.
 //! * [`worker`]: apalis workers and their supervisor.
 //! * [`openapp`]: the OpenApp client (the only reqwest code besides `send-test-event`).
-//! * [`sandbox`]: a local OpenApp emulator for integrators and tests.
-//! * [`app`]: wiring and shutdown; [`cli`]: the command line; [`telemetry`]: logs.
+//! * [`app`]: wiring and shutdown; [`cli`]: the command line (less `sandbox-openapp`: the
+//!   OpenApp emulator is the `lease-sync-sandbox` crate, which only the binary links);
+//!   [`telemetry`]: logs.
 //! * [`fd_limit`]: the open-file limit, raised at startup and sizing the connection caps.
 
 #![warn(missing_docs)]
@@ -36,7 +37,6 @@ pub mod queue;
 pub mod reconcile;
 pub mod resident;
 pub mod retry;
-pub mod sandbox;
 pub mod signature;
 pub mod telemetry;
 pub mod worker;

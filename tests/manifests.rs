@@ -3,6 +3,10 @@
 //! `deploy/kubernetes/`. Every YAML file under `deploy/` is parsed; the two configurations are
 //! validated by the real binary (`lease-sync check-config`) with stand-in secret files.
 //!
+//! The workspace's `Cargo.toml` is checked for what the image build needs (every member in the
+//! build context) and for the one dependency rule the manifest cannot express: the `lease_sync`
+//! library never uses the OpenApp sandbox crate, which only the binary links.
+//!
 //! No Docker, kubectl or cluster is needed: these are static checks. The linters
 //! (hadolint, docker compose config, kubectl kustomize, kubernetes-validate, yamllint) are in
 //! `deploy/lint.sh`; docs/DEPLOY.md has their results.
@@ -1435,16 +1439,95 @@ fn dockerignore_keeps_build_output_history_and_secrets_out_of_the_context() {
             ".dockerignore must exclude {entry}"
         );
     }
+    // `cargo chef prepare` and `cargo build` load the whole workspace: every member must be in
+    // the build context.
+    let members = workspace_members();
     for needed in [
         "src",
         "Cargo.toml",
         "Cargo.lock",
         "deploy",
         "deploy/config.example.toml",
-    ] {
+    ]
+    .into_iter()
+    .chain(members.iter().map(String::as_str))
+    {
         assert!(
-            !ignored.contains(needed),
+            !ignored.contains(needed)
+                && !ignored
+                    .iter()
+                    .any(|entry| needed.starts_with(&format!("{entry}/"))),
             ".dockerignore must keep {needed}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workspace
+
+/// The workspace members other than the root package, as listed in `Cargo.toml`.
+fn workspace_members() -> Vec<String> {
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml parses");
+    let members: Vec<String> = manifest["workspace"]["members"]
+        .as_array()
+        .expect("workspace.members")
+        .iter()
+        .map(|m| m.as_str().expect("a member path").to_owned())
+        .filter(|m| m != ".")
+        .collect();
+    for member in &members {
+        assert!(
+            repo().join(member).join("Cargo.toml").is_file(),
+            "workspace member {member} has a Cargo.toml"
+        );
+    }
+    members
+}
+
+/// Every `.rs` file below `dir`.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+    {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn workspace_members_include_the_sandbox_and_the_test_kit() {
+    let members = workspace_members();
+    for member in ["crates/sandbox", "crates/testkit", "bench"] {
+        assert!(
+            members.iter().any(|m| m == member),
+            "{member} is a workspace member: {members:?}"
+        );
+    }
+}
+
+#[test]
+fn only_the_binary_links_the_sandbox() {
+    let main = repo().join("src/main.rs");
+    assert!(
+        read("src/main.rs").contains("lease_sync_sandbox::"),
+        "src/main.rs dispatches sandbox-openapp to the sandbox crate"
+    );
+    let library: Vec<PathBuf> = rust_files(&repo().join("src"))
+        .into_iter()
+        .filter(|path| *path != main)
+        .filter(|path| {
+            fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+                .contains("lease_sync_sandbox")
+        })
+        .collect();
+    assert!(
+        library.is_empty(),
+        "the lease_sync library must not use the sandbox crate: {library:?}"
+    );
 }

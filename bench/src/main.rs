@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use lease_sync_testkit::Appendfsync;
 
 use crate::report::{Results, median, summarize};
 use crate::scrape::Scraper;
@@ -160,9 +161,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.lease_sync.display()
         );
     }
-    if !["always", "everysec"].contains(&args.appendfsync.as_str()) {
-        bail!("--appendfsync must be `always` or `everysec`");
-    }
+    let appendfsync = match args.appendfsync.as_str() {
+        "always" => Appendfsync::Always,
+        "everysec" => Appendfsync::Everysec,
+        _ => bail!("--appendfsync must be `always` or `everysec`"),
+    };
     let dashboard_json = std::fs::read_to_string(&args.dashboard)
         .with_context(|| format!("cannot read {}", args.dashboard.display()))?;
     let short = args.short;
@@ -187,7 +190,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         warmup_events: if short { 20 } else { 200 },
         concurrency: args.concurrency,
-        appendfsync: args.appendfsync.clone(),
+        appendfsync,
         body_bytes: 1024,
         scrape_every: Duration::from_secs_f64(args.scrape_every.max(0.0)),
     };

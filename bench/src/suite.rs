@@ -9,11 +9,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use lease_sync_testkit::{
+    Appendfsync, OnDrop, Process, ProcessBuilder, RedisOptions, RedisServer, free_port, poll_until,
+};
 use sha2::Digest as _;
 
 use crate::dashboard::Phase;
 use crate::load::{self, Batch, EventSpec, Pace};
-use crate::procs::{self, Proc, Redis, free_port, http_ok, loopback, wait_until};
+use crate::procs::{self, http_ok, loopback};
 use crate::report::{
     DrainRun, IngestRun, Machine, MachineLoad, Run, Setup, Usage, Yardstick, median,
 };
@@ -58,7 +61,7 @@ pub struct Options {
     /// `worker.concurrency`.
     pub concurrency: usize,
     /// `appendfsync` of Redis.
-    pub appendfsync: String,
+    pub appendfsync: Appendfsync,
     /// Body size of every event.
     pub body_bytes: usize,
     /// Scrape interval.
@@ -72,7 +75,7 @@ const POLL_INTERVAL_MS: u64 = 250;
 /// The setup as recorded in the results.
 pub fn setup(opts: &Options, fixed_rate: f64) -> Setup {
     Setup {
-        appendfsync: opts.appendfsync.clone(),
+        appendfsync: opts.appendfsync.to_string(),
         concurrency: opts.concurrency,
         batch_size: BATCH_SIZE,
         poll_interval_ms: POLL_INTERVAL_MS,
@@ -177,11 +180,11 @@ pub async fn wait_quiet(below: f64, limit: Duration) -> f64 {
 /// One redis-benchmark run (LPUSH and RPOP, 1 KB values, 50 clients) on a fresh Redis.
 pub async fn yardstick(opts: &Options, index: usize) -> anyhow::Result<Yardstick> {
     let dir = opts.work.join(format!("yardstick-{index}"));
-    let mut redis = Redis::start(&dir, &opts.appendfsync).await?;
+    let mut redis = start_redis(&dir, opts.appendfsync).await?;
     let output = tokio::time::timeout(
         Duration::from_secs(600),
         tokio::process::Command::new("redis-benchmark")
-            .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
+            .args(["-h", "127.0.0.1", "-p", &redis.port().to_string()])
             .args(["-t", "lpush,rpop", "-d", &opts.body_bytes.to_string()])
             .args([
                 "-n",
@@ -196,7 +199,7 @@ pub async fn yardstick(opts: &Options, index: usize) -> anyhow::Result<Yardstick
     .await
     .context("redis-benchmark took over 10 minutes")?
     .context("cannot run redis-benchmark (apt-get install redis-tools)")?;
-    redis.proc.stop(Duration::from_secs(10));
+    redis.terminate(Duration::from_secs(10)).await;
     if !output.status.success() {
         bail!(
             "redis-benchmark failed: {}",
@@ -382,11 +385,35 @@ impl Snapshot {
     }
 }
 
+/// How long a lease-sync role or the sandbox may take to answer after it starts.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+
+/// A process dropped while running (a run failed half-way) gets SIGTERM, then SIGKILL after 5 s.
+const STOP_ON_DROP: OnDrop = OnDrop::Stop(Duration::from_secs(5));
+
+/// A fresh redis-server for a run or a yardstick, its data in `dir`: production persistence
+/// with `appendfsync`, 30 s to answer PING, stopped like the other processes if dropped.
+async fn start_redis(dir: &Path, appendfsync: Appendfsync) -> anyhow::Result<RedisServer> {
+    RedisServer::start_with(
+        RedisOptions::default()
+            .dir(dir)
+            .appendfsync(appendfsync)
+            .start_limit(Duration::from_secs(30))
+            .on_drop(STOP_ON_DROP),
+    )
+    .await
+}
+
+/// Whether a stopped process exited by itself (on SIGTERM) with status 0.
+fn clean_exit(status: Option<std::process::ExitStatus>) -> bool {
+    status.is_some_and(|s| s.success())
+}
+
 /// Processes and addresses of one run.
 struct Cluster {
     lease_sync: PathBuf,
     dir: PathBuf,
-    redis: Redis,
+    redis: RedisServer,
     http: u16,
     ingest_admin: u16,
     worker_admin: u16,
@@ -423,42 +450,40 @@ impl Cluster {
         name: &str,
         admin_port: u16,
         concurrency: usize,
-    ) -> anyhow::Result<Proc> {
+    ) -> anyhow::Result<Process> {
         let config = self.write_config(name, admin_port, concurrency)?;
-        let mut command = Command::new(&self.lease_sync);
-        command.arg(role).arg("--config").arg(&config);
-        let mut proc = Proc::spawn(name, command, &self.dir.join(format!("{name}.log")))?;
+        let mut proc = self.lease_sync(name).arg(role).config(&config).spawn()?;
         let url = format!("http://127.0.0.1:{admin_port}/readyz");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !http_ok(&self.client, &url).await {
-            proc.check_alive()?;
-            if Instant::now() > deadline {
-                bail!("{name} not ready within 30 s; see {}", proc.log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        proc.wait_for(&format!("a 200 from {url}"), READY_LIMIT, || async {
+            http_ok(&self.client, &url).await.then_some(())
+        })
+        .await?;
         Ok(proc)
     }
 
-    async fn spawn_sandbox(&self, delay_ms: u64, name: &str) -> anyhow::Result<Proc> {
-        let mut command = Command::new(&self.lease_sync);
-        command
+    async fn spawn_sandbox(&self, delay_ms: u64, name: &str) -> anyhow::Result<Process> {
+        let mut proc = self
+            .lease_sync(name)
             .arg("sandbox-openapp")
             .args(["--listen", &format!("127.0.0.1:{}", self.sandbox_port)])
             .args(["--api-key", API_KEY])
             .args(["--integration", &format!("{ORG}:{INTEGRATION}")])
-            .args(["--delay-ms", &delay_ms.to_string()]);
-        let mut proc = Proc::spawn(name, command, &self.dir.join(format!("{name}.log")))?;
+            .args(["--delay-ms", &delay_ms.to_string()])
+            .spawn()?;
         let url = format!("http://127.0.0.1:{}/_sandbox/state", self.sandbox_port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !http_ok(&self.client, &url).await {
-            proc.check_alive()?;
-            if Instant::now() > deadline {
-                bail!("the sandbox did not answer within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        proc.wait_for(&format!("a 200 from {url}"), READY_LIMIT, || async {
+            http_ok(&self.client, &url).await.then_some(())
+        })
+        .await?;
         Ok(proc)
+    }
+
+    /// The lease-sync binary as `name`, its standard output and error appended to
+    /// `<dir>/<name>.log`, stopped (SIGTERM, then SIGKILL after 5 s) if dropped while running.
+    fn lease_sync(&self, name: &str) -> ProcessBuilder {
+        ProcessBuilder::new(name, &self.lease_sync, self.dir.join(format!("{name}.log")))
+            .append()
+            .on_drop(STOP_ON_DROP)
     }
 
     async fn sandbox_users(&self) -> anyhow::Result<usize> {
@@ -547,7 +572,7 @@ pub async fn run_once(
 ) -> anyhow::Result<Run> {
     let dir = opts.work.join(format!("run-{index}"));
     std::fs::create_dir_all(&dir)?;
-    let redis = Redis::start(&dir.join("redis"), &opts.appendfsync).await?;
+    let redis = start_redis(&dir.join("redis"), opts.appendfsync).await?;
     let redis_conn = redis::Client::open(redis.url())?
         .get_multiplexed_async_connection()
         .await
@@ -555,10 +580,10 @@ pub async fn run_once(
     let mut cluster = Cluster {
         lease_sync: opts.lease_sync.clone(),
         dir: dir.clone(),
-        http: free_port()?,
-        ingest_admin: free_port()?,
-        worker_admin: free_port()?,
-        sandbox_port: free_port()?,
+        http: free_port(),
+        ingest_admin: free_port(),
+        worker_admin: free_port(),
+        sandbox_port: free_port(),
         redis,
         client: reqwest::Client::new(),
         redis_conn,
@@ -569,7 +594,7 @@ pub async fn run_once(
             body_bytes: opts.body_bytes,
         },
     };
-    let redis_pid = cluster.redis.proc.pid();
+    let redis_pid = cluster.redis.pid();
     let http = loopback(cluster.http);
 
     let ingest_name = format!("ingest-{index}");
@@ -704,8 +729,8 @@ pub async fn run_once(
     );
 
     scraper.remove(&ingest_name).await;
-    let ingest_clean_exit = ingest.stop(Duration::from_secs(30));
-    cluster.redis.proc.stop(Duration::from_secs(10));
+    let ingest_clean_exit = clean_exit(ingest.stop(Duration::from_secs(30)).await);
+    cluster.redis.terminate(Duration::from_secs(10)).await;
     Ok(Run {
         index,
         ingest_fixed,
@@ -733,7 +758,7 @@ async fn drain(
     let baseline = cluster.delivered().await?;
     let stats_before = cluster.stats().await?;
     let calls_before = cluster.command_calls().await?;
-    let redis_pid = cluster.redis.proc.pid();
+    let redis_pid = cluster.redis.pid();
     let name = format!("work-{delay_ms}ms-{index}");
     let config = cluster.write_config(&name, cluster.worker_admin, opts.concurrency)?;
     // The queue as the drain finds it.
@@ -747,9 +772,11 @@ async fn drain(
     let start_t = scraper.now();
     let before = snapshot(&[redis_pid, sandbox.pid()]);
     let started = Instant::now();
-    let mut command = Command::new(&cluster.lease_sync);
-    command.arg("work").arg("--config").arg(&config);
-    let mut worker = Proc::spawn(&name, command, &cluster.dir.join(format!("{name}.log")))?;
+    let mut worker = cluster
+        .lease_sync(&name)
+        .arg("work")
+        .config(&config)
+        .spawn()?;
     let target = baseline + jobs;
     // Bounded: at least 60 s, or 20 jobs/s, whichever is longer.
     let limit = Duration::from_secs(60.max(jobs / 20));
@@ -768,7 +795,7 @@ async fn drain(
             bail!(
                 "{name}: only {} of {jobs} jobs delivered within {limit:?}; see {}",
                 delivered - baseline,
-                worker.log.display()
+                worker.log_path().display()
             );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -805,19 +832,21 @@ async fn drain(
     let worker_usage = before.usage(&after, worker.pid(), jobs);
     let machine = before.machine(&after);
     let sandbox_users = cluster.sandbox_users().await?;
-    let clean_exit = worker.stop(Duration::from_secs(40));
+    let clean_exit = clean_exit(worker.stop(Duration::from_secs(40)).await);
     let redis = before.usage(&after, redis_pid, jobs);
     let sandbox_usage = before.usage(&after, sandbox.pid(), jobs);
-    sandbox.stop(Duration::from_secs(10));
+    sandbox.stop(Duration::from_secs(10)).await;
     let first = first_job.unwrap_or(elapsed);
     let seconds = elapsed.as_secs_f64();
     let steady = (elapsed - first).as_secs_f64();
-    wait_until(
-        "the sandbox port to be free",
-        Duration::from_secs(10),
-        || async { std::net::TcpListener::bind(loopback(cluster.sandbox_port)).is_ok() },
-    )
-    .await?;
+    let limit = Duration::from_secs(10);
+    poll_until(limit, || async {
+        std::net::TcpListener::bind(loopback(cluster.sandbox_port))
+            .is_ok()
+            .then_some(())
+    })
+    .await
+    .with_context(|| format!("the sandbox port was not free within {limit:?}"))?;
     Ok(DrainRun {
         delay_ms,
         jobs,

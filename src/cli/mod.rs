@@ -1,4 +1,6 @@
-//! The `lease-sync` command line.
+//! The `lease-sync` command line: every subcommand but `sandbox-openapp`, which lives in its
+//! own crate (`lease-sync-sandbox`) and is added by the binary (`src/main.rs`), so that this
+//! library does not carry the emulator.
 
 mod admin;
 mod dead_letters;
@@ -9,25 +11,17 @@ mod reconcile;
 mod residents;
 mod send_test_event;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::{Application, shutdown_on_signals};
 use crate::config::{Role, Settings};
-use crate::sandbox::SandboxArgs;
 use crate::telemetry;
-
-/// Keeps residents of shared buildings in sync with OpenApp, driven by signed lease webhooks.
-#[derive(Debug, Parser)]
-#[command(name = "lease-sync", version, about, long_about = None)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
 
 /// Path of the configuration file, shared by most commands.
 #[derive(Debug, clap::Args)]
@@ -37,7 +31,7 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
-/// The subcommands.
+/// The subcommands of this library; the binary flattens them into its own command line.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run webhook ingest and workers in one process.
@@ -48,8 +42,6 @@ pub enum Command {
     Work(ConfigArg),
     /// Validate the configuration and print it with secrets redacted; exit 1 on any problem.
     CheckConfig(ConfigArg),
-    /// Run a local in-memory OpenApp emulator to try lease-sync without OpenApp credentials.
-    SandboxOpenapp(SandboxArgs),
     /// Build, sign and post a sample lease event, and print the equivalent curl command.
     SendTestEvent(send_test_event::SendTestEventArgs),
     /// Inspect, replay and purge dead letters (deliveries that were given up).
@@ -73,8 +65,28 @@ pub enum Command {
 }
 
 /// Runs the parsed command; errors are printed with their causes and exit with status 1.
-pub async fn run(cli: Cli) -> ExitCode {
-    match dispatch(cli).await {
+pub async fn run(command: Command) -> ExitCode {
+    exit_code(dispatch(command).await)
+}
+
+/// Runs a tool that needs no configuration file (such as the binary's `sandbox-openapp`) the
+/// way the other commands run: logs at the default level (`RUST_LOG` overrides it), `shutdown`
+/// cancelled on SIGINT or SIGTERM, errors printed with their causes and exit status 1.
+pub async fn run_standalone<F, Fut>(tool: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    telemetry::init(&crate::config::LogSettings::default());
+    exit_code(
+        tool(shutdown_on_signals())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+    )
+}
+
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -114,8 +126,8 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Serve(arg) => run_role(&arg, Role::Serve).await,
         Command::Ingest(arg) => run_role(&arg, Role::Ingest).await,
         Command::Work(arg) => run_role(&arg, Role::Work).await,
@@ -141,14 +153,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::SandboxOpenapp(args) => {
-            telemetry::init(&crate::config::LogSettings::default());
-            crate::sandbox::run(args, async move {
-                shutdown_on_signals().cancelled_owned().await
-            })
-            .await?;
-            Ok(ExitCode::SUCCESS)
-        }
         Command::SendTestEvent(args) => send_test_event::run(args).await,
         Command::DeadLetters(args) => dead_letters::run(args).await,
         Command::Queue(args) => queue_stats::run(args).await,
@@ -163,6 +167,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The binary's command line without its `sandbox-openapp` (src/main.rs tests the whole).
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -1,5 +1,5 @@
 //! The webhook listener: `POST /webhooks/{source}`, `GET /healthz`, `GET /readyz`.
-//! The only module (with the sandbox) that knows axum.
+//! The only module of the library that knows axum.
 
 pub mod admin;
 mod error;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lease_sync::app::Application;
 use lease_sync::config::{Role, Settings};
-use lease_sync::sandbox::Fault;
+use lease_sync_sandbox::Fault;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -738,7 +738,7 @@ async fn queue_counts_report_depths_and_counters() {
 async fn a_redis_outage_answers_503_without_details() {
     let (mut redis, _openapp, app) = serve().await;
     assert_eq!(admin(&app, Method::GET, "/queue", None).await.status, 200);
-    redis.kill();
+    redis.kill9();
     for path in ["/queue", "/dead-letters", "/audit"] {
         let reply = admin(&app, Method::GET, path, None).await;
         assert_eq!(

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use lease_sync::config::Role;
 
-use crate::support::redis::free_port;
 use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -123,7 +122,7 @@ fn environment_overrides_config_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_test_event_posts_a_signed_event_and_prints_curl() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = config_toml(
         &redis.url(),
@@ -173,7 +172,7 @@ async fn send_test_event_posts_a_signed_event_and_prints_curl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_stops_on_sigterm_with_exit_0() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -11,14 +11,13 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::support::redis::free_port;
 use crate::support::*;
 
 /// Bound on anything the server should do by itself within a timeout of a few hundred ms.
 const LIVENESS: Duration = Duration::from_secs(10);
 
 async fn ingest_with(edit: impl Fn(String) -> String) -> (RedisServer, TestApp) {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let config = edit(config_toml(
         &redis.url(),
         &namespace(),
@@ -245,7 +244,7 @@ async fn eleven_hundred_idle_connections_under_a_1024_fd_limit_stop_neither_inge
         return;
     }
 
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, admin_port) = (free_port(), free_port());

@@ -7,7 +7,7 @@ use lease_sync::config::Role;
 use lease_sync::event::parse_event;
 use lease_sync::queue::{DeliveryJob, EnqueueLimits, JOB_VERSION};
 use lease_sync::resident::Desired;
-use lease_sync::sandbox::{Fault, FaultOptions};
+use lease_sync_sandbox::{Fault, FaultOptions};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -197,7 +197,7 @@ async fn a_future_start_is_granted_at_that_moment_and_not_before() {
 /// cancels it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removal_at_ends_at_survives_a_worker_restart_and_is_cancelled_by_an_extension() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
     let ingest = TestApp::start(&config, Role::Ingest).await;
@@ -382,7 +382,7 @@ async fn folding_any_permutation_of_a_history_gives_the_version_order_state() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20261123);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let queue = queue_on(&redis);
     let mut folds = 0;
     for case in 0..HISTORIES {
@@ -469,7 +469,7 @@ async fn any_order_with_duplicates_retries_and_replays_converges_to_the_model() 
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
     let app = TestApp::start(&config, Role::Serve).await;
@@ -551,7 +551,7 @@ async fn any_order_with_duplicates_retries_and_replays_converges_to_the_model() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn residents_show_prints_leases_windows_desired_and_applied_state() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
     let app = TestApp::start(&config, Role::Serve).await;
@@ -652,7 +652,7 @@ async fn the_enqueue_script_and_supersedes_agree_on_the_version_order() {
     const PAIRS: usize = 600;
     let skew = Duration::from_secs(300);
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261203);
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let queue = queue_on(&redis);
     let limits = EnqueueLimits {
         dedupe_ttl: Duration::from_secs(60),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lease_sync::config::Role;
-use lease_sync::sandbox::{Fault, SandboxAuth, SandboxOptions};
+use lease_sync_sandbox::{Fault, SandboxAuth, SandboxOptions};
 use serde_json::json;
 
 use crate::support::*;
@@ -171,7 +171,7 @@ async fn retries_stop_at_max_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn already_present_and_already_absent_count_as_done() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     // A sandbox that answers 409 for an existing member, as some gateways do.
     let openapp = FakeOpenApp::with_options(SandboxOptions {
         conflict_on_existing: true,
@@ -221,7 +221,7 @@ async fn already_present_and_already_absent_count_as_done() {
 /// the poll interval is in effect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_picks_up_new_jobs_without_waiting_for_a_heartbeat() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0")
         .replace("heartbeat_secs = 1", "heartbeat_secs = 30");
@@ -317,7 +317,7 @@ async fn a_reply_slower_than_the_timeout_is_retried_and_converges() {
 /// Newer OpenApp gateways take the key in `X-API-Key` and refuse it in `Authorization`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_api_key_auth_sends_the_key_in_its_own_header() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::with_options(SandboxOptions {
         api_keys: vec![API_KEY.into()],
         auth: SandboxAuth::XApiKey,

@@ -11,7 +11,6 @@ use lease_sync::signature::hmac_sha256::{self, Format};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::support::redis::free_port;
 use crate::support::*;
 
 const GITHUB_SECRET: &str = "It's a Secret to Everybody";
@@ -56,7 +55,7 @@ integration_id = "{INTEGRATION}"
 }
 
 async fn ingest_with(edit: impl Fn(String) -> String) -> (RedisServer, TestApp) {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let config = edit(config_toml(
         &redis.url(),
         &namespace(),
@@ -542,9 +541,9 @@ fn check_config_warns_about_secrets_that_expire_soon_without_printing_them() {
 /// admin tokens, OpenApp refusing the key, a dead letter and its replay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_appear_in_logs_error_bodies_or_cli_output_at_trace_level() {
-    use lease_sync::sandbox::Fault;
+    use lease_sync_sandbox::Fault;
 
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, admin_port) = (free_port(), free_port());
@@ -739,7 +738,7 @@ async fn secrets_never_appear_in_logs_error_bodies_or_cli_output_at_trace_level(
 /// `hmac-sha256` source end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_test_event_signs_for_hmac_sources() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = with_hmac_sources(config_toml(
         &redis.url(),

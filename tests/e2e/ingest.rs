@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::support::*;
 
 async fn ingest_app() -> (RedisServer, TestApp) {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let app = TestApp::start(
         &config_toml(
             &redis.url(),
@@ -399,7 +399,7 @@ async fn health_and_readiness() {
     assert_eq!(get("/healthz").await.0, 200);
     let (status, body) = get("/readyz").await;
     assert_eq!((status, body["redis"].as_str()), (200, Some("ok")));
-    redis.kill();
+    redis.kill9();
     let (status, body) = get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use lease_sync::config::Role;
-use lease_sync::sandbox::Fault;
 use lease_sync::telemetry::metrics::{CATALOG, Kind};
+use lease_sync_sandbox::Fault;
 use serde_json::json;
 
 use crate::support::*;
@@ -257,7 +257,7 @@ async fn unknown_sources_share_one_label() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_process_answers_health_probes_and_the_healthcheck_command() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
     let app = TestApp::start(&config, Role::Work).await;
@@ -344,10 +344,9 @@ async fn a_worker_process_answers_health_probes_and_the_healthcheck_command() {
 /// status and OpenApp's request id; no body is logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line_with_the_documented_fields() {
-    use crate::support::redis::free_port;
     use serde_json::Value;
 
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();

@@ -9,10 +9,9 @@ use lease_sync::config::Role;
 use lease_sync::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterSummary};
 use lease_sync::event::EventType;
 use lease_sync::retry::DeadReason;
-use lease_sync::sandbox::Fault;
+use lease_sync_sandbox::Fault;
 use serde_json::Value;
 
-use crate::support::redis::free_port;
 use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -84,7 +83,7 @@ struct Env {
 
 impl Env {
     async fn start() -> Self {
-        let redis = RedisServer::start();
+        let redis = RedisServer::start().await;
         let openapp = FakeOpenApp::start().await;
         let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
         let app = TestApp::start(&config, Role::Serve).await;

@@ -292,7 +292,7 @@ async fn json_files_work_and_a_bad_row_is_named_and_applies_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_reconciles_on_its_schedule_without_any_cli_call() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     openapp
         .sandbox

@@ -5,9 +5,8 @@ use std::time::Duration;
 use lease_sync::config::Role;
 use lease_sync::event::EventType;
 use lease_sync::queue::{DeliveryJob, JOB_VERSION};
-use lease_sync::sandbox::Fault;
+use lease_sync_sandbox::Fault;
 
-use crate::support::redis::free_port;
 use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -19,7 +18,7 @@ fn has_members(openapp: &FakeOpenApp, users: &[String]) -> Option<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_answers_503_and_loses_nothing_acknowledged() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
     let ingest = TestApp::start(&config, Role::Ingest).await;
@@ -38,7 +37,7 @@ async fn redis_outage_answers_503_and_loses_nothing_acknowledged() {
         users.push(user);
     }
 
-    redis.kill();
+    redis.kill9();
     let late = event_body("lease.signed", "L-2", &["user-late"]);
     let reply = post_event(&ingest, "evt-late", late.clone()).await;
     assert_eq!(
@@ -54,7 +53,7 @@ async fn redis_outage_answers_503_and_loses_nothing_acknowledged() {
         Some("7")
     );
 
-    redis.restart();
+    redis.restart().await;
     // The sender retries the refused event until it is taken.
     wait_until("ingest to accept again", LIMIT, || async {
         (post_event(&ingest, "evt-late", late.clone()).await.status == 202).then_some(())
@@ -71,8 +70,8 @@ async fn redis_outage_answers_503_and_loses_nothing_acknowledged() {
     .await;
 
     // A second outage while the worker runs: its supervisor brings a fresh worker back.
-    redis.kill();
-    redis.restart();
+    redis.kill9();
+    redis.restart().await;
     let reply = wait_until(
         "ingest to accept after the second outage",
         LIMIT,
@@ -99,7 +98,7 @@ async fn redis_outage_answers_503_and_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_worker_is_killed_mid_call_is_delivered_by_another_worker() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
@@ -145,7 +144,7 @@ async fn a_job_whose_worker_is_killed_mid_call_is_delivered_by_another_worker() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_and_work_as_separate_processes_deliver_end_to_end_and_stop_cleanly() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -202,7 +201,7 @@ async fn ingest_and_work_as_separate_processes_deliver_end_to_end_and_stop_clean
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_retries_falling_due_at_once_drain() {
     const N: usize = 20_000;
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let ns = namespace();
     let config = config_toml(&redis.url(), &ns, &openapp.base_url, "127.0.0.1:0")
@@ -288,7 +287,7 @@ async fn twenty_thousand_retries_falling_due_at_once_drain() {
     );
     // The sandbox keeps the last 10,000 calls; all of them are the DELETEs.
     let calls = openapp.sandbox.calls();
-    assert_eq!(calls.len(), lease_sync::sandbox::MAX_RECORDED_CALLS);
+    assert_eq!(calls.len(), lease_sync_sandbox::MAX_RECORDED_CALLS);
     assert!(
         calls
             .iter()

@@ -5,7 +5,7 @@ use std::time::Duration;
 use lease_sync::config::Role;
 use lease_sync::queue::ledger::AttemptRecord;
 use lease_sync::retry::DeadReason;
-use lease_sync::sandbox::{Fault, FaultOptions};
+use lease_sync_sandbox::{Fault, FaultOptions};
 
 use crate::support::*;
 
@@ -217,7 +217,7 @@ async fn unauthorized_and_forbidden_are_retried_and_counted_separately() {
 /// its worker every time ends as a `crash_loop` dead letter instead of looping forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_always_kills_its_worker_ends_as_crash_loop() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0")

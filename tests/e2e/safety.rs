@@ -6,11 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use lease_sync::queue::{EnqueueOutcome, now_ms};
-use lease_sync::sandbox::Fault;
+use lease_sync_sandbox::Fault;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::redis::free_port;
 use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -424,7 +423,7 @@ async fn the_admin_api_resets_a_lease_and_audits_it() {
 /// duplicate; markers written before digests were kept still mean duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_id_reused_for_another_event_is_a_conflict() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, admin_port) = (free_port(), free_port());

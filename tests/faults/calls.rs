@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use lease_sync::sandbox::{MAX_RECORDED_CALLS, RecordedCall, Sandbox};
+use lease_sync_sandbox::{MAX_RECORDED_CALLS, RecordedCall, Sandbox};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 

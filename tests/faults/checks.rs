@@ -5,12 +5,12 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use lease_sync::queue::JobQueue;
-use lease_sync::sandbox::Sandbox;
+use lease_sync_sandbox::Sandbox;
+use lease_sync_testkit::RedisServer;
 use serde::Serialize;
 
 use crate::cluster::{BUILDINGS, SOURCE, role};
 use crate::model::{Model, Resident};
-use crate::redis_server::RedisServer;
 use crate::scenario::Scenario;
 use crate::sender::SendLog;
 

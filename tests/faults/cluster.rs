@@ -3,17 +3,17 @@
 //! process logs to a file in one work directory, which is kept when the suite fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use lease_sync::config::Settings;
 use lease_sync::queue::{JobQueue, connect};
-use lease_sync::sandbox::{Sandbox, SandboxOptions};
+use lease_sync_sandbox::{Sandbox, SandboxOptions};
+use lease_sync_testkit::{
+    Appendfsync, Output, Process, ProcessBuilder, RedisOptions, RedisServer, SandboxServer,
+    free_port,
+};
 use tempfile::TempDir;
-use tokio_util::sync::CancellationToken;
-
-use crate::redis_server::RedisServer;
-use crate::support::{free_port, poll_until, signal};
 
 /// The webhook source the config defines.
 pub const SOURCE: &str = "faults-pms";
@@ -168,109 +168,19 @@ impl Drop for WorkDir {
     }
 }
 
-/// A lease-sync child process, its stderr (the log) in a file.
-pub struct LeaseSync {
-    child: Child,
-    name: String,
-    log: PathBuf,
-}
+/// How long a (re)start of Redis may take, append-only file loading included.
+const REDIS_START_LIMIT: Duration = Duration::from_secs(60);
 
-impl LeaseSync {
-    /// Runs `lease-sync <command> --config <config>`, logging to `dir/<name>.log`.
-    fn spawn(dir: &Path, name: &str, command: &str, config: &Path) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&log)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lease-sync"));
-        cmd.args([command, "--config"]).arg(config);
-        // Overrides from the developer's environment must not change the tested config.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("LEASE_SYNC__") {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run lease-sync {command}: {e}"));
-        Self {
-            child,
-            name: name.to_owned(),
-            log,
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The last `lines` lines of the log, for failure messages.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Waits (bounded) until the log contains `needle`.
-    async fn wait_for_log(&mut self, needle: &str, limit: Duration) {
-        let found = poll_until(limit, || async {
-            std::fs::read_to_string(&self.log)
-                .is_ok_and(|text| text.contains(needle))
-                .then_some(())
-        })
-        .await;
-        if found.is_none() {
-            let exited = self.child.try_wait().ok().flatten();
-            panic!(
-                "{} did not log `{needle}` within {limit:?} (exit status: {exited:?}); log tail:\n{}",
-                self.name,
-                self.log_tail(30)
-            );
-        }
-    }
-
-    /// SIGKILL, and reap it.
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM without waiting.
-    fn send_term(&self) {
-        signal(self.pid(), "-TERM");
-    }
-
-    /// Waits (bounded) for the exit status; SIGKILL and a panic when it does not come.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-                Ok(None) => {
-                    let tail = self.log_tail(30);
-                    self.kill9();
-                    panic!(
-                        "{} did not exit within {limit:?} of SIGTERM; log tail:\n{tail}",
-                        self.name
-                    );
-                }
-                Err(e) => panic!("cannot wait for {}: {e}", self.name),
-            }
-        }
-    }
-}
-
-impl Drop for LeaseSync {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// Runs `lease-sync <command> --config <config>` (log level `info`), logging to
+/// `dir/<name>.log`; its standard output is dropped.
+fn spawn_lease_sync(dir: &Path, name: &str, command: &str, config: &Path) -> Process {
+    ProcessBuilder::lease_sync(env!("CARGO_BIN_EXE_lease-sync"), dir, name)
+        .arg(command)
+        .config(config)
+        .rust_log("info")
+        .stdout(Output::Null)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The sandbox OpenApp on a free loopback port, in this process.
@@ -279,7 +189,7 @@ pub struct FakeOpenApp {
     pub sandbox: Sandbox,
     /// `http://127.0.0.1:<port>/api/v1`.
     pub base_url: String,
-    stop: CancellationToken,
+    _server: SandboxServer,
 }
 
 impl FakeOpenApp {
@@ -295,30 +205,12 @@ impl FakeOpenApp {
             conflict_on_existing: true,
             ..SandboxOptions::default()
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("cannot bind the sandbox OpenApp: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("the sandbox listener has no address: {e}"));
-        let stop = CancellationToken::new();
-        let done = stop.clone();
-        tokio::spawn(
-            sandbox
-                .clone()
-                .serve(listener, async move { done.cancelled().await }),
-        );
+        let server = SandboxServer::start(&sandbox).await;
         Self {
+            base_url: server.base_url(),
             sandbox,
-            base_url: format!("http://{addr}/api/v1"),
-            stop,
+            _server: server,
         }
-    }
-}
-
-impl Drop for FakeOpenApp {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -332,8 +224,8 @@ pub struct Cluster {
     pub ingest_ports: [u16; 2],
     /// A queue handle on the suite's namespace.
     pub queue: JobQueue,
-    ingest: Vec<LeaseSync>,
-    workers: Vec<LeaseSync>,
+    ingest: Vec<Process>,
+    workers: Vec<Process>,
     ingest_configs: [PathBuf; 2],
     worker_config: PathBuf,
     /// Processes started so far, to give every log its own file.
@@ -345,9 +237,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts Redis (`appendfsync`), the sandbox, two ingest and two worker processes, and
     /// waits until all of them are ready.
-    pub async fn start(appendfsync: &str) -> Self {
+    pub async fn start(appendfsync: Appendfsync) -> Self {
         let work = WorkDir::new();
-        let redis = RedisServer::start(&work.path().join("redis"), appendfsync).await;
+        let redis = RedisServer::start_with(
+            RedisOptions::default()
+                .dir(work.path().join("redis"))
+                .appendfsync(appendfsync)
+                .start_limit(REDIS_START_LIMIT),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
         let openapp = FakeOpenApp::start().await;
         let namespace = format!("faults-{}", ulid::Ulid::new());
         let ingest_ports = [free_port(), free_port()];
@@ -409,34 +308,29 @@ impl Cluster {
         format!("{:02}-{role}", self.spawned)
     }
 
-    async fn spawn_ingest(&mut self, slot: usize) -> LeaseSync {
+    async fn spawn_ingest(&mut self, slot: usize) -> Process {
         let name = self.next_name(&format!("ingest{slot}"));
-        let mut process = LeaseSync::spawn(
+        let mut process = spawn_lease_sync(
             self.work.path(),
             &name,
             "ingest",
             &self.ingest_configs[slot],
         );
         let url = format!("http://127.0.0.1:{}/healthz", self.ingest_ports[slot]);
-        let up = poll_until(PROCESS_LIMIT, || async {
-            let answer = reqwest::get(&url).await.ok()?;
-            (answer.status() == 200).then_some(())
-        })
-        .await;
-        if up.is_none() {
-            let exited = process.child.try_wait().ok().flatten();
-            panic!(
-                "{name} did not answer /healthz within {PROCESS_LIMIT:?} (exit status: {exited:?}); log tail:\n{}",
-                process.log_tail(30)
-            );
-        }
+        process
+            .wait_for("a 200 from /healthz", PROCESS_LIMIT, || async {
+                let answer = reqwest::get(&url).await.ok()?;
+                (answer.status() == 200).then_some(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
         process
     }
 
-    async fn spawn_worker(&mut self) -> LeaseSync {
+    async fn spawn_worker(&mut self) -> Process {
         let name = self.next_name("work");
         let config = self.worker_config.clone();
-        let mut process = LeaseSync::spawn(self.work.path(), &name, "work", &config);
+        let mut process = spawn_lease_sync(self.work.path(), &name, "work", &config);
         process.wait_for_log("worker starting", PROCESS_LIMIT).await;
         process
     }
@@ -477,7 +371,7 @@ impl Cluster {
         self.ingest
             .iter()
             .chain(&self.workers)
-            .map(|p| format!("--- {} ---\n{}", p.name, p.log_tail(lines)))
+            .map(|p| format!("--- {} ---\n{}", p.name(), p.log_tail(lines)))
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -3,14 +3,14 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use lease_sync::sandbox::{Fault as OpenAppFault, FaultOptions};
+use lease_sync_sandbox::{Fault as OpenAppFault, FaultOptions};
+use lease_sync_testkit::{Appendfsync, poll_until};
 
 use crate::checks::missing_dedupe;
 use crate::cluster::Cluster;
 use crate::scale::Scale;
 use crate::scenario::Scenario;
 use crate::sender::Sender;
-use crate::support::poll_until;
 
 /// A phase of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +143,11 @@ pub async fn inject(fault: Fault, target: Target<'_>) -> Injected {
                 .sender
                 .set_rate(Some(target.scale.rate * EVERYSEC_RATE_FACTOR))
                 .await;
-            target.cluster.redis.set_appendfsync("everysec").await;
+            target
+                .cluster
+                .redis
+                .set_appendfsync(Appendfsync::Everysec)
+                .await;
             let Target {
                 cluster,
                 sender,
@@ -157,7 +161,7 @@ pub async fn inject(fault: Fault, target: Target<'_>) -> Injected {
                 scale,
             })
             .await;
-            cluster.redis.set_appendfsync("always").await;
+            cluster.redis.set_appendfsync(Appendfsync::Always).await;
             injected
                 .notes
                 .push("appendfsync switched back to always afterwards".into());

@@ -25,7 +25,6 @@ mod checks;
 mod cluster;
 mod faults;
 mod model;
-mod redis_server;
 mod report;
 mod scale;
 mod scenario;
@@ -39,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use lease_sync::dead_letters::{DeadLetterFilter, DeadLetters};
 use lease_sync::queue::QueueCounts;
+use lease_sync_testkit::{Appendfsync, poll_until};
 
 use crate::calls::CallLog;
 use crate::checks::{Mismatch, compare, missing_dedupe, resident_locks, unaccounted};
@@ -49,7 +49,7 @@ use crate::report::{DeadLetterLine, PhaseFigures, RunReport, Totals};
 use crate::scale::{Scale, seed_from_env};
 use crate::scenario::Scenario;
 use crate::sender::{SendLog, Sender};
-use crate::support::{poll_until, secs};
+use crate::support::secs;
 
 /// Longest wait for the sender's posts in flight when it pauses.
 const PAUSE_LIMIT: Duration = Duration::from_secs(240);
@@ -272,7 +272,7 @@ async fn acknowledged_events_survive_every_fault_and_openapp_converges_to_the_mo
         scenario.sends.len()
     );
 
-    let cluster = Cluster::start("always").await;
+    let cluster = Cluster::start(Appendfsync::Always).await;
     let redis_version = cluster.redis.info_field("server", "redis_version").await;
     let calls = CallLog::start(cluster.openapp.sandbox.clone());
     let urls = [cluster.webhook_url(0), cluster.webhook_url(1)];

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lease_sync::signature::standard_webhooks;
+use lease_sync_testkit::wait_until;
 use rand::Rng as _;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -19,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::SECRET;
 use crate::scenario::{Event, Scenario};
-use crate::support::wait_until;
 
 /// Concurrent posting lanes.
 pub const LANES: usize = 6;

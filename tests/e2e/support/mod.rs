@@ -1,24 +1,24 @@
 //! Test harness: real Redis, the real HTTP stack on port 0, and the sandbox OpenApp over
-//! real HTTP. Nothing sleeps to wait: [`wait_until`] polls with a bound.
+//! real HTTP. Nothing sleeps to wait: [`wait_until`] polls with a bound. Redis, child
+//! processes, polling and the served sandbox come from the workspace's test kit
+//! (`lease-sync-testkit`); what is here is this suite's configuration and requests.
 
-pub mod redis;
-
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use lease_sync::app::Application;
 use lease_sync::config::{Role, Settings};
 use lease_sync::queue::{JobQueue, QueueCounts, connect};
-use lease_sync::sandbox::{Sandbox, SandboxOptions};
 use lease_sync::signature::standard_webhooks;
+use lease_sync_sandbox::{Sandbox, SandboxOptions};
+use lease_sync_testkit::{Process, ProcessBuilder, SandboxServer};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::redis::RedisServer;
+pub use lease_sync_testkit::{RedisServer, free_port, wait_until};
 
 /// The source every test config defines.
 pub const SOURCE: &str = "acme-pms";
@@ -39,25 +39,6 @@ pub const INTEGRATION: &str = "01HINT0000000000000000000B";
 /// The role the default template yields for [`INTEGRATION`].
 pub fn role() -> String {
     format!("virtual_access:integration:{INTEGRATION}:resident")
-}
-
-/// Polls `probe` every 25 ms until it returns `Some`, or panics after `limit` naming `what`.
-pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// Installs a log subscriber when `TEST_LOG` is set, for debugging a failing test.
@@ -107,7 +88,7 @@ pub fn signed(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Vec<(&'sta
 pub struct FakeOpenApp {
     pub sandbox: Sandbox,
     pub base_url: String,
-    stop: CancellationToken,
+    _server: SandboxServer,
 }
 
 impl FakeOpenApp {
@@ -124,28 +105,12 @@ impl FakeOpenApp {
     /// Starts a sandbox with `options`.
     pub async fn with_options(options: SandboxOptions) -> Self {
         let sandbox = Sandbox::new(options);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sandbox");
-        let base_url = format!("http://{}/api/v1", listener.local_addr().expect("addr"));
-        let stop = CancellationToken::new();
-        let done = stop.clone();
-        tokio::spawn(
-            sandbox
-                .clone()
-                .serve(listener, async move { done.cancelled().await }),
-        );
+        let server = SandboxServer::start(&sandbox).await;
         Self {
+            base_url: server.base_url(),
             sandbox,
-            base_url,
-            stop,
+            _server: server,
         }
-    }
-}
-
-impl Drop for FakeOpenApp {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -351,7 +316,7 @@ pub async fn serve() -> (RedisServer, FakeOpenApp, TestApp) {
 
 /// Like [`serve`], with the test config passed through `edit` first.
 pub async fn serve_with(edit: impl Fn(String) -> String) -> (RedisServer, FakeOpenApp, TestApp) {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let config = edit(config_toml(
         &redis.url(),
@@ -392,7 +357,7 @@ pub fn text(bytes: &[u8]) -> String {
 /// Redis, the sandbox, `serve` in process, and the same config written to `dir/c.toml` for
 /// the CLI.
 pub async fn serve_with_config_file(dir: &Path) -> (RedisServer, FakeOpenApp, TestApp, PathBuf) {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
     let app = TestApp::start(&config, Role::Serve).await;
@@ -488,15 +453,13 @@ pub async fn wait_drained(queue: &JobQueue, limit: Duration) -> QueueCounts {
     .await
 }
 
-/// The lease-sync binary as a child process, its log in a file.
-pub struct LeaseSyncProcess {
-    child: Child,
-    log: PathBuf,
-}
+/// The lease-sync binary as a child process ([`Process`]): its log in `dir/<name>.log`, its
+/// standard output in `dir/<name>.out`, killed when dropped.
+pub struct LeaseSyncProcess;
 
 impl LeaseSyncProcess {
     /// Runs `lease-sync <args…>`; `config` is written to `dir/name.toml` first.
-    pub fn spawn(dir: &Path, name: &str, args: &[&str], config: Option<&str>) -> Self {
+    pub fn spawn(dir: &Path, name: &str, args: &[&str], config: Option<&str>) -> Process {
         Self::spawn_with_log_filter(dir, name, args, config, "info,lease_sync=debug")
     }
 
@@ -507,15 +470,8 @@ impl LeaseSyncProcess {
         args: &[&str],
         config: Option<&str>,
         filter: &str,
-    ) -> Self {
-        Self::spawn_command(
-            Command::new(env!("CARGO_BIN_EXE_lease-sync")),
-            dir,
-            name,
-            args,
-            config,
-            filter,
-        )
+    ) -> Process {
+        spawn(command(dir, name, args, config).rust_log(filter))
     }
 
     /// Like [`Self::spawn`], with `RLIMIT_NOFILE` soft and hard both `limit` (through
@@ -527,84 +483,28 @@ impl LeaseSyncProcess {
         args: &[&str],
         config: Option<&str>,
         limit: u64,
-    ) -> Self {
-        let mut command = Command::new("prlimit");
-        command
-            .arg(format!("--nofile={limit}:{limit}"))
-            .arg(env!("CARGO_BIN_EXE_lease-sync"));
-        Self::spawn_command(command, dir, name, args, config, "info,lease_sync=debug")
-    }
-
-    fn spawn_command(
-        mut command: Command,
-        dir: &Path,
-        name: &str,
-        args: &[&str],
-        config: Option<&str>,
-        filter: &str,
-    ) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        command.args(args);
-        if let Some(config) = config {
-            let path = dir.join(format!("{name}.toml"));
-            std::fs::write(&path, config).expect("write config");
-            command.arg("--config").arg(path);
-        }
-        let child = command
-            .env("RUST_LOG", filter)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).expect("stdout file"))
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {command:?}: {e}"));
-        Self { child, log }
-    }
-
-    /// Everything the process logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log contains `needle`.
-    pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
-        wait_until(&format!("log line `{needle}`"), limit, || async {
-            self.log().contains(needle).then_some(())
-        })
-        .await;
-    }
-
-    /// SIGKILL, no chance to clean up.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit status.
-    pub async fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {limit:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    ) -> Process {
+        spawn(
+            command(dir, name, args, config)
+                .rust_log("info,lease_sync=debug")
+                .fd_limit(limit),
+        )
     }
 }
 
-impl Drop for LeaseSyncProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn command(dir: &Path, name: &str, args: &[&str], config: Option<&str>) -> ProcessBuilder {
+    let command =
+        ProcessBuilder::lease_sync(env!("CARGO_BIN_EXE_lease-sync"), dir, name).args(args);
+    match config {
+        Some(config) => {
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, config).expect("write config");
+            command.config(path)
+        }
+        None => command,
     }
+}
+
+fn spawn(command: ProcessBuilder) -> Process {
+    command.spawn().unwrap_or_else(|e| panic!("{e:#}"))
 }

@@ -31,6 +31,13 @@
 //! Control endpoints for humans and out-of-process tests (no auth — this is a
 //! local tool): `GET /_sandbox/calls` (recorded calls, credentials redacted)
 //! and `GET /_sandbox/state` (integration id → user id → role).
+//!
+//! This crate depends on nothing of lease-sync: the `lease-sync` binary
+//! dispatches its `sandbox-openapp` subcommand here, and the `lease_sync`
+//! library does not link it.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod cli;
 mod handlers;
