@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use time::OffsetDateTime;
 
 use crate::event::is_valid_path_id;
-use crate::signature::{SigningKey, SourceVerifier, hmac_sha256, standard_webhooks};
+use crate::signature::{self, SourceKeyError, SourceVerifier, hmac_sha256};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "LEASE_SYNC__";
@@ -709,107 +709,20 @@ impl SourceSettings {
         }
     }
 
-    /// The source's verifier: secrets decoded for its scheme, the `hmac-sha256` format
-    /// checked. Fails closed: a source whose every secret has expired is refused, as is a
-    /// key that belongs to another scheme. `index` names the entry in errors.
-    pub fn verifier(&self, index: usize) -> Result<SourceVerifier, ConfigError> {
-        let at = |field: &str| format!("sources[{index}].{field}");
-        let hmac_keys = [
-            ("signature_header", self.signature_header.is_some()),
-            ("signature_prefix", self.signature_prefix.is_some()),
-            ("encoding", self.encoding.is_some()),
-            ("timestamp_header", self.timestamp_header.is_some()),
-            ("signed_content", self.signed_content.is_some()),
-            ("event_id", self.event_id.is_some()),
-        ];
-        let mut keys = Vec::with_capacity(self.secrets.len());
-        for (j, entry) in self.secrets.iter().enumerate() {
-            let bytes = match self.scheme {
-                SchemeKind::StandardWebhooks => {
-                    standard_webhooks::decode_secret(entry.secret.expose()).map_err(|e| {
-                        ConfigError::invalid(at(&format!("secrets[{j}]")), e.to_string())
-                    })?
-                }
-                SchemeKind::HmacSha256 => {
-                    let bytes = hmac_sha256::key_of(entry.secret.expose());
-                    if bytes.len() < MIN_HMAC_SECRET_LEN {
-                        return Err(ConfigError::invalid(
-                            at(&format!("secrets[{j}]")),
-                            format!("must be at least {MIN_HMAC_SECRET_LEN} bytes"),
-                        ));
-                    }
-                    bytes
-                }
-            };
-            keys.push(SigningKey::new(
-                bytes,
-                entry.not_after.map(OffsetDateTime::unix_timestamp),
-            ));
-        }
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        if !keys.is_empty() && keys.iter().all(|k| !k.is_active_at(now)) {
-            return Err(ConfigError::invalid(
-                at("secrets"),
-                "every secret is past its not_after; add a current secret",
-            ));
-        }
-        match self.scheme {
-            SchemeKind::StandardWebhooks => {
-                if let Some((key, _)) = hmac_keys.iter().find(|(_, set)| *set) {
-                    return Err(ConfigError::invalid(
-                        at(key),
-                        "applies only to scheme = \"hmac-sha256\"",
-                    ));
-                }
-                Ok(SourceVerifier::StandardWebhooks(
-                    standard_webhooks::Verifier::with_keys(keys, self.tolerance_secs),
-                ))
-            }
-            SchemeKind::HmacSha256 => {
-                let format = self.hmac_format(index)?;
-                hmac_sha256::Verifier::new(format, keys, self.tolerance_secs)
-                    .map(SourceVerifier::HmacSha256)
-                    .map_err(|e| ConfigError::invalid(at(e.key), e.message))
-            }
-        }
+    /// The source's verifier at `now`, built by [`signature::source_verifier`], with errors
+    /// keyed `sources[index].…`.
+    pub fn verifier(
+        &self,
+        index: usize,
+        now: OffsetDateTime,
+    ) -> Result<SourceVerifier, ConfigError> {
+        signature::source_verifier(self, now).map_err(|e| in_source(index, e))
     }
 
-    /// The wire format of an `hmac-sha256` source.
+    /// The wire format of an `hmac-sha256` source, built by [`signature::hmac_format`], with
+    /// errors keyed `sources[index].…`.
     pub fn hmac_format(&self, index: usize) -> Result<hmac_sha256::Format, ConfigError> {
-        let at = |field: &str| format!("sources[{index}].{field}");
-        let signature_header = self.signature_header.as_deref().ok_or_else(|| {
-            ConfigError::invalid(
-                at("signature_header"),
-                "required for scheme = \"hmac-sha256\" (e.g. \"x-hub-signature-256\")",
-            )
-        })?;
-        let event_id = self.event_id.as_deref().ok_or_else(|| {
-            ConfigError::invalid(
-                at("event_id"),
-                "required for scheme = \"hmac-sha256\": \"header:<name>\", \"body:<field>\" or \"body-sha256\"",
-            )
-        })?;
-        Ok(hmac_sha256::Format {
-            signature_header: signature_header.trim().to_ascii_lowercase(),
-            signature_prefix: self.signature_prefix.clone().unwrap_or_default(),
-            encoding: match self.encoding.unwrap_or(SignatureEncoding::Hex) {
-                SignatureEncoding::Hex => hmac_sha256::Encoding::Hex,
-                SignatureEncoding::Base64 => hmac_sha256::Encoding::Base64,
-            },
-            timestamp_header: self
-                .timestamp_header
-                .as_deref()
-                .map(|h| h.trim().to_ascii_lowercase()),
-            signed_content: self
-                .signed_content
-                .as_deref()
-                .unwrap_or("{body}")
-                .parse()
-                .map_err(|e: String| ConfigError::invalid(at("signed_content"), e))?,
-            event_id: event_id
-                .parse()
-                .map_err(|e: String| ConfigError::invalid(at("event_id"), e))?,
-        })
+        signature::hmac_format(self).map_err(|e| in_source(index, e))
     }
 
     /// Warnings about this source's secrets at `now`: expired ones, and ones expiring within
@@ -840,6 +753,11 @@ impl SourceSettings {
     }
 }
 
+/// Places a key of source `index` in the whole configuration.
+fn in_source(index: usize, error: SourceKeyError) -> ConfigError {
+    ConfigError::invalid(format!("sources[{index}].{}", error.key), error.message)
+}
+
 /// `3 d 4 h`, `5 h 12 min`: precise enough for an expiry warning.
 fn approximately(left: time::Duration) -> String {
     let minutes = left.whole_minutes().max(0);
@@ -855,9 +773,6 @@ fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
-
-/// Shortest `hmac-sha256` secret accepted, in bytes.
-pub const MIN_HMAC_SECRET_LEN: usize = 16;
 
 fn default_scheme() -> SchemeKind {
     SchemeKind::StandardWebhooks
@@ -1022,8 +937,15 @@ impl Settings {
         Ok(())
     }
 
-    /// Checks everything a process in `role` relies on; the first problem is returned.
+    /// Checks everything a process in `role` relies on, now; the first problem is returned.
+    /// See [`Settings::validate_at`].
     pub fn validate(&self, role: Role) -> Result<(), ConfigError> {
+        self.validate_at(role, OffsetDateTime::now_utc())
+    }
+
+    /// Checks everything a process in `role` relies on at `now` (which judges webhook
+    /// secrets' `not_after`); the first problem is returned.
+    pub fn validate_at(&self, role: Role, now: OffsetDateTime) -> Result<(), ConfigError> {
         if role.runs_ingest() {
             self.http.listen.parse::<SocketAddr>().map_err(|e| {
                 ConfigError::invalid("http.listen", format!("not a socket address: {e}"))
@@ -1173,7 +1095,7 @@ impl Settings {
                         "at least one secret is needed; unsigned webhooks are never accepted",
                     ));
                 }
-                source.verifier(i)?;
+                source.verifier(i, now)?;
                 positive(&at("tolerance_secs"), source.tolerance_secs)?;
                 let per_sec = source
                     .rate_limit_per_sec
@@ -1985,7 +1907,7 @@ mod tests {
     fn hmac_sources_are_validated_by_key() {
         let s = Settings::from_toml_str(HMAC_SOURCE, env(&[])).unwrap();
         s.validate(Role::Serve).unwrap();
-        let v = s.sources[0].verifier(0).unwrap();
+        let v = s.sources[0].verifier(0, OffsetDateTime::now_utc()).unwrap();
         assert!(matches!(v, SourceVerifier::HmacSha256(_)));
 
         let msg = error_of(&HMAC_SOURCE.replace("signature_header = \"X-Hub-Signature-256\"", ""));
@@ -2035,10 +1957,11 @@ mod tests {
         let s = Settings::from_toml_str(&rotating, env(&[])).unwrap();
         s.validate(Role::Serve).unwrap();
         assert_eq!(s.sources[0].secrets[0].not_after.unwrap().year(), 2020);
+        let now = OffsetDateTime::now_utc();
         let status = s.sources[0]
-            .verifier(0)
+            .verifier(0, now)
             .unwrap()
-            .key_status(OffsetDateTime::now_utc().unix_timestamp());
+            .key_status(now.unix_timestamp());
         assert_eq!((status.active, status.total), (1, 2));
         let redacted = s.to_redacted_toml();
         assert!(
@@ -2055,6 +1978,11 @@ mod tests {
             msg.contains("sources[0].secrets") && msg.contains("not_after"),
             "{msg}"
         );
+        // The clock is an argument: before its end, the same secret is fine.
+        Settings::from_toml_str(&expired_only, env(&[]))
+            .unwrap()
+            .validate_at(Role::Serve, time::macros::datetime!(2019-12-31 0:00 UTC))
+            .unwrap();
 
         for bad in [
             "{ secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\", not_after = \"tomorrow\" }",
