@@ -56,7 +56,7 @@ impl SourceRuntime {
         });
         Ok(Self {
             rate_limiter,
-            max_clock_skew: std::time::Duration::from_secs(source.max_clock_skew_secs),
+            max_clock_skew: source.max_clock_skew,
             name: source.name.clone(),
             verifier: source.verifier(index, now)?,
             properties: source
@@ -103,7 +103,7 @@ impl AppState {
     }
 
     fn enqueue_timeout(&self) -> Duration {
-        Duration::from_millis(self.http.enqueue_timeout_ms)
+        self.http.enqueue_timeout
     }
 }
 

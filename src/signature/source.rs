@@ -66,7 +66,7 @@ pub fn source_verifier(
             "every secret is past its not_after; add a current secret",
         ));
     }
-    let tolerance_secs = source.tolerance_secs;
+    let tolerance_secs = source.tolerance.as_secs();
     match source.scheme {
         SchemeKind::StandardWebhooks => {
             if let Some(key) = hmac_only_key_set(source) {
