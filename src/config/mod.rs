@@ -3,7 +3,7 @@
 //! Load order (later wins): built-in defaults → the TOML file → `LEASE_SYNC__SECTION__KEY`
 //! environment variables. Secrets may also come from files (`api_key_file`, `secrets_file`,
 //! `tokens_file`). Every key is documented, with its default, in
-//! `deploy/config.example.toml`.
+//! `deploy/config.example.toml`, which a test checks against the defaults value by value.
 //!
 //! Each section has its own module: its struct, whose `Default` holds the section's
 //! defaults (the one place they are written), and its `validate`. Values are typed where the
