@@ -19,7 +19,7 @@
 //! the environment (`LEASE_SYNC__SOURCES__0__SECRETS`) to patch one `[[sources]]` entry of
 //! the file. figment merges lists whole — a later layer's list replaces (`merge`) or extends
 //! (`admerge`) the earlier one, never entry by entry — so an environment provider could only
-//! do it by reading the file itself, which is what [`env`] does on the parsed document
+//! do it by reading the file itself, which is what `env.rs` does on the parsed document
 //! anyway. Defaults need no layer either: they are the sections' `Default`s, filled in by
 //! serde. And errors keyed `sources[0].tolerance_secs` come from `serde_path_to_error`,
 //! where figment's would carry its own path format.
