@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use time::OffsetDateTime;
@@ -51,11 +50,7 @@ impl Application {
             None
         };
         let listener = if role.runs_ingest() {
-            let addr: SocketAddr = settings
-                .http
-                .listen
-                .parse()
-                .context("http.listen is not a socket address")?;
+            let addr = settings.http.listen;
             Some(
                 TcpListener::bind(addr)
                     .await
@@ -70,11 +65,7 @@ impl Application {
             settings.admin.validate_expiry(now)?;
             let tokens = AcceptedTokens::new(&settings.admin.tokens)
                 .context("an admin token is not usable")?;
-            let addr: SocketAddr = settings
-                .admin
-                .listen
-                .parse()
-                .context("admin.listen is not a socket address")?;
+            let addr = settings.admin.listen;
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
@@ -168,7 +159,7 @@ impl Application {
             .context("cannot prepare webhook sources")?;
             let addr = listener.local_addr().context("listener has no address")?;
             info!(%addr, role = ?self.role, "webhook listener ready: POST http://{addr}/webhooks/{{source}}");
-            let grace = Duration::from_secs(self.settings.http.shutdown_grace_secs);
+            let grace = self.settings.http.shutdown_grace;
             let limits = ConnectionLimits::new(
                 Listener::Webhook,
                 &self.settings.http,
@@ -187,7 +178,7 @@ impl Application {
         }
 
         if let Some(admin) = admin {
-            let grace = Duration::from_secs(self.settings.http.shutdown_grace_secs);
+            let grace = self.settings.http.shutdown_grace;
             if !matches!(tokio::time::timeout(grace, admin).await, Ok(Ok(()))) {
                 warn!("the admin listener did not stop cleanly within {grace:?}");
             }

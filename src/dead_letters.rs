@@ -411,8 +411,7 @@ impl DeadLetters {
     /// beyond `max_entries`. Logs and counts what it removed.
     pub async fn trim(&self, settings: &DeadLetterSettings) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
-        let age_ms =
-            i64::try_from(settings.max_age_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX);
+        let age_ms = i64::try_from(settings.max_age.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms().saturating_sub(age_ms);
         // Both read in one transaction: a purge between two separate reads could make the
         // expired entries outnumber the total.
@@ -457,7 +456,7 @@ impl DeadLetters {
         warn!(
             trimmed = removed,
             max_entries = settings.max_entries,
-            max_age_days = settings.max_age_days,
+            max_age_days = settings.max_age.as_secs() / 86_400,
             "trimmed {removed} dead letter(s) beyond the [dead_letters] limits"
         );
         Ok(removed)

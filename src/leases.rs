@@ -98,10 +98,10 @@ impl Leases {
                 .map(|s| (s.name.clone(), buildings_of(s)))
                 .collect(),
             limits: EnqueueLimits {
-                dedupe_ttl: Duration::from_secs(settings.http.dedupe_ttl_secs),
+                dedupe_ttl: settings.http.dedupe_ttl,
                 // Resets fold no record, so no recorded version is compared with anything.
                 max_clock_skew: Duration::ZERO,
-                timeout: Duration::from_millis(settings.http.enqueue_timeout_ms),
+                timeout: settings.http.enqueue_timeout,
             },
         }
     }

@@ -5,7 +5,7 @@
 //! that resident as an OpenApp building user.
 //!
 //! # Layout
-//! * [`config`]: the TOML configuration and its environment overrides.
+//! * [`config`]: the TOML configuration and its environment overrides, a module per section.
 //! * [`event`]: the lease event and its validation (pure domain, no I/O).
 //! * [`signature`]: webhook signature schemes (pure).
 //! * [`http`]: the webhook listener (the only axum code).

@@ -1,8 +1,6 @@
 //! The OpenApp client: the three building-users operations, as OpenApp's published OpenAPI
 //! specification describes them. The only module that knows reqwest.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Serialize;
@@ -141,8 +139,7 @@ impl std::fmt::Debug for OpenAppClient {
 impl OpenAppClient {
     /// Builds a client from `[openapp]`.
     pub fn new(settings: &OpenAppSettings) -> Result<Self, ClientBuildError> {
-        let base_url =
-            Url::parse(&settings.base_url).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))?;
+        let base_url = settings.base_url.clone();
         if base_url.cannot_be_a_base() || !matches!(base_url.scheme(), "http" | "https") {
             return Err(ClientBuildError::BaseUrl(
                 "must be an absolute http(s) URL".into(),
@@ -157,8 +154,8 @@ impl OpenAppClient {
         let auth_header = auth_header(settings.auth, key)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("lease-sync/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_millis(settings.timeout_ms))
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
             // A redirect could carry the key to another host; OpenApp never redirects these calls.
             .redirect(reqwest::redirect::Policy::none())
             // Enforced per request too, so no code path can send the key in clear text.
@@ -439,7 +436,7 @@ mod tests {
 
     fn client(base: &str) -> OpenAppClient {
         let settings = OpenAppSettings {
-            base_url: base.into(),
+            base_url: base.parse().unwrap(),
             api_key: Some(Secret::new("k")),
             allow_insecure_http: base.starts_with("http:"),
             ..OpenAppSettings::default()
@@ -450,14 +447,14 @@ mod tests {
     #[test]
     fn plain_http_needs_the_explicit_switch() {
         let settings = OpenAppSettings {
-            base_url: "http://127.0.0.1:1/api/v1".into(),
+            base_url: "http://127.0.0.1:1/api/v1".parse().unwrap(),
             api_key: Some(Secret::new("k")),
             ..OpenAppSettings::default()
         };
         let err = OpenAppClient::new(&settings).unwrap_err().to_string();
         assert!(err.contains("allow_insecure_http"), "{err}");
         OpenAppClient::new(&OpenAppSettings {
-            base_url: "https://api.openapp.house/api/v1".into(),
+            base_url: "https://api.openapp.house/api/v1".parse().unwrap(),
             ..settings
         })
         .unwrap();

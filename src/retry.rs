@@ -99,9 +99,9 @@ impl RetryPolicy {
     /// The policy configured in `[retry]`.
     pub fn from_settings(settings: &RetrySettings) -> Self {
         Self {
-            base: Duration::from_millis(settings.base_ms),
-            max_delay: Duration::from_secs(settings.max_delay_secs),
-            max_attempts: u32::try_from(settings.max_attempts).unwrap_or(u32::MAX),
+            base: settings.base,
+            max_delay: settings.max_delay,
+            max_attempts: u32::try_from(settings.max_attempts.get()).unwrap_or(u32::MAX),
         }
     }
 

@@ -129,7 +129,7 @@ impl Action {
 impl Deliverer {
     /// A deliverer calling OpenApp through `client` and recording in `queue`'s ledger.
     pub fn new(client: OpenAppClient, queue: JobQueue, settings: &Settings) -> Self {
-        let call_timeout = Duration::from_millis(settings.openapp.timeout_ms);
+        let call_timeout = settings.openapp.timeout;
         Self {
             client,
             dead_letters: DeadLetters::new(&queue),
@@ -547,7 +547,7 @@ pub async fn run_workers(
 ) {
     let deliverer = Arc::new(Deliverer::new(client, queue.clone(), settings));
     let worker_settings = settings.worker.clone();
-    let poll_interval = Duration::from_millis(worker_settings.poll_interval_ms);
+    let poll_interval = worker_settings.poll_interval;
 
     let maintenance = tokio::spawn(maintain(
         queue.clone(),
@@ -561,9 +561,9 @@ pub async fn run_workers(
         let name = unique_worker_name();
         let config = apalis_redis::Config::default()
             .queue(queue.keys().delivery_queue())
-            .batch_size(worker_settings.batch_size)
-            .heartbeat_interval(Duration::from_secs(worker_settings.heartbeat_secs))
-            .missed_heartbeats(worker_settings.missed_heartbeats)
+            .batch_size(worker_settings.batch_size.get())
+            .heartbeat_interval(worker_settings.heartbeat)
+            .missed_heartbeats(worker_settings.missed_heartbeats.get())
             .lock_tasks(false)
             .emit_events(false);
         let backend = RedisStorage::<DeliveryJob>::new(queue.connection())
@@ -572,7 +572,7 @@ pub async fn run_workers(
         let worker = WorkerBuilder::new(name.as_str())
             .backend(backend)
             .data(deliverer.clone())
-            .concurrency(worker_settings.concurrency)
+            .concurrency(worker_settings.concurrency.get())
             .build(handle_job);
 
         info!(worker = %name, concurrency = worker_settings.concurrency, "worker starting");
@@ -588,7 +588,7 @@ pub async fn run_workers(
             result = &mut run => Some(result),
             () = shutdown.cancelled() => {
                 // The signal also reaches the worker itself; give its in-flight jobs time.
-                let grace = Duration::from_secs(worker_settings.shutdown_timeout_secs);
+                let grace = worker_settings.shutdown_timeout;
                 match tokio::time::timeout(grace, &mut run).await {
                     Ok(result) => Some(result),
                     Err(_) => {

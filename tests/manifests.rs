@@ -172,12 +172,10 @@ fn settings(toml: &str, env: &BTreeMap<String, String>) -> Settings {
 
 /// The longest time a lease-sync process may take to stop after SIGTERM.
 fn longest_shutdown(settings: &Settings) -> Duration {
-    Duration::from_secs(
-        settings
-            .http
-            .shutdown_grace_secs
-            .max(settings.worker.shutdown_timeout_secs),
-    )
+    settings
+        .http
+        .shutdown_grace
+        .max(settings.worker.shutdown_timeout)
 }
 
 /// Checks that a configuration holds no secret itself: every secret comes from a file under
@@ -446,7 +444,7 @@ fn compose_roles_commands_and_ports() {
         &read("deploy/compose.config.toml"),
         &compose_lease_sync_env(&compose),
     );
-    let webhook_port = port_of(&config.http.listen);
+    let webhook_port = port_of(&config.http.listen.to_string());
     let ingest_ports = strings(&service(&compose, "ingest")["ports"], "ingest.ports");
     assert!(
         ingest_ports
@@ -469,11 +467,17 @@ fn compose_roles_commands_and_ports() {
     let sandbox_port = port_of(
         flag_value(&compose_command(sandbox, "sandbox"), "--listen").expect("sandbox --listen"),
     );
-    if config.openapp.base_url.starts_with("http://sandbox:") {
+    if config
+        .openapp
+        .base_url
+        .as_str()
+        .starts_with("http://sandbox:")
+    {
         assert!(
             config
                 .openapp
                 .base_url
+                .as_str()
                 .starts_with(&format!("http://sandbox:{sandbox_port}/")),
             "openapp.base_url {} does not reach the sandbox on {sandbox_port}",
             config.openapp.base_url
@@ -593,7 +597,7 @@ fn compose_config_validates_with_check_config() {
     let config = settings(&read("deploy/compose.config.toml"), &env);
     assert_secrets_by_reference(&config, "/run/secrets/", "compose.config.toml");
     assert_eq!(config.redis.url.expose(), "redis://redis:6379");
-    assert_eq!(config.admin.listen, "0.0.0.0:9090");
+    assert_eq!(config.admin.listen.to_string(), "0.0.0.0:9090");
     check_config(
         &repo().join("deploy/compose.config.toml"),
         &env,
@@ -902,10 +906,10 @@ fn kubernetes_images_are_one_lease_sync_image() {
 fn kubernetes_probes_hit_healthz_and_readyz_on_declared_ports() {
     let docs = kubernetes();
     let config = kubernetes_settings(&docs);
-    let webhook_port = port_of(&config.http.listen);
-    let admin_port = port_of(&config.admin.listen);
+    let webhook_port = port_of(&config.http.listen.to_string());
+    let admin_port = port_of(&config.admin.listen.to_string());
     assert!(
-        config.admin.listen.starts_with("0.0.0.0:"),
+        config.admin.listen.to_string().starts_with("0.0.0.0:"),
         "admin.listen must be 0.0.0.0 so probes and Prometheus reach it"
     );
     for (name, deployment) in deployments(&docs) {
@@ -996,7 +1000,7 @@ fn kubernetes_pods_run_as_10001_non_root_read_only_without_capabilities() {
 #[test]
 fn kubernetes_pods_are_scraped_on_the_admin_port() {
     let docs = kubernetes();
-    let admin_port = port_of(&kubernetes_settings(&docs).admin.listen);
+    let admin_port = port_of(&kubernetes_settings(&docs).admin.listen.to_string());
     for (name, deployment) in deployments(&docs) {
         let annotations = string_map(
             &deployment["spec"]["template"]["metadata"]["annotations"],
@@ -1082,7 +1086,7 @@ fn kubernetes_service_and_pdb_select_exactly_the_ingest_pods() {
             "the Service must not select worker pods"
         );
         let container = lease_sync_containers(ingest, "ingest")[0];
-        let webhook_port = port_of(&kubernetes_settings(&docs).http.listen);
+        let webhook_port = port_of(&kubernetes_settings(&docs).http.listen.to_string());
         for port in list(&service["spec"]["ports"], "Service ports") {
             assert_eq!(
                 uint(&port["port"], "Service port"),
@@ -1118,7 +1122,7 @@ fn kubernetes_service_and_pdb_select_exactly_the_ingest_pods() {
 #[test]
 fn kubernetes_admin_port_is_open_only_to_monitoring() {
     let docs = kubernetes();
-    let admin_port = port_of(&kubernetes_settings(&docs).admin.listen);
+    let admin_port = port_of(&kubernetes_settings(&docs).admin.listen.to_string());
     let policies = of_kind(&docs, "NetworkPolicy");
     for (name, deployment) in deployments(&docs) {
         let labels = pod_labels(deployment);

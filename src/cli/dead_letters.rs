@@ -199,12 +199,10 @@ pub(super) async fn open_queue(config: &ConfigArg) -> anyhow::Result<JobQueue> {
     let url = redis_location(settings.redis.url.expose());
     let conn = connect(&settings.redis).explain(format!("cannot use Redis at {url}"))?;
     let queue = JobQueue::new(conn, &settings.redis.namespace);
-    let limit = Duration::from_millis(
-        settings
-            .redis
-            .connect_timeout_ms
-            .saturating_add(settings.redis.response_timeout_ms),
-    );
+    let limit = settings
+        .redis
+        .connect_timeout
+        .saturating_add(settings.redis.response_timeout);
     queue
         .ping(limit)
         .await

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::config::Settings;
+use crate::config::{Settings, local_address};
 
 /// Arguments of `healthcheck`.
 #[derive(Debug, clap::Args)]
@@ -70,13 +70,11 @@ pub(super) async fn run(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
 /// wildcard hosts replaced by loopback.
 fn probe_address(settings: &Settings) -> String {
     let listen = if settings.admin.enabled {
-        &settings.admin.listen
+        settings.admin.listen
     } else {
-        &settings.http.listen
+        settings.http.listen
     };
-    listen
-        .replace("0.0.0.0", "127.0.0.1")
-        .replace("[::]", "[::1]")
+    local_address(listen).to_string()
 }
 
 #[cfg(test)]
@@ -86,10 +84,10 @@ mod tests {
     #[test]
     fn the_admin_listener_is_probed_when_enabled_on_loopback() {
         let mut settings = Settings::from_toml_str("", Vec::new()).unwrap();
-        settings.admin.listen = "0.0.0.0:9191".into();
+        settings.admin.listen = "0.0.0.0:9191".parse().unwrap();
         assert_eq!(probe_address(&settings), "127.0.0.1:9191");
         settings.admin.enabled = false;
-        settings.http.listen = "[::]:8081".into();
+        settings.http.listen = "[::]:8081".parse().unwrap();
         assert_eq!(probe_address(&settings), "[::1]:8081");
     }
 }

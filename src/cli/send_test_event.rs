@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{ConfigArg, load};
-use crate::config::{Role, SchemeKind, Settings, SourceSettings};
+use crate::config::{Role, SchemeKind, Settings, SourceSettings, local_address};
 use crate::event::EventType;
 use crate::signature::{EventIdSource, hmac_sha256, standard_webhooks};
 
@@ -112,7 +112,7 @@ pub(super) async fn run(args: SendTestEventArgs) -> anyhow::Result<ExitCode> {
     let body_text = String::from_utf8_lossy(&body).into_owned();
     println!(
         "# equivalent request (valid for {} s):",
-        source.tolerance_secs
+        source.tolerance.as_secs()
     );
     let header_args: String = headers
         .iter()
@@ -180,10 +180,6 @@ fn set_path(event: &mut serde_json::Value, path: &[String], value: &str) {
 }
 
 fn default_url(settings: &Settings, source: &str) -> String {
-    let listen = settings
-        .http
-        .listen
-        .replace("0.0.0.0", "127.0.0.1")
-        .replace("[::]", "[::1]");
+    let listen = local_address(settings.http.listen);
     format!("http://{listen}/webhooks/{source}")
 }

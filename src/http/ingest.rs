@@ -127,7 +127,7 @@ async fn accept(
         )
     })?;
 
-    let limit = state.http.body_limit_bytes;
+    let limit = state.http.body_limit_bytes.get();
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -144,7 +144,7 @@ async fn accept(
         return Err(too_large());
     }
     check_media_type(headers)?;
-    let read_timeout = Duration::from_millis(state.http.read_timeout_ms);
+    let read_timeout = state.http.read_timeout;
     let raw = match tokio::time::timeout(read_timeout, read_body(body, limit)).await {
         Err(_) => {
             return Err(ApiError::new(
@@ -152,7 +152,7 @@ async fn accept(
                 "request_timeout",
                 format!(
                     "the body did not arrive within {} ms; nothing was accepted",
-                    state.http.read_timeout_ms
+                    state.http.read_timeout.as_millis()
                 ),
             ));
         }
@@ -232,7 +232,7 @@ async fn accept(
     })?;
     let jobs = jobs_for(source, &event)?;
 
-    let dedupe_ttl = Duration::from_secs(state.http.dedupe_ttl_secs);
+    let dedupe_ttl = state.http.dedupe_ttl;
     let limits = EnqueueLimits {
         dedupe_ttl,
         max_clock_skew: source.max_clock_skew,
@@ -245,7 +245,7 @@ async fn accept(
         .map_err(|e| {
             warn!(source = %source.name, event.id = %event.id, "could not queue event: {e}");
             ApiError {
-                retry_after_secs: Some(state.http.retry_after_secs),
+                retry_after_secs: Some(state.http.retry_after.as_secs()),
                 ..ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "queue_unavailable",

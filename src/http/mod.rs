@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use time::OffsetDateTime;
 
 pub use error::ApiError;
 
@@ -38,11 +39,13 @@ pub struct SourceRuntime {
 }
 
 impl SourceRuntime {
-    /// Prepares source number `index` for ingest (decodes its secrets once).
+    /// Prepares source number `index` for ingest: its verifier is built once, here, with
+    /// secrets judged at `now` ([`crate::signature::source_verifier`]).
     pub fn new(
         index: usize,
         source: &SourceSettings,
         http: &HttpSettings,
+        now: OffsetDateTime,
     ) -> Result<Self, ConfigError> {
         let per_sec = source.rate_limit_per_sec.unwrap_or(http.rate_limit_per_sec);
         let burst = source.rate_limit_burst.unwrap_or(http.rate_limit_burst);
@@ -53,9 +56,9 @@ impl SourceRuntime {
         });
         Ok(Self {
             rate_limiter,
-            max_clock_skew: std::time::Duration::from_secs(source.max_clock_skew_secs),
+            max_clock_skew: source.max_clock_skew,
             name: source.name.clone(),
-            verifier: source.verifier(index)?,
+            verifier: source.verifier(index, now)?,
             properties: source
                 .properties
                 .iter()
@@ -82,11 +85,14 @@ impl AppState {
         queue: JobQueue,
         workers: Option<WorkerStatus>,
     ) -> Result<Self, ConfigError> {
+        let now = OffsetDateTime::now_utc();
         let sources = settings
             .sources
             .iter()
             .enumerate()
-            .map(|(i, s)| SourceRuntime::new(i, s, &settings.http).map(|r| (s.name.clone(), r)))
+            .map(|(i, s)| {
+                SourceRuntime::new(i, s, &settings.http, now).map(|r| (s.name.clone(), r))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self {
             sources: Arc::new(sources),
@@ -97,7 +103,7 @@ impl AppState {
     }
 
     fn enqueue_timeout(&self) -> Duration {
-        Duration::from_millis(self.http.enqueue_timeout_ms)
+        self.http.enqueue_timeout
     }
 }
 

@@ -310,8 +310,8 @@ impl Keys {
 pub fn connect(settings: &RedisSettings) -> Result<ConnectionManager, QueueError> {
     let client = redis::Client::open(settings.url.expose())?;
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
-        .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)))
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(Some(settings.response_timeout))
         // Fail fast while Redis is away: callers answer 503 or retry on their own schedule.
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(2));

@@ -119,12 +119,12 @@ impl Reconciler {
         Self {
             queue,
             client,
-            dedupe_ttl: Duration::from_secs(settings.http.dedupe_ttl_secs),
-            enqueue_timeout: Duration::from_millis(settings.http.enqueue_timeout_ms),
+            dedupe_ttl: settings.http.dedupe_ttl,
+            enqueue_timeout: settings.http.enqueue_timeout,
             max_clock_skew: settings
                 .sources
                 .iter()
-                .map(|s| (s.name.clone(), Duration::from_secs(s.max_clock_skew_secs)))
+                .map(|s| (s.name.clone(), s.max_clock_skew))
                 .collect(),
         }
     }
@@ -212,9 +212,11 @@ impl Reconciler {
         let total = events.len();
         let limits = EnqueueLimits {
             dedupe_ttl: self.dedupe_ttl,
-            max_clock_skew: self.max_clock_skew.get(&plan.source).copied().unwrap_or(
-                Duration::from_secs(SourceSettings::named("").max_clock_skew_secs),
-            ),
+            max_clock_skew: self
+                .max_clock_skew
+                .get(&plan.source)
+                .copied()
+                .unwrap_or(SourceSettings::DEFAULT_MAX_CLOCK_SKEW),
             timeout: self.enqueue_timeout,
         };
         let mut report = ApplyReport::default();

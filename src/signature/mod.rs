@@ -7,9 +7,14 @@
 //!   `webhook-signature`).
 //! - [`hmac_sha256`]: a configurable HMAC-SHA256 over the body (GitHub's
 //!   `X-Hub-Signature-256`) or over `{timestamp}.{body}` (Buildium), hex or base64.
+//! - [`source_verifier`]: the verifier of a configured `[[sources]]` entry, at a given
+//!   instant (the one piece that reads configuration types).
 
 pub mod hmac_sha256;
+mod source;
 pub mod standard_webhooks;
+
+pub use source::{MIN_HMAC_SECRET_LEN, SourceKeyError, hmac_format, source_verifier};
 
 #[cfg(test)]
 mod properties;

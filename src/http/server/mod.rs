@@ -95,10 +95,10 @@ impl ConnectionLimits {
     ) -> Self {
         Self {
             listener,
-            header_read_timeout: Duration::from_millis(http.read_timeout_ms),
+            header_read_timeout: http.read_timeout,
             header_limit_bytes: http.header_limit_bytes,
             max_connections,
-            retry_after_secs: http.retry_after_secs,
+            retry_after_secs: http.retry_after.as_secs(),
         }
     }
 

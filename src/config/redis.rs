@@ -1,0 +1,142 @@
+//! `[redis]`: the queue's store.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use url::Url;
+
+use super::ConfigError;
+use super::units::PositiveMillis;
+
+/// `[redis]`: the queue's store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `url`: `redis://[:password@]host:port[/db]`, `rediss://` for TLS, or `unix://`; a
+    /// password in it is redacted in output.
+    pub url: RedisUrl,
+    /// `namespace`: prefix of every key lease-sync writes, so deployments and tests can share
+    /// one Redis. Non-empty, without spaces.
+    pub namespace: String,
+    /// `connect_timeout_ms`: how long a (re)connect may take.
+    #[serde(rename = "connect_timeout_ms", with = "PositiveMillis")]
+    pub connect_timeout: Duration,
+    /// `response_timeout_ms`: how long one Redis command may take. apalis-redis's own
+    /// default (500 ms) turns a short Redis stall into a dead worker pool (apalis-redis#76),
+    /// hence a longer one.
+    #[serde(rename = "response_timeout_ms", with = "PositiveMillis")]
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: RedisUrl::parse("redis://127.0.0.1:6379")
+                .unwrap_or_else(|e| unreachable!("the default Redis URL parses: {e}")),
+            namespace: "lease-sync".into(),
+            connect_timeout: Duration::from_millis(2_000),
+            response_timeout: Duration::from_millis(5_000),
+        }
+    }
+}
+
+impl RedisSettings {
+    /// Checks the URL's scheme and the namespace. Every role uses Redis.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(
+            self.url.0.scheme(),
+            "redis" | "rediss" | "redis+unix" | "unix"
+        ) {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "scheme must be redis://, rediss:// or unix://",
+            ));
+        }
+        if self.namespace.is_empty() || self.namespace.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid(
+                "redis.namespace",
+                "must be non-empty and without spaces",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A Redis URL whose password never appears in `Debug`, serialized output or errors.
+#[derive(Clone)]
+pub struct RedisUrl(Url);
+
+impl RedisUrl {
+    /// Parses `text`; the error never quotes it, as it may hold a password.
+    fn parse(text: &str) -> Result<Self, String> {
+        Url::parse(text)
+            .map(Self)
+            .map_err(|e| format!("not a URL: {e}"))
+    }
+
+    /// The full URL, password included, for connecting.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The URL with any password replaced by `[redacted]`.
+    pub fn redacted(&self) -> String {
+        let mut url = self.0.clone();
+        if url.password().is_some() {
+            // Only fails for URLs that cannot carry credentials, which this one does.
+            let _ = url.set_password(Some("[redacted]"));
+        }
+        url.into()
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{MINIMAL, env};
+    use super::super::{Role, Settings};
+
+    #[test]
+    fn bad_urls_are_refused_without_showing_them() {
+        let msg = Settings::from_toml_str(
+            MINIMAL,
+            env(&[("LEASE_SYNC__REDIS__URL", "redis://:hunter2@[::1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("redis.url") && msg.contains("not a URL") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        let s = Settings::from_toml_str(
+            MINIMAL,
+            env(&[("LEASE_SYNC__REDIS__URL", "http://127.0.0.1:6379")]),
+        )
+        .unwrap();
+        let msg = s.validate(Role::Operate).unwrap_err().to_string();
+        assert!(msg.contains("redis.url") && msg.contains("scheme"), "{msg}");
+        let s = Settings::from_toml_str(MINIMAL, env(&[("LEASE_SYNC__REDIS__NAMESPACE", "a b")]))
+            .unwrap();
+        let msg = s.validate(Role::Operate).unwrap_err().to_string();
+        assert!(msg.contains("redis.namespace"), "{msg}");
+    }
+}
