@@ -337,6 +337,7 @@ struct Scripts {
     record_applied: redis::Script,
     extend_lock: redis::Script,
     unlock: redis::Script,
+    counts: redis::Script,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -364,6 +365,7 @@ impl JobQueue {
                 record_applied: redis::Script::new(residents::RECORD_APPLIED_SCRIPT),
                 extend_lock: redis::Script::new(residents::EXTEND_SCRIPT),
                 unlock: redis::Script::new(residents::UNLOCK_SCRIPT),
+                counts: redis::Script::new(include_str!("lua/counts.lua")),
             }),
         }
     }
@@ -521,47 +523,42 @@ impl JobQueue {
         }
     }
 
-    /// Current depths and counters.
+    /// Current depths and counters. The depths are one consistent snapshot (`counts.lua`);
+    /// the lifetime counters are read right after.
     pub async fn counts(&self) -> Result<QueueCounts, QueueError> {
         let mut conn = self.conn.clone();
-        let inflight_pattern = format!("{}:*", self.keys.queue_key("inflight"));
-        let mut in_flight = 0u64;
+        let inflight_prefix = format!("{}:", self.keys.queue_key("inflight"));
+        let mut inflight_sets: Vec<String> = Vec::new();
         let mut cursor = 0u64;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&inflight_pattern)
+                .arg(format!("{inflight_prefix}*"))
                 .arg("COUNT")
                 .arg(200)
                 .query_async(&mut conn)
                 .await?;
-            for key in keys {
-                let n: u64 = redis::cmd("SCARD").arg(&key).query_async(&mut conn).await?;
-                in_flight += n;
-            }
+            inflight_sets.extend(keys);
             if next == 0 {
                 break;
             }
             cursor = next;
         }
-        let (ready, scheduled, dead, oldest, stats): (
-            u64,
-            u64,
-            u64,
-            Option<String>,
-            Vec<Option<u64>>,
-        ) = redis::pipe()
-            .cmd("LLEN")
-            .arg(self.keys.queue_key("active"))
-            .cmd("ZCARD")
-            .arg(self.keys.queue_key("scheduled"))
-            .cmd("ZCARD")
-            .arg(self.keys.dead_letters())
-            .cmd("LINDEX")
-            .arg(self.keys.queue_key("active"))
-            .arg(0)
-            .cmd("HMGET")
+        let mut invocation = self.scripts.counts.prepare_invoke();
+        invocation
+            .key(self.keys.queue_key("active"))
+            .key(self.keys.queue_key("scheduled"))
+            .key(self.keys.dead_letters())
+            .key(self.keys.queue_key("workers"))
+            .arg(&inflight_prefix)
+            .arg(format!("{}:", self.keys.queue_key("meta")));
+        for key in &inflight_sets {
+            invocation.key(key);
+        }
+        let (ready, scheduled, dead, in_flight, oldest_ready_at): (u64, u64, u64, u64, i64) =
+            invocation.invoke_async(&mut conn).await?;
+        let stats: Vec<Option<u64>> = redis::cmd("HMGET")
             .arg(self.keys.stats())
             .arg(&[
                 "delivered",
@@ -575,18 +572,9 @@ impl JobQueue {
             ])
             .query_async(&mut conn)
             .await?;
-        let oldest_ready_age_secs = match oldest {
-            Some(task) => {
-                let ready_at: Option<i64> = redis::cmd("HGET")
-                    .arg(format!("{}:{task}", self.keys.queue_key("meta")))
-                    .arg("ready_at")
-                    .query_async(&mut conn)
-                    .await?;
-                // Tasks re-enqueued by apalis's orphan recovery keep their first ready time.
-                ready_at.map(|at| (now_ms() - at).max(0) as f64 / 1000.0)
-            }
-            None => None,
-        };
+        // Tasks re-enqueued by apalis's orphan recovery keep their first ready time.
+        let oldest_ready_age_secs = (ready > 0 && oldest_ready_at >= 0)
+            .then(|| (now_ms() - oldest_ready_at).max(0) as f64 / 1000.0);
         let stat = |i: usize| stats.get(i).copied().flatten().unwrap_or_default();
         Ok(QueueCounts {
             ready,
