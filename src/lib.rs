@@ -15,7 +15,9 @@
 //! * [`queue`]: delivery jobs in Redis, in apalis-redis's layout.
 //! * [`dead_letters`]: deliveries given up, replayed or purged, and the audit trail.
 //! * [`worker`]: apalis workers and their supervisor.
-//! * [`openapp`]: the OpenApp client (the only reqwest code besides `send-test-event`).
+//! * [`openapp`]: the OpenApp client and the classification of its answers.
+//! * [`outbound`]: the only module that knows reqwest: HTTP clients, bounded answers,
+//!   transport errors.
 //! * [`app`]: wiring and shutdown; [`cli`]: the command line (less `sandbox-openapp`: the
 //!   OpenApp emulator is the `lease-sync-sandbox` crate, which only the binary links);
 //!   [`telemetry`]: logs.
@@ -33,6 +35,7 @@ pub mod fd_limit;
 pub mod http;
 pub mod leases;
 pub mod openapp;
+pub mod outbound;
 pub mod queue;
 pub mod reconcile;
 pub mod resident;

@@ -1,15 +1,23 @@
-//! The OpenApp client: the three building-users operations, as OpenApp's published OpenAPI
-//! specification describes them. The only module that knows reqwest.
+//! The OpenApp client: the building-users operations, as OpenApp's published OpenAPI
+//! specification describes them, and the classification of OpenApp's answers. Requests go
+//! through [`crate::outbound`].
 
-use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderValue};
+use ::http::header::{HeaderMap, HeaderValue};
+use ::http::{Method, StatusCode};
 use serde::Serialize;
 use url::Url;
 
 use crate::config::{AuthScheme, OpenAppSettings, Secret};
+use crate::outbound::{
+    BodyLimit, ClientOptions, HttpClient, Redirects, Request, Response, TransportError,
+    TransportKind,
+};
 
 /// Most bytes of an error body read to find its `message`.
 const ERROR_BODY_LIMIT: usize = 4096;
+
+/// How calls whose success body lease-sync does not need read their answer.
+const ERROR_BODY: BodyLimit = BodyLimit::Truncate(ERROR_BODY_LIMIT);
 
 /// Longest error message kept from a response.
 const MESSAGE_LIMIT: usize = 300;
@@ -26,11 +34,11 @@ pub enum CallOutcome {
 /// How a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// No HTTP answer: connect failure, timeout, reset.
+    /// No HTTP answer: connect failure, timeout, reset; or an answer that could not be read.
     #[error("{kind} error calling OpenApp: {message}")]
     Transport {
-        /// `timeout`, `connect` or `io`.
-        kind: &'static str,
+        /// What went wrong.
+        kind: TransportKind,
         /// Details, without credentials.
         message: String,
     },
@@ -48,6 +56,15 @@ pub enum CallError {
         /// The `Retry-After` header as sent.
         retry_after: Option<String>,
     },
+}
+
+impl From<TransportError> for CallError {
+    fn from(e: TransportError) -> Self {
+        CallError::Transport {
+            kind: e.kind,
+            message: e.message,
+        }
+    }
 }
 
 impl CallError {
@@ -97,8 +114,8 @@ pub enum ClientBuildError {
     #[error("openapp.api_key is missing or contains characters not allowed in a header")]
     ApiKey,
     /// The HTTP client could not be set up (TLS roots).
-    #[error("cannot build HTTP client: {0}")]
-    Http(String),
+    #[error(transparent)]
+    Http(#[from] crate::outbound::BuildError),
 }
 
 /// Largest building-users list read, in bytes (about 50,000 rows).
@@ -122,7 +139,7 @@ struct AddBuildingUserPayload<'a> {
 /// Client for one OpenApp deployment. Cheap to clone.
 #[derive(Clone)]
 pub struct OpenAppClient {
-    http: reqwest::Client,
+    http: HttpClient,
     base_url: Url,
     auth_header: (&'static str, HeaderValue),
 }
@@ -152,16 +169,14 @@ impl OpenAppClient {
         }
         let key = settings.api_key.as_ref().ok_or(ClientBuildError::ApiKey)?;
         let auth_header = auth_header(settings.auth, key)?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("lease-sync/", env!("CARGO_PKG_VERSION")))
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
+        let http = HttpClient::new(ClientOptions {
+            timeout: settings.timeout,
+            connect_timeout: settings.connect_timeout,
             // A redirect could carry the key to another host; OpenApp never redirects these calls.
-            .redirect(reqwest::redirect::Policy::none())
+            redirects: Redirects::Never,
             // Enforced per request too, so no code path can send the key in clear text.
-            .https_only(!settings.allow_insecure_http)
-            .build()
-            .map_err(|e| ClientBuildError::Http(e.to_string()))?;
+            https_only: !settings.allow_insecure_http,
+        })?;
         Ok(Self {
             http,
             base_url,
@@ -179,16 +194,14 @@ impl OpenAppClient {
         role: &str,
     ) -> Result<CallOutcome, CallError> {
         let url = self.url(&["integrations", integration_id, "building-users"]);
-        let request = self
-            .http
-            .post(url)
+        let request = Request::new(Method::POST, url)
             .headers(self.headers(org_id))
             .json(&AddBuildingUserPayload { user_id, role });
-        let response = send("add", request).await?;
-        match response.status() {
+        let response = self.send("add", request, ERROR_BODY).await?;
+        match response.status {
             s if s.is_success() => Ok(CallOutcome::Applied(s.as_u16())),
             StatusCode::CONFLICT => Ok(CallOutcome::AlreadyDone(409)),
-            _ => Err(status_error(response).await),
+            _ => Err(status_error(&response)),
         }
     }
 
@@ -201,15 +214,12 @@ impl OpenAppClient {
         user_id: &str,
     ) -> Result<CallOutcome, CallError> {
         let url = self.url(&["integrations", integration_id, "building-users", user_id]);
-        let response = send(
-            "remove",
-            self.http.delete(url).headers(self.headers(org_id)),
-        )
-        .await?;
-        match response.status() {
+        let request = Request::new(Method::DELETE, url).headers(self.headers(org_id));
+        let response = self.send("remove", request, ERROR_BODY).await?;
+        match response.status {
             s if s.is_success() => Ok(CallOutcome::Applied(s.as_u16())),
             StatusCode::NOT_FOUND => Ok(CallOutcome::AlreadyDone(404)),
-            _ => Err(status_error(response).await),
+            _ => Err(status_error(&response)),
         }
     }
 
@@ -221,11 +231,13 @@ impl OpenAppClient {
         integration_id: &str,
     ) -> Result<bool, CallError> {
         let url = self.url(&["integrations", integration_id, "building-users"]);
-        let response = send("list", self.http.get(url).headers(self.headers(org_id))).await?;
-        match response.status() {
+        let request = Request::new(Method::GET, url).headers(self.headers(org_id));
+        // Only the status matters; a long list is not read past the error-body limit.
+        let response = self.send("list", request, ERROR_BODY).await?;
+        match response.status {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(status_error(response).await),
+            _ => Err(status_error(&response)),
         }
     }
 
@@ -240,39 +252,30 @@ impl OpenAppClient {
         integration_id: &str,
     ) -> Result<Vec<BuildingUser>, CallError> {
         let url = self.url(&["integrations", integration_id, "building-users"]);
-        let mut response = send("list", self.http.get(url).headers(self.headers(org_id))).await?;
-        if !response.status().is_success() {
-            return Err(status_error(response).await);
+        let request = Request::new(Method::GET, url).headers(self.headers(org_id));
+        let response = self
+            .send("list", request, BodyLimit::Fail(LIST_BODY_LIMIT))
+            .await
+            .map_err(|e| match e {
+                CallError::Transport {
+                    kind: TransportKind::Body,
+                    ..
+                } => CallError::Transport {
+                    kind: TransportKind::Body,
+                    message: format!(
+                        "the building-users list is larger than {LIST_BODY_LIMIT} bytes"
+                    ),
+                },
+                other => other,
+            })?;
+        if !response.status.is_success() {
+            return Err(status_error(&response));
         }
-        let body_error = |message: String| CallError::Transport {
-            kind: "body",
-            message,
-        };
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > LIST_BODY_LIMIT {
-                        return Err(body_error(format!(
-                            "the building-users list is larger than {LIST_BODY_LIMIT} bytes"
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(CallError::Transport {
-                        kind: if e.is_timeout() { "timeout" } else { "io" },
-                        message: error_chain(&e),
-                    });
-                }
-            }
-        }
-        let rows: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
-            body_error(format!(
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&response.body).map_err(|e| {
+            CallError::from(TransportError::body(format!(
                 "the building-users list is not a JSON array: {}",
                 clean(&e.to_string(), MESSAGE_LIMIT)
-            ))
+            )))
         })?;
         Ok(rows
             .iter()
@@ -285,6 +288,33 @@ impl OpenAppClient {
                 })
             })
             .collect())
+    }
+
+    /// Sends `request` and records its latency and result class as `operation` (`add`,
+    /// `remove`, `list`) in the OpenApp metrics.
+    async fn send(
+        &self,
+        operation: &'static str,
+        request: Request,
+        limit: BodyLimit,
+    ) -> Result<Response, CallError> {
+        use crate::telemetry::metrics::{OPENAPP_DURATION, OPENAPP_RESPONSES};
+        let started = std::time::Instant::now();
+        let result = self.http.send(request, limit).await;
+        let class = match &result {
+            Ok(response) => match response.status.as_u16() {
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            },
+            Err(e) => e.kind.as_str(),
+        };
+        metrics::histogram!(OPENAPP_DURATION, "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(OPENAPP_RESPONSES, "operation" => operation, "class" => class)
+            .increment(1);
+        Ok(result?)
     }
 
     /// The base URL with `segments` appended, each percent-encoded.
@@ -323,80 +353,14 @@ fn auth_header(
     Ok((name, value))
 }
 
-/// Sends `request` and records its latency and result class as `operation` (`add`,
-/// `remove`, `list`) in the OpenApp metrics.
-async fn send(
-    operation: &'static str,
-    request: reqwest::RequestBuilder,
-) -> Result<reqwest::Response, CallError> {
-    use crate::telemetry::metrics::{OPENAPP_DURATION, OPENAPP_RESPONSES};
-    let started = std::time::Instant::now();
-    let result = send_unobserved(request).await;
-    let class = match &result {
-        Ok(response) => match response.status().as_u16() {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        },
-        Err(CallError::Transport { kind, .. }) => kind,
-        Err(CallError::Status { .. }) => "other",
-    };
-    metrics::histogram!(OPENAPP_DURATION, "operation" => operation)
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!(OPENAPP_RESPONSES, "operation" => operation, "class" => class).increment(1);
-    result
-}
-
-async fn send_unobserved(request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
-    request.send().await.map_err(|e| {
-        let kind = if e.is_timeout() {
-            "timeout"
-        } else if e.is_connect() {
-            "connect"
-        } else {
-            "io"
-        };
-        // The URL carries no credentials; the error chain is safe to keep.
-        CallError::Transport {
-            kind,
-            message: error_chain(&e),
-        }
-    })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-async fn status_error(mut response: reqwest::Response) -> CallError {
-    let status = response.status().as_u16();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| clean(v, 128))
-    };
+/// The [`CallError::Status`] of an answer that is not success for its operation: its status,
+/// `Retry-After`, request id and the `message`/`error_code` of its (truncated) body.
+fn status_error(response: &Response) -> CallError {
+    let header = |name: &str| response.header(name).map(|v| clean(v, 128));
     let retry_after = header("retry-after");
     let mut request_id = header("x-request-id").or_else(|| header("x-correlation-id"));
-
-    let mut body = Vec::new();
-    while body.len() < ERROR_BODY_LIMIT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    body.truncate(ERROR_BODY_LIMIT);
-    let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let body = &response.body;
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let field = |names: &[&str]| {
         json.as_ref().and_then(|j| {
             names
@@ -407,7 +371,7 @@ async fn status_error(mut response: reqwest::Response) -> CallError {
     };
     let message = field(&["message"]).or_else(|| {
         // Not JSON: keep a short, printable excerpt so the operator sees something.
-        let text = String::from_utf8_lossy(&body);
+        let text = String::from_utf8_lossy(body);
         let text = clean(text.trim(), MESSAGE_LIMIT);
         (!text.is_empty() && json.is_none()).then_some(text)
     });
@@ -416,7 +380,7 @@ async fn status_error(mut response: reqwest::Response) -> CallError {
         request_id = field(&["correlationId", "correlation_id"]);
     }
     CallError::Status {
-        status,
+        status: response.status.as_u16(),
         message,
         error_code,
         request_id,
@@ -492,7 +456,7 @@ mod tests {
         }
         assert!(
             CallError::Transport {
-                kind: "timeout",
+                kind: TransportKind::Timeout,
                 message: String::new()
             }
             .is_retryable()

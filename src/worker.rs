@@ -419,7 +419,7 @@ fn attempt_record(result: &Result<CallOutcome, CallError>, decision: &Decision) 
     match result {
         Ok(CallOutcome::Applied(s) | CallOutcome::AlreadyDone(s)) => record.status = Some(*s),
         Err(CallError::Transport { kind, message }) => {
-            record.error = Some((*kind).to_owned());
+            record.error = Some(kind.as_str().to_owned());
             record.message = Some(message.clone());
         }
         Err(CallError::Status {

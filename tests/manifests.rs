@@ -1535,3 +1535,36 @@ fn only_the_binary_links_the_sandbox() {
         "the lease_sync library must not use the sandbox crate: {library:?}"
     );
 }
+
+/// Library files (below `src/`) that mention `needle`, outside the paths `allowed` starts.
+fn files_mentioning(needle: &str, allowed: &[&str]) -> Vec<PathBuf> {
+    let src = repo().join("src");
+    rust_files(&src)
+        .into_iter()
+        .filter(|path| {
+            let relative = path.strip_prefix(&src).unwrap_or(path).to_string_lossy();
+            !allowed.iter().any(|a| relative.starts_with(a))
+        })
+        .filter(|path| {
+            fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+                .lines()
+                // Doc comments may name the crate they keep out.
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .any(|l| l.contains(needle))
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_outbound_module_knows_reqwest_and_only_http_knows_axum_and_hyper() {
+    let reqwest = files_mentioning("reqwest", &["outbound.rs"]);
+    assert!(
+        reqwest.is_empty(),
+        "reqwest outside src/outbound.rs: {reqwest:?}"
+    );
+    for web in ["axum", "hyper"] {
+        let found = files_mentioning(web, &["http/", "main.rs"]);
+        assert!(found.is_empty(), "{web} outside src/http/: {found:?}");
+    }
+}

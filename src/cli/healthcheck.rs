@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use ::http::Method;
+
 use crate::config::{Settings, local_address};
+use crate::outbound::{BodyLimit, ClientOptions, HttpClient, Request};
 
 /// Arguments of `healthcheck`.
 #[derive(Debug, clap::Args)]
@@ -43,17 +46,20 @@ pub(super) async fn run(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => format!("http://127.0.0.1:9090/{}", args.check),
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(args.timeout_ms))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+    let client = HttpClient::new(ClientOptions::local(Duration::from_millis(args.timeout_ms)))
         .context("cannot build an HTTP client")?;
-    match client.get(&url).send().await {
+    let answer = match url::Url::parse(&url) {
+        Ok(parsed) => client
+            .send(Request::new(Method::GET, parsed), BodyLimit::Truncate(4096))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("not a URL: {e}")),
+    };
+    match answer {
         Ok(response) => {
-            let status = response.status();
-            let body = response.text().await.unwrap_or_default();
-            println!("{url}: {status} {}", body.trim());
-            Ok(if status.is_success() {
+            let body = String::from_utf8_lossy(&response.body);
+            println!("{url}: {} {}", response.status, body.trim());
+            Ok(if response.status.is_success() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

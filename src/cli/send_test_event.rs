@@ -1,11 +1,14 @@
 //! `lease-sync send-test-event`: what an integrator runs to see the pipeline work.
 //!
-//! This is a small HTTP client of our own webhook endpoint, so it uses reqwest directly;
-//! it signs exactly as the source's sender would: Standard Webhooks, or the source's
+//! It is a small HTTP client of our own webhook endpoint (through [`crate::outbound`]) that
+//! signs exactly as the source's sender would: Standard Webhooks, or the source's
 //! `hmac-sha256` format (header, prefix, encoding, signed content, event id).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use ::http::Method;
+use ::http::header::{HeaderMap, HeaderName, HeaderValue};
 use anyhow::{Context as _, bail};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -14,6 +17,7 @@ use time::format_description::well_known::Rfc3339;
 use super::{ConfigArg, load};
 use crate::config::{Role, SchemeKind, Settings, SourceSettings, local_address};
 use crate::event::EventType;
+use crate::outbound::{BodyLimit, ClientOptions, HttpClient, Request};
 use crate::signature::{EventIdSource, hmac_sha256, standard_webhooks};
 
 /// Arguments of `send-test-event`.
@@ -123,29 +127,33 @@ pub(super) async fn run(args: SendTestEventArgs) -> anyhow::Result<ExitCode> {
         body_text.replace('\'', r"'\''")
     );
 
-    let response = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .headers(
-            headers
-                .iter()
-                .filter_map(|(name, value)| {
-                    Some((
-                        reqwest::header::HeaderName::from_bytes(name.as_bytes()).ok()?,
-                        reqwest::header::HeaderValue::from_str(value).ok()?,
-                    ))
-                })
-                .collect(),
+    let mut request_headers = HeaderMap::new();
+    request_headers.insert(
+        ::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in &headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            request_headers.insert(name, value);
+        }
+    }
+    let target = url::Url::parse(&url).with_context(|| format!("{url} is not a URL"))?;
+    let client = HttpClient::new(ClientOptions::local(Duration::from_secs(30)))?;
+    let response = client
+        .send(
+            Request::new(Method::POST, target)
+                .headers(request_headers)
+                .body(body),
+            BodyLimit::Truncate(64 * 1024),
         )
-        .body(body)
-        .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    println!("# response: {status}");
-    println!("{text}");
-    Ok(if status.is_success() {
+    println!("# response: {}", response.status);
+    println!("{}", String::from_utf8_lossy(&response.body));
+    Ok(if response.status.is_success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

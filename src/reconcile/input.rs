@@ -120,22 +120,24 @@ impl std::fmt::Display for RowError {
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// The file could not be read or fetched.
-    #[error("cannot read {location}: {message}")]
+    #[error("cannot read {location}: {cause}")]
     Read {
         /// The file or URL (credentials and query redacted).
         location: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        cause: ReadFailure,
     },
     /// Not CSV or JSON of the expected shape at all.
-    #[error("{location} is not valid {format}: {message}")]
+    #[error("{location} is not valid {format}: {cause}")]
     Syntax {
         /// The file or URL (redacted).
         location: String,
         /// `CSV` or `JSON`.
         format: &'static str,
         /// What is wrong, with the line or entry where known.
-        message: String,
+        #[source]
+        cause: SyntaxError,
     },
     /// No rows at all: more likely a failed export than a source without a single active
     /// lease, and taken as the truth it would remove everyone lease-sync manages.
@@ -163,6 +165,41 @@ pub enum InputError {
     },
 }
 
+/// Why the file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFailure {
+    /// A local file: missing, unreadable.
+    #[error(transparent)]
+    File(#[from] std::io::Error),
+    /// A URL: no (complete) answer. Never names the URL.
+    #[error("{}", .0.message)]
+    Fetch(#[from] crate::outbound::TransportError),
+    /// A URL that answered with a status other than success.
+    #[error("the server answered {0}")]
+    Status(::http::StatusCode),
+    /// Larger than [`MAX_FILE_BYTES`].
+    #[error("larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge,
+}
+
+/// Why the file is not CSV or JSON of the expected shape.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntaxError {
+    /// The CSV header row cannot be read.
+    #[error("header row: {0}")]
+    CsvHeader(#[source] csv::Error),
+    /// The CSV header row lacks a required column.
+    #[error(
+        "the header row must name lease_id, property_id and openapp_user_id (and optionally starts_at, ends_at); `{0}` is missing"
+    )]
+    MissingColumn(&'static str),
+    /// Not a JSON array.
+    #[error(
+        "{0} (expected an array of objects with lease_id, property_id, openapp_user_id, starts_at, ends_at)"
+    )]
+    Json(#[source] serde_json::Error),
+}
+
 /// Whether `location` is an http(s) URL rather than a path.
 pub fn is_url(location: &str) -> bool {
     let lower = location.trim_start().to_ascii_lowercase();
@@ -172,65 +209,57 @@ pub fn is_url(location: &str) -> bool {
 /// Reads the file at `location`: a local path, or an http(s) URL fetched with a GET
 /// (bounded by [`FETCH_TIMEOUT`] and [`MAX_FILE_BYTES`]).
 pub async fn load(location: &str) -> Result<Vec<u8>, InputError> {
-    let read_error = |message: String| InputError::Read {
+    let read_error = |cause: ReadFailure| InputError::Read {
         location: redacted_location(location),
-        message,
+        cause,
     };
     if is_url(location) {
         return fetch(location.trim()).await.map_err(read_error);
     }
     let metadata = tokio::fs::metadata(location)
         .await
-        .map_err(|e| read_error(e.to_string()))?;
+        .map_err(|e| read_error(e.into()))?;
     if metadata.len() > MAX_FILE_BYTES as u64 {
-        return Err(read_error(format!("larger than {MAX_FILE_BYTES} bytes")));
+        return Err(read_error(ReadFailure::TooLarge));
     }
     tokio::fs::read(location)
         .await
-        .map_err(|e| read_error(e.to_string()))
+        .map_err(|e| read_error(e.into()))
 }
 
 /// GETs `url`; the error never contains the URL (it may carry a token).
-async fn fetch(url: &str) -> Result<Vec<u8>, String> {
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("lease-sync/", env!("CARGO_PKG_VERSION")))
-        .timeout(FETCH_TIMEOUT)
-        .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .build()
-        .map_err(|e| format!("cannot build HTTP client: {}", chain(&e.without_url())))?;
-    let mut response = client
-        .get(url)
-        .send()
+async fn fetch(url: &str) -> Result<Vec<u8>, ReadFailure> {
+    use crate::outbound::{
+        BodyLimit, ClientOptions, HttpClient, Redirects, Request, TransportError, TransportKind,
+    };
+    let client = HttpClient::new(ClientOptions {
+        timeout: FETCH_TIMEOUT,
+        connect_timeout: Duration::from_secs(10),
+        redirects: Redirects::Limited(5),
+        https_only: false,
+    })
+    .map_err(|e| TransportError {
+        kind: TransportKind::Io,
+        message: e.to_string(),
+    })?;
+    let url = url::Url::parse(url).map_err(|e| TransportError {
+        kind: TransportKind::Io,
+        message: format!("not a URL: {e}"),
+    })?;
+    let response = client
+        .send(
+            Request::new(::http::Method::GET, url),
+            BodyLimit::Fail(MAX_FILE_BYTES),
+        )
         .await
-        .map_err(|e| chain(&e.without_url()))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(format!("the server answered {status}"));
+        .map_err(|e| match e.kind {
+            TransportKind::Body => ReadFailure::TooLarge,
+            _ => ReadFailure::Fetch(e),
+        })?;
+    if !response.status.is_success() {
+        return Err(ReadFailure::Status(response.status));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| chain(&e.without_url()))?
-    {
-        if body.len() + chunk.len() > MAX_FILE_BYTES {
-            return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    Ok(response.body.to_vec())
 }
 
 fn strip_bom(bytes: &[u8]) -> &[u8] {
@@ -246,10 +275,10 @@ pub fn parse(
 ) -> Result<Vec<LeaseRow>, InputError> {
     let format = Format::detect(location, bytes);
     let location = redacted_location(location);
-    let syntax = |message: String| InputError::Syntax {
+    let syntax = |cause: SyntaxError| InputError::Syntax {
         location: location.clone(),
         format: format.name(),
-        message,
+        cause,
     };
     let raw = match format {
         Format::Csv => csv_rows(strip_bom(bytes)).map_err(syntax)?,
@@ -305,16 +334,13 @@ struct RawRow {
     fields: [Option<String>; 5],
 }
 
-fn csv_rows(bytes: &[u8]) -> Result<Vec<Result<RawRow, RowError>>, String> {
+fn csv_rows(bytes: &[u8]) -> Result<Vec<Result<RawRow, RowError>>, SyntaxError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(bytes);
-    let headers = reader
-        .headers()
-        .map_err(|e| format!("header row: {e}"))?
-        .clone();
+    let headers = reader.headers().map_err(SyntaxError::CsvHeader)?.clone();
     let index: Vec<Option<usize>> = COLUMNS
         .iter()
         .map(|name| headers.iter().position(|h| h.eq_ignore_ascii_case(name)))
@@ -324,9 +350,7 @@ fn csv_rows(bytes: &[u8]) -> Result<Vec<Result<RawRow, RowError>>, String> {
         .zip(&index)
         .find_map(|(name, i)| i.is_none().then_some(name))
     {
-        return Err(format!(
-            "the header row must name lease_id, property_id and openapp_user_id (and optionally starts_at, ends_at); `{missing}` is missing"
-        ));
+        return Err(SyntaxError::MissingColumn(missing));
     }
     let mut rows = Vec::new();
     for record in reader.records() {
@@ -372,10 +396,9 @@ fn line_of(bytes: &[u8], position: Option<&csv::Position>) -> String {
     )
 }
 
-fn json_rows(bytes: &[u8]) -> Result<Vec<Result<RawRow, RowError>>, String> {
-    let values: Vec<serde_json::Value> = serde_json::from_slice(bytes).map_err(|e| {
-        format!("{e} (expected an array of objects with lease_id, property_id, openapp_user_id, starts_at, ends_at)")
-    })?;
+fn json_rows(bytes: &[u8]) -> Result<Vec<Result<RawRow, RowError>>, SyntaxError> {
+    let values: Vec<serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(SyntaxError::Json)?;
     Ok(values
         .iter()
         .enumerate()
