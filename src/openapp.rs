@@ -12,6 +12,7 @@ use crate::outbound::{
     BodyLimit, ClientOptions, HttpClient, Redirects, Request, Response, TransportError,
     TransportKind,
 };
+pub use crate::resident::BuildingUser;
 
 /// Most bytes of an error body read to find its `message`.
 const ERROR_BODY_LIMIT: usize = 4096;
@@ -120,15 +121,6 @@ pub enum ClientBuildError {
 
 /// Largest building-users list read, in bytes (about 50,000 rows).
 pub const LIST_BODY_LIMIT: usize = 16 * 1024 * 1024;
-
-/// One row of `GET /integrations/{id}/building-users`: a person and one role they hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BuildingUser {
-    /// The OpenApp user.
-    pub user_id: String,
-    /// The role, e.g. `virtual_access:integration:{id}:resident`; empty if OpenApp sent none.
-    pub role: String,
-}
 
 #[derive(Serialize)]
 struct AddBuildingUserPayload<'a> {

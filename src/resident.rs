@@ -166,6 +166,16 @@ pub struct Applied {
     pub at: i64,
 }
 
+/// Someone OpenApp shows in a building: a person and one role they hold there (a row of
+/// `GET /integrations/{id}/building-users`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildingUser {
+    /// The OpenApp user.
+    pub user_id: String,
+    /// The role, e.g. `virtual_access:integration:{id}:resident`; empty if OpenApp sent none.
+    pub role: String,
+}
+
 /// Everything lease-sync knows about one person in one building.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResidentState {

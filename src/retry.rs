@@ -8,8 +8,6 @@ use std::time::{Duration, SystemTime};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RetrySettings;
-
 /// Why a delivery was given up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,15 +94,6 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The policy configured in `[retry]`.
-    pub fn from_settings(settings: &RetrySettings) -> Self {
-        Self {
-            base: settings.base,
-            max_delay: settings.max_delay,
-            max_attempts: u32::try_from(settings.max_attempts.get()).unwrap_or(u32::MAX),
-        }
-    }
-
     /// The window the delay after failed attempt `attempt` (1-based) is drawn from:
     /// `min(max_delay, base·2^(attempt−1))`.
     pub fn window(&self, attempt: u32) -> Duration {

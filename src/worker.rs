@@ -135,7 +135,7 @@ impl Deliverer {
             dead_letters: DeadLetters::new(&queue),
             queue,
             dead_letter_limits: settings.dead_letters.clone(),
-            policy: RetryPolicy::from_settings(&settings.retry),
+            policy: settings.retry.policy(),
             // A round is at most a call and, on a 404 remove, a list call.
             lock_ttl: call_timeout * 2 + Duration::from_secs(2),
             known_integrations: Mutex::new(HashMap::new()),

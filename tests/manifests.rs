@@ -1568,3 +1568,48 @@ fn only_the_outbound_module_knows_reqwest_and_only_http_knows_axum_and_hyper() {
         assert!(found.is_empty(), "{web} outside src/http/: {found:?}");
     }
 }
+
+/// The modules of `crate::…` a library file uses, outside comments.
+fn crate_modules_used(relative: &str) -> BTreeSet<String> {
+    read(relative)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .flat_map(|l| {
+            l.match_indices("crate::")
+                .map(|(i, _)| {
+                    l[i + "crate::".len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect::<String>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The dependency rules of docs/ARCHITECTURE.md for the pure modules: they use nothing that
+/// does I/O (Redis, HTTP, the clock of a running service).
+#[test]
+fn pure_modules_depend_only_on_what_the_architecture_allows() {
+    let rules: [(&str, &[&str]); 8] = [
+        ("src/event.rs", &[]),
+        ("src/retry.rs", &[]),
+        ("src/resident.rs", &["event"]),
+        ("src/signature/mod.rs", &["signature"]),
+        ("src/signature/standard_webhooks.rs", &["signature"]),
+        ("src/signature/hmac_sha256.rs", &["signature"]),
+        ("src/signature/source.rs", &["signature", "config"]),
+        ("src/reconcile/plan.rs", &["config", "event", "resident"]),
+    ];
+    for (file, allowed) in rules {
+        let used = crate_modules_used(file);
+        let extra: Vec<&String> = used
+            .iter()
+            .filter(|m| !allowed.contains(&m.as_str()))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "{file} uses crate::{extra:?}; allowed: {allowed:?}"
+        );
+    }
+}

@@ -29,6 +29,17 @@ pub struct RetrySettings {
     pub max_attempts: NonZeroUsize,
 }
 
+impl RetrySettings {
+    /// The retry policy these settings describe.
+    pub fn policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            base: self.base,
+            max_delay: self.max_delay,
+            max_attempts: u32::try_from(self.max_attempts.get()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 impl Default for RetrySettings {
     fn default() -> Self {
         Self {

@@ -29,11 +29,13 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 pub use self::input::{Format, InputError, LeaseRow, RowError};
-pub use self::plan::{Building, BuildingPlan, Change, Counts, Observed, Plan, PlannedEvent};
+pub use self::plan::{
+    Building, BuildingPlan, Change, Counts, Observed, Plan, PlannedEvent, PlannedTarget,
+};
 use crate::config::{Settings, SourceSettings};
 use crate::event::EventType;
 use crate::openapp::{CallError, OpenAppClient};
-use crate::queue::{EnqueueLimits, EnqueueOutcome, JobQueue, QueueError};
+use crate::queue::{DeliveryJob, EnqueueLimits, EnqueueOutcome, JobQueue, QueueError, Target};
 
 /// Why a reconciliation could not be planned or applied.
 #[derive(Debug, thiserror::Error)]
@@ -221,12 +223,13 @@ impl Reconciler {
         };
         let mut report = ApplyReport::default();
         for planned in events {
+            let job = job_for(&planned, &plan.source);
             let outcome = self
                 .queue
                 .enqueue_event(
                     &plan.source,
                     &planned.event,
-                    std::slice::from_ref(&planned.job),
+                    std::slice::from_ref(&job),
                     limits,
                 )
                 .await
@@ -248,9 +251,9 @@ impl Reconciler {
             let enqueued = Enqueued {
                 event_id: planned.event.id.clone(),
                 event_type: planned.event.event_type,
-                user_id: planned.job.user_id.clone(),
-                lease_id: planned.job.lease_id.clone(),
-                integration_id: planned.job.integration_id.clone(),
+                user_id: job.user_id.clone(),
+                lease_id: job.lease_id.clone(),
+                integration_id: job.integration_id.clone(),
                 jobs,
                 stale,
                 overridden,
@@ -263,4 +266,21 @@ impl Reconciler {
         }
         Ok(report)
     }
+}
+
+/// The convergence job of one planned event: its resident in its building, triggered by
+/// `reconcile`.
+fn job_for(planned: &PlannedEvent, source: &str) -> DeliveryJob {
+    let target = &planned.target;
+    DeliveryJob::for_event(
+        &planned.event,
+        source,
+        &target.user_id,
+        Target {
+            org_id: &target.org_id,
+            integration_id: &target.integration_id,
+            role: &target.role,
+        },
+        Some(plan::TRIGGER),
+    )
 }

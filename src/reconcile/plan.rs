@@ -10,9 +10,7 @@ use time::OffsetDateTime;
 use super::input::LeaseRow;
 use crate::config::SourceSettings;
 use crate::event::{AccessWindow, EventType, Lease, LeaseEvent, Resident, is_valid_path_id};
-use crate::openapp::BuildingUser;
-use crate::queue::{DeliveryJob, Target};
-use crate::resident::ResidentState;
+use crate::resident::{BuildingUser, ResidentState};
 
 /// What queued a reconciliation job (`DeliveryJob::trigger`).
 pub const TRIGGER: &str = "reconcile";
@@ -356,13 +354,27 @@ pub fn plan_building(
     plan
 }
 
-/// One synthetic event of an applied plan and the convergence job it queues.
+/// One synthetic event of an applied plan, and where in OpenApp its one resident lives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedEvent {
     /// The event, folded into the resident's state like a webhook's.
     pub event: LeaseEvent,
-    /// The job for its one resident.
-    pub job: DeliveryJob,
+    /// Its resident's building in OpenApp.
+    pub target: PlannedTarget,
+}
+
+/// The OpenApp side of a [`PlannedEvent`]: whom to converge, in which building, with which
+/// role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTarget {
+    /// The OpenApp user.
+    pub user_id: String,
+    /// OpenApp organisation (`X-Org`).
+    pub org_id: String,
+    /// OpenApp integration.
+    pub integration_id: String,
+    /// Role granted on add.
+    pub role: String,
 }
 
 /// The events that apply `plan`, one per [`PlannedLease`] of each add, removal and, with
@@ -396,20 +408,13 @@ pub fn events_for(plan: &Plan, run_id: &str) -> Vec<PlannedEvent> {
                         },
                     ),
                 };
-                let role = role_of(&building.properties, &lease.property_id);
-                let target = Target {
-                    org_id: &building.org_id,
-                    integration_id: &building.integration_id,
-                    role: &role,
+                let target = PlannedTarget {
+                    user_id: change.user_id.clone(),
+                    org_id: building.org_id.clone(),
+                    integration_id: building.integration_id.clone(),
+                    role: role_of(&building.properties, &lease.property_id),
                 };
-                let job = DeliveryJob::for_event(
-                    &event,
-                    &plan.source,
-                    &change.user_id,
-                    target,
-                    Some(TRIGGER),
-                );
-                events.push(PlannedEvent { event, job });
+                events.push(PlannedEvent { event, target });
             }
         };
         for change in &building.add {
@@ -730,7 +735,7 @@ mod tests {
                 (
                     e.event.id.as_str(),
                     e.event.event_type,
-                    e.job.user_id.as_str(),
+                    e.target.user_id.as_str(),
                     e.event.lease.id.as_str(),
                 )
             })
@@ -743,17 +748,20 @@ mod tests {
             ]
         );
         for e in &events {
-            assert_eq!(e.job.trigger.as_deref(), Some(TRIGGER));
             assert_eq!(
                 (
-                    e.job.integration_id.as_str(),
-                    e.job.org_id.as_str(),
-                    e.job.role.as_str()
+                    e.target.integration_id.as_str(),
+                    e.target.org_id.as_str(),
+                    e.target.role.as_str()
                 ),
                 ("int", "org", ROLE)
             );
             assert_eq!(e.event.occurred_at, NOW);
-            assert_eq!(e.job.event_id, e.event.id);
+            // The job the runner makes of it carries the trigger and the event id.
+            let job = super::super::job_for(e, "acme");
+            assert_eq!(job.trigger.as_deref(), Some(TRIGGER));
+            assert_eq!(job.event_id, e.event.id);
+            assert_eq!(job.user_id, e.target.user_id);
         }
 
         // Folding the events gives the desired states the plan promises.
@@ -776,7 +784,7 @@ mod tests {
         let events = events_for(&pruned, "RUN");
         let last = events.last().unwrap();
         assert_eq!(
-            (last.job.user_id.as_str(), last.event.lease.id.as_str()),
+            (last.target.user_id.as_str(), last.event.lease.id.as_str()),
             ("C", "reconcile:C")
         );
         let mut c = state("C", &[], false);
