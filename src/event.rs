@@ -33,16 +33,19 @@ impl EventType {
     }
 }
 
+/// A string that names no [`EventType`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event type `{0}` (expected lease.signed or lease.ended)")]
+pub struct UnknownEventType(pub String);
+
 impl std::str::FromStr for EventType {
-    type Err = String;
+    type Err = UnknownEventType;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "lease.signed" => Ok(EventType::LeaseSigned),
             "lease.ended" => Ok(EventType::LeaseEnded),
-            other => Err(format!(
-                "unknown event type `{other}` (expected lease.signed or lease.ended)"
-            )),
+            other => Err(UnknownEventType(other.to_owned())),
         }
     }
 }
@@ -218,7 +221,7 @@ pub fn parse_event(body: &[u8], event_id: &str) -> Result<LeaseEvent, EventError
         .event_type
         .ok_or_else(|| invalid("type", "is required"))?
         .parse::<EventType>()
-        .map_err(|m| invalid("type", m))?;
+        .map_err(|e| invalid("type", e.to_string()))?;
     let occurred_at = parse_time(
         "occurred_at",
         wire.occurred_at

@@ -31,17 +31,20 @@ impl DeadReason {
     }
 }
 
+/// A string that names no [`DeadReason`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown reason `{0}` (permanent, exhausted or crash_loop)")]
+pub struct UnknownDeadReason(pub String);
+
 impl std::str::FromStr for DeadReason {
-    type Err = String;
+    type Err = UnknownDeadReason;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "permanent" => Ok(DeadReason::Permanent),
             "exhausted" => Ok(DeadReason::Exhausted),
             "crash_loop" => Ok(DeadReason::CrashLoop),
-            other => Err(format!(
-                "unknown reason `{other}` (permanent, exhausted or crash_loop)"
-            )),
+            other => Err(UnknownDeadReason(other.to_owned())),
         }
     }
 }

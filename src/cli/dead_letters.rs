@@ -180,11 +180,11 @@ struct PurgeArgs {
     yes: bool,
 }
 
-fn parse_type(s: &str) -> Result<EventType, String> {
+fn parse_type(s: &str) -> Result<EventType, crate::event::UnknownEventType> {
     s.parse()
 }
 
-fn parse_reason(s: &str) -> Result<DeadReason, String> {
+fn parse_reason(s: &str) -> Result<DeadReason, crate::retry::UnknownDeadReason> {
     s.parse()
 }
 

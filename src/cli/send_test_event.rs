@@ -45,7 +45,7 @@ pub struct SendTestEventArgs {
     url: Option<String>,
 }
 
-fn parse_type(s: &str) -> Result<EventType, String> {
+fn parse_type(s: &str) -> Result<EventType, crate::event::UnknownEventType> {
     s.parse()
 }
 

@@ -5,6 +5,9 @@
 //! property mapping → durable enqueue. Nothing is parsed before the signature has been
 //! verified, and 202 is sent only after Redis has the event. The rate limit counts only
 //! authentic requests, so a forger cannot use up a real sender's budget.
+//!
+//! [`accept`] answers with a typed outcome ([`Accepted`]) or error ([`IngestError`]); the
+//! handler logs and counts from those, then turns them into the HTTP answer.
 
 use std::time::Duration;
 
@@ -20,8 +23,207 @@ use tracing::{Instrument as _, Span, info, info_span, warn};
 
 use super::{ApiError, AppState, SourceRuntime};
 use crate::event::{EventError, LeaseEvent, check_not_future, is_valid_event_id, parse_event};
-use crate::queue::{DeliveryJob, EnqueueLimits, EnqueueOutcome, Target};
-use crate::signature::HeaderLookup;
+use crate::queue::{DeliveryJob, EnqueueLimits, EnqueueOutcome, QueueError, Target};
+use crate::signature::{EventIdError, HeaderLookup, SignatureError};
+
+/// A webhook taken in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Accepted {
+    /// New: folded into its residents' state and queued (202).
+    Queued {
+        /// The event id.
+        event_id: String,
+        /// Convergence jobs queued.
+        jobs: usize,
+        /// Residents for whom the event was older than what their lease records.
+        stale: usize,
+        /// Future-dated lease records it replaced.
+        overridden: usize,
+    },
+    /// Seen before, the same event (200); nothing written.
+    Duplicate {
+        /// The event id.
+        event_id: String,
+    },
+}
+
+impl Accepted {
+    fn event_id(&self) -> &str {
+        match self {
+            Accepted::Queued { event_id, .. } | Accepted::Duplicate { event_id } => event_id,
+        }
+    }
+
+    /// `queued` or `duplicate`: the body's `status`, the log line and the metric outcome.
+    fn name(&self) -> &'static str {
+        match self {
+            Accepted::Queued { .. } => "queued",
+            Accepted::Duplicate { .. } => "duplicate",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Accepted::Queued { .. } => StatusCode::ACCEPTED,
+            Accepted::Duplicate { .. } => StatusCode::OK,
+        }
+    }
+
+    fn body(&self) -> Value {
+        match self {
+            Accepted::Queued {
+                event_id,
+                jobs,
+                stale,
+                ..
+            } => json!({"status": "queued", "event_id": event_id, "jobs": jobs, "stale": stale}),
+            Accepted::Duplicate { event_id } => {
+                json!({"status": "duplicate", "event_id": event_id})
+            }
+        }
+    }
+}
+
+/// Why a webhook was not taken in. Each variant has its status and code ([`Self::status`],
+/// [`Self::code`]); the message is the variant's `Display`, never holding a secret or the body.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum IngestError {
+    /// No `[[sources]]` entry has the path's name.
+    #[error("no source with this name is configured")]
+    UnknownSource,
+    /// Over `http.body_limit_bytes`, by `Content-Length` or while reading.
+    #[error("body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Not `application/json`.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// The body did not arrive within `http.read_timeout_ms`.
+    #[error("the body did not arrive within {} ms; nothing was accepted", .timeout.as_millis())]
+    BodyTimeout {
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The connection broke while the body was read.
+    #[error("the request body could not be read")]
+    BodyUnreadable,
+    /// Missing, malformed or unmatched signature, or a stale timestamp.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// Over the source's rate limit in this process.
+    #[error(
+        "source `{source_name}` is over its rate limit; nothing was accepted, retry after {retry_after_secs} s"
+    )]
+    RateLimited {
+        /// The source.
+        source_name: String,
+        /// Seconds until a request would pass.
+        retry_after_secs: u64,
+    },
+    /// The source's `event_id` setting points at nothing usable.
+    #[error(transparent)]
+    EventId(#[from] EventIdError),
+    /// The id is not 1 to 255 visible ASCII characters.
+    #[error("the event id must be 1 to 255 visible ASCII characters")]
+    InvalidEventId,
+    /// Not JSON, or not a valid event (including one dated beyond the clock skew).
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// `lease.property_id` is not mapped under the source.
+    #[error("lease.property_id `{0}` is not mapped to an OpenApp integration for this source")]
+    UnknownProperty(String),
+    /// Another event was accepted under this id within the dedupe window.
+    #[error(
+        "event id `{event_id}` was already accepted from this source for a different event \
+         (within the last {}); nothing was queued: a new event needs a new id",
+        humantime::format_duration(*.dedupe_ttl)
+    )]
+    EventIdConflict {
+        /// The id.
+        event_id: String,
+        /// `http.dedupe_ttl_secs`.
+        dedupe_ttl: Duration,
+    },
+    /// Redis could not take the event in time.
+    #[error("the queue cannot take the event right now; nothing was accepted, retry later")]
+    QueueUnavailable {
+        /// `http.retry_after_secs`.
+        retry_after_secs: u64,
+        /// What Redis said: logged, never sent.
+        #[source]
+        cause: QueueError,
+    },
+}
+
+impl IngestError {
+    /// The HTTP status.
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            IngestError::UnknownSource => StatusCode::NOT_FOUND,
+            IngestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            IngestError::BodyUnreadable | IngestError::Event(EventError::InvalidJson(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
+            IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::EventId(_)
+            | IngestError::InvalidEventId
+            | IngestError::Event(EventError::Invalid { .. })
+            | IngestError::UnknownProperty(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            IngestError::EventIdConflict { .. } => StatusCode::CONFLICT,
+            IngestError::QueueUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable code: the body's `error` and the metric outcome.
+    pub(super) fn code(&self) -> &'static str {
+        match self {
+            IngestError::UnknownSource => "unknown_source",
+            IngestError::BodyTooLarge { .. } => "body_too_large",
+            IngestError::UnsupportedMediaType => "unsupported_media_type",
+            IngestError::BodyTimeout { .. } => "request_timeout",
+            IngestError::BodyUnreadable => "invalid_body",
+            IngestError::Signature(e) => e.code(),
+            IngestError::RateLimited { .. } => "rate_limited",
+            IngestError::EventId(_)
+            | IngestError::InvalidEventId
+            | IngestError::Event(EventError::Invalid { .. }) => "invalid_event",
+            IngestError::Event(EventError::InvalidJson(_)) => "invalid_json",
+            IngestError::UnknownProperty(_) => "unknown_property",
+            IngestError::EventIdConflict { .. } => "event_id_conflict",
+            IngestError::QueueUnavailable { .. } => "queue_unavailable",
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            IngestError::RateLimited {
+                retry_after_secs, ..
+            }
+            | IngestError::QueueUnavailable {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// The JSON rejection sent to the sender.
+    fn to_api_error(&self) -> ApiError {
+        let message = match self {
+            // The parser's own message, without the "body is not valid JSON" prefix.
+            IngestError::Event(EventError::InvalidJson(m)) => m.clone(),
+            other => other.to_string(),
+        };
+        ApiError {
+            retry_after_secs: self.retry_after_secs(),
+            ..ApiError::new(self.status(), self.code(), message)
+        }
+    }
+}
 
 /// The handler. Every outcome is logged once, with the source and, once known, the event id.
 pub(super) async fn receive(
@@ -49,65 +251,70 @@ pub(super) async fn receive(
     record_metrics(&shown, &result, started.elapsed());
     let _entered = span.enter();
     match &result {
-        Ok((status, body)) => info!(
-            event.id = body["event_id"].as_str().unwrap_or_default(),
-            http.status = status.as_u16(),
-            jobs = body["jobs"].as_u64(),
-            "webhook {}",
-            body["status"].as_str().unwrap_or_default()
-        ),
-        Err(e) if e.status.is_server_error() => {
-            warn!(
-                http.status = e.status.as_u16(),
-                code = e.code,
-                "webhook not accepted: {}",
-                e.message
-            )
+        Ok(accepted) => {
+            let jobs = match accepted {
+                Accepted::Queued { jobs, .. } => Some(*jobs),
+                Accepted::Duplicate { .. } => None,
+            };
+            info!(
+                event.id = accepted.event_id(),
+                http.status = accepted.status().as_u16(),
+                jobs,
+                "webhook {}",
+                accepted.name()
+            );
         }
+        Err(e @ IngestError::QueueUnavailable { cause, .. }) => warn!(
+            http.status = e.status().as_u16(),
+            code = e.code(),
+            "webhook not accepted: {e}: {cause}"
+        ),
         // A sender reusing an id for another event is a bug on its side that would otherwise
         // lose the second event: worth a warning, not just a rejection line.
-        Err(e) if e.status == StatusCode::CONFLICT => warn!(
-            http.status = e.status.as_u16(),
-            code = e.code,
-            "webhook rejected: {}",
-            e.message
+        Err(e @ IngestError::EventIdConflict { .. }) => warn!(
+            http.status = e.status().as_u16(),
+            code = e.code(),
+            "webhook rejected: {e}"
+        ),
+        Err(e) if known => info!(
+            http.status = e.status().as_u16(),
+            code = e.code(),
+            "webhook rejected: {e}"
         ),
         Err(e) => {
-            if known {
-                info!(
-                    http.status = e.status.as_u16(),
-                    code = e.code,
-                    "webhook rejected: {}",
-                    e.message
-                )
-            } else {
-                let requested: String = source_name.chars().take(64).collect();
-                info!(http.status = e.status.as_u16(), code = e.code, requested = ?requested, "webhook rejected: {}", e.message)
-            }
+            let requested: String = source_name.chars().take(64).collect();
+            info!(http.status = e.status().as_u16(), code = e.code(), requested = ?requested, "webhook rejected: {e}")
         }
     }
-    result
+    match result {
+        Ok(accepted) => Ok((accepted.status(), Json(accepted.body()))),
+        Err(e) => Err(e.to_api_error()),
+    }
 }
 
 /// Counts the webhook by source and outcome and times it; see [`crate::telemetry::metrics`].
-fn record_metrics(
-    source: &str,
-    result: &Result<(StatusCode, Json<Value>), ApiError>,
-    elapsed: Duration,
-) {
-    use crate::telemetry::metrics::{INGEST_DURATION, STALE_EVENTS, WEBHOOKS};
+fn record_metrics(source: &str, result: &Result<Accepted, IngestError>, elapsed: Duration) {
+    use crate::telemetry::metrics::{
+        FUTURE_VERSIONS_OVERRIDDEN, INGEST_DURATION, STALE_EVENTS, WEBHOOKS,
+    };
     let source = source.to_owned();
     let (outcome, class) = match result {
-        Ok((_, body)) if body["status"] == "duplicate" => ("duplicate", "duplicate"),
-        Ok((_, body)) => {
-            let stale = body["stale"].as_u64().unwrap_or(0);
-            if stale > 0 {
-                metrics::counter!(STALE_EVENTS, "source" => source.clone()).increment(stale);
+        Ok(Accepted::Duplicate { .. }) => ("duplicate", "duplicate"),
+        Ok(Accepted::Queued {
+            stale, overridden, ..
+        }) => {
+            if *stale > 0 {
+                metrics::counter!(STALE_EVENTS, "source" => source.clone())
+                    .increment(*stale as u64);
+            }
+            if *overridden > 0 {
+                metrics::counter!(FUTURE_VERSIONS_OVERRIDDEN, "source" => source.clone())
+                    .increment(*overridden as u64);
             }
             ("accepted", "accepted")
         }
-        Err(e) if e.status.is_server_error() => (e.code, "unavailable"),
-        Err(e) => (e.code, "rejected"),
+        Err(e) if e.status().is_server_error() => (e.code(), "unavailable"),
+        Err(e) => (e.code(), "rejected"),
     };
     metrics::counter!(WEBHOOKS, "source" => source, "outcome" => outcome).increment(1);
     metrics::histogram!(INGEST_DURATION, "outcome" => class).record(elapsed.as_secs_f64());
@@ -118,118 +325,58 @@ async fn accept(
     source_name: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let source = state.sources.get(source_name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_source",
-            "no source with this name is configured",
-        )
-    })?;
+) -> Result<Accepted, IngestError> {
+    let source = state
+        .sources
+        .get(source_name)
+        .ok_or(IngestError::UnknownSource)?;
 
     let limit = state.http.body_limit_bytes.get();
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("body is larger than {limit} bytes"),
-        )
-    };
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         && length > limit as u64
     {
-        return Err(too_large());
+        return Err(IngestError::BodyTooLarge { limit });
     }
     check_media_type(headers)?;
-    let read_timeout = state.http.read_timeout;
-    let raw = match tokio::time::timeout(read_timeout, read_body(body, limit)).await {
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the body did not arrive within {} ms; nothing was accepted",
-                    state.http.read_timeout.as_millis()
-                ),
-            ));
-        }
-        Ok(read) => read.map_err(|e| match e {
-            ReadError::TooLarge => too_large(),
-            ReadError::Io => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "the request body could not be read",
-            ),
-        })?,
+    let timeout = state.http.read_timeout;
+    let raw = match tokio::time::timeout(timeout, read_body(body, limit)).await {
+        Err(_) => return Err(IngestError::BodyTimeout { timeout }),
+        Ok(Err(ReadError::TooLarge)) => return Err(IngestError::BodyTooLarge { limit }),
+        Ok(Err(ReadError::Io)) => return Err(IngestError::BodyUnreadable),
+        Ok(Ok(raw)) => raw,
     };
 
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let verified = source
-        .verifier
-        .verify(headers, &raw, now)
-        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+    let verified = source.verifier.verify(headers, &raw, now)?;
 
     if let Some(limiter) = &source.rate_limiter
         && let Err(wait) = limiter.check()
     {
-        let secs = wait
+        let retry_after_secs = wait
             .wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
             ))
             .as_secs_f64()
             .ceil()
             .max(1.0) as u64;
-        return Err(ApiError {
-            retry_after_secs: Some(secs),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "source `{}` is over its rate limit; nothing was accepted, retry after {secs} s",
-                    source.name
-                ),
-            )
+        return Err(IngestError::RateLimited {
+            source_name: source.name.clone(),
+            retry_after_secs,
         });
     }
 
-    let event_id = source
-        .verifier
-        .event_id(&verified, headers, &raw)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_event",
-                e.to_string(),
-            )
-        })?;
+    let event_id = source.verifier.event_id(&verified, headers, &raw)?;
     if !is_valid_event_id(&event_id) {
         // Not recorded: an invalid id is not worth a log field (it may be anything).
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_event",
-            "the event id must be 1 to 255 visible ASCII characters",
-        ));
+        return Err(IngestError::InvalidEventId);
     }
     Span::current().record("event.id", event_id.as_str());
-    let event = parse_event(&raw, &event_id).map_err(|e| match e {
-        EventError::InvalidJson(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", m),
-        invalid @ EventError::Invalid { .. } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_event",
-            invalid.to_string(),
-        ),
-    })?;
+    let event = parse_event(&raw, &event_id)?;
     Span::current().record("lease.id", event.lease.id.as_str());
-    check_not_future(&event, OffsetDateTime::now_utc(), source.max_clock_skew).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_event",
-            e.to_string(),
-        )
-    })?;
+    check_not_future(&event, OffsetDateTime::now_utc(), source.max_clock_skew)?;
     let jobs = jobs_for(source, &event)?;
 
     let dedupe_ttl = state.http.dedupe_ttl;
@@ -242,18 +389,11 @@ async fn accept(
         .queue
         .enqueue_event(&source.name, &event, &jobs, limits)
         .await
-        .map_err(|e| {
-            warn!(source = %source.name, event.id = %event.id, "could not queue event: {e}");
-            ApiError {
-                retry_after_secs: Some(state.http.retry_after.as_secs()),
-                ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "queue_unavailable",
-                    "the queue cannot take the event right now; nothing was accepted, retry later",
-                )
-            }
+        .map_err(|cause| IngestError::QueueUnavailable {
+            retry_after_secs: state.http.retry_after.as_secs(),
+            cause,
         })?;
-    Ok(match outcome {
+    match outcome {
         EnqueueOutcome::Queued {
             jobs,
             stale,
@@ -264,39 +404,23 @@ async fn accept(
                     overridden,
                     "replaced {overridden} lease record(s) dated beyond the source's clock skew"
                 );
-                metrics::counter!(
-                    crate::telemetry::metrics::FUTURE_VERSIONS_OVERRIDDEN,
-                    "source" => source.name.clone()
-                )
-                .increment(overridden as u64);
             }
-            (
-                StatusCode::ACCEPTED,
-                Json(
-                    json!({"status": "queued", "event_id": event.id, "jobs": jobs, "stale": stale}),
-                ),
-            )
+            Ok(Accepted::Queued {
+                event_id: event.id,
+                jobs,
+                stale,
+                overridden,
+            })
         }
-        EnqueueOutcome::Duplicate => (
-            StatusCode::OK,
-            Json(json!({"status": "duplicate", "event_id": event.id})),
-        ),
-        EnqueueOutcome::Conflict => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "event_id_conflict",
-                format!(
-                    "event id `{}` was already accepted from this source for a different event \
-                     (within the last {}); nothing was queued: a new event needs a new id",
-                    event.id,
-                    humantime::format_duration(dedupe_ttl)
-                ),
-            ));
-        }
-    })
+        EnqueueOutcome::Duplicate => Ok(Accepted::Duplicate { event_id: event.id }),
+        EnqueueOutcome::Conflict => Err(IngestError::EventIdConflict {
+            event_id: event.id,
+            dedupe_ttl,
+        }),
+    }
 }
 
-fn check_media_type(headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_media_type(headers: &HeaderMap) -> Result<(), IngestError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -305,11 +429,7 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), ApiError> {
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Content-Type must be application/json",
-        ))
+        Err(IngestError::UnsupportedMediaType)
     }
 }
 
@@ -335,14 +455,11 @@ impl HeaderLookup for HeaderMap {
 }
 
 /// One job per resident, addressed to the OpenApp integration of the event's property.
-fn jobs_for(source: &SourceRuntime, event: &LeaseEvent) -> Result<Vec<DeliveryJob>, ApiError> {
-    let property = source.properties.get(&event.lease.property_id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_property",
-            format!("lease.property_id `{}` is not mapped to an OpenApp integration for this source", event.lease.property_id),
-        )
-    })?;
+fn jobs_for(source: &SourceRuntime, event: &LeaseEvent) -> Result<Vec<DeliveryJob>, IngestError> {
+    let property = source
+        .properties
+        .get(&event.lease.property_id)
+        .ok_or_else(|| IngestError::UnknownProperty(event.lease.property_id.clone()))?;
     let role = property.effective_role();
     let target = Target {
         org_id: &property.org_id,

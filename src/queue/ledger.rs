@@ -123,7 +123,11 @@ impl JobQueue {
             "run" => Ok(Begin::Run(attempts)),
             "stale" => Ok(Begin::Stale),
             "dead" => Ok(Begin::DeadLettered {
-                reason: reason.parse().map_err(QueueError::Protocol)?,
+                reason: reason
+                    .parse()
+                    .map_err(|e: crate::retry::UnknownDeadReason| {
+                        QueueError::Protocol(e.to_string())
+                    })?,
                 attempts,
             }),
             other => Err(QueueError::Protocol(format!(
