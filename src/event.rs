@@ -179,31 +179,7 @@ pub fn is_valid_event_id(s: &str) -> bool {
 
 /// Parses and validates a version-1 event body whose signed id is `event_id`.
 pub fn parse_event(body: &[u8], event_id: &str) -> Result<LeaseEvent, EventError> {
-    // The whole body must be one JSON text before any field is looked at: serde_json stops
-    // reading after the event's closing brace and does not check the UTF-8 of strings it
-    // skips, so neither trailing bytes nor bad UTF-8 in unknown fields would be noticed.
-    let text = std::str::from_utf8(body).map_err(|e| {
-        EventError::InvalidJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
-    })?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text)
-        .map_err(|e| EventError::InvalidJson(e.to_string()))?;
-    // serde reads a struct from an array in field order too; an event is an object only.
-    if !text.trim_start().starts_with('{') {
-        return Err(invalid("body", "must be a JSON object"));
-    }
-    let deserializer = &mut serde_json::Deserializer::from_str(text);
-    let wire: WireEvent = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => invalid(
-                if path == "." { "body".into() } else { path },
-                strip_position(&inner),
-            ),
-            _ => EventError::InvalidJson(inner.to_string()),
-        }
-    })?;
-
+    let wire = parse_wire(body)?;
     if let Some(version) = wire.version
         && version != 1
     {
@@ -228,17 +204,54 @@ pub fn parse_event(body: &[u8], event_id: &str) -> Result<LeaseEvent, EventError
             .as_deref()
             .ok_or_else(|| invalid("occurred_at", "is required"))?,
     )?;
-
     let lease = wire.lease.ok_or_else(|| invalid("lease", "is required"))?;
     check_text("lease.id", &lease.id)?;
     check_text("lease.property_id", &lease.property_id)?;
     if let Some(unit) = &lease.unit {
         check_len("lease.unit", unit)?;
     }
+    Ok(LeaseEvent {
+        id: event_id.to_owned(),
+        event_type,
+        occurred_at,
+        lease,
+        residents: residents(wire.residents)?,
+        access: wire.access.map(access_window).transpose()?,
+    })
+}
 
-    let mut residents = wire
-        .residents
-        .ok_or_else(|| invalid("residents", "is required"))?;
+/// The body as one UTF-8 JSON object, read into [`WireEvent`] with the path of any field
+/// of the wrong type.
+fn parse_wire(body: &[u8]) -> Result<WireEvent, EventError> {
+    // The whole body must be one JSON text before any field is looked at: serde_json stops
+    // reading after the event's closing brace and does not check the UTF-8 of strings it
+    // skips, so neither trailing bytes nor bad UTF-8 in unknown fields would be noticed.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        EventError::InvalidJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| EventError::InvalidJson(e.to_string()))?;
+    // serde reads a struct from an array in field order too; an event is an object only.
+    if !text.trim_start().starts_with('{') {
+        return Err(invalid("body", "must be a JSON object"));
+    }
+    let deserializer = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => invalid(
+                if path == "." { "body".into() } else { path },
+                strip_position(&inner),
+            ),
+            _ => EventError::InvalidJson(inner.to_string()),
+        }
+    })
+}
+
+/// 1 to [`MAX_RESIDENTS`] people with valid OpenApp user ids, each once.
+fn residents(residents: Option<Vec<Resident>>) -> Result<Vec<Resident>, EventError> {
+    let mut residents = residents.ok_or_else(|| invalid("residents", "is required"))?;
     if residents.is_empty() || residents.len() > MAX_RESIDENTS {
         return Err(invalid(
             "residents",
@@ -262,40 +275,30 @@ pub fn parse_event(body: &[u8], event_id: &str) -> Result<LeaseEvent, EventError
     // The same person listed twice needs one job, not two.
     let mut seen = std::collections::HashSet::new();
     residents.retain(|r| seen.insert(r.openapp_user_id.clone()));
+    Ok(residents)
+}
 
-    let access = match wire.access {
-        None => None,
-        Some(a) => {
-            let starts_at = a
-                .starts_at
-                .as_deref()
-                .map(|s| parse_time("access.starts_at", s))
-                .transpose()?;
-            let ends_at = a
-                .ends_at
-                .as_deref()
-                .map(|s| parse_time("access.ends_at", s))
-                .transpose()?;
-            if let (Some(s), Some(e)) = (starts_at, ends_at)
-                && e < s
-            {
-                return Err(invalid(
-                    "access.ends_at",
-                    "must not be before access.starts_at",
-                ));
-            }
-            Some(AccessWindow { starts_at, ends_at })
-        }
-    };
-
-    Ok(LeaseEvent {
-        id: event_id.to_owned(),
-        event_type,
-        occurred_at,
-        lease,
-        residents,
-        access,
-    })
+/// The access window, its end not before its start.
+fn access_window(access: WireAccess) -> Result<AccessWindow, EventError> {
+    let starts_at = access
+        .starts_at
+        .as_deref()
+        .map(|s| parse_time("access.starts_at", s))
+        .transpose()?;
+    let ends_at = access
+        .ends_at
+        .as_deref()
+        .map(|s| parse_time("access.ends_at", s))
+        .transpose()?;
+    if let (Some(s), Some(e)) = (starts_at, ends_at)
+        && e < s
+    {
+        return Err(invalid(
+            "access.ends_at",
+            "must not be before access.starts_at",
+        ));
+    }
+    Ok(AccessWindow { starts_at, ends_at })
 }
 
 /// Refuses an event that claims to have happened more than `max_skew` after `now`.

@@ -98,6 +98,13 @@ impl std::fmt::Debug for Deliverer {
     }
 }
 
+/// What the rounds of one attempt did: the last call, its result, and the state it was for.
+struct Convergence {
+    action: Action,
+    result: Result<CallOutcome, CallError>,
+    state: Option<ResidentState>,
+}
+
 /// Whether a resident's lock is still held when an attempt ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LockAfter {
@@ -249,7 +256,6 @@ impl Deliverer {
         lock: &ResidentLock,
         state: Option<ResidentState>,
     ) -> Result<LockAfter, BoxDynError> {
-        let mut locked_state = Some(state);
         let attempt = match self
             .queue
             .begin_attempt(job, task_id, self.policy.max_attempts)
@@ -273,7 +279,20 @@ impl Deliverer {
             }
         };
         Span::current().record("attempt", attempt);
+        let convergence = self.converge(job, lock, state).await?;
+        self.finish(job, task_id, attempt, convergence, lock).await
+    }
 
+    /// Makes OpenApp show what the resident's state says, in rounds: when an event changed
+    /// the state during a call, it converges again (at most [`MAX_ROUNDS`] rounds). Starts
+    /// from `state`, read with the lock.
+    async fn converge(
+        &self,
+        job: &DeliveryJob,
+        lock: &ResidentLock,
+        state: Option<ResidentState>,
+    ) -> Result<Convergence, BoxDynError> {
+        let mut locked_state = Some(state);
         let mut round = 0;
         let (action, result, state) = loop {
             round += 1;
@@ -324,7 +343,29 @@ impl Deliverer {
                 "resident state changed during the call; converging again"
             );
         };
+        Ok(Convergence {
+            action,
+            result,
+            state,
+        })
+    }
 
+    /// Records how attempt `attempt` ended and carries out the decision (delivered, retry,
+    /// dead letter) in one script that also releases `lock`, unless a convergence at the
+    /// next lease-window boundary must first be scheduled under it.
+    async fn finish(
+        &self,
+        job: &DeliveryJob,
+        task_id: &str,
+        attempt: u32,
+        convergence: Convergence,
+        lock: &ResidentLock,
+    ) -> Result<LockAfter, BoxDynError> {
+        let Convergence {
+            action,
+            result,
+            state,
+        } = convergence;
         let class = classify(&result);
         let decision = self.policy.decide(attempt, class, &mut rand::rng());
         let mut record = attempt_record(&result, &decision);

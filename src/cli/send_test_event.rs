@@ -72,46 +72,20 @@ pub(super) async fn run(args: SendTestEventArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| default_url(&settings, &args.source));
 
     let event_id = format!("evt_test_{}", ulid::Ulid::new());
-    let mut event = json!({
+    let event = json!({
         "type": args.event_type.as_str(),
         "occurred_at": now.format(&Rfc3339).context("cannot format the time")?,
         "lease": { "id": args.lease, "property_id": args.property },
         "residents": [ { "openapp_user_id": args.user } ],
     });
-    let timestamp = now.unix_timestamp().to_string();
-    let mut headers: Vec<(String, String)> = Vec::new();
-    let body = match source.scheme {
-        SchemeKind::StandardWebhooks => {
-            let body = serde_json::to_vec(&event)?;
-            let signature = standard_webhooks::sign(
-                secret.secret.expose(),
-                &event_id,
-                now.unix_timestamp(),
-                &body,
-            )
-            .context("the source's secret cannot sign")?;
-            headers.push((standard_webhooks::ID_HEADER.into(), event_id.clone()));
-            headers.push((standard_webhooks::TIMESTAMP_HEADER.into(), timestamp));
-            headers.push((standard_webhooks::SIGNATURE_HEADER.into(), signature));
-            body
-        }
-        SchemeKind::HmacSha256 => {
-            let format = hmac_format(&settings, source)?;
-            match &format.event_id {
-                EventIdSource::Header(name) => headers.push((name.clone(), event_id.clone())),
-                EventIdSource::BodyField(path) => set_path(&mut event, path, &event_id),
-                EventIdSource::BodySha256 => {}
-            }
-            let body = serde_json::to_vec(&event)?;
-            let signed_ts = format.timestamp_header.as_ref().map(|name| {
-                headers.push((name.clone(), timestamp.clone()));
-                timestamp.as_str()
-            });
-            let signature = hmac_sha256::sign(&format, secret.secret.expose(), signed_ts, &body);
-            headers.push((format.signature_header.clone(), signature));
-            body
-        }
-    };
+    let (headers, body) = sign(
+        &settings,
+        source,
+        secret.secret.expose(),
+        event,
+        &event_id,
+        now,
+    )?;
 
     let body_text = String::from_utf8_lossy(&body).into_owned();
     println!(
@@ -127,12 +101,63 @@ pub(super) async fn run(args: SendTestEventArgs) -> anyhow::Result<ExitCode> {
         body_text.replace('\'', r"'\''")
     );
 
+    post(&url, &headers, body).await
+}
+
+/// Header names and values, in the order they are sent.
+type Headers = Vec<(String, String)>;
+
+/// The headers and body `source`'s sender would send for `event` with id `event_id` at
+/// `now`: Standard Webhooks, or the source's `hmac-sha256` format (which may put the id in
+/// a header or the body).
+fn sign(
+    settings: &Settings,
+    source: &SourceSettings,
+    secret: &str,
+    mut event: serde_json::Value,
+    event_id: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<(Headers, Vec<u8>)> {
+    let timestamp = now.unix_timestamp().to_string();
+    let mut headers = Headers::new();
+    let body = match source.scheme {
+        SchemeKind::StandardWebhooks => {
+            let body = serde_json::to_vec(&event)?;
+            let signature = standard_webhooks::sign(secret, event_id, now.unix_timestamp(), &body)
+                .context("the source's secret cannot sign")?;
+            headers.push((standard_webhooks::ID_HEADER.into(), event_id.to_owned()));
+            headers.push((standard_webhooks::TIMESTAMP_HEADER.into(), timestamp));
+            headers.push((standard_webhooks::SIGNATURE_HEADER.into(), signature));
+            body
+        }
+        SchemeKind::HmacSha256 => {
+            let format = hmac_format(settings, source)?;
+            match &format.event_id {
+                EventIdSource::Header(name) => headers.push((name.clone(), event_id.to_owned())),
+                EventIdSource::BodyField(path) => set_path(&mut event, path, event_id),
+                EventIdSource::BodySha256 => {}
+            }
+            let body = serde_json::to_vec(&event)?;
+            let signed_ts = format.timestamp_header.as_ref().map(|name| {
+                headers.push((name.clone(), timestamp.clone()));
+                timestamp.as_str()
+            });
+            let signature = hmac_sha256::sign(&format, secret, signed_ts, &body);
+            headers.push((format.signature_header.clone(), signature));
+            body
+        }
+    };
+    Ok((headers, body))
+}
+
+/// Posts `body` with `headers` to `url` and prints the answer; success is a 2xx.
+async fn post(url: &str, headers: &[(String, String)], body: Vec<u8>) -> anyhow::Result<ExitCode> {
     let mut request_headers = HeaderMap::new();
     request_headers.insert(
         ::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    for (name, value) in &headers {
+    for (name, value) in headers {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
@@ -140,7 +165,7 @@ pub(super) async fn run(args: SendTestEventArgs) -> anyhow::Result<ExitCode> {
             request_headers.insert(name, value);
         }
     }
-    let target = url::Url::parse(&url).with_context(|| format!("{url} is not a URL"))?;
+    let target = url::Url::parse(url).with_context(|| format!("{url} is not a URL"))?;
     let client = HttpClient::new(ClientOptions::local(Duration::from_secs(30)))?;
     let response = client
         .send(

@@ -24,7 +24,7 @@ use tracing::{Instrument as _, Span, info, info_span, warn};
 use super::{ApiError, AppState, SourceRuntime};
 use crate::event::{EventError, LeaseEvent, check_not_future, is_valid_event_id, parse_event};
 use crate::queue::{DeliveryJob, EnqueueLimits, EnqueueOutcome, QueueError, Target};
-use crate::signature::{EventIdError, HeaderLookup, SignatureError};
+use crate::signature::{EventIdError, HeaderLookup, SignatureError, Verified};
 
 /// A webhook taken in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,7 +330,19 @@ async fn accept(
         .sources
         .get(source_name)
         .ok_or(IngestError::UnknownSource)?;
+    let (raw, verified) = authentic_body(state, source, headers, body).await?;
+    ingest_lease_event(state, source, headers, &raw, &verified).await
+}
 
+/// The body of a request to `source`, once it is known to be authentic and within the
+/// source's rate limit: size, media type, the body read within the read timeout, the
+/// signature over the raw bytes, then the rate limit (so only authentic requests count).
+async fn authentic_body(
+    state: &AppState,
+    source: &SourceRuntime,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Verified), IngestError> {
     let limit = state.http.body_limit_bytes.get();
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
@@ -367,14 +379,25 @@ async fn accept(
             retry_after_secs,
         });
     }
+    Ok((raw, verified))
+}
 
-    let event_id = source.verifier.event_id(&verified, headers, &raw)?;
+/// A lease-sync event v1: its id, schema and time checked, folded into its residents' state
+/// and their convergences queued, in one step.
+async fn ingest_lease_event(
+    state: &AppState,
+    source: &SourceRuntime,
+    headers: &HeaderMap,
+    raw: &[u8],
+    verified: &Verified,
+) -> Result<Accepted, IngestError> {
+    let event_id = source.verifier.event_id(verified, headers, raw)?;
     if !is_valid_event_id(&event_id) {
         // Not recorded: an invalid id is not worth a log field (it may be anything).
         return Err(IngestError::InvalidEventId);
     }
     Span::current().record("event.id", event_id.as_str());
-    let event = parse_event(&raw, &event_id)?;
+    let event = parse_event(raw, &event_id)?;
     Span::current().record("lease.id", event.lease.id.as_str());
     check_not_future(&event, OffsetDateTime::now_utc(), source.max_clock_skew)?;
     let jobs = jobs_for(source, &event)?;

@@ -318,31 +318,7 @@ pub fn plan_building(
             plan.unchanged.push((*user).to_owned());
             continue;
         }
-        let mut leases: Vec<PlannedLease> = state
-            .leases
-            .iter()
-            .filter(|(_, l)| l.grants_access(now_ms))
-            .map(|(id, l)| match listed.get(&(*user, id.as_str())) {
-                // Listed, but its window does not include now: record the file's window
-                // instead of ending a lease that is still to come.
-                Some(row) => PlannedLease {
-                    event_type: EventType::LeaseSigned,
-                    lease_id: id.clone(),
-                    property_id: row.property_id.clone(),
-                    starts_at: row.starts_at,
-                    ends_at: row.ends_at,
-                },
-                None => PlannedLease {
-                    event_type: EventType::LeaseEnded,
-                    lease_id: id.clone(),
-                    property_id: building
-                        .property(&l.property_id)
-                        .map_or_else(|| building.first_property_id(), |p| p.id.clone()),
-                    starts_at: None,
-                    ends_at: None,
-                },
-            })
-            .collect();
+        let mut leases = leases_to_end(building, state, user, &listed, now_ms);
         if leases.is_empty() {
             leases.push(fallback(user));
         }
@@ -352,6 +328,41 @@ pub fn plan_building(
         });
     }
     plan
+}
+
+/// The events that take access away from `user`, whom the file does not grant access now:
+/// `lease.ended` for each of their leases that still grants access, except that a lease the
+/// file lists for later gets the file's window instead of being ended.
+fn leases_to_end(
+    building: &Building,
+    state: &ResidentState,
+    user: &str,
+    listed: &BTreeMap<(&str, &str), &LeaseRow>,
+    now_ms: i64,
+) -> Vec<PlannedLease> {
+    state
+        .leases
+        .iter()
+        .filter(|(_, l)| l.grants_access(now_ms))
+        .map(|(id, l)| match listed.get(&(user, id.as_str())) {
+            Some(row) => PlannedLease {
+                event_type: EventType::LeaseSigned,
+                lease_id: id.clone(),
+                property_id: row.property_id.clone(),
+                starts_at: row.starts_at,
+                ends_at: row.ends_at,
+            },
+            None => PlannedLease {
+                event_type: EventType::LeaseEnded,
+                lease_id: id.clone(),
+                property_id: building
+                    .property(&l.property_id)
+                    .map_or_else(|| building.first_property_id(), |p| p.id.clone()),
+                starts_at: None,
+                ends_at: None,
+            },
+        })
+        .collect()
 }
 
 /// One synthetic event of an applied plan, and where in OpenApp its one resident lives.
