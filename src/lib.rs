@@ -10,6 +10,8 @@
 //! * [`signature`]: webhook signature schemes (pure).
 //! * [`http`]: the webhook listener (the only axum code).
 //! * [`resident`]: resident state and the version order of lease events (pure).
+//! * [`access`]: when access starts and ends for calendar dates in a property's time zone.
+//! * [`sources`]: kinds of senders (Buildium: its webhook events and leases).
 //! * [`leases`]: operator actions on one lease (find its holders, reset it).
 //! * [`reconcile`]: comparing a file of active leases with OpenApp, and applying the plan.
 //! * [`queue`]: delivery jobs in Redis, in apalis-redis's layout.
@@ -26,6 +28,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -41,5 +44,6 @@ pub mod reconcile;
 pub mod resident;
 pub mod retry;
 pub mod signature;
+pub mod sources;
 pub mod telemetry;
 pub mod worker;
