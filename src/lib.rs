@@ -11,6 +11,7 @@
 //! * [`http`]: the webhook listener (the only axum code).
 //! * [`resident`]: resident state and the version order of lease events (pure).
 //! * [`access`]: when access starts and ends for calendar dates in a property's time zone.
+//! * [`identity`]: emails resolved to OpenApp users, and conflicts.
 //! * [`sources`]: kinds of senders (Buildium: its webhook events and leases).
 //! * [`leases`]: operator actions on one lease (find its holders, reset it).
 //! * [`reconcile`]: comparing a file of active leases with OpenApp, and applying the plan.
@@ -36,6 +37,7 @@ pub mod dead_letters;
 pub mod event;
 pub mod fd_limit;
 pub mod http;
+pub mod identity;
 pub mod leases;
 pub mod openapp;
 pub mod outbound;

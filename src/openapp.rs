@@ -122,6 +122,44 @@ pub enum ClientBuildError {
 /// Largest building-users list read, in bytes (about 50,000 rows).
 pub const LIST_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
+/// Users read per page of `GET /users/search`.
+pub const SEARCH_PAGE: usize = 100;
+
+/// Most pages of one search read: an email matching more users than this is a conflict
+/// anyway.
+pub const SEARCH_MAX_PAGES: usize = 5;
+
+/// An OpenApp user, as far as lease-sync needs one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenAppUser {
+    /// The user id (a ULID).
+    pub id: String,
+    /// Their email.
+    pub email: String,
+}
+
+#[derive(serde::Deserialize)]
+struct WireUser {
+    id: String,
+    #[serde(default)]
+    email: String,
+}
+
+impl From<WireUser> for OpenAppUser {
+    fn from(user: WireUser) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SearchPage {
+    items: Vec<WireUser>,
+    total: u64,
+}
+
 #[derive(Serialize)]
 struct AddBuildingUserPayload<'a> {
     user_id: &'a str,
@@ -280,6 +318,75 @@ impl OpenAppClient {
                 })
             })
             .collect())
+    }
+
+    /// `GET /users/search?q=…&org_id=…`: users of `org_id` whose name or email contains
+    /// `query` (OpenApp matches substrings, case-insensitively). Follows `offset` through
+    /// at most [`SEARCH_MAX_PAGES`] pages of [`SEARCH_PAGE`].
+    pub async fn search_users(
+        &self,
+        org_id: &str,
+        query: &str,
+    ) -> Result<Vec<OpenAppUser>, CallError> {
+        let mut users = Vec::new();
+        for page in 0..SEARCH_MAX_PAGES {
+            let mut url = self.url(&["users", "search"]);
+            url.query_pairs_mut()
+                .append_pair("q", query)
+                .append_pair("org_id", org_id)
+                .append_pair("limit", &SEARCH_PAGE.to_string())
+                .append_pair("offset", &(page * SEARCH_PAGE).to_string());
+            let request = Request::new(Method::GET, url).headers(self.headers(org_id));
+            let response = self
+                .send("search", request, BodyLimit::Fail(LIST_BODY_LIMIT))
+                .await?;
+            if !response.status.is_success() {
+                return Err(status_error(&response));
+            }
+            let found: SearchPage = serde_json::from_slice(&response.body).map_err(|e| {
+                CallError::from(TransportError::body(format!(
+                    "the user search answer is not a page of users: {}",
+                    clean(&e.to_string(), MESSAGE_LIMIT)
+                )))
+            })?;
+            let last = found.items.len() < SEARCH_PAGE
+                || (users.len() + found.items.len()) as u64 >= found.total;
+            users.extend(found.items.into_iter().map(OpenAppUser::from));
+            if last {
+                break;
+            }
+        }
+        Ok(users)
+    }
+
+    /// `POST /users` in `org_id`: a new user named `name` with `email`. OpenApp answers 409
+    /// when the email is taken, which is a [`CallError::Status`] like any refusal.
+    pub async fn create_user(
+        &self,
+        org_id: &str,
+        name: &str,
+        email: &str,
+    ) -> Result<OpenAppUser, CallError> {
+        let body = serde_json::json!({
+            "name": {"value": {"en": name}},
+            "email": email,
+        });
+        let request = Request::new(Method::POST, self.url(&["users"]))
+            .headers(self.headers(org_id))
+            .json(&body);
+        let response = self
+            .send("create_user", request, BodyLimit::Fail(LIST_BODY_LIMIT))
+            .await?;
+        if !response.status.is_success() {
+            return Err(status_error(&response));
+        }
+        let user: WireUser = serde_json::from_slice(&response.body).map_err(|e| {
+            CallError::from(TransportError::body(format!(
+                "the created user is not a user object: {}",
+                clean(&e.to_string(), MESSAGE_LIMIT)
+            )))
+        })?;
+        Ok(user.into())
     }
 
     /// Sends `request` and records its latency and result class as `operation` (`add`,

@@ -20,6 +20,7 @@
 //! * **Counts** come from plain `LLEN`/`ZCARD`/`SCARD` and our counters; apalis's stats calls
 //!   fail on Redis (bug 5).
 
+pub mod identity;
 pub mod ledger;
 pub mod residents;
 
@@ -292,6 +293,11 @@ impl Keys {
     /// Scheduled convergences (lease window boundaries) by due time, for the pending count.
     pub fn convergences(&self) -> String {
         format!("{}:convergences", self.namespace)
+    }
+
+    /// The OpenApp user an email maps to in `org_id`, by the email's digest.
+    pub fn identity(&self, org_id: &str, email_digest: &str) -> String {
+        format!("{}:identity:{org_id}:{email_digest}", self.namespace)
     }
 
     /// Lifetime counters.
