@@ -4,15 +4,18 @@
 //! 50 ms. Every wait is a bounded poll; every process is stopped at the end.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use lease_sync::config::{LogFormat, PropertySettings, Settings, hash_token};
+use lease_sync_testkit::config::{count, standard_webhooks_source};
 use lease_sync_testkit::{
-    Appendfsync, OnDrop, Process, ProcessBuilder, RedisOptions, RedisServer, free_port, poll_until,
+    Appendfsync, ConfigBuilder, OnDrop, Process, ProcessBuilder, RedisOptions, RedisServer,
+    free_port, poll_until, toml_with_secrets,
 };
-use sha2::Digest as _;
 
 use crate::dashboard::Phase;
 use crate::load::{self, Batch, EventSpec, Pace};
@@ -248,57 +251,37 @@ pub fn default_fixed_rate(yardstick: &[Yardstick]) -> f64 {
     (0.25 * 0.30 * median(yardstick.iter().map(|y| y.lpush_rps))).max(1.0)
 }
 
-/// The configuration of every lease-sync process of a run: the example configuration's
-/// defaults except addresses, credentials, the rate limit (raised so it never limits, but
-/// still evaluated) and JSON logs.
-fn config_toml(
+/// The configuration of every lease-sync process of a run: lease-sync's defaults (which
+/// `deploy/config.example.toml` shows) except addresses, credentials, the rate limit (raised
+/// so it never limits, but still evaluated), the worker's concurrency and JSON logs.
+fn config(
     redis_url: &str,
     http_port: u16,
     admin_port: u16,
     sandbox_port: u16,
     concurrency: usize,
-) -> String {
-    let token_hash = format!("sha256:{:x}", sha2::Sha256::digest(ADMIN_TOKEN.as_bytes()));
-    format!(
-        r#"# Written by lease-sync-bench.
-[http]
-listen = "127.0.0.1:{http_port}"
-rate_limit_per_sec = 1000000
-rate_limit_burst = 1000000
-
-[redis]
-url = "{redis_url}"
-namespace = "{NAMESPACE}"
-
-[openapp]
-base_url = "http://127.0.0.1:{sandbox_port}/api/v1"
-allow_insecure_http = true
-api_key = "{API_KEY}"
-
-[worker]
-concurrency = {concurrency}
-poll_interval_ms = {POLL_INTERVAL_MS}
-batch_size = {BATCH_SIZE}
-
-[admin]
-listen = "127.0.0.1:{admin_port}"
-tokens = ["{token_hash}"]
-
-[log]
-format = "json"
-level = "info"
-
-[[sources]]
-name = "{SOURCE}"
-scheme = "standard-webhooks"
-secrets = ["{SECRET}"]
-
-[[sources.properties]]
-id = "{PROPERTY}"
-org_id = "{ORG}"
-integration_id = "{INTEGRATION}"
-"#
-    )
+) -> anyhow::Result<Settings> {
+    let concurrency = NonZeroUsize::new(concurrency).context("worker.concurrency must not be 0")?;
+    Ok(ConfigBuilder::new()
+        .listen(http_port)
+        .redis(redis_url, NAMESPACE)
+        .sandbox_openapp(&format!("http://127.0.0.1:{sandbox_port}/api/v1"), API_KEY)
+        .admin(admin_port, [hash_token(ADMIN_TOKEN)])
+        .source(standard_webhooks_source(
+            SOURCE,
+            &[SECRET],
+            [PropertySettings::new(PROPERTY, ORG, INTEGRATION)],
+        ))
+        .edit(|s| {
+            s.http.rate_limit_per_sec = 1_000_000;
+            s.http.rate_limit_burst = 1_000_000;
+            s.worker.concurrency = concurrency;
+            s.worker.poll_interval = Duration::from_millis(POLL_INTERVAL_MS);
+            s.worker.batch_size = count(BATCH_SIZE);
+            s.log.format = LogFormat::Json;
+            s.log.level = "info".into();
+        })
+        .build())
 }
 
 /// CPU counters of the machine and of the harness's processes at one moment.
@@ -431,16 +414,16 @@ impl Cluster {
         concurrency: usize,
     ) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            config_toml(
-                &self.redis.url(),
-                self.http,
-                admin_port,
-                self.sandbox_port,
-                concurrency,
-            ),
+        let settings = config(
+            &self.redis.url(),
+            self.http,
+            admin_port,
+            self.sandbox_port,
+            concurrency,
         )?;
+        let text = toml_with_secrets(&settings)?;
+        std::fs::write(&path, format!("# Written by lease-sync-bench.\n{text}"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }
 
@@ -877,4 +860,30 @@ pub fn work_dir(base: Option<&Path>) -> anyhow::Result<PathBuf> {
     };
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use lease_sync::config::Role;
+
+    use super::*;
+
+    #[test]
+    fn the_written_config_loads_and_serves_both_roles() {
+        let settings = config("redis://127.0.0.1:6390", 8080, 9090, 9091, 16).expect("config");
+        let text = toml_with_secrets(&settings).expect("written");
+        let loaded = Settings::from_toml_str(&text, Vec::new()).expect("loads");
+        for role in [Role::Ingest, Role::Work] {
+            loaded.validate(role).expect("valid");
+        }
+        assert_eq!(
+            loaded.admin.tokens[0].token.expose(),
+            hash_token(ADMIN_TOKEN)
+        );
+        assert_eq!(
+            loaded.worker.poll_interval,
+            Duration::from_millis(POLL_INTERVAL_MS)
+        );
+        assert!(config("redis://127.0.0.1:6390", 8080, 9090, 9091, 0).is_err());
+    }
 }

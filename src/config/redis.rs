@@ -68,8 +68,9 @@ impl RedisSettings {
 pub struct RedisUrl(Url);
 
 impl RedisUrl {
-    /// Parses `text`; the error never quotes it, as it may hold a password.
-    fn parse(text: &str) -> Result<Self, String> {
+    /// Parses `text`, as the `url` key is read; the error never quotes it, as it may hold a
+    /// password.
+    pub fn parse(text: &str) -> Result<Self, String> {
         Url::parse(text)
             .map(Self)
             .map_err(|e| format!("not a URL: {e}"))

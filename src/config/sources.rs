@@ -368,6 +368,21 @@ pub struct PropertySettings {
 }
 
 impl PropertySettings {
+    /// Property `id` living in OpenApp organisation `org_id` and integration
+    /// `integration_id`, granting the default role ([`DEFAULT_ROLE_TEMPLATE`]).
+    pub fn new(
+        id: impl Into<String>,
+        org_id: impl Into<String>,
+        integration_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            org_id: org_id.into(),
+            integration_id: integration_id.into(),
+            role: None,
+        }
+    }
+
     /// The role to grant, with the template filled in.
     pub fn effective_role(&self) -> String {
         self.role

@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use lease_sync::app::Application;
-use lease_sync::config::{Role, Settings};
+use lease_sync::config::{AdminToken, Role, Settings, TokenScope};
 use lease_sync_sandbox::Fault;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+use time::macros::datetime;
 
 use crate::support::*;
 
@@ -776,16 +778,22 @@ fn hashed(token: &str) -> String {
     format!("sha256:{}", sha256_hex(token))
 }
 
-/// An edit of the test config that sets `[admin] tokens` to `tokens` (TOML) instead.
-fn with_tokens(tokens: impl Fn() -> String) -> impl Fn(String) -> String {
-    move |config| {
-        let line = format!("tokens = [\"{ADMIN_TOKEN}\"]");
-        assert!(
-            config.contains(&line),
-            "the test config no longer has `{line}`"
-        );
-        config.replace(&line, &format!("tokens = {}", tokens()))
-    }
+/// An edit of the test config that sets `[admin] tokens` to `tokens` instead.
+fn with_tokens(tokens: Vec<AdminToken>) -> impl FnOnce(&mut Settings) {
+    move |settings| settings.admin.tokens = tokens
+}
+
+/// `token` (plain or `sha256:…`) named `name`.
+fn named(name: &str, token: String) -> AdminToken {
+    let mut entry = AdminToken::new(token);
+    entry.name = Some(name.to_owned());
+    entry
+}
+
+/// `token`, refused after `not_after`.
+fn expiring(mut token: AdminToken, not_after: OffsetDateTime) -> AdminToken {
+    token.not_after = Some(not_after);
+    token
 }
 
 async fn as_token(
@@ -827,15 +835,20 @@ fn assert_refused(reply: &Reply, status: u16, code: &str, challenge: &str, what:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hashed_tokens_are_accepted_and_wrong_missing_or_expired_ones_are_not() {
-    let (_redis, openapp, app) = serve_with(with_tokens(|| {
-        format!(
-            r#"["{}", {{ name = "oncall", token = "{}" }}, {{ name = "old", token = "{}", not_after = "2020-01-01T00:00:00Z" }}]"#,
-            hashed(OPS_TOKEN),
-            // Hex in either case.
-            hashed(ONCALL_TOKEN).to_uppercase().replace("SHA256:", "sha256:"),
-            hashed(OLD_TOKEN),
-        )
-    }))
+    let (_redis, openapp, app) = serve_with(with_tokens(vec![
+        AdminToken::new(hashed(OPS_TOKEN)),
+        // Hex in either case.
+        named(
+            "oncall",
+            hashed(ONCALL_TOKEN)
+                .to_uppercase()
+                .replace("SHA256:", "sha256:"),
+        ),
+        expiring(
+            named("old", hashed(OLD_TOKEN)),
+            datetime!(2020-01-01 0:00 UTC),
+        ),
+    ]))
     .await;
     let dead = make_dead_letters(&app, &openapp, "evt-hash", "lease.signed", &["user-h"], 1).await;
     let id = &dead["user-h"];
@@ -920,24 +933,20 @@ async fn hashed_tokens_are_accepted_and_wrong_missing_or_expired_ones_are_not() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_service_stops_accepting_a_token_when_it_expires() {
-    // Set when the config is written, just before the service starts.
-    let not_after = std::sync::Mutex::new(None);
-    let (_redis, _openapp, app) = serve_with(with_tokens(|| {
-        let at = time::OffsetDateTime::now_utc() + Duration::from_secs(4);
-        *not_after.lock().expect("lock") = Some(at);
-        let at = at
-            .format(&time::format_description::well_known::Rfc3339)
-            .expect("format");
-        format!(
-            r#"["{}", {{ name = "brief", token = "{}", not_after = "{at}" }}]"#,
-            hashed(OPS_TOKEN),
-            hashed(ONCALL_TOKEN)
-        )
-    }))
+    // Set when the config is built, just before the service starts.
+    let mut not_after = None;
+    let (_redis, _openapp, app) = serve_with(|settings| {
+        let at = OffsetDateTime::now_utc() + Duration::from_secs(4);
+        not_after = Some(at);
+        settings.admin.tokens = vec![
+            AdminToken::new(hashed(OPS_TOKEN)),
+            expiring(named("brief", hashed(ONCALL_TOKEN)), at),
+        ];
+    })
     .await;
-    let not_after = not_after.lock().expect("lock").expect("config written");
+    let not_after = not_after.expect("config built");
 
-    let sent = time::OffsetDateTime::now_utc();
+    let sent = OffsetDateTime::now_utc();
     let first = as_token(&app, ONCALL_TOKEN, Method::GET, "/queue", None).await;
     // Only a machine too slow to send one request within 3 s could see it expired already.
     if sent + Duration::from_secs(1) < not_after {
@@ -949,7 +958,7 @@ async fn a_running_service_stops_accepting_a_token_when_it_expires() {
     })
     .await;
     assert!(
-        time::OffsetDateTime::now_utc() > not_after,
+        OffsetDateTime::now_utc() > not_after,
         "refused before not_after: {expired:?}"
     );
     assert_refused(
@@ -965,13 +974,10 @@ async fn a_running_service_stops_accepting_a_token_when_it_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_token_reads_but_may_not_replay_or_purge() {
-    let (_redis, openapp, app) = serve_with(with_tokens(|| {
-        format!(
-            r#"["{ADMIN_TOKEN}", {{ name = "viewer", token = "{}", scope = "read" }}]"#,
-            hashed(VIEWER_TOKEN)
-        )
-    }))
-    .await;
+    let mut viewer = named("viewer", hashed(VIEWER_TOKEN));
+    viewer.scope = TokenScope::Read;
+    let (_redis, openapp, app) =
+        serve_with(with_tokens(vec![AdminToken::new(ADMIN_TOKEN), viewer])).await;
     let dead = make_dead_letters(&app, &openapp, "evt-read", "lease.signed", &["user-v"], 1).await;
     let id = &dead["user-v"];
 
@@ -1032,13 +1038,10 @@ async fn a_read_token_reads_but_may_not_replay_or_purge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_name_a_named_token_by_its_name() {
-    let (_redis, openapp, app) = serve_with(with_tokens(|| {
-        format!(
-            r#"[{{ name = "oncall", token = "{}" }}, "{}"]"#,
-            hashed(ONCALL_TOKEN),
-            hashed(OPS_TOKEN)
-        )
-    }))
+    let (_redis, openapp, app) = serve_with(with_tokens(vec![
+        named("oncall", hashed(ONCALL_TOKEN)),
+        AdminToken::new(hashed(OPS_TOKEN)),
+    ]))
     .await;
     let dead = make_dead_letters(
         &app,
@@ -1093,20 +1096,16 @@ async fn audit_records_name_a_named_token_by_its_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_whose_every_token_expired_refuses_to_start() {
-    let edit = with_tokens(|| {
-        format!(
-            r#"[{{ name = "old", token = "{}", not_after = "2020-01-01T00:00:00Z" }}]"#,
-            hashed(OLD_TOKEN)
-        )
-    });
     // Redis is connected lazily and never reached: the check comes first.
-    let config = edit(config_toml(
+    let mut settings = test_config(
         "redis://127.0.0.1:9",
         &namespace(),
         "http://127.0.0.1:9/api/v1",
-        "127.0.0.1:0",
-    ));
-    let settings = Settings::from_toml_str(&config, Vec::new()).expect("parses");
+    );
+    settings.admin.tokens = vec![expiring(
+        named("old", hashed(OLD_TOKEN)),
+        datetime!(2020-01-01 0:00 UTC),
+    )];
     settings
         .validate(Role::Serve)
         .expect("valid without a clock");
@@ -1119,7 +1118,6 @@ async fn a_service_whose_every_token_expired_refuses_to_start() {
         "{error}"
     );
     // Without the admin API, the expired tokens do not matter.
-    let mut settings = settings;
     settings.admin.enabled = false;
     assert!(Application::build(settings, Role::Serve).await.is_ok());
 }

@@ -4,6 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use lease_sync::config::Role;
+use lease_sync_testkit::toml_with_secrets;
 
 use crate::support::*;
 
@@ -20,13 +21,13 @@ fn lease_sync(args: &[&str]) -> std::process::Output {
 fn check_config_prints_the_effective_config_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    let config = config_toml(
+    let mut config = test_config(
         "redis://:hunter2@127.0.0.1:6390",
         "ns",
         "https://api.openapp.house/api/v1",
-        "127.0.0.1:8080",
     );
-    std::fs::write(&path, config).unwrap();
+    config.http.listen = loopback(8080);
+    write_config(&config, &path);
     let out = lease_sync(&["check-config", "--config", path.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -44,28 +45,42 @@ fn check_config_prints_the_effective_config_without_secrets() {
     }
 }
 
+/// `text` with `from` replaced by `to`, for a configuration broken on purpose; panics unless
+/// `from` occurs exactly once, so that a change of the written configuration cannot leave a
+/// case testing nothing.
+fn broken(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "`{from}` once in:\n{text}");
+    text.replacen(from, to, 1)
+}
+
+/// Parsing, on purpose: the file is the test config as TOML text, broken by hand.
 #[test]
 fn check_config_names_the_problem_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    let good = config_toml(
+    let mut config = test_config(
         "redis://127.0.0.1:6390",
         "ns",
         "https://api.openapp.house/api/v1",
-        "127.0.0.1:8080",
     );
+    config.http.listen = loopback(8080);
+    let good = toml_with_secrets(&config).unwrap();
     for (broken, needle) in [
-        (good.replace("body_limit_bytes", "body_limit"), "body_limit"),
         (
-            good.replace("scheme = \"standard-webhooks\"", "scheme = \"none\""),
+            broken(&good, "body_limit_bytes", "body_limit"),
+            "body_limit",
+        ),
+        (
+            broken(&good, "scheme = \"standard-webhooks\"", "scheme = \"none\""),
             "scheme",
         ),
         (
-            good.replace("timeout_ms = 1000", "timeout_ms = \"soon\""),
+            broken(&good, "timeout_ms = 1000", "timeout_ms = \"soon\""),
             "openapp.timeout_ms",
         ),
         (
-            good.replace(
+            broken(
+                &good,
                 &format!("integration_id = \"{INTEGRATION}\""),
                 "integration_id = \"a b\"",
             ),
@@ -88,16 +103,9 @@ fn check_config_names_the_problem_and_exits_1() {
 fn environment_overrides_config_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        config_toml(
-            "redis://127.0.0.1:6390",
-            "ns",
-            "https://x.test/api/v1",
-            "127.0.0.1:8080",
-        ),
-    )
-    .unwrap();
+    let mut config = test_config("redis://127.0.0.1:6390", "ns", "https://x.test/api/v1");
+    config.http.listen = loopback(8080);
+    write_config(&config, &path);
     let out = Command::new(env!("CARGO_BIN_EXE_lease-sync"))
         .args(["check-config", "--config", path.to_str().unwrap()])
         .env("LEASE_SYNC__WORKER__CONCURRENCY", "3")
@@ -124,15 +132,10 @@ fn environment_overrides_config_keys() {
 async fn send_test_event_posts_a_signed_event_and_prints_curl() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config_toml(
-        &redis.url(),
-        &namespace(),
-        "http://127.0.0.1:9/api/v1",
-        "127.0.0.1:0",
-    );
+    let config = test_config(&redis.url(), &namespace(), "http://127.0.0.1:9/api/v1");
     let ingest = TestApp::start(&config, Role::Ingest).await;
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, &config).unwrap();
+    write_config(&config, &path);
     let url = ingest.webhook_url(SOURCE);
     let out = tokio::task::spawn_blocking(move || {
         lease_sync(&[
@@ -176,12 +179,8 @@ async fn serve_stops_on_sigterm_with_exit_0() {
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = config_toml(
-        &redis.url(),
-        &namespace(),
-        &openapp.base_url,
-        &format!("127.0.0.1:{port}"),
-    );
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    config.http.listen = loopback(port);
     let mut serve = LeaseSyncProcess::spawn(dir.path(), "serve", &["serve"], Some(&config));
     let body = wait_ready(port, LIMIT).await;
     assert_eq!(body["workers"], "running");

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lease_sync::config::Role;
+use lease_sync::config::{Role, Settings};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -16,25 +16,19 @@ use crate::support::*;
 /// Bound on anything the server should do by itself within a timeout of a few hundred ms.
 const LIVENESS: Duration = Duration::from_secs(10);
 
-async fn ingest_with(edit: impl Fn(String) -> String) -> (RedisServer, TestApp) {
+async fn ingest_with(edit: impl FnOnce(&mut Settings)) -> (RedisServer, TestApp) {
     let redis = RedisServer::start().await;
-    let config = edit(config_toml(
-        &redis.url(),
-        &namespace(),
-        "http://127.0.0.1:9/api/v1",
-        "127.0.0.1:0",
-    ));
+    let mut config = test_config(&redis.url(), &namespace(), "http://127.0.0.1:9/api/v1");
+    edit(&mut config);
     let app = TestApp::start(&config, Role::Ingest).await;
     (redis, app)
 }
 
-/// `[http]` of the test config with `lines` added.
-fn with_http(lines: &'static str) -> impl Fn(String) -> String {
-    move |config| {
-        config.replace(
-            "shutdown_grace_secs = 5",
-            &format!("shutdown_grace_secs = 5\n{lines}"),
-        )
+/// `[http]` of the test config with `read_timeout_ms` and, when given, `max_connections`.
+fn with_http(read_timeout_ms: u64, max_connections: Option<usize>) -> impl FnOnce(&mut Settings) {
+    move |settings| {
+        settings.http.read_timeout = Duration::from_millis(read_timeout_ms);
+        settings.http.max_connections = max_connections.map(count);
     }
 }
 
@@ -102,7 +96,7 @@ async fn metric(admin: SocketAddr, series: &str) -> f64 {
 
 #[tokio::test]
 async fn a_silent_connection_and_an_idle_keep_alive_one_are_closed_after_the_read_timeout() {
-    let (_redis, app) = ingest_with(with_http("read_timeout_ms = 300")).await;
+    let (_redis, app) = ingest_with(with_http(300, None)).await;
     let addr = app.addr.expect("listens");
 
     // Connects and sends nothing: closed without an answer.
@@ -129,8 +123,7 @@ async fn a_silent_connection_and_an_idle_keep_alive_one_are_closed_after_the_rea
 #[tokio::test]
 async fn at_the_cap_the_connection_idle_longest_makes_room_for_a_new_one() {
     // A read timeout far beyond the test: only reclaiming can free a slot in time.
-    let (_redis, app) =
-        ingest_with(with_http("read_timeout_ms = 60000\nmax_connections = 2")).await;
+    let (_redis, app) = ingest_with(with_http(60_000, Some(2))).await;
     let (addr, admin) = (app.addr.expect("listens"), app.admin_addr.expect("admin"));
     let series = "lease_sync_http_connections_reclaimed_total{listener=\"webhook\"}";
     let before = metric(admin, series).await;
@@ -163,8 +156,7 @@ async fn at_the_cap_the_connection_idle_longest_makes_room_for_a_new_one() {
 
 #[tokio::test]
 async fn at_the_cap_with_nothing_idle_a_new_connection_gets_503_overloaded() {
-    let (_redis, app) =
-        ingest_with(with_http("read_timeout_ms = 60000\nmax_connections = 1")).await;
+    let (_redis, app) = ingest_with(with_http(60_000, Some(1))).await;
     let (addr, admin) = (app.addr.expect("listens"), app.admin_addr.expect("admin"));
     let series = "lease_sync_http_connections_refused_total{listener=\"webhook\"}";
     let before = metric(admin, series).await;
@@ -250,20 +242,10 @@ async fn eleven_hundred_idle_connections_under_a_1024_fd_limit_stop_neither_inge
     let (port, admin_port) = (free_port(), free_port());
     // Idle connections are only closed after a minute: within the test, only reclaiming
     // frees a slot.
-    let config = config_toml(
-        &redis.url(),
-        &namespace(),
-        &openapp.base_url,
-        &format!("127.0.0.1:{port}"),
-    )
-    .replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{admin_port}\""),
-    )
-    .replace(
-        "shutdown_grace_secs = 5",
-        "shutdown_grace_secs = 5\nread_timeout_ms = 60000",
-    );
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    config.http.listen = loopback(port);
+    config.admin.listen = loopback(admin_port);
+    config.http.read_timeout = Duration::from_secs(60);
     let mut serve =
         LeaseSyncProcess::spawn_with_fd_limit(dir.path(), "serve", &["serve"], Some(&config), 1024);
     wait_ready(port, Duration::from_secs(30)).await;

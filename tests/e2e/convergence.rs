@@ -199,7 +199,7 @@ async fn a_future_start_is_granted_at_that_moment_and_not_before() {
 async fn removal_at_ends_at_survives_a_worker_restart_and_is_cancelled_by_an_extension() {
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
+    let config = test_config(&redis.url(), &namespace(), &openapp.base_url);
     let ingest = TestApp::start(&config, Role::Ingest).await;
     let worker = TestApp::start(&config, Role::Work).await;
     let now = lease_sync::queue::now_ms();
@@ -471,7 +471,7 @@ async fn any_order_with_duplicates_retries_and_replays_converges_to_the_model() 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
+    let config = test_config(&redis.url(), &namespace(), &openapp.base_url);
     let app = TestApp::start(&config, Role::Serve).await;
     let _second_worker = TestApp::start(&config, Role::Work).await;
     openapp.sandbox.set_faults(FaultOptions {
@@ -553,7 +553,7 @@ async fn any_order_with_duplicates_retries_and_replays_converges_to_the_model() 
 async fn residents_show_prints_leases_windows_desired_and_applied_state() {
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
+    let config = test_config(&redis.url(), &namespace(), &openapp.base_url);
     let app = TestApp::start(&config, Role::Serve).await;
     post_event(
         &app,
@@ -588,7 +588,7 @@ async fn residents_show_prints_leases_windows_desired_and_applied_state() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, &config).unwrap();
+    write_config(&config, &path);
     let run = |extra: &'static [&'static str]| {
         let path = path.clone();
         tokio::task::spawn_blocking(move || {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lease_sync::config::Role;
+use lease_sync::config::{AuthScheme, Role};
 use lease_sync_sandbox::{Fault, SandboxAuth, SandboxOptions};
 use serde_json::json;
 
@@ -180,11 +180,7 @@ async fn already_present_and_already_absent_count_as_done() {
     .await;
     let (sandbox, base) = (&openapp.sandbox, &openapp.base_url);
     sandbox.add_member(ORG, INTEGRATION, "present", &role());
-    let app = TestApp::start(
-        &config_toml(&redis.url(), &namespace(), base, "127.0.0.1:0"),
-        Role::Serve,
-    )
-    .await;
+    let app = TestApp::start(&test_config(&redis.url(), &namespace(), base), Role::Serve).await;
 
     post_event(
         &app,
@@ -223,8 +219,8 @@ async fn already_present_and_already_absent_count_as_done() {
 async fn an_idle_worker_picks_up_new_jobs_without_waiting_for_a_heartbeat() {
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0")
-        .replace("heartbeat_secs = 1", "heartbeat_secs = 30");
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    config.worker.heartbeat = Duration::from_secs(30);
     let app = TestApp::start(&config, Role::Serve).await;
 
     post_event(
@@ -325,8 +321,8 @@ async fn x_api_key_auth_sends_the_key_in_its_own_header() {
     })
     .await;
     let (sandbox, base) = (&openapp.sandbox, &openapp.base_url);
-    let config = config_toml(&redis.url(), &namespace(), base, "127.0.0.1:0")
-        .replace("auth = \"bearer\"", "auth = \"x-api-key\"");
+    let mut config = test_config(&redis.url(), &namespace(), base);
+    config.openapp.auth = AuthScheme::XApiKey;
     let app = TestApp::start(&config, Role::Serve).await;
 
     post_event(

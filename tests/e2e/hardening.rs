@@ -6,8 +6,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use lease_sync::config::Role;
+use lease_sync::config::{
+    PropertySettings, Role, SchemeKind, Settings, SignatureEncoding, SourceSecret, SourceSettings,
+};
 use lease_sync::signature::hmac_sha256::{self, Format};
+use time::macros::datetime;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -18,50 +21,33 @@ const BUILDIUM_SECRET: &str = "buildium-example-secret-0001";
 
 /// Two extra sources: GitHub style (hex, `sha256=`, body only, id from a header) and
 /// Buildium style (base64, `{timestamp}.{body}`, id = hash of the body).
-fn with_hmac_sources(config: String) -> String {
-    format!(
-        r#"{config}
-[[sources]]
-name = "github"
-scheme = "hmac-sha256"
-signature_header = "x-hub-signature-256"
-signature_prefix = "sha256="
-encoding = "hex"
-signed_content = "{{body}}"
-event_id = "header:x-github-delivery"
-secrets = ["{GITHUB_SECRET}"]
-
-[[sources.properties]]
-id = "{PROPERTY}"
-org_id = "{ORG}"
-integration_id = "{INTEGRATION}"
-
-[[sources]]
-name = "buildium"
-scheme = "hmac-sha256"
-signature_header = "buildium-webhook-signature"
-encoding = "base64"
-timestamp_header = "buildium-webhook-timestamp"
-signed_content = "{{timestamp}}.{{body}}"
-event_id = "body-sha256"
-secrets = ["{BUILDIUM_SECRET}"]
-
-[[sources.properties]]
-id = "{PROPERTY}"
-org_id = "{ORG}"
-integration_id = "{INTEGRATION}"
-"#
-    )
+fn with_hmac_sources(settings: &mut Settings) {
+    let hmac_source = |name: &str, secret: &str| {
+        let mut source = SourceSettings::named(name);
+        source.scheme = SchemeKind::HmacSha256;
+        source.secrets = vec![SourceSecret::plain(secret)];
+        source.properties = vec![PropertySettings::new(PROPERTY, ORG, INTEGRATION)];
+        source
+    };
+    let mut github = hmac_source("github", GITHUB_SECRET);
+    github.signature_header = Some("x-hub-signature-256".into());
+    github.signature_prefix = Some("sha256=".into());
+    github.encoding = Some(SignatureEncoding::Hex);
+    github.signed_content = Some("{body}".into());
+    github.event_id = Some("header:x-github-delivery".into());
+    let mut buildium = hmac_source("buildium", BUILDIUM_SECRET);
+    buildium.signature_header = Some("buildium-webhook-signature".into());
+    buildium.encoding = Some(SignatureEncoding::Base64);
+    buildium.timestamp_header = Some("buildium-webhook-timestamp".into());
+    buildium.signed_content = Some("{timestamp}.{body}".into());
+    buildium.event_id = Some("body-sha256".into());
+    settings.sources.extend([github, buildium]);
 }
 
-async fn ingest_with(edit: impl Fn(String) -> String) -> (RedisServer, TestApp) {
+async fn ingest_with(edit: impl FnOnce(&mut Settings)) -> (RedisServer, TestApp) {
     let redis = RedisServer::start().await;
-    let config = edit(config_toml(
-        &redis.url(),
-        &namespace(),
-        "http://127.0.0.1:9/api/v1",
-        "127.0.0.1:0",
-    ));
+    let mut config = test_config(&redis.url(), &namespace(), "http://127.0.0.1:9/api/v1");
+    edit(&mut config);
     let app = TestApp::start(&config, Role::Ingest).await;
     (redis, app)
 }
@@ -245,14 +231,12 @@ async fn buildium_style_source_checks_the_timestamp_and_dedupes_on_the_body() {
 
 #[tokio::test]
 async fn an_expired_secret_stops_verifying_while_its_replacement_works() {
-    let expired = format!(
-        "secrets = [{{ secret = \"{SECRET}\", not_after = \"2020-01-01T00:00:00Z\" }}, {{ secret = \"{SECOND_SECRET}\", not_after = \"2999-01-01T00:00:00Z\" }}]"
-    );
     let (_redis, app) = ingest_with(|c| {
-        c.replace(
-            &format!("secrets = [\"{SECRET}\", \"{SECOND_SECRET}\"]"),
-            &expired,
-        )
+        let [old, new] = &mut c.sources[0].secrets[..] else {
+            panic!("the test source has two secrets");
+        };
+        old.not_after = Some(datetime!(2020-01-01 0:00 UTC));
+        new.not_after = Some(datetime!(2999-01-01 0:00 UTC));
     })
     .await;
     let body = event_body("lease.signed", "L-rot", &["u-rot"]);
@@ -282,10 +266,8 @@ async fn an_expired_secret_stops_verifying_while_its_replacement_works() {
 #[tokio::test]
 async fn the_rate_limit_answers_429_with_retry_after_and_forgeries_do_not_count() {
     let (_redis, app) = ingest_with(|c| {
-        c.replace(
-            "shutdown_grace_secs = 5",
-            "shutdown_grace_secs = 5\nrate_limit_per_sec = 1\nrate_limit_burst = 3",
-        )
+        c.http.rate_limit_per_sec = 1;
+        c.http.rate_limit_burst = 3;
     })
     .await;
     let body = event_body("lease.signed", "L-rl", &["u-rl"]);
@@ -341,13 +323,7 @@ async fn raw_exchange(addr: std::net::SocketAddr, head: &str, body_part: &[u8]) 
 
 #[tokio::test]
 async fn a_slow_body_gets_408_and_a_slow_head_is_cut_off() {
-    let (_redis, app) = ingest_with(|c| {
-        c.replace(
-            "shutdown_grace_secs = 5",
-            "shutdown_grace_secs = 5\nread_timeout_ms = 300",
-        )
-    })
-    .await;
+    let (_redis, app) = ingest_with(|c| c.http.read_timeout = Duration::from_millis(300)).await;
     let addr = app.addr.expect("listens");
     // Headers promise 200 bytes; 10 arrive and then nothing.
     let head = format!(
@@ -370,7 +346,7 @@ async fn a_slow_body_gets_408_and_a_slow_head_is_cut_off() {
 
 #[tokio::test]
 async fn oversized_headers_get_431() {
-    let (_redis, app) = ingest_with(|c| c).await;
+    let (_redis, app) = ingest_with(|_| {}).await;
     let body = event_body("lease.signed", "L-big", &["u-big"]);
     let mut headers = signed(SECRET, "evt-big-headers", now(), &body);
     headers.push(("x-padding", "a".repeat(20_000)));
@@ -414,7 +390,7 @@ async fn raw_answer(addr: std::net::SocketAddr, request: &[u8]) -> String {
 /// body as every other rejection, on both listeners.
 #[tokio::test]
 async fn requests_the_http_parser_refuses_get_json_with_a_code() {
-    let (_redis, app) = ingest_with(|c| c).await;
+    let (_redis, app) = ingest_with(|_| {}).await;
     let (webhook, admin) = (app.addr.expect("listens"), app.admin_addr.expect("admin"));
     let over = "a".repeat(2 * app.settings.http.header_limit_bytes + 1024);
     let cases: [(&str, _, Vec<u8>, u16, &str); 5] = [
@@ -496,24 +472,11 @@ async fn requests_the_http_parser_refuses_get_json_with_a_code() {
 #[test]
 fn check_config_warns_about_secrets_that_expire_soon_without_printing_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(2);
-    let soon = soon
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("format");
-    let config = config_toml(
-        "redis://127.0.0.1:9",
-        "ns",
-        "http://127.0.0.1:9/api/v1",
-        "127.0.0.1:0",
-    )
-    .replace(
-        &format!("secrets = [\"{SECRET}\", \"{SECOND_SECRET}\"]"),
-        &format!(
-            "secrets = [{{ secret = \"{SECRET}\", not_after = \"{soon}\" }}, \"{SECOND_SECRET}\"]"
-        ),
-    );
+    let mut config = test_config("redis://127.0.0.1:9", "ns", "http://127.0.0.1:9/api/v1");
+    config.sources[0].secrets[0].not_after =
+        Some(time::OffsetDateTime::now_utc() + time::Duration::days(2));
     let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).expect("write");
+    write_config(&config, &path);
     let out = Command::new(env!("CARGO_BIN_EXE_lease-sync"))
         .args(["check-config", "--config"])
         .arg(&path)
@@ -547,17 +510,10 @@ async fn secrets_never_appear_in_logs_error_bodies_or_cli_output_at_trace_level(
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, admin_port) = (free_port(), free_port());
-    let config = config_toml(
-        &redis.url(),
-        &namespace(),
-        &openapp.base_url,
-        &format!("127.0.0.1:{port}"),
-    )
-    .replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{admin_port}\""),
-    )
-    .replace("level = \"info,lease_sync=debug\"", "level = \"trace\"");
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    config.http.listen = loopback(port);
+    config.admin.listen = loopback(admin_port);
+    config.log.level = "trace".into();
     let config_path = dir.path().join("serve.toml");
     let mut serve = LeaseSyncProcess::spawn_with_log_filter(
         dir.path(),
@@ -740,15 +696,11 @@ async fn secrets_never_appear_in_logs_error_bodies_or_cli_output_at_trace_level(
 async fn send_test_event_signs_for_hmac_sources() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = with_hmac_sources(config_toml(
-        &redis.url(),
-        &namespace(),
-        "http://127.0.0.1:9/api/v1",
-        "127.0.0.1:0",
-    ));
+    let mut config = test_config(&redis.url(), &namespace(), "http://127.0.0.1:9/api/v1");
+    with_hmac_sources(&mut config);
     let app = TestApp::start(&config, Role::Ingest).await;
     let path = dir.path().join("config.toml");
-    std::fs::write(&path, &config).expect("write");
+    write_config(&config, &path);
     for source in ["github", "buildium"] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lease-sync"))
             .args([

@@ -8,12 +8,7 @@ use crate::support::*;
 async fn ingest_app() -> (RedisServer, TestApp) {
     let redis = RedisServer::start().await;
     let app = TestApp::start(
-        &config_toml(
-            &redis.url(),
-            &namespace(),
-            "http://127.0.0.1:9/api/v1",
-            "127.0.0.1:0",
-        ),
+        &test_config(&redis.url(), &namespace(), "http://127.0.0.1:9/api/v1"),
         Role::Ingest,
     )
     .await;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use lease_sync::config::Role;
+use lease_sync::config::{LogFormat, Role};
 use lease_sync::telemetry::metrics::{CATALOG, Kind};
 use lease_sync_sandbox::Fault;
 use serde_json::json;
@@ -259,7 +259,7 @@ async fn unknown_sources_share_one_label() {
 async fn a_worker_process_answers_health_probes_and_the_healthcheck_command() {
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
     let app = TestApp::start(&config, Role::Work).await;
     assert!(app.addr.is_none(), "a worker has no webhook listener");
     let admin = app.admin_addr.expect("admin listens");
@@ -302,14 +302,8 @@ async fn a_worker_process_answers_health_probes_and_the_healthcheck_command() {
     // Derived from the configuration: the admin listener's address.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        config.replace(
-            "listen = \"127.0.0.1:0\"\ntokens",
-            &format!("listen = \"{admin}\"\ntokens"),
-        ),
-    )
-    .expect("write");
+    config.admin.listen = admin;
+    write_config(&config, &path);
     let derived = healthcheck(&["--config", path.to_str().expect("utf-8")]);
     let stdout = String::from_utf8_lossy(&derived.stdout);
     assert!(derived.status.success(), "{stdout}");
@@ -350,13 +344,9 @@ async fn json_logs_are_one_object_per_line_with_the_documented_fields() {
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let config = config_toml(
-        &redis.url(),
-        &namespace(),
-        &openapp.base_url,
-        &format!("127.0.0.1:{port}"),
-    )
-    .replace("[log]\n", "[log]\nformat = \"json\"\n");
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    config.http.listen = loopback(port);
+    config.log.format = LogFormat::Json;
     let mut serve = LeaseSyncProcess::spawn(dir.path(), "serve", &["serve"], Some(&config));
     wait_ready(port, LIMIT).await;
 

@@ -85,11 +85,11 @@ impl Env {
     async fn start() -> Self {
         let redis = RedisServer::start().await;
         let openapp = FakeOpenApp::start().await;
-        let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
+        let config = test_config(&redis.url(), &namespace(), &openapp.base_url);
         let app = TestApp::start(&config, Role::Serve).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("lease-sync.toml");
-        std::fs::write(&path, &config).expect("write config");
+        write_config(&config, &path);
         Self {
             _redis: redis,
             openapp,
@@ -662,16 +662,14 @@ async fn an_unreachable_redis_is_one_clear_line_without_secrets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.toml");
     let port = free_port();
-    std::fs::write(
-        &path,
-        config_toml(
+    write_config(
+        &test_config(
             &format!("redis://:hunter2@127.0.0.1:{port}"),
             "ns",
             "http://127.0.0.1:9/api/v1",
-            "127.0.0.1:0",
         ),
-    )
-    .expect("write config");
+        &path,
+    );
     let config = path.display().to_string();
     for args in [vec!["dead-letters", "list"], vec!["queue", "stats"]] {
         let mut full: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();

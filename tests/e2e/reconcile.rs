@@ -309,11 +309,10 @@ async fn serve_reconciles_on_its_schedule_without_any_cli_call() {
         std::fs::rename(&tmp, &csv).unwrap();
     };
     write(&["user-1", "user-2"]);
-    let config = format!(
-        "{}\n[reconcile]\nevery = \"1s\"\nfrom = \"{}\"\nsource = \"{SOURCE}\"\n",
-        config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0"),
-        csv.display()
-    );
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    config.reconcile.every = Some("1s".into());
+    config.reconcile.from = Some(csv.display().to_string());
+    config.reconcile.source = Some(SOURCE.into());
     let app = TestApp::start(&config, Role::Serve).await;
 
     wait_until("the scheduled run to add both", LIMIT, || async {

@@ -20,7 +20,7 @@ fn has_members(openapp: &FakeOpenApp, users: &[String]) -> Option<()> {
 async fn redis_outage_answers_503_and_loses_nothing_acknowledged() {
     let mut redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
+    let config = test_config(&redis.url(), &namespace(), &openapp.base_url);
     let ingest = TestApp::start(&config, Role::Ingest).await;
 
     // Acknowledged while no worker runs, so they sit in Redis when it crashes.
@@ -101,7 +101,7 @@ async fn a_job_whose_worker_is_killed_mid_call_is_delivered_by_another_worker() 
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
+    let config = test_config(&redis.url(), &namespace(), &openapp.base_url);
     let ingest = TestApp::start(&config, Role::Ingest).await;
 
     let mut worker_a = LeaseSyncProcess::spawn(dir.path(), "worker-a", &["work"], Some(&config));
@@ -148,12 +148,8 @@ async fn ingest_and_work_as_separate_processes_deliver_end_to_end_and_stop_clean
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = config_toml(
-        &redis.url(),
-        &namespace(),
-        &openapp.base_url,
-        &format!("127.0.0.1:{port}"),
-    );
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    config.http.listen = loopback(port);
     let mut ingest = LeaseSyncProcess::spawn(dir.path(), "ingest", &["ingest"], Some(&config));
     let mut work = LeaseSyncProcess::spawn(dir.path(), "work", &["work"], Some(&config));
 
@@ -204,9 +200,9 @@ async fn twenty_thousand_retries_falling_due_at_once_drain() {
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let ns = namespace();
-    let config = config_toml(&redis.url(), &ns, &openapp.base_url, "127.0.0.1:0")
-        .replace("concurrency = 4", "concurrency = 32")
-        .replace("batch_size = 20", "batch_size = 100");
+    let mut config = test_config(&redis.url(), &ns, &openapp.base_url);
+    config.worker.concurrency = count(32);
+    config.worker.batch_size = count(100);
 
     // The ledger and queue entries a first failed attempt leaves behind, all due now.
     let client = ::redis::Client::open(redis.url()).unwrap();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lease_sync::config::Role;
+use lease_sync::config::{PropertySettings, Role};
 use lease_sync::queue::ledger::AttemptRecord;
 use lease_sync::retry::DeadReason;
 use lease_sync_sandbox::{Fault, FaultOptions};
@@ -33,7 +33,7 @@ async fn wait_for_delivery(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_503s_then_201_is_delivered_on_attempt_4_after_growing_jittered_waits() {
-    let (_redis, openapp, app) = serve_with(|c| c.replace("base_ms = 100", "base_ms = 300")).await;
+    let (_redis, openapp, app) = serve_with(|c| c.retry.base = Duration::from_millis(300)).await;
     for _ in 0..3 {
         openapp.sandbox.push_fault(Fault::Status {
             status: 503,
@@ -103,10 +103,8 @@ async fn retry_after_from_openapp_is_a_floor_for_the_next_attempt() {
 async fn a_400_is_a_permanent_dead_letter_after_one_attempt_with_the_message_kept() {
     // The sandbox refuses a role outside the integration, as OpenApp does, with a message.
     let (_redis, openapp, app) = serve_with(|c| {
-        c.replace(
-            &format!("integration_id = \"{INTEGRATION}\"\n"),
-            &format!("integration_id = \"{INTEGRATION}\"\nrole = \"virtual_access:integration:someone-else:resident\"\n"),
-        )
+        c.sources[0].properties[0].role =
+            Some("virtual_access:integration:someone-else:resident".into());
     })
     .await;
     post_event(
@@ -140,8 +138,7 @@ async fn a_400_is_a_permanent_dead_letter_after_one_attempt_with_the_message_kep
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_500_with_max_attempts_3_is_exhausted_after_3_attempts() {
-    let (_redis, openapp, app) =
-        serve_with(|c| c.replace("max_attempts = 4", "max_attempts = 3")).await;
+    let (_redis, openapp, app) = serve_with(|c| c.retry.max_attempts = count(3)).await;
     openapp.sandbox.set_faults(FaultOptions::always(500));
     post_event(
         &app,
@@ -162,9 +159,11 @@ async fn always_500_with_max_attempts_3_is_exhausted_after_3_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_on_remove_for_a_missing_integration_is_a_configuration_error() {
     let (_redis, openapp, app) = serve_with(|c| {
-        format!(
-            "{c}\n[[sources.properties]]\nid = \"P-GONE\"\norg_id = \"{ORG}\"\nintegration_id = \"01HMISSINGINTEGRATION00000\"\n"
-        )
+        c.sources[0].properties.push(PropertySettings::new(
+            "P-GONE",
+            ORG,
+            "01HMISSINGINTEGRATION00000",
+        ));
     })
     .await;
     let body = String::from_utf8(event_body("lease.ended", "L-5", &["user-5"]))
@@ -220,8 +219,8 @@ async fn a_call_that_always_kills_its_worker_ends_as_crash_loop() {
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0")
-        .replace("max_attempts = 4", "max_attempts = 3");
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    config.retry.max_attempts = count(3);
     let ingest = TestApp::start(&config, Role::Ingest).await;
     post_event(
         &ingest,
@@ -263,8 +262,7 @@ async fn a_call_that_always_kills_its_worker_ends_as_crash_loop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_beyond_max_entries_are_trimmed_oldest_first_and_counted() {
-    let (_redis, openapp, app) =
-        serve_with(|c| c.replace("max_entries = 1000", "max_entries = 2")).await;
+    let (_redis, openapp, app) = serve_with(|c| c.dead_letters.max_entries = 2).await;
     openapp.sandbox.set_faults(FaultOptions::always(400));
     for i in 0..3 {
         post_event(
@@ -340,7 +338,7 @@ async fn housekeeping_cleans_acknowledged_tasks_and_recovers_tasks_apalis_gave_u
     // (no worker runs now, so nothing else touches it).
     app.stop().await;
     let ingest = TestApp::start(
-        &config_toml(&redis.url(), ns, &openapp.base_url, "127.0.0.1:0"),
+        &test_config(&redis.url(), ns, &openapp.base_url),
         Role::Ingest,
     )
     .await;

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use lease_sync::config::LogFormat;
 use lease_sync::queue::{EnqueueOutcome, now_ms};
 use lease_sync_sandbox::Fault;
 use reqwest::Method;
@@ -62,13 +63,8 @@ async fn admin(app: &TestApp, method: Method, path: &str) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_dated_beyond_the_clock_skew_is_refused_but_future_windows_are_not() {
-    let (_redis, _openapp, app) = serve_with(|config| {
-        config.replace(
-            "tolerance_secs = 300\n",
-            "tolerance_secs = 300\nmax_clock_skew_secs = 120\n",
-        )
-    })
-    .await;
+    let (_redis, _openapp, app) =
+        serve_with(|config| config.sources[0].max_clock_skew = Duration::from_secs(120)).await;
     let now = now_ms();
     for (id, occurred_at) in [
         ("evt-9999", YEAR_9999.to_owned()),
@@ -428,17 +424,10 @@ async fn an_event_id_reused_for_another_event_is_a_conflict() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, admin_port) = (free_port(), free_port());
     let namespace = namespace();
-    let config = config_toml(
-        &redis.url(),
-        &namespace,
-        &openapp.base_url,
-        &format!("127.0.0.1:{port}"),
-    )
-    .replace("[log]\n", "[log]\nformat = \"json\"\n")
-    .replace(
-        "listen = \"127.0.0.1:0\"\ntokens",
-        &format!("listen = \"127.0.0.1:{admin_port}\"\ntokens"),
-    );
+    let mut config = test_config(&redis.url(), &namespace, &openapp.base_url);
+    config.http.listen = loopback(port);
+    config.admin.listen = loopback(admin_port);
+    config.log.format = LogFormat::Json;
     let serve = LeaseSyncProcess::spawn(dir.path(), "serve", &["serve"], Some(&config));
     wait_ready(port, LIMIT).await;
     let url = format!("http://127.0.0.1:{port}/webhooks/{SOURCE}");
@@ -468,12 +457,7 @@ async fn an_event_id_reused_for_another_event_is_a_conflict() {
     assert_eq!(reformatted.json["status"], "duplicate", "{reformatted:?}");
 
     let queue = lease_sync::queue::JobQueue::new(
-        lease_sync::queue::connect(
-            &lease_sync::config::Settings::from_toml_str(&config, Vec::new())
-                .expect("config")
-                .redis,
-        )
-        .expect("redis"),
+        lease_sync::queue::connect(&config.redis).expect("redis"),
         &namespace,
     );
     // Let the first event's convergence finish, so the state below only changes if a

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use lease_sync::config::Settings;
+use lease_sync::config::{PropertySettings, Settings};
 use lease_sync::queue::{JobQueue, connect};
 use lease_sync_sandbox::{Sandbox, SandboxOptions};
+use lease_sync_testkit::config::{count, standard_webhooks_source};
 use lease_sync_testkit::{
-    Appendfsync, Output, Process, ProcessBuilder, RedisOptions, RedisServer, SandboxServer,
-    free_port,
+    Appendfsync, ConfigBuilder, Output, Process, ProcessBuilder, RedisOptions, RedisServer,
+    SandboxServer, free_port, write_with_secrets,
 };
 use tempfile::TempDir;
 
@@ -53,78 +54,29 @@ pub fn role(integration: &str) -> String {
 /// How long a lease-sync process may take to start or stop.
 const PROCESS_LIMIT: Duration = Duration::from_secs(30);
 
-/// The configuration of every process: short heartbeats so a dead worker's jobs are taken
-/// over within 2 s, a 1 s OpenApp timeout, retries from 100 ms up to 2 s apart and 20 attempts,
-/// no admin API.
-fn config_toml(redis_url: &str, namespace: &str, openapp_base: &str, listen: &str) -> String {
-    let [first, second] = &BUILDINGS;
-    format!(
-        r#"
-[http]
-listen = "{listen}"
-body_limit_bytes = 4096
-enqueue_timeout_ms = 2000
-retry_after_secs = 1
-shutdown_grace_secs = 5
-
-[redis]
-url = "{redis_url}"
-namespace = "{namespace}"
-connect_timeout_ms = 500
-response_timeout_ms = 2000
-
-[openapp]
-base_url = "{openapp_base}"
-allow_insecure_http = true
-api_key = "{API_KEY}"
-auth = "bearer"
-timeout_ms = 1000
-connect_timeout_ms = 500
-
-[worker]
-concurrency = 4
-poll_interval_ms = 50
-heartbeat_secs = 1
-missed_heartbeats = 2
-batch_size = 20
-shutdown_timeout_secs = 5
-
-[retry]
-base_ms = 100
-max_delay_secs = 2
-max_attempts = 20
-
-[dead_letters]
-max_entries = 100000
-max_age_days = 30
-
-[admin]
-enabled = false
-
-[log]
-level = "info"
-
-[[sources]]
-name = "{SOURCE}"
-scheme = "standard-webhooks"
-secrets = ["{SECRET}"]
-tolerance_secs = 300
-
-[[sources.properties]]
-id = "{p1}"
-org_id = "{ORG}"
-integration_id = "{i1}"
-
-[[sources.properties]]
-id = "{p2}"
-org_id = "{ORG}"
-integration_id = "{i2}"
-"#,
-        p1 = first.property,
-        i1 = first.integration,
-        p2 = second.property,
-        i2 = second.integration,
-    )
+/// The configuration of every process ([`ConfigBuilder::quick`]: short heartbeats so a dead
+/// worker's jobs are taken over within 2 s, a 1 s OpenApp timeout), with retries from 100 ms
+/// up to 2 s apart and 20 attempts, `Retry-After: 1` on a 503, no admin API, and the webhook
+/// listener on `127.0.0.1:port`.
+fn config(redis_url: &str, namespace: &str, openapp_base: &str, port: u16) -> Settings {
+    let properties = BUILDINGS
+        .iter()
+        .map(|b| PropertySettings::new(b.property, ORG, b.integration));
+    ConfigBuilder::new()
+        .quick()
+        .listen(port)
+        .redis(redis_url, namespace)
+        .sandbox_openapp(openapp_base, API_KEY)
+        .admin_disabled()
+        .source(standard_webhooks_source(SOURCE, &[SECRET], properties))
+        .edit(|s| {
+            s.http.retry_after = Duration::from_secs(1);
+            s.retry.max_delay = Duration::from_secs(2);
+            s.retry.max_attempts = count(20);
+            s.dead_letters.max_entries = 100_000;
+            s.log.level = "info".into();
+        })
+        .build()
 }
 
 /// A temporary directory that is kept (and named on stderr) when the test panics or
@@ -250,21 +202,15 @@ impl Cluster {
         let openapp = FakeOpenApp::start().await;
         let namespace = format!("faults-{}", ulid::Ulid::new());
         let ingest_ports = [free_port(), free_port()];
-        let write = |name: &str, listen: &str| {
+        let write = |name: &str, port: u16| {
+            let settings = config(&redis.url(), &namespace, &openapp.base_url, port);
             let path = work.path().join(name);
-            let text = config_toml(&redis.url(), &namespace, &openapp.base_url, listen);
-            std::fs::write(&path, text)
-                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-            path
+            write_with_secrets(&settings, &path).unwrap_or_else(|e| panic!("{e:#}"));
+            (path, settings)
         };
-        let ingest_configs = ingest_ports
-            .map(|port| write(&format!("ingest-{port}.toml"), &format!("127.0.0.1:{port}")));
-        let worker_config = write("work.toml", "127.0.0.1:0");
+        let ingest_configs = ingest_ports.map(|port| write(&format!("ingest-{port}.toml"), port).0);
+        let (worker_config, settings) = write("work.toml", 0);
 
-        let text = std::fs::read_to_string(&worker_config)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", worker_config.display()));
-        let settings = Settings::from_toml_str(&text, Vec::new())
-            .unwrap_or_else(|e| panic!("the suite's config does not parse: {e}"));
         let conn = connect(&settings.redis)
             .unwrap_or_else(|e| panic!("cannot set up a Redis connection: {e}"));
         let queue = JobQueue::new(conn, &settings.redis.namespace);

@@ -12,6 +12,8 @@
 //! * [`wait_until`] and [`poll_until`]: bounded polling. Nothing here sleeps to wait.
 //! * [`free_port`]: a loopback port that was free a moment ago.
 //! * [`SandboxServer`]: the OpenApp sandbox served over HTTP in this process.
+//! * [`config`]: lease-sync's configuration built in Rust ([`ConfigBuilder`]) and written as
+//!   TOML, secrets in clear, for the processes that read a file ([`toml_with_secrets`]).
 //!
 //! Test helpers panic with a message naming what failed; what the benchmark harness also uses
 //! returns `anyhow::Result` instead, and tests unwrap it.
@@ -19,6 +21,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod config;
 mod poll;
 mod process;
 mod redis;
@@ -26,6 +29,7 @@ mod sandbox;
 
 use std::net::{Ipv4Addr, TcpListener};
 
+pub use crate::config::{ConfigBuilder, toml_with_secrets, write_with_secrets};
 pub use crate::poll::{POLL, poll_until, wait_until};
 pub use crate::process::{OnDrop, Output, Process, ProcessBuilder, signal};
 pub use crate::redis::{Appendfsync, RedisOptions, RedisServer};

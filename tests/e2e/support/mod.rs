@@ -1,7 +1,8 @@
 //! Test harness: real Redis, the real HTTP stack on port 0, and the sandbox OpenApp over
 //! real HTTP. Nothing sleeps to wait: [`wait_until`] polls with a bound. Redis, child
-//! processes, polling and the served sandbox come from the workspace's test kit
-//! (`lease-sync-testkit`); what is here is this suite's configuration and requests.
+//! processes, polling, the served sandbox and the configuration builder come from the
+//! workspace's test kit (`lease-sync-testkit`); what is here is this suite's configuration
+//! ([`test_config`], which a test changes field by field) and requests.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,15 +10,19 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lease_sync::app::Application;
-use lease_sync::config::{Role, Settings};
+use lease_sync::config::{PropertySettings, Role, Settings};
 use lease_sync::queue::{JobQueue, QueueCounts, connect};
 use lease_sync::signature::standard_webhooks;
 use lease_sync_sandbox::{Sandbox, SandboxOptions};
-use lease_sync_testkit::{Process, ProcessBuilder, SandboxServer};
+use lease_sync_testkit::config::standard_webhooks_source;
+use lease_sync_testkit::{
+    ConfigBuilder, Process, ProcessBuilder, SandboxServer, write_with_secrets,
+};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use lease_sync_testkit::config::{count, loopback};
 pub use lease_sync_testkit::{RedisServer, free_port, wait_until};
 
 /// The source every test config defines.
@@ -114,68 +119,36 @@ impl FakeOpenApp {
     }
 }
 
-/// A test configuration: short heartbeats so take-over happens within seconds, a 1 s
-/// OpenApp timeout to fit inside them, and a fast poll.
-pub fn config_toml(redis_url: &str, namespace: &str, openapp_base: &str, listen: &str) -> String {
-    format!(
-        r#"
-[http]
-listen = "{listen}"
-body_limit_bytes = 4096
-enqueue_timeout_ms = 2000
-retry_after_secs = 7
-shutdown_grace_secs = 5
+/// The test configuration ([`ConfigBuilder::quick`]: short heartbeats so take-over happens
+/// within seconds, a 1 s OpenApp timeout to fit inside them, and a fast poll): Redis at
+/// `redis_url` under `namespace`, the sandbox OpenApp at `openapp_base`, both listeners on
+/// free loopback ports, the admin API with [`ADMIN_TOKEN`], and [`SOURCE`] signing with
+/// [`SECRET`] or [`SECOND_SECRET`] for [`PROPERTY`] in [`ORG`] and [`INTEGRATION`].
+pub fn test_config(redis_url: &str, namespace: &str, openapp_base: &str) -> Settings {
+    ConfigBuilder::new()
+        .quick()
+        .listen(0)
+        .redis(redis_url, namespace)
+        .sandbox_openapp(openapp_base, API_KEY)
+        .admin(0, [ADMIN_TOKEN])
+        .source(standard_webhooks_source(
+            SOURCE,
+            &[SECRET, SECOND_SECRET],
+            [PropertySettings::new(PROPERTY, ORG, INTEGRATION)],
+        ))
+        .edit(|s| {
+            s.http.retry_after = Duration::from_secs(7);
+            s.retry.max_delay = Duration::from_secs(5);
+            s.retry.max_attempts = count(4);
+            s.dead_letters.max_entries = 1_000;
+            s.log.level = "info,lease_sync=debug".into();
+        })
+        .build()
+}
 
-[redis]
-url = "{redis_url}"
-namespace = "{namespace}"
-connect_timeout_ms = 500
-response_timeout_ms = 2000
-
-[openapp]
-base_url = "{openapp_base}"
-allow_insecure_http = true
-api_key = "{API_KEY}"
-auth = "bearer"
-timeout_ms = 1000
-connect_timeout_ms = 500
-
-[worker]
-concurrency = 4
-poll_interval_ms = 50
-heartbeat_secs = 1
-missed_heartbeats = 2
-batch_size = 20
-shutdown_timeout_secs = 5
-
-[retry]
-base_ms = 100
-max_delay_secs = 5
-max_attempts = 4
-
-[dead_letters]
-max_entries = 1000
-max_age_days = 30
-
-[admin]
-listen = "127.0.0.1:0"
-tokens = ["{ADMIN_TOKEN}"]
-
-[log]
-level = "info,lease_sync=debug"
-
-[[sources]]
-name = "{SOURCE}"
-scheme = "standard-webhooks"
-secrets = ["{SECRET}", "{SECOND_SECRET}"]
-tolerance_secs = 300
-
-[[sources.properties]]
-id = "{PROPERTY}"
-org_id = "{ORG}"
-integration_id = "{INTEGRATION}"
-"#
-    )
+/// Writes `settings` to `path` for a process or a command, secrets in clear.
+pub fn write_config(settings: &Settings, path: &Path) {
+    write_with_secrets(settings, path).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// A unique Redis namespace per test, so one server could be shared safely.
@@ -193,10 +166,9 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Builds and starts `role` with `toml`.
-    pub async fn start(toml: &str, role: Role) -> Self {
+    /// Builds and starts `role` with `settings`.
+    pub async fn start(settings: &Settings, role: Role) -> Self {
         init_logs();
-        let settings = Settings::from_toml_str(toml, Vec::new()).expect("test config parses");
         settings.validate(role).expect("test config is valid");
         let app = Application::build(settings.clone(), role)
             .await
@@ -208,7 +180,7 @@ impl TestApp {
         Self {
             addr,
             admin_addr,
-            settings,
+            settings: settings.clone(),
             stop,
             task: Some(task),
         }
@@ -311,19 +283,15 @@ pub async fn post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply
 
 /// Redis, the sandbox and `lease-sync serve` in process, with the test config.
 pub async fn serve() -> (RedisServer, FakeOpenApp, TestApp) {
-    serve_with(|config| config).await
+    serve_with(|_| {}).await
 }
 
-/// Like [`serve`], with the test config passed through `edit` first.
-pub async fn serve_with(edit: impl Fn(String) -> String) -> (RedisServer, FakeOpenApp, TestApp) {
+/// Like [`serve`], with the test config changed by `edit` first.
+pub async fn serve_with(edit: impl FnOnce(&mut Settings)) -> (RedisServer, FakeOpenApp, TestApp) {
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
-    let config = edit(config_toml(
-        &redis.url(),
-        &namespace(),
-        &openapp.base_url,
-        "127.0.0.1:0",
-    ));
+    let mut config = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    edit(&mut config);
     let app = TestApp::start(&config, Role::Serve).await;
     (redis, openapp, app)
 }
@@ -359,23 +327,17 @@ pub fn text(bytes: &[u8]) -> String {
 pub async fn serve_with_config_file(dir: &Path) -> (RedisServer, FakeOpenApp, TestApp, PathBuf) {
     let redis = RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
-    let config = config_toml(&redis.url(), &namespace(), &openapp.base_url, "127.0.0.1:0");
+    let config = test_config(&redis.url(), &namespace(), &openapp.base_url);
     let app = TestApp::start(&config, Role::Serve).await;
     let path = dir.join("c.toml");
-    std::fs::write(&path, &config).expect("write config");
+    write_config(&config, &path);
     (redis, openapp, app, path)
 }
 
 /// A queue handle on a fresh namespace of `redis`, for tests that fold events without a
 /// running service.
 pub fn queue_on(redis: &RedisServer) -> JobQueue {
-    let config = config_toml(
-        &redis.url(),
-        &namespace(),
-        "http://127.0.0.1:9/api/v1",
-        "127.0.0.1:0",
-    );
-    let settings = Settings::from_toml_str(&config, Vec::new()).expect("test config parses");
+    let settings = test_config(&redis.url(), &namespace(), "http://127.0.0.1:9/api/v1");
     JobQueue::new(
         connect(&settings.redis).expect("redis"),
         &settings.redis.namespace,
@@ -459,7 +421,7 @@ pub struct LeaseSyncProcess;
 
 impl LeaseSyncProcess {
     /// Runs `lease-sync <args…>`; `config` is written to `dir/name.toml` first.
-    pub fn spawn(dir: &Path, name: &str, args: &[&str], config: Option<&str>) -> Process {
+    pub fn spawn(dir: &Path, name: &str, args: &[&str], config: Option<&Settings>) -> Process {
         Self::spawn_with_log_filter(dir, name, args, config, "info,lease_sync=debug")
     }
 
@@ -468,7 +430,7 @@ impl LeaseSyncProcess {
         dir: &Path,
         name: &str,
         args: &[&str],
-        config: Option<&str>,
+        config: Option<&Settings>,
         filter: &str,
     ) -> Process {
         spawn(command(dir, name, args, config).rust_log(filter))
@@ -481,7 +443,7 @@ impl LeaseSyncProcess {
         dir: &Path,
         name: &str,
         args: &[&str],
-        config: Option<&str>,
+        config: Option<&Settings>,
         limit: u64,
     ) -> Process {
         spawn(
@@ -492,13 +454,13 @@ impl LeaseSyncProcess {
     }
 }
 
-fn command(dir: &Path, name: &str, args: &[&str], config: Option<&str>) -> ProcessBuilder {
+fn command(dir: &Path, name: &str, args: &[&str], config: Option<&Settings>) -> ProcessBuilder {
     let command =
         ProcessBuilder::lease_sync(env!("CARGO_BIN_EXE_lease-sync"), dir, name).args(args);
     match config {
         Some(config) => {
             let path = dir.join(format!("{name}.toml"));
-            std::fs::write(&path, config).expect("write config");
+            write_config(config, &path);
             command.config(path)
         }
         None => command,
