@@ -3,6 +3,7 @@
 //! library does not carry the emulator.
 
 mod admin;
+mod conflicts;
 mod dead_letters;
 mod healthcheck;
 mod leases;
@@ -53,6 +54,8 @@ pub enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Inspect what lease-sync knows about residents.
     Residents(residents::ResidentsArgs),
+    /// People a source names who have no OpenApp user yet (no email, no user, several).
+    Conflicts(conflicts::ConflictsArgs),
     /// Inspect lease-sync's record of one lease, or reset it (forget it and converge its
     /// residents again).
     Leases(leases::LeasesArgs),
@@ -158,6 +161,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Queue(args) => queue_stats::run(args).await,
         Command::Reconcile(args) => reconcile::run(args).await,
         Command::Residents(args) => residents::run(args).await,
+        Command::Conflicts(args) => conflicts::run(args).await,
         Command::Leases(args) => leases::run(args).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Admin(args) => admin::run(args),

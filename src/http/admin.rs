@@ -72,6 +72,7 @@ pub fn router(state: AdminState) -> Router {
             "/admin/leases/{source}/{lease_id}/reset",
             post(handlers::reset_lease),
         )
+        .route("/admin/conflicts", get(handlers::list_conflicts))
         .route("/admin/queue", get(handlers::queue_counts))
         .route("/admin/audit", get(handlers::recent_audit))
         .route_layer(from_fn_with_state(state.clone(), auth::require_bearer));

@@ -20,6 +20,7 @@
 //! * **Counts** come from plain `LLEN`/`ZCARD`/`SCARD` and our counters; apalis's stats calls
 //!   fail on Redis (bug 5).
 
+pub mod conflicts;
 pub mod identity;
 pub mod ledger;
 pub mod residents;
@@ -298,6 +299,11 @@ impl Keys {
     /// The OpenApp user an email maps to in `org_id`, by the email's digest.
     pub fn identity(&self, org_id: &str, email_digest: &str) -> String {
         format!("{}:identity:{org_id}:{email_digest}", self.namespace)
+    }
+
+    /// Unresolved people, by source and person.
+    pub fn conflicts(&self) -> String {
+        format!("{}:conflicts", self.namespace)
     }
 
     /// Lifetime counters.

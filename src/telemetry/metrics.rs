@@ -32,6 +32,9 @@ pub const OPENAPP_RESPONSES: &str = "lease_sync_openapp_responses_total";
 pub const QUEUE_JOBS: &str = "lease_sync_queue_jobs";
 /// Age of the oldest ready job, 0 when none is waiting; read at scrape time.
 pub const QUEUE_OLDEST_READY_AGE: &str = "lease_sync_queue_oldest_ready_age_seconds";
+/// People a source names who have no OpenApp user yet, by `reason` (`no_email`,
+/// `no_openapp_user`, `ambiguous_email`); read from Redis at scrape time.
+pub const CONFLICTS: &str = "lease_sync_conflicts";
 /// Scheduled convergences (lease windows opening or closing) still to come.
 pub const SCHEDULED_CONVERGENCES: &str = "lease_sync_scheduled_convergences";
 /// Differences reconciliation found between the source of truth and OpenApp, by `kind`
@@ -131,6 +134,12 @@ pub const CATALOG: &[Metric] = &[
         kind: Kind::Gauge,
         labels: &[],
         help: "Seconds the oldest ready job has waited (0 when none is waiting), read at scrape time.",
+    },
+    Metric {
+        name: CONFLICTS,
+        kind: Kind::Gauge,
+        labels: &["reason"],
+        help: "People a source names who have no OpenApp user yet (no access until resolved), by reason (no_email, no_openapp_user, ambiguous_email), read from Redis at scrape time.",
     },
     Metric {
         name: SCHEDULED_CONVERGENCES,

@@ -164,6 +164,7 @@ async fn every_endpoint_refuses_a_missing_or_wrong_token() {
         (Method::GET, "/queue".to_owned(), None),
         (Method::GET, "/audit".to_owned(), None),
         (Method::POST, "/leases/acme-pms/L-1/reset".to_owned(), None),
+        (Method::GET, "/conflicts".to_owned(), None),
     ];
     for (method, path, body) in &endpoints {
         for header in &bad_headers {
@@ -229,6 +230,7 @@ async fn the_openapi_document_is_public_and_lists_every_endpoint() {
         ("/admin/queue", "get"),
         ("/admin/audit", "get"),
         ("/admin/leases/{source}/{lease_id}/reset", "post"),
+        ("/admin/conflicts", "get"),
         ("/admin/openapi.json", "get"),
     ];
     for (path, method) in expected {

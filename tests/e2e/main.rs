@@ -7,6 +7,7 @@ mod connections;
 mod convergence;
 mod delivery;
 mod hardening;
+mod identity;
 mod ingest;
 mod observability;
 mod operator_cli;

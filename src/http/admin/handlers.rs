@@ -17,14 +17,15 @@ use super::AdminState;
 use super::auth::Actor;
 use super::error::{AdminError, invalid_body, invalid_query, no_dead_letter, shown};
 use super::openapi::{
-    AuditRecordDoc, DeadLetterDoc, DeadLetterFilterDoc, DeadReasonDoc, ErrorBody, EventTypeDoc,
-    PageDoc, QueueCountsDoc, ResetReportDoc,
+    AuditRecordDoc, ConflictDoc, DeadLetterDoc, DeadLetterFilterDoc, DeadReasonDoc, ErrorBody,
+    EventTypeDoc, PageDoc, QueueCountsDoc, ResetReportDoc,
 };
 use crate::dead_letters::{
     AuditRecord, DeadLetter, DeadLetterFilter, DeadLetters, Page, ReplayOutcome, is_delivery_id,
 };
 use crate::http::ApiError;
 use crate::leases::{LeaseError, ResetReport};
+use crate::queue::conflicts::Conflict;
 use crate::queue::{QueueCounts, QueueError, now_ms};
 
 /// Page size when the caller names none.
@@ -426,6 +427,55 @@ pub(super) async fn reset_lease(
         .into()),
         Err(LeaseError::Queue(e)) => Err(e.into()),
     }
+}
+
+/// Query of `GET /admin/conflicts`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ConflictsQuery {
+    /// Only people this source names.
+    source: Option<String>,
+    /// `true` to show emails and names in full (personal data; masked by default).
+    #[param(value_type = Option<bool>)]
+    show_emails: Option<String>,
+}
+
+/// Lists the people sources name who have no OpenApp user yet, oldest first, with why
+/// (`no_email`, `no_openapp_user`, `ambiguous_email`). Emails and names are masked unless
+/// `show_emails=true`.
+#[utoipa::path(
+    get,
+    path = "/admin/conflicts",
+    tag = "residents",
+    params(ConflictsQuery),
+    responses(
+        (status = 200, description = "The conflicts, oldest first.", body = Vec<ConflictDoc>),
+        (status = 400, description = "A query parameter is invalid (`invalid_query`).", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn list_conflicts(
+    State(state): State<AdminState>,
+    query: Result<Query<ConflictsQuery>, QueryRejection>,
+) -> Result<Json<Vec<Conflict>>, AdminError> {
+    let Query(query) = query.map_err(query_rejection)?;
+    let show = match present(query.show_emails).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(
+                invalid_query("show_emails", format!("`{other}` is not true or false")).into(),
+            );
+        }
+    };
+    let source = present(query.source);
+    let conflicts = state.queue.conflicts(source.as_deref()).await?;
+    Ok(Json(if show {
+        conflicts
+    } else {
+        conflicts.into_iter().map(Conflict::masked).collect()
+    }))
 }
 
 /// What a bulk replay did.

@@ -10,9 +10,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::AdminState;
+use crate::identity::ConflictReason;
 use crate::queue::now_ms;
 use crate::telemetry::metrics::{
-    QUEUE_JOBS, QUEUE_OLDEST_READY_AGE, QUEUE_SCRAPE_OK, SCHEDULED_CONVERGENCES,
+    CONFLICTS, QUEUE_JOBS, QUEUE_OLDEST_READY_AGE, QUEUE_SCRAPE_OK, SCHEDULED_CONVERGENCES,
 };
 
 /// `GET /metrics`: refreshes the queue gauges from Redis, then renders every metric. A Redis
@@ -21,8 +22,17 @@ use crate::telemetry::metrics::{
 pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
     let counts = state.queue.counts().await;
     let pending = state.queue.pending_convergences(now_ms()).await;
-    match (&counts, &pending) {
-        (Ok(c), Ok(pending)) => {
+    let conflicts = state.queue.conflicts(None).await;
+    match (&counts, &pending, &conflicts) {
+        (Ok(c), Ok(pending), Ok(conflicts)) => {
+            for reason in [
+                ConflictReason::NoEmail,
+                ConflictReason::NoOpenappUser,
+                ConflictReason::AmbiguousEmail,
+            ] {
+                let n = conflicts.iter().filter(|c| c.reason == reason).count();
+                metrics::gauge!(CONFLICTS, "reason" => reason.as_str()).set(n as f64);
+            }
             for (queue_state, n) in [
                 ("ready", c.ready),
                 ("scheduled", c.scheduled),

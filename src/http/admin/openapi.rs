@@ -14,8 +14,8 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 pub(super) use self::schemas::{
-    AuditRecordDoc, DeadLetterDoc, DeadLetterFilterDoc, DeadReasonDoc, ErrorBody, EventTypeDoc,
-    PageDoc, QueueCountsDoc, ResetReportDoc,
+    AuditRecordDoc, ConflictDoc, DeadLetterDoc, DeadLetterFilterDoc, DeadReasonDoc, ErrorBody,
+    EventTypeDoc, PageDoc, QueueCountsDoc, ResetReportDoc,
 };
 use super::handlers;
 
@@ -45,12 +45,14 @@ static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(AdminApi::op
         handlers::queue_counts,
         handlers::recent_audit,
         handlers::reset_lease,
+        handlers::list_conflicts,
     ),
     components(schemas(ErrorBody, EventTypeDoc, DeadReasonDoc)),
     modifiers(&CommonResponses),
     tags(
         (name = "dead letters", description = "Deliveries that were given up: list, inspect, replay, purge."),
         (name = "leases", description = "lease-sync's record of one lease: reset it."),
+        (name = "residents", description = "People without an OpenApp user (conflicts)."),
         (name = "queue", description = "Queue depths and counters."),
         (name = "audit", description = "Who replayed, purged or reset what."),
         (name = "meta", description = "This document."),
@@ -373,6 +375,34 @@ mod schemas {
         lease_id: String,
     }
 
+    /// A person a source names who has no OpenApp user yet.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = Conflict)]
+    pub(crate) struct ConflictDoc {
+        /// The source that named them.
+        source: String,
+        /// Who they are at the source: `tenant:<id>`, or `email:<digest>`.
+        person: String,
+        /// `no_email`, `no_openapp_user` or `ambiguous_email`.
+        reason: String,
+        /// Their email (masked unless `show_emails=true`).
+        email: Option<String>,
+        /// Their name (initials unless `show_emails=true`).
+        name: Option<String>,
+        /// The lease that would have given them access.
+        lease_id: String,
+        /// Its building at the source.
+        property_id: String,
+        /// The OpenApp integration of that building.
+        integration_id: String,
+        /// When first recorded (ms since the epoch).
+        first_seen: i64,
+        /// When last seen unresolved (ms).
+        last_seen: i64,
+        /// How many times it was seen.
+        times: u64,
+    }
+
     /// What a lease reset did.
     #[derive(Serialize, ToSchema)]
     #[schema(as = ResetReport)]
@@ -581,6 +611,22 @@ mod tests {
         }
     }
 
+    fn conflict() -> crate::queue::conflicts::Conflict {
+        crate::queue::conflicts::Conflict {
+            source: "s".into(),
+            person: "tenant:1".into(),
+            reason: crate::identity::ConflictReason::NoEmail,
+            email: Some("a@b.c".into()),
+            name: Some("A".into()),
+            lease_id: "L".into(),
+            property_id: "P".into(),
+            integration_id: "I".into(),
+            first_seen: 1,
+            last_seen: 2,
+            times: 1,
+        }
+    }
+
     fn reset_report() -> crate::leases::ResetReport {
         let record = crate::resident::LeaseRecord {
             state: crate::resident::LeaseState::Active,
@@ -643,6 +689,7 @@ mod tests {
             ("AuditRecord", serialized(&audit)),
             ("QueueCounts", serialized(&counts)),
             ("ResetReport", serialized(&reset_report())),
+            ("Conflict", serialized(&conflict())),
             ("LeaseHolder", serialized(&reset_report().residents[0])),
             (
                 "LeaseRecord",
@@ -670,7 +717,7 @@ mod tests {
             "bearer"
         );
         let paths = document["paths"].as_object().cloned().unwrap_or_default();
-        assert_eq!(paths.len(), 8, "{:?}", paths.keys());
+        assert_eq!(paths.len(), 9, "{:?}", paths.keys());
         for (path, item) in &paths {
             for (method, operation) in item.as_object().into_iter().flatten() {
                 let secured = operation.get("security").is_some();
