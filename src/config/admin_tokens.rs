@@ -699,7 +699,7 @@ mod tests {
             (r#"tokens = [{ name = "a" }]"#.to_owned(), "admin.tokens[0]"),
             (format!(r#"tokens = "{PLAIN}""#), "admin.tokens"),
             (
-                r#"tokens = [{ token = 12345 }]"#.to_owned(),
+                r"tokens = [{ token = 12345 }]".to_owned(),
                 "admin.tokens[0].token",
             ),
             (
@@ -773,7 +773,7 @@ mod tests {
         for warning in &warnings {
             assert!(!warning.contains(PLAIN) && !warning.contains("SECRET"));
         }
-        let mut disabled = admin.clone();
+        let mut disabled = admin;
         disabled.enabled = false;
         assert!(
             disabled.warnings(NOW).is_empty(),
@@ -804,7 +804,7 @@ mod tests {
             message.contains("admin.tokens") && message.contains("every token has expired"),
             "{message}"
         );
-        let mut disabled = admin.clone();
+        let mut disabled = admin;
         disabled.enabled = false;
         assert!(disabled.validate_expiry(NOW + time::Duration::DAY).is_ok());
         // A token without not_after never expires.

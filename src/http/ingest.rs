@@ -62,7 +62,7 @@ pub(super) async fn receive(
                 code = e.code,
                 "webhook not accepted: {}",
                 e.message
-            )
+            );
         }
         // A sender reusing an id for another event is a bug on its side that would otherwise
         // lose the second event: worth a warning, not just a rejection line.
@@ -79,10 +79,10 @@ pub(super) async fn receive(
                     code = e.code,
                     "webhook rejected: {}",
                     e.message
-                )
+                );
             } else {
                 let requested: String = source_name.chars().take(64).collect();
-                info!(http.status = e.status.as_u16(), code = e.code, requested = ?requested, "webhook rejected: {}", e.message)
+                info!(http.status = e.status.as_u16(), code = e.code, requested = ?requested, "webhook rejected: {}", e.message);
             }
         }
     }
