@@ -233,7 +233,7 @@ mod tests {
                 None
             },
             occurred_at,
-            rank: if state == LeaseState::Ended { 1 } else { 0 },
+            rank: u8::from(state == LeaseState::Ended),
             event_id: event_id.into(),
             source: "s".into(),
             property_id: "P".into(),

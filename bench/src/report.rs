@@ -602,7 +602,7 @@ pub fn chart(results: &Results) -> String {
         let len = share / top * bw;
         let _ = writeln!(
             svg,
-            r##"<text x="{}" y="{}" text-anchor="end">{label}</text><rect x="{x0}" y="{y}" width="{len:.1}" height="{bh}" fill="{color}"/><text x="{x0}" y="{}" font-size="11" fill="{}">{value:.0}/s = {:.2} × target {:.0}/s ({}) — {}</text>"##,
+            r#"<text x="{}" y="{}" text-anchor="end">{label}</text><rect x="{x0}" y="{y}" width="{len:.1}" height="{bh}" fill="{color}"/><text x="{x0}" y="{}" font-size="11" fill="{}">{value:.0}/s = {:.2} × target {:.0}/s ({}) — {}</text>"#,
             x0 - 8.0,
             y + bh / 2.0 + 4.0,
             y + bh + 14.0,

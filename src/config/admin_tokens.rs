@@ -123,17 +123,12 @@ impl AdminToken {
             }
             return Ok(Sha256::digest(value.as_bytes()).into());
         }
-        let hex = &value[SHA256_PREFIX.len()..];
-        if hex.len() != 64 {
-            return Err(InvalidToken::HashLength(hex.chars().count()));
+        let digits = &value[SHA256_PREFIX.len()..];
+        if digits.len() != 64 {
+            return Err(InvalidToken::HashLength(digits.chars().count()));
         }
         let mut digest = [0u8; 32];
-        for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-            match (nibble(pair[0]), nibble(pair[1])) {
-                (Some(high), Some(low)) => *byte = high << 4 | low,
-                _ => return Err(InvalidToken::HashNotHex),
-            }
-        }
+        hex::decode_to_slice(digits, &mut digest).map_err(|_| InvalidToken::HashNotHex)?;
         Ok(digest)
     }
 
@@ -184,9 +179,10 @@ impl AdminToken {
 /// `sha256:<64 lowercase hex>` of `token`: what `lease-sync admin hash-token` prints and
 /// `[admin] tokens` accepts in place of the token.
 pub fn hash_token(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{SHA256_PREFIX}{hex}")
+    format!(
+        "{SHA256_PREFIX}{}",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    )
 }
 
 /// The prefix is matched in any case: a `SHA256:…` entry taken as a plain token would make
@@ -195,15 +191,6 @@ fn has_sha256_prefix(value: &str) -> bool {
     value
         .get(..SHA256_PREFIX.len())
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case(SHA256_PREFIX))
-}
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Whether `name` matches `[A-Za-z0-9_.-]{1,64}`. No `:`, so a name never looks like the
@@ -712,7 +699,7 @@ mod tests {
             (r#"tokens = [{ name = "a" }]"#.to_owned(), "admin.tokens[0]"),
             (format!(r#"tokens = "{PLAIN}""#), "admin.tokens"),
             (
-                r#"tokens = [{ token = 12345 }]"#.to_owned(),
+                r"tokens = [{ token = 12345 }]".to_owned(),
                 "admin.tokens[0].token",
             ),
             (
@@ -786,7 +773,7 @@ mod tests {
         for warning in &warnings {
             assert!(!warning.contains(PLAIN) && !warning.contains("SECRET"));
         }
-        let mut disabled = admin.clone();
+        let mut disabled = admin;
         disabled.enabled = false;
         assert!(
             disabled.warnings(NOW).is_empty(),
@@ -817,7 +804,7 @@ mod tests {
             message.contains("admin.tokens") && message.contains("every token has expired"),
             "{message}"
         );
-        let mut disabled = admin.clone();
+        let mut disabled = admin;
         disabled.enabled = false;
         assert!(disabled.validate_expiry(NOW + time::Duration::DAY).is_ok());
         // A token without not_after never expires.

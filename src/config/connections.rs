@@ -120,7 +120,7 @@ mod tests {
         // An unlimited limit stays a usable number.
         assert!(s.connection_caps(Role::Serve, u64::MAX).http.unwrap() > 1_000_000);
         // Without the admin API its share goes to the webhook listener.
-        let mut off = s.clone();
+        let mut off = s;
         off.admin.enabled = false;
         assert_eq!(off.connection_caps(Role::Serve, 1024).http, Some(880));
 

@@ -81,7 +81,7 @@ fn the_example_config_is_valid_and_documents_every_key() {
     settings.validate(Role::Serve).unwrap();
 
     // Every key, optional ones included, must appear in the example (set or commented out).
-    let mut full = settings.clone();
+    let mut full = settings;
     full.openapp.api_key_file = Some("x".into());
     full.sources[0].secrets_file = Some("x".into());
     full.sources[0].secrets[0].not_after = Some(OffsetDateTime::UNIX_EPOCH);

@@ -283,7 +283,7 @@ pub(super) async fn receive(
         ),
         Err(e) => {
             let requested: String = source_name.chars().take(64).collect();
-            info!(http.status = e.status().as_u16(), code = e.code(), requested = ?requested, "webhook rejected: {e}")
+            info!(http.status = e.status().as_u16(), code = e.code(), requested = ?requested, "webhook rejected: {e}");
         }
     }
     match result {

@@ -170,13 +170,7 @@ pub struct EnqueueLimits {
 /// order or ignored fields, and a different event under the same id does not.
 pub fn event_digest(event_json: &[u8]) -> String {
     use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(event_json);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(event_json)))
 }
 
 /// Queue depths and lifetime counters, read straight from Redis.

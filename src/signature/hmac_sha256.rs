@@ -326,7 +326,7 @@ impl Verifier {
             }
         };
         let decoded = match self.format.encoding {
-            Encoding::Hex => decode_hex(encoded),
+            Encoding::Hex => hex::decode(encoded).ok(),
             Encoding::Base64 => BASE64.decode(encoded).ok(),
         }
         .ok_or(SignatureError::Invalid(match self.format.encoding {
@@ -339,26 +339,13 @@ impl Verifier {
     }
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let digit = |b: u8| (b as char).to_digit(16);
-            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
-        })
-        .collect()
-}
-
 /// Signs like a sender of `format` would: returns the signature header's value. Used by
 /// `send-test-event` and the tests.
 pub fn sign(format: &Format, secret: &str, timestamp: Option<&str>, body: &[u8]) -> String {
     let content = format.signed_content.render(body, timestamp);
     let tag = hmac_sha256(&key_of(secret), &content);
     let encoded = match format.encoding {
-        Encoding::Hex => tag.iter().map(|b| format!("{b:02x}")).collect(),
+        Encoding::Hex => hex::encode(tag),
         Encoding::Base64 => general_purpose::STANDARD.encode(tag),
     };
     format!("{}{encoded}", format.signature_prefix)

@@ -362,14 +362,7 @@ impl EventIdSource {
                 }
             }
             EventIdSource::BodySha256 => {
-                let digest = Sha256::digest(body);
-                Ok(format!(
-                    "sha256:{}",
-                    digest
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                ))
+                Ok(format!("sha256:{}", hex::encode(Sha256::digest(body))))
             }
         }
     }

@@ -45,9 +45,7 @@ async fn admin(app: &TestApp, method: Method, path: &str, body: Option<&str>) ->
 
 /// What audit records must name the caller with the test token.
 fn token_actor() -> String {
-    let digest = Sha256::digest(ADMIN_TOKEN.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("token:{}", &hex[..12])
+    format!("token:{}", &sha256_hex(ADMIN_TOKEN)[..12])
 }
 
 /// Posts a `event_type` event for `users` after scripting a 400 for each of their calls,
@@ -769,10 +767,7 @@ const OLD_TOKEN: &str = "old-token-0123456789";
 
 /// Lowercase hex SHA-256 of `token`.
 fn sha256_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// `sha256:<hex>`, as `[admin] tokens` takes a hashed token.

@@ -332,7 +332,7 @@ async fn acknowledged_events_survive_every_fault_and_openapp_converges_to_the_mo
 
     let report = RunReport {
         scale: suite.scale.name.to_owned(),
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         redis_version,
         wall_secs: secs(run_started.elapsed()),
         scenario: suite.scenario.stats.clone(),

@@ -46,12 +46,10 @@ impl Actor {
     /// characters. For a `sha256:` entry these are the entry's own first 12, so the plain and
     /// the hashed form of one token are the same caller.
     fn for_digest(digest: &TokenDigest) -> Self {
-        let hex: String = digest
-            .iter()
-            .take(FINGERPRINT_BYTES)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Self(format!("token:{hex}"))
+        Self(format!(
+            "token:{}",
+            hex::encode(&digest[..FINGERPRINT_BYTES])
+        ))
     }
 
     /// The identity as written in audit records and logs.
