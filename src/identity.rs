@@ -92,10 +92,7 @@ pub fn exact_matches<'a>(email: &str, users: &'a [OpenAppUser]) -> Vec<&'a OpenA
 /// A digest of a normalized email, for cache keys: the email itself never becomes a key.
 pub fn email_digest(email: &str) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(email.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(sha2::Sha256::digest(email.as_bytes()))
 }
 
 /// Resolves people to OpenApp users, through the cache.
