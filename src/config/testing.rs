@@ -51,3 +51,18 @@ pub(super) fn error_of(text: &str) -> String {
     let s = Settings::from_toml_str(text, env(&[])).unwrap();
     s.validate(Role::Serve).unwrap_err().to_string()
 }
+
+/// Asserts that setting each of `keys` (`section.key`) to 0 through the environment is
+/// refused while loading, naming the key.
+pub(super) fn assert_zero_refused(keys: &[&str]) {
+    for key in keys {
+        let var = format!("LEASE_SYNC__{}", key.to_uppercase().replace('.', "__"));
+        let msg = Settings::from_toml_str(MINIMAL, env(&[(&var, "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.ends_with(&format!("`{key}`: must be greater than 0")),
+            "{msg}"
+        );
+    }
+}
