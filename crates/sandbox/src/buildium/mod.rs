@@ -1,0 +1,1 @@
+//! Buildium emulator (in progress).
