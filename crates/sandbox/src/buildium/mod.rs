@@ -158,7 +158,7 @@ pub(crate) mod millis {
 }
 
 /// Options of a [`BuildiumSandbox`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BuildiumOptions {
     /// Where webhooks are posted; `None` records them as [`DeliveryState::NotSent`]. Can be
     /// changed later with [`BuildiumSandbox::set_webhook_url`].
@@ -179,6 +179,23 @@ pub struct BuildiumOptions {
     pub webhook_faults: WebhookFaults,
     /// Random faults of the reads.
     pub read_faults: ReadFaults,
+}
+
+// Manual impl so that the signing secret never ends up in logs via `{:?}`.
+impl fmt::Debug for BuildiumOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildiumOptions")
+            .field("webhook_url", &self.webhook_url)
+            .field("secret", &"[redacted]")
+            .field("account_id", &self.account_id)
+            .field("credentials", &self.credentials)
+            .field("rate_limit", &self.rate_limit)
+            .field("retry_scale", &self.retry_scale)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("webhook_faults", &self.webhook_faults)
+            .field("read_faults", &self.read_faults)
+            .finish()
+    }
 }
 
 impl Default for BuildiumOptions {

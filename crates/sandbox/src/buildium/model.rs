@@ -289,8 +289,9 @@ pub struct LeaseUpdate {
     /// New lease type.
     #[serde(default)]
     pub lease_type: Option<LeaseType>,
-    /// New status. Going `Active` makes `Future` tenants `Current`; going `Past` moves
-    /// every tenant out.
+    /// New status; when absent and the dates change, the status the new dates imply today
+    /// (UTC). Going `Active` makes `Future` tenants `Current`; going `Past` moves every
+    /// tenant out.
     #[serde(default)]
     pub lease_status: Option<LeaseStatus>,
     /// New `AutomaticallyMoveOutTenants`.
@@ -664,6 +665,11 @@ impl Store {
         let from = update.lease_from_date.unwrap_or(lease.from);
         let to = update.lease_to_date.or(lease.to);
         check_term(from, to)?;
+        // A new term (e.g. a renewal) brings the status its dates imply, unless one is given.
+        let dates_changed = update.lease_from_date.is_some() || update.lease_to_date.is_some();
+        let status = update
+            .lease_status
+            .or_else(|| dates_changed.then(|| LeaseStatus::on(today(), from, to)));
         let at = self.tick();
         let lease = self.lease_mut(lease_id)?;
         lease.from = from;
@@ -683,7 +689,7 @@ impl Store {
         if let Some(automatic) = update.automatically_move_out_tenants {
             lease.automatically_move_out_tenants = automatic;
         }
-        if let Some(status) = update.lease_status {
+        if let Some(status) = status.filter(|status| *status != lease.status) {
             lease.status = status;
             for tenant in &mut lease.tenants {
                 tenant.status = match (status, tenant.status) {

@@ -94,6 +94,7 @@ fn every_option_is_read_and_secrets_stay_out_of_debug() {
         })
     );
     assert!(!format!("{options:?}").contains("the-client-secret"));
+    assert!(!format!("{options:?}").contains("from-a-file"));
     assert_eq!(options.rate_limit, 0);
     assert_eq!(options.account_id, 77);
     assert_eq!(

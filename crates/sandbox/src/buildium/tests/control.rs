@@ -193,6 +193,32 @@ async fn status_changes_carry_the_tenants_along() {
     // Future tenants are the lease's current tenants (not moved out).
     assert_eq!(lease["CurrentTenants"][0]["FirstName"], "Fay");
 
+    // Dates alone bring the status they imply: starting yesterday, the lease is active.
+    let yesterday = today().previous_day().expect("yesterday");
+    sandbox
+        .update_lease(
+            lease_id,
+            &LeaseUpdate {
+                lease_from_date: Some(yesterday),
+                ..LeaseUpdate::default()
+            },
+        )
+        .expect("moved");
+    let lease = sandbox.lease(lease_id).expect("lease");
+    assert_eq!(lease["LeaseStatus"], "Active");
+    assert_eq!(lease["Tenants"][0]["Status"], "Current");
+    // An explicit status wins over the dates.
+    let held_back = call(
+        &sandbox,
+        control(
+            "PATCH",
+            &format!("/_sandbox/leases/{lease_id}"),
+            &json!({ "LeaseStatus": "Future", "LeaseToDate": "2100-01-01" }),
+        ),
+    )
+    .await;
+    assert_eq!(held_back.json["LeaseStatus"], "Future");
+
     for (status, tenant) in [("Active", "Current"), ("Past", "MovedOut")] {
         let answer = call(
             &sandbox,
