@@ -75,14 +75,16 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use api::{CLIENT_ID_HEADER, CLIENT_SECRET_HEADER, DEFAULT_LIMIT, MAX_LIMIT, MAX_QUERY_CHARS};
 pub use cli::{BuildiumArgs, BuildiumArgsError, run};
 pub use model::{
     ChangeError, EventName, LeaseStatus, LeaseType, LeaseUpdate, MoveOut, NewLease, NewTenant,
     TenantStatus, TenantUpdate,
 };
 pub use webhooks::{
-    Attempt, AttemptOutcome, Delivery, DeliveryState, ReleaseOrder, WebhookEvent, WebhookFault,
-    WebhookFaults,
+    Attempt, AttemptOutcome, DELIVERY_TIMEOUT, Delivery, DeliveryState, RETRY_SCHEDULE,
+    ReleaseOrder, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookEvent, WebhookFault, WebhookFaults,
+    retry_delays, sign,
 };
 
 use model::{Occurred, Store};
