@@ -1,11 +1,12 @@
 //! The `lease-sync` binary: parses the command line and hands over to the library, or, for
-//! `sandbox-openapp`, to the OpenApp emulator (the `lease-sync-sandbox` crate, which the
-//! library does not link).
+//! `sandbox-openapp` and `sandbox-buildium`, to the OpenApp and Buildium emulators (the
+//! `lease-sync-sandbox` crate, which the library does not link).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lease_sync_sandbox::SandboxArgs;
+use lease_sync_sandbox::buildium::BuildiumArgs;
 
 /// Keeps residents of shared buildings in sync with OpenApp, driven by signed lease webhooks.
 #[derive(Debug, Parser)]
@@ -16,13 +17,16 @@ struct Cli {
     command: Command,
 }
 
-/// The library's subcommands, and the sandbox.
+/// The library's subcommands, and the emulators.
 #[derive(Debug, Subcommand)]
 enum Command {
     #[command(flatten)]
     Service(lease_sync::cli::Command),
     /// Run a local in-memory OpenApp emulator to try lease-sync without OpenApp credentials.
     SandboxOpenapp(SandboxArgs),
+    /// Run a local in-memory Buildium emulator: lease and tenant reads, and signed lease
+    /// webhooks posted to --webhook-url for every change made through its control API.
+    SandboxBuildium(BuildiumArgs),
 }
 
 #[tokio::main]
@@ -32,6 +36,12 @@ async fn main() -> ExitCode {
         Command::SandboxOpenapp(args) => {
             lease_sync::cli::run_standalone(|shutdown| {
                 lease_sync_sandbox::run(args, shutdown.cancelled_owned())
+            })
+            .await
+        }
+        Command::SandboxBuildium(args) => {
+            lease_sync::cli::run_standalone(|shutdown| {
+                lease_sync_sandbox::buildium::run(args, shutdown.cancelled_owned())
             })
             .await
         }
@@ -87,6 +97,52 @@ mod tests {
         );
         assert_eq!(args.retry_after.as_deref(), Some("2"));
         assert!(args.conflict_on_existing);
+    }
+
+    #[test]
+    fn sandbox_buildium_takes_every_emulator_flag() {
+        let cli = Cli::try_parse_from([
+            "lease-sync",
+            "sandbox-buildium",
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-url",
+            "http://127.0.0.1:8080/webhooks/buildium",
+            "--secret-file",
+            "/dev/null",
+            "--client-id",
+            "id",
+            "--client-secret-file",
+            "/dev/null",
+            "--rate-limit",
+            "20",
+            "--retry-scale",
+            "600",
+            "--account-id",
+            "42",
+            "--read-fail-status",
+            "503",
+            "--read-fail-rate",
+            "0.5",
+            "--webhook-drop-rate",
+            "0.1",
+            "--webhook-duplicate-rate",
+            "0.2",
+            "--webhook-max-delay-ms",
+            "30",
+        ])
+        .expect("parses");
+        let Command::SandboxBuildium(args) = cli.command else {
+            panic!("not sandbox-buildium: {cli:?}");
+        };
+        assert_eq!(args.listen, "127.0.0.1:0");
+        assert_eq!(args.webhook_url, "http://127.0.0.1:8080/webhooks/buildium");
+        assert_eq!(args.client_id.as_deref(), Some("id"));
+        assert!(args.secret_file.is_some() && args.client_secret_file.is_some());
+        assert_eq!((args.rate_limit, args.account_id), (20, 42));
+        assert!((args.retry_scale - 600.0).abs() < f64::EPSILON);
+        assert_eq!(args.read_fail_status, Some(503));
+        assert_eq!(args.webhook_max_delay_ms, 30);
     }
 
     #[test]

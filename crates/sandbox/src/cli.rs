@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::http::HeaderValue;
 
-use super::{FaultOptions, Sandbox, SandboxAuth, SandboxOptions};
+use super::{FaultOptions, NewUser, Sandbox, SandboxAuth, SandboxOptions};
 
 /// Arguments of `lease-sync sandbox-openapp`: run a local, in-memory OpenApp
 /// emulator of the building-users API for integration work.
@@ -63,6 +63,11 @@ pub struct SandboxArgs {
     /// idempotent 201.
     #[arg(long)]
     pub conflict_on_existing: bool,
+
+    /// User to create at start, as ORG_ID:EMAIL:NAME (repeatable; the name may contain
+    /// colons). Found by GET /api/v1/users/search in that org.
+    #[arg(long = "user", value_name = "ORG_ID:EMAIL:NAME")]
+    pub users: Vec<String>,
 }
 
 // Manual impl so that API keys never end up in logs via `{:?}`.
@@ -82,6 +87,7 @@ impl fmt::Debug for SandboxArgs {
             .field("delay_ms", &self.delay_ms)
             .field("retry_after", &self.retry_after)
             .field("conflict_on_existing", &self.conflict_on_existing)
+            .field("users", &self.users)
             .finish()
     }
 }
@@ -123,6 +129,14 @@ pub enum SandboxArgsError {
     /// The named option only makes sense together with `--fail-status`.
     #[error("--{0} requires --fail-status")]
     RequiresFailStatus(&'static str),
+    /// A `--user` value is not `ORG_ID:EMAIL:NAME`.
+    #[error("--user {value:?}: {reason}")]
+    InvalidUser {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// `--retry-after` cannot be sent as a header value.
     #[error("--retry-after {0:?}: must be a non-empty header value (visible ASCII)")]
     InvalidRetryAfter(String),
@@ -188,11 +202,18 @@ impl SandboxArgs {
             return Err(SandboxArgsError::InvalidRetryAfter(value.clone()));
         }
 
+        let users = self
+            .users
+            .iter()
+            .map(|value| parse_user(value))
+            .collect::<Result<_, _>>()?;
+
         Ok(SandboxOptions {
             api_keys,
             auth: self.auth,
             integrations,
             conflict_on_existing: self.conflict_on_existing,
+            users,
             faults: FaultOptions {
                 status: self.fail_status,
                 rate: if self.fail_status.is_some() {
@@ -240,6 +261,31 @@ fn parse_integration(value: &str) -> Result<(String, String), SandboxArgsError> 
     Ok((org_id.to_owned(), integration_id.to_owned()))
 }
 
+/// Splits `ORG_ID:EMAIL:NAME` into the org and the user to create there.
+fn parse_user(value: &str) -> Result<(String, NewUser), SandboxArgsError> {
+    let invalid = |reason| SandboxArgsError::InvalidUser {
+        value: value.to_owned(),
+        reason,
+    };
+    let mut parts = value.splitn(3, ':');
+    let (Some(org), Some(email), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(invalid("expected ORG_ID:EMAIL:NAME"));
+    };
+    if org.trim().is_empty() {
+        return Err(invalid("the org id is empty"));
+    }
+    if !email.contains('@') {
+        return Err(invalid("the email must contain @"));
+    }
+    if name.trim().is_empty() {
+        return Err(invalid("the name is empty"));
+    }
+    Ok((
+        org.trim().to_owned(),
+        NewUser::new(name.trim(), email.trim()),
+    ))
+}
+
 /// Runs `lease-sync sandbox-openapp`: validates `args`, binds `--listen`,
 /// logs the base URL and serves until `shutdown` resolves.
 ///
@@ -263,6 +309,7 @@ pub async fn run(
         api_keys = options.api_keys.len(),
         integrations = options.integrations.len(),
         conflict_on_existing = options.conflict_on_existing,
+        users = options.users.len(),
         faults = ?options.faults,
         "sandbox OpenApp listening on http://{addr}/api/v1"
     );

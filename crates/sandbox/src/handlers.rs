@@ -20,6 +20,8 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use ulid::Ulid;
 
+mod users;
+
 use super::{
     Fault, IntegrationState, MAX_BODY_BYTES, RecordedCall, Sandbox, SandboxAuth, State as Inner,
 };
@@ -52,7 +54,7 @@ impl RequestId {
 }
 
 pub(super) fn router(sandbox: Sandbox) -> Router {
-    Router::new()
+    users::routes(Router::new())
         .route(COLLECTION_PATH, get(list_users).post(add_user))
         .route(ITEM_PATH, delete(remove_user))
         .route("/_sandbox/calls", get(control_calls))
@@ -119,66 +121,143 @@ async fn remove_user(
     handle(sandbox, Operation::Remove, path, request).await
 }
 
-async fn handle(sandbox: Sandbox, op: Operation, path: PathParams, request: Request) -> Response {
-    let started = Instant::now();
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .cloned()
-        .unwrap_or_else(RequestId::new);
-    let release = request.extensions().get::<ShutdownSignal>().cloned();
-    let method = request.method().clone();
-    let uri_path = request.uri().path().to_owned();
-    let headers = request.headers().clone();
+/// What the handlers take from a request before any check runs.
+struct Incoming {
+    started: Instant,
+    request_id: RequestId,
+    release: Option<ShutdownSignal>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    /// The body, when the operation has one; a read error is reported at the body step.
+    body: Option<Result<Bytes, BytesRejection>>,
+    /// The body parsed as JSON, for the record.
+    body_json: Option<Value>,
+}
 
-    // Read the body up front (only POST has one) so that it is recorded even
-    // when an earlier check fails; a read error is reported at the body step.
-    let body = if op == Operation::Add {
-        Some(Bytes::from_request(request, &()).await)
-    } else {
-        None
-    };
-    let body_json: Option<Value> = match &body {
-        Some(Ok(bytes)) => serde_json::from_slice(bytes).ok(),
-        _ => None,
-    };
-    let body_text = |field: &str| {
-        body_json
+impl Incoming {
+    /// Takes the request apart, reading the body up front (when `read_body`) so that it is
+    /// recorded even when an earlier check fails.
+    async fn read(request: Request, read_body: bool) -> Self {
+        let started = Instant::now();
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::new);
+        let release = request.extensions().get::<ShutdownSignal>().cloned();
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let headers = request.headers().clone();
+        let body = if read_body {
+            Some(Bytes::from_request(request, &()).await)
+        } else {
+            None
+        };
+        let body_json = match &body {
+            Some(Ok(bytes)) => serde_json::from_slice(bytes).ok(),
+            _ => None,
+        };
+        Self {
+            started,
+            request_id,
+            release,
+            method,
+            uri,
+            headers,
+            body,
+            body_json,
+        }
+    }
+
+    fn body_text(&self, field: &str) -> Option<String> {
+        self.body_json
             .as_ref()
             .and_then(|json| json.get(field))
             .and_then(Value::as_str)
             .map(str::to_owned)
-    };
+    }
 
+    /// The record of this call (status still 0) and what answering it needs.
+    fn pending(
+        &self,
+        integration_id: String,
+        user_id: Option<String>,
+        role: Option<String>,
+    ) -> PendingCall {
+        let headers = &self.headers;
+        PendingCall {
+            call: RecordedCall {
+                method: self.method.to_string(),
+                path: self.uri.path().to_owned(),
+                integration_id,
+                user_id,
+                authorization: header_text(headers, &AUTHORIZATION),
+                x_api_key: header_text(headers, &X_API_KEY),
+                x_org: header_text(headers, &X_ORG),
+                content_type: header_text(headers, &CONTENT_TYPE),
+                body: self.body_json.clone(),
+                status: 0,
+                request_id: self.request_id.0.clone(),
+            },
+            role,
+            release: self.release.clone(),
+            started: self.started,
+        }
+    }
+}
+
+async fn handle(sandbox: Sandbox, op: Operation, path: PathParams, request: Request) -> Response {
+    // Only POST has a body.
+    let incoming = Incoming::read(request, op == Operation::Add).await;
     let (integration_id, path_user) = match &path {
         Ok((id, user)) => (id.clone(), user.clone()),
         Err(_) => (String::new(), None),
     };
     let user_id = match op {
         Operation::List => None,
-        Operation::Add => body_text("user_id"),
+        Operation::Add => incoming.body_text("user_id"),
         Operation::Remove => path_user,
     };
     let role = if op == Operation::Add {
-        body_text("role")
+        incoming.body_text("role")
     } else {
         None
     };
-    let mut call = RecordedCall {
-        method: method.to_string(),
-        path: uri_path,
-        integration_id,
-        user_id,
-        authorization: header_text(&headers, &AUTHORIZATION),
-        x_api_key: header_text(&headers, &X_API_KEY),
-        x_org: header_text(&headers, &X_ORG),
-        content_type: header_text(&headers, &CONTENT_TYPE),
-        body: body_json.clone(),
-        status: 0,
-        request_id: request_id.0,
+    let pending = incoming.pending(integration_id, user_id, role);
+    let operation = |sandbox: &Sandbox| {
+        sandbox
+            .process(op, &path, &incoming.headers, incoming.body.as_ref())
+            .map(IntoResponse::into_response)
     };
+    run_call(sandbox, pending, &incoming.method, operation).await
+}
 
-    let (fault, mut delay) = sandbox.next_fault(&method);
+/// A recorded call on its way to an answer, with what logging and holding it need.
+struct PendingCall {
+    call: RecordedCall,
+    /// Role named by the request, for the log line only.
+    role: Option<String>,
+    release: Option<ShutdownSignal>,
+    started: Instant,
+}
+
+/// The common end of every API call: picks the fault (scripted, then random), runs `operation`
+/// unless the fault replaces it, logs and records the call, then holds the answer for the
+/// delay. `operation` does the contract checks and the change, all under one lock.
+async fn run_call(
+    sandbox: Sandbox,
+    pending: PendingCall,
+    method: &Method,
+    operation: impl FnOnce(&Sandbox) -> Result<Response, ApiError>,
+) -> Response {
+    let PendingCall {
+        mut call,
+        role,
+        release,
+        started,
+    } = pending;
+    let (fault, mut delay) = sandbox.next_fault(method);
     let outcome = match fault {
         Some(Fault::Hang) => {
             return hang(sandbox, call, role, release, started).await;
@@ -189,14 +268,14 @@ async fn handle(sandbox: Sandbox, op: Operation, path: PathParams, request: Requ
         }) => Err(ApiError::injected(status, retry_after.as_deref())),
         Some(Fault::Delay(extra)) => {
             delay = delay.saturating_add(extra);
-            sandbox.process(op, &path, &headers, body.as_ref())
+            operation(&sandbox)
         }
-        None => sandbox.process(op, &path, &headers, body.as_ref()),
+        None => operation(&sandbox),
     };
 
     let detail = outcome.as_ref().err().and_then(|error| error.detail);
     let response = match outcome {
-        Ok(reply) => reply.into_response(),
+        Ok(response) => response,
         Err(error) => error.into_response(),
     };
     call.status = response.status().as_u16();
@@ -443,6 +522,35 @@ fn parse_add_body(
     body: Option<&Result<Bytes, BytesRejection>>,
     integration_id: &str,
 ) -> Result<(String, String), ApiError> {
+    let fields = json_object_body(headers, body)?;
+    if let Some(extra) = fields
+        .keys()
+        .find(|key| *key != "user_id" && *key != "role")
+    {
+        return Err(ApiError::bad_request(format!(
+            "Unknown field `{}`: only `user_id` and `role` are allowed",
+            clip(extra)
+        )));
+    }
+    let user_id = string_field(&fields, "user_id")?;
+    let role = string_field(&fields, "role")?;
+    let prefix = format!("virtual_access:integration:{integration_id}:");
+    // A bare prefix names no role, so it is rejected as well.
+    if role.len() <= prefix.len() || !role.starts_with(&prefix) {
+        return Err(ApiError::bad_request(format!(
+            "Field `role` must be `{}<role name>` (the integration in the path)",
+            clip(&prefix)
+        )));
+    }
+    Ok((user_id, role))
+}
+
+/// The body of a `POST` as a JSON object: readable, within [`MAX_BODY_BYTES`], sent as
+/// `application/json`, non-empty, valid JSON, an object (400 or 413 otherwise).
+fn json_object_body(
+    headers: &HeaderMap,
+    body: Option<&Result<Bytes, BytesRejection>>,
+) -> Result<Map<String, Value>, ApiError> {
     let bytes = match body {
         Some(Ok(bytes)) => bytes,
         Some(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -466,29 +574,10 @@ fn parse_add_body(
     let value: Value = serde_json::from_slice(bytes).map_err(|error| {
         ApiError::bad_request(format!("Request body is not valid JSON: {error}"))
     })?;
-    let Value::Object(fields) = value else {
-        return Err(ApiError::bad_request("Request body must be a JSON object"));
-    };
-    if let Some(extra) = fields
-        .keys()
-        .find(|key| *key != "user_id" && *key != "role")
-    {
-        return Err(ApiError::bad_request(format!(
-            "Unknown field `{}`: only `user_id` and `role` are allowed",
-            clip(extra)
-        )));
+    match value {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(ApiError::bad_request("Request body must be a JSON object")),
     }
-    let user_id = string_field(&fields, "user_id")?;
-    let role = string_field(&fields, "role")?;
-    let prefix = format!("virtual_access:integration:{integration_id}:");
-    // A bare prefix names no role, so it is rejected as well.
-    if role.len() <= prefix.len() || !role.starts_with(&prefix) {
-        return Err(ApiError::bad_request(format!(
-            "Field `role` must be `{}<role name>` (the integration in the path)",
-            clip(&prefix)
-        )));
-    }
-    Ok((user_id, role))
 }
 
 fn string_field(fields: &Map<String, Value>, name: &str) -> Result<String, ApiError> {

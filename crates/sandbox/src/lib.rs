@@ -1,19 +1,36 @@
-//! Local, in-memory emulator of OpenApp's "building users" API.
+//! Local, in-memory emulators of the two services lease-sync talks to.
 //!
-//! The sandbox serves the three operations lease-sync depends on, under the
-//! same `/api/v1` prefix as the real service:
+//! * [`Sandbox`]: OpenApp's building-users and users API (this module), served by
+//!   `lease-sync sandbox-openapp`.
+//! * [`buildium::BuildiumSandbox`]: Buildium's lease and tenant reads and its signed lease
+//!   webhooks, served by `lease-sync sandbox-buildium` (see [`buildium`]).
+//!
+//! # The OpenApp sandbox
+//!
+//! It serves the operations lease-sync depends on, under the same `/api/v1` prefix as the
+//! real service:
 //!
 //! | operation | request | success |
 //! |---|---|---|
 //! | list   | `GET /api/v1/integrations/{id}/building-users` | `200`, JSON array |
 //! | add    | `POST /api/v1/integrations/{id}/building-users` | `201`, the row |
 //! | remove | `DELETE /api/v1/integrations/{id}/building-users/{user_id}` | `204` |
+//! | search users | `GET /api/v1/users/search?q=&org_id=&scope=&limit=&offset=&exclude_ids=` | `200`, `{items, total}` |
+//! | create user | `POST /api/v1/users` (`X-Org`, `CreateUserRequest`) | `200`, the user; `409` on a taken email |
 //!
 //! It enforces the wire contract described in `CONTRACT.md` (auth header,
 //! required `X-Org`, integration ownership, strict request bodies), records
 //! every call for later inspection, and can inject faults (error statuses,
 //! slow replies, requests that never get an answer) so that retry and
 //! idempotency handling can be exercised without the real service.
+//!
+//! Users follow the spec's `UserResponse`: `id` (a ULID), `name` (a `LocalizedString`, the
+//! object `{locale: text}`, e.g. `{"en": "Alice Smith"}`), `email`, `metadata`, the nullable
+//! storage fields (`created_at`, `updated_at`, …) and `roles` (org id → role names, building-user
+//! roles included). The search's `q` is a case-insensitive substring match on the name and the
+//! email (the spec's `ILIKE`); it is scoped to `org_id` (else `X-Org`) unless `scope=all`;
+//! `limit` defaults to 50 and is capped at 200. `create_user` answers `200`, the spec's only
+//! success code. Emails are unique among all users, compared case-insensitively.
 //!
 //! Error bodies follow `ApiErrorResponse` (`{"message", "error_code"}`).
 //! `error_code` is `"unauthorized"` for 401s, `"sandbox_fault"` for injected
@@ -25,24 +42,28 @@
 //! * integrators run it with `lease-sync sandbox-openapp --listen ADDR`
 //!   (see [`SandboxArgs`] and [`run`]);
 //! * integration tests start it in-process on `127.0.0.1:0` with
-//!   [`Sandbox::serve`] and inspect it with [`Sandbox::calls`],
-//!   [`Sandbox::members`] and [`Sandbox::wait_for_calls`].
+//!   [`Sandbox::serve`], seed it with [`Sandbox::add_member`] and [`Sandbox::add_user`],
+//!   and inspect it with [`Sandbox::calls`], [`Sandbox::members`], [`Sandbox::users`] and
+//!   [`Sandbox::wait_for_calls`].
 //!
 //! Control endpoints for humans and out-of-process tests (no auth — this is a
-//! local tool): `GET /_sandbox/calls` (recorded calls, credentials redacted)
-//! and `GET /_sandbox/state` (integration id → user id → role).
+//! local tool): `GET /_sandbox/calls` (recorded calls, credentials redacted),
+//! `GET /_sandbox/state` (integration id → user id → role), `GET /_sandbox/users` and
+//! `POST /_sandbox/users` (`{org_id, name, email, id?, first_name?, last_name?}`, `201`).
 //!
 //! This crate depends on nothing of lease-sync: the `lease-sync` binary
-//! dispatches its `sandbox-openapp` subcommand here, and the `lease_sync`
-//! library does not link it.
+//! dispatches its `sandbox-openapp` and `sandbox-buildium` subcommands here, and the
+//! `lease_sync` library does not link it.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod buildium;
 mod cli;
 mod handlers;
 #[cfg(test)]
 mod tests;
+mod users;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -55,6 +76,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use cli::{SandboxArgs, SandboxArgsError, run};
+pub use users::{DEFAULT_LOCALE, NewUser, User, UserError};
 
 /// Most recorded calls kept in memory; older ones are dropped first so a
 /// long-running sandbox cannot grow without bound.
@@ -84,6 +106,9 @@ pub struct SandboxOptions {
     /// that is already present, instead of the default idempotent `201`.
     /// The stored spec declares no 409, but clients must survive one.
     pub conflict_on_existing: bool,
+    /// Users to create at start, as `(org_id, user)` (see [`Sandbox::add_user`]); one that
+    /// cannot be created (e.g. a repeated email) is logged and skipped.
+    pub users: Vec<(String, NewUser)>,
     /// Random faults and slow replies.
     pub faults: FaultOptions,
 }
@@ -99,6 +124,7 @@ impl fmt::Debug for SandboxOptions {
             .field("auth", &self.auth)
             .field("integrations", &self.integrations)
             .field("conflict_on_existing", &self.conflict_on_existing)
+            .field("users", &self.users.len())
             .field("faults", &self.faults)
             .finish()
     }
@@ -118,7 +144,7 @@ pub enum SandboxAuth {
     XApiKey,
 }
 
-/// Random faults and slow replies applied to the building-users operations.
+/// Random faults and slow replies applied to the API operations (building users and users).
 ///
 /// The default injects nothing.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -130,7 +156,7 @@ pub struct FaultOptions {
     /// Probability (`0.0..=1.0`) that a call gets the fault `status`.
     /// Values outside the range are effectively clamped; NaN means never.
     pub rate: f64,
-    /// Added before every answer of the building-users operations, faults
+    /// Added before every answer of the API operations, faults
     /// included. The operation itself is applied first, so a client that gives
     /// up during the delay has still changed the state (a lost reply).
     pub delay: Duration,
@@ -173,7 +199,7 @@ pub enum Fault {
     Hang,
 }
 
-/// One call to a building-users route, as the sandbox saw it.
+/// One call to an API route (building users or users), as the sandbox saw it.
 ///
 /// [`Sandbox::calls`] returns credentials verbatim so that tests can assert
 /// what the client sent; use [`RecordedCall::redacted`] before showing calls
@@ -184,11 +210,12 @@ pub struct RecordedCall {
     pub method: String,
     /// Request path as sent (percent-encoded), without the query.
     pub path: String,
-    /// Integration id from the path (percent-decoded); empty when the path
-    /// parameters could not be decoded.
+    /// Integration id from the path (percent-decoded); empty for the users routes and
+    /// when the path parameters could not be decoded.
     pub integration_id: String,
-    /// The user concerned: the path `user_id` for `DELETE`, the body
-    /// `user_id` for `POST` (when it is a string), `None` for `GET`.
+    /// The building user concerned: the path `user_id` for `DELETE`, the body
+    /// `user_id` for `POST` (when it is a string), `None` for `GET` and for the users
+    /// routes.
     pub user_id: Option<String>,
     /// `Authorization` header, lossily decoded as UTF-8.
     pub authorization: Option<String>,
@@ -276,6 +303,10 @@ struct State {
     faults: FaultOptions,
     scripted: VecDeque<ScriptedFault>,
     integrations: BTreeMap<String, IntegrationState>,
+    /// User id → user (`/api/v1/users`).
+    users: BTreeMap<String, User>,
+    /// Monotonic, so that ordering users by id is ordering them by creation.
+    user_ids: ulid::Generator,
     calls: VecDeque<RecordedCall>,
 }
 
@@ -300,6 +331,7 @@ impl Sandbox {
             auth,
             integrations: known,
             conflict_on_existing,
+            users,
             faults,
         } = options;
         let open_registration = known.is_empty();
@@ -317,7 +349,7 @@ impl Sandbox {
                 },
             );
         }
-        Self {
+        let sandbox = Self {
             shared: Arc::new(Shared {
                 api_keys,
                 auth,
@@ -327,11 +359,19 @@ impl Sandbox {
                     faults,
                     scripted: VecDeque::new(),
                     integrations,
+                    users: BTreeMap::new(),
+                    user_ids: ulid::Generator::new(),
                     calls: VecDeque::new(),
                 }),
                 recorded: watch::Sender::new(0),
             }),
+        };
+        for (org, user) in users {
+            if let Err(error) = sandbox.add_user(&org, user) {
+                tracing::warn!(%org, %error, "seed user not created");
+            }
         }
+        sandbox
     }
 
     /// The HTTP routes: the three building-users operations under `/api/v1`

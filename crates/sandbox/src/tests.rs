@@ -12,6 +12,8 @@ use tokio::task::JoinHandle;
 
 use super::*;
 
+mod users;
+
 const KEY: &str = "http://127.0.0.1:8081_openapp_test-secret";
 const ORG: &str = "01HORG00000000000000000000";
 const OTHER_ORG: &str = "01HORGOTHER000000000000000";
@@ -893,6 +895,8 @@ fn cli_parses_every_option() {
         "--retry-after",
         "3",
         "--conflict-on-existing",
+        "--user",
+        "org1:ann@example.com:Ann: the first",
     ])
     .expect("parse");
     assert!(!format!("{args:?}").contains("k1"));
@@ -907,6 +911,14 @@ fn cli_parses_every_option() {
         ]
     );
     assert!(options.conflict_on_existing);
+    assert_eq!(
+        options.users,
+        [(
+            "org1".to_owned(),
+            NewUser::new("Ann: the first", "ann@example.com")
+        )]
+    );
+    assert_eq!(Sandbox::new(options.clone()).users().len(), 1);
     assert_eq!(
         options.faults,
         FaultOptions {
@@ -972,6 +984,20 @@ fn cli_rejects_invalid_values() {
         SandboxArgsError::InvalidRetryAfter("bad\u{7f}".to_owned())
     );
     assert_eq!(invalid(&["--api-key", ""]), SandboxArgsError::EmptyApiKey);
+    for user in [
+        "org:ann@example.com",
+        ":a@b:Ann",
+        "org:nope:Ann",
+        "org:a@b: ",
+    ] {
+        assert!(
+            matches!(
+                invalid(&["--user", user]),
+                SandboxArgsError::InvalidUser { .. }
+            ),
+            "{user}"
+        );
+    }
 
     // Built in code, without clap's `requires`.
     let args = SandboxArgs {
