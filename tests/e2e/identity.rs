@@ -128,3 +128,84 @@ async fn conflicts_are_listed_masked_counted_and_cleared_when_resolved() {
     let left = admin(&app, "/conflicts").await;
     assert_eq!(left.json.as_array().map(Vec::len), Some(1));
 }
+
+/// Emails resolve to the one OpenApp user with that exact email (OpenApp's search matches
+/// substrings), through the cache; no match is a conflict, or a new user with create_missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_resolve_to_the_exact_user_and_missing_ones_are_created_on_request() {
+    use lease_sync::identity::{Resolved, Resolver};
+    use lease_sync::openapp::OpenAppClient;
+    use lease_sync_sandbox::NewUser;
+
+    let (_redis, openapp, app) = serve().await;
+    let ada = openapp
+        .sandbox
+        .add_user(ORG, NewUser::new("Ada Lovelace", "ada@example.com"))
+        .expect("add user");
+    // A substring match that must not be taken for Ada.
+    openapp
+        .sandbox
+        .add_user(ORG, NewUser::new("Ada King", "ada@example.com.au"))
+        .expect("add user");
+    let client = OpenAppClient::new(&app.settings.openapp).expect("client");
+    let resolver = Resolver::new(client.clone(), app.queue(), false);
+
+    let found = resolver
+        .resolve(ORG, Some(" ADA@example.com "), Some("Ada"))
+        .await
+        .expect("resolve");
+    assert_eq!(found, Resolved::User(ada.id.clone()));
+    // Cached: found again without another search.
+    let searches = || {
+        openapp
+            .sandbox
+            .calls()
+            .iter()
+            .filter(|c| c.path.contains("/users/search"))
+            .count()
+    };
+    let before = searches();
+    assert_eq!(
+        resolver
+            .resolve(ORG, Some("ada@example.com"), None)
+            .await
+            .expect("resolve"),
+        Resolved::User(ada.id.clone())
+    );
+    assert_eq!(
+        searches(),
+        before,
+        "the second resolution came from the cache"
+    );
+
+    for (email, reason) in [
+        (None, ConflictReason::NoEmail),
+        (Some("not an email"), ConflictReason::NoEmail),
+        (Some("grace@example.com"), ConflictReason::NoOpenappUser),
+    ] {
+        assert_eq!(
+            resolver
+                .resolve(ORG, email, Some("Grace"))
+                .await
+                .expect("resolve"),
+            Resolved::Conflict(reason),
+            "{email:?}"
+        );
+    }
+
+    let creating = Resolver::new(client, app.queue(), true);
+    let Resolved::User(grace) = creating
+        .resolve(ORG, Some("grace@example.com"), Some("Grace Hopper"))
+        .await
+        .expect("resolve")
+    else {
+        panic!("create_missing creates the user");
+    };
+    let created = openapp
+        .sandbox
+        .users()
+        .into_iter()
+        .find(|u| u.id == grace)
+        .expect("the sandbox holds the new user");
+    assert_eq!(created.email, "grace@example.com");
+}
