@@ -443,7 +443,7 @@ impl Sandbox {
             }
             SandboxAuth::XApiKey => {
                 // The gateway reserves Authorization for JWTs and rejects API
-                // keys sent there (CONTRACT.md §6.1); the sandbox has no JWTs.
+                // keys sent there (newer gateways do); the sandbox has no JWTs.
                 if headers.contains_key(AUTHORIZATION) {
                     return Err(ApiError::unauthorized(
                         "Authorization header sent in x-api-key mode (API keys go in X-API-Key)",

@@ -18,8 +18,8 @@
 //! | search users | `GET /api/v1/users/search?q=&org_id=&scope=&limit=&offset=&exclude_ids=` | `200`, `{items, total}` |
 //! | create user | `POST /api/v1/users` (`X-Org`, `CreateUserRequest`) | `200`, the user; `409` on a taken email |
 //!
-//! It enforces the wire contract described in `CONTRACT.md` (auth header,
-//! required `X-Org`, integration ownership, strict request bodies), records
+//! It enforces OpenApp's wire contract as its published OpenAPI specification describes it
+//! (auth header, required `X-Org`, integration ownership, strict request bodies), records
 //! every call for later inspection, and can inject faults (error statuses,
 //! slow replies, requests that never get an answer) so that retry and
 //! idempotency handling can be exercised without the real service.
@@ -132,8 +132,8 @@ impl fmt::Debug for SandboxOptions {
 
 /// Where the sandbox expects the API key.
 ///
-/// The two variants mirror the two generations of the OpenApp spec
-/// (`CONTRACT.md` §6.1).
+/// The two variants mirror the two generations of the OpenApp spec: older gateways take the
+/// key as a bearer token, newer ones in `X-API-Key`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SandboxAuth {
     /// `Authorization: Bearer <key>` (spec @676efbdf, the default).
