@@ -94,6 +94,13 @@ fn the_example_config_is_valid_and_documents_every_key() {
     full.sources[0].rate_limit_per_sec = Some(1);
     full.sources[0].rate_limit_burst = Some(1);
     full.admin.tokens_file = Some("x".into());
+    full.sources[0].buildium = Some(crate::config::BuildiumSettings {
+        client_secret: Some(crate::config::Secret::new("x")),
+        client_secret_file: Some("x".into()),
+        ..crate::config::BuildiumSettings::default()
+    });
+    full.sources[0].properties[0].grant_lead = Some(std::time::Duration::from_secs(1));
+    full.sources[0].properties[0].revoke_grace = Some(std::time::Duration::from_secs(1));
     full.http.max_connections = Some(std::num::NonZeroUsize::MIN);
     full.admin.max_connections = Some(std::num::NonZeroUsize::MIN);
     let mut keys = Vec::new();
@@ -154,16 +161,22 @@ fn the_example_config_documents_the_reconcile_keys() {
 }
 
 /// The defaults, as the example would write them: the sections' `Default`s, a source's
-/// `SourceSettings::named`, and for a property its only defaulted key, `role`, whose unset
-/// value means [`DEFAULT_ROLE_TEMPLATE`].
+/// `SourceSettings::named`, and for a property its defaulted keys: `role`, whose unset value
+/// means [`DEFAULT_ROLE_TEMPLATE`], and `timezone`.
 fn default_of(path: &str) -> toml::Value {
     let value = match path {
         "" => toml::Value::try_from(Settings::default()),
         "sources" => toml::Value::try_from(SourceSettings::named("")),
-        "sources.properties" => Ok(toml::Value::Table(toml::Table::from_iter([(
-            "role".to_owned(),
-            toml::Value::String(DEFAULT_ROLE_TEMPLATE.to_owned()),
-        )]))),
+        "sources.properties" => Ok(toml::Value::Table(toml::Table::from_iter([
+            (
+                "role".to_owned(),
+                toml::Value::String(DEFAULT_ROLE_TEMPLATE.to_owned()),
+            ),
+            (
+                "timezone".to_owned(),
+                toml::Value::String(crate::config::PropertySettings::DEFAULT_TIMEZONE.to_owned()),
+            ),
+        ]))),
         other => panic!("no defaults known for [[{other}]]"),
     };
     value.unwrap_or_else(|e| panic!("defaults of `{path}` do not serialize: {e}"))

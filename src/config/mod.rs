@@ -28,10 +28,12 @@
 
 mod admin;
 mod admin_tokens;
+mod buildium;
 mod connections;
 mod dead_letters;
 mod env;
 mod http;
+mod identity;
 mod log;
 mod openapp;
 mod reconcile;
@@ -57,20 +59,22 @@ pub use self::admin::{AdminSettings, MIN_ADMIN_TOKEN_LEN};
 pub use self::admin_tokens::{
     AdminToken, EXPIRY_WARNING, InvalidToken, SHA256_PREFIX, TokenDigest, TokenScope, hash_token,
 };
+pub use self::buildium::BuildiumSettings;
 pub use self::connections::{
     ADMIN_CONNECTIONS, CONNECTION_SPARE, ConnectionCaps, MIN_CONNECTIONS, RESERVED_FDS,
 };
 pub use self::dead_letters::DeadLetterSettings;
 pub use self::env::ENV_PREFIX;
 pub use self::http::{HttpSettings, MIN_HEADER_LIMIT_BYTES, local_address};
+pub use self::identity::IdentitySettings;
 pub use self::log::{LogFormat, LogSettings};
 pub use self::openapp::{AuthScheme, OpenAppSettings};
 pub use self::reconcile::{ReconcileSettings, redacted_location};
 pub use self::redis::{RedisSettings, RedisUrl};
 pub use self::retry::{MAX_ATTEMPTS, RetrySettings};
 pub use self::sources::{
-    DEFAULT_ROLE_TEMPLATE, PropertySettings, SchemeKind, SignatureEncoding, SourceSecret,
-    SourceSettings,
+    DEFAULT_ROLE_TEMPLATE, PropertySettings, SchemeKind, SignatureEncoding, SourceKind,
+    SourceSecret, SourceSettings,
 };
 pub use self::worker::WorkerSettings;
 
@@ -172,6 +176,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// `[reconcile]`: scheduled reconciliation against a file of active leases.
     pub reconcile: ReconcileSettings,
+    /// `[identity]`: how people known by email become OpenApp users.
+    pub identity: IdentitySettings,
     /// `[[sources]]`: property-management systems allowed to post webhooks.
     pub sources: Vec<SourceSettings>,
 }
@@ -281,6 +287,19 @@ impl Settings {
             self.admin.tokens.extend(admin_tokens::token_lines(&text));
         }
         for (i, source) in self.sources.iter_mut().enumerate() {
+            if let Some(buildium) = source.buildium.as_mut()
+                && let Some(file) = buildium.client_secret_file.clone()
+            {
+                let key = format!("sources[{i}].buildium.client_secret_file");
+                if buildium.client_secret.is_some() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "set either client_secret or client_secret_file, not both",
+                    ));
+                }
+                let text = read_secret_file(&base.join(&file), &key)?;
+                buildium.client_secret = Some(Secret::new(text.trim()));
+            }
             if let Some(file) = source.secrets_file.clone() {
                 let key = format!("sources[{i}].secrets_file");
                 let text = read_secret_file(&base.join(&file), &key)?;

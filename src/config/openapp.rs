@@ -99,7 +99,7 @@ impl OpenAppSettings {
 }
 
 /// A URL, with the parser's reason (not the value) when it is none.
-fn deserialize_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
+pub(super) fn deserialize_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
     let text = String::deserialize(deserializer)?;
     Url::parse(&text).map_err(|e| serde::de::Error::custom(format!("not a URL: {e}")))
 }

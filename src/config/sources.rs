@@ -9,13 +9,28 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::units::{PositiveSecs, Secs};
+use super::buildium::BuildiumSettings;
+use super::units::{Human, OptionalHuman, PositiveSecs, Secs};
 use super::{ConfigError, EXPIRY_WARNING, HttpSettings, Role, Secret};
+use crate::access::{Margins, PropertyZone};
 use crate::event::is_valid_path_id;
 use crate::signature::{self, SourceKeyError, SourceVerifier, hmac_sha256};
 
 /// Default role template; `{integration_id}` is replaced by the property's integration id.
 pub const DEFAULT_ROLE_TEMPLATE: &str = "virtual_access:integration:{integration_id}:resident";
+
+/// What a source sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SourceKind {
+    /// `lease-sync`: lease-sync's own event v1, signed with the source's `scheme`.
+    #[default]
+    #[serde(rename = "lease-sync")]
+    LeaseSync,
+    /// `buildium`: Buildium's webhooks (signed as Buildium signs; the signature keys are
+    /// fixed), each a cue to read the lease again from Buildium's API (`[sources.buildium]`).
+    #[serde(rename = "buildium")]
+    Buildium,
+}
 
 /// Signature scheme a source signs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -114,6 +129,9 @@ impl<'de> Deserialize<'de> for SourceSecret {
 pub struct SourceSettings {
     /// `name`: name in the webhook URL, `POST /webhooks/{name}`; `[A-Za-z0-9_-]{1,64}`.
     pub name: String,
+    /// `kind`: what the source sends: `lease-sync` (the default) or `buildium`.
+    #[serde(default)]
+    pub kind: SourceKind,
     /// `scheme`: signature scheme.
     #[serde(default = "SourceSettings::default_scheme")]
     pub scheme: SchemeKind,
@@ -171,6 +189,17 @@ pub struct SourceSettings {
     /// `rate_limit_burst`: overrides `http.rate_limit_burst` for this source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_burst: Option<u32>,
+    /// `grant_lead`: how long before a Buildium tenant's move-in (or lease start) date
+    /// access starts, e.g. `"15m"`; overridable per property.
+    #[serde(default, with = "Human")]
+    pub grant_lead: Duration,
+    /// `revoke_grace`: how long after a Buildium tenant's move-out (or lease end) date
+    /// access ends; overridable per property.
+    #[serde(default, with = "Human")]
+    pub revoke_grace: Duration,
+    /// `[sources.buildium]`: Buildium's API, for `kind = "buildium"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildium: Option<BuildiumSettings>,
     /// `[[sources.properties]]`: buildings this source may send events for.
     #[serde(default)]
     pub properties: Vec<PropertySettings>,
@@ -201,6 +230,10 @@ impl SourceSettings {
     pub fn named(name: &str) -> Self {
         Self {
             name: name.to_owned(),
+            kind: SourceKind::LeaseSync,
+            grant_lead: Duration::ZERO,
+            revoke_grace: Duration::ZERO,
+            buildium: None,
             scheme: Self::DEFAULT_SCHEME,
             secrets: Vec::new(),
             secrets_file: None,
@@ -268,9 +301,26 @@ impl SourceSettings {
                 ));
             }
         }
+        if self.kind == SourceKind::Buildium && role.runs_workers() {
+            self.buildium
+                .as_ref()
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        at("buildium"),
+                        "a Buildium source needs [sources.buildium] (base_url, client_id, client_secret) to read leases",
+                    )
+                })?
+                .validate(index)?;
+        }
+        if self.kind != SourceKind::Buildium && self.buildium.is_some() {
+            return Err(ConfigError::invalid(
+                at("buildium"),
+                "applies only to kind = \"buildium\"",
+            ));
+        }
         let mut ids = HashSet::new();
         for (j, property) in self.properties.iter().enumerate() {
-            property.validate(index, j)?;
+            property.validate(index, j, self.kind)?;
             if !ids.insert(property.id.as_str()) {
                 return Err(ConfigError::invalid(
                     format!("sources[{index}].properties[{j}].id"),
@@ -365,6 +415,24 @@ pub struct PropertySettings {
     /// [`DEFAULT_ROLE_TEMPLATE`].
     #[serde(default)]
     pub role: Option<String>,
+    /// `timezone`: the building's IANA time zone (`America/New_York`), in which a Buildium
+    /// date starts and ends at local midnight.
+    #[serde(default = "PropertySettings::default_timezone")]
+    pub timezone: String,
+    /// `grant_lead`: overrides the source's `grant_lead` for this building.
+    #[serde(
+        default,
+        with = "OptionalHuman",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grant_lead: Option<Duration>,
+    /// `revoke_grace`: overrides the source's `revoke_grace` for this building.
+    #[serde(
+        default,
+        with = "OptionalHuman",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revoke_grace: Option<Duration>,
 }
 
 impl PropertySettings {
@@ -380,6 +448,30 @@ impl PropertySettings {
             org_id: org_id.into(),
             integration_id: integration_id.into(),
             role: None,
+            timezone: Self::DEFAULT_TIMEZONE.to_owned(),
+            grant_lead: None,
+            revoke_grace: None,
+        }
+    }
+
+    /// `timezone` when unset.
+    pub const DEFAULT_TIMEZONE: &str = "UTC";
+
+    fn default_timezone() -> String {
+        Self::DEFAULT_TIMEZONE.to_owned()
+    }
+
+    /// The building's time zone; UTC if `timezone` does not name one (validation refuses
+    /// that at startup).
+    pub fn zone(&self) -> PropertyZone {
+        PropertyZone::new(&self.timezone).unwrap_or_else(|_| PropertyZone::utc())
+    }
+
+    /// The lead and grace of this building: its own, else `source`'s.
+    pub fn margins(&self, source: &SourceSettings) -> Margins {
+        Margins {
+            grant_lead: self.grant_lead.unwrap_or(source.grant_lead),
+            revoke_grace: self.revoke_grace.unwrap_or(source.revoke_grace),
         }
     }
 
@@ -391,12 +483,26 @@ impl PropertySettings {
             .replace("{integration_id}", &self.integration_id)
     }
 
-    /// Checks property `index` of source `source`: a non-empty id, OpenApp ids usable in a
-    /// URL path, a non-empty role.
-    pub fn validate(&self, source: usize, index: usize) -> Result<(), ConfigError> {
+    /// Checks property `index` of source `source` (of `kind`): a non-empty id (Buildium's
+    /// are numbers), OpenApp ids usable in a URL path, a non-empty role, a known time zone.
+    pub fn validate(
+        &self,
+        source: usize,
+        index: usize,
+        kind: SourceKind,
+    ) -> Result<(), ConfigError> {
         let at = |field: &str| format!("sources[{source}].properties[{index}].{field}");
         if self.id.is_empty() {
             return Err(ConfigError::invalid(at("id"), "must not be empty"));
+        }
+        if kind == SourceKind::Buildium && self.id.parse::<u32>().is_err() {
+            return Err(ConfigError::invalid(
+                at("id"),
+                "must be a Buildium PropertyId (a number)",
+            ));
+        }
+        if let Err(e) = PropertyZone::new(&self.timezone) {
+            return Err(ConfigError::invalid(at("timezone"), e.to_string()));
         }
         if !is_valid_path_id(&self.org_id) {
             return Err(ConfigError::invalid(

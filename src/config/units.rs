@@ -34,6 +34,12 @@ pub(super) type WholeDays = As<Days>;
 /// A count, refused when 0.
 pub(super) type Count = As<NonZeroCount>;
 
+/// A duration written for people: `"0s"`, `"15m"`, `"2h 30m"`, `"1d"`.
+pub(super) type Human = As<HumanDuration>;
+
+/// An optional duration written for people.
+pub(super) type OptionalHuman = As<Option<HumanDuration>>;
+
 /// An optional count, refused when 0.
 pub(super) type OptionalCount = As<Option<NonZeroCount>>;
 
@@ -95,6 +101,27 @@ impl SerializeAs<NonZeroUsize> for NonZeroCount {
     }
 }
 
+/// A duration as humantime writes and reads it (`15m`, `1d 2h`); used where the keys name no
+/// unit (`grant_lead = "15m"`).
+pub(super) struct HumanDuration;
+
+impl<'de> DeserializeAs<'de, Duration> for HumanDuration {
+    fn deserialize_as<D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            D::Error::custom(format!(
+                "`{text}` is not a duration ({e}; e.g. \"0s\", \"15m\", \"1d\")"
+            ))
+        })
+    }
+}
+
+impl SerializeAs<Duration> for HumanDuration {
+    fn serialize_as<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::{Deserialize, Serialize};
@@ -121,6 +148,24 @@ mod tests {
             toml::to_string(&parsed).unwrap(),
             "a_ms = 0\nb_secs = 3\nc_days = 2\n"
         );
+    }
+
+    #[test]
+    fn human_durations_read_and_write_as_people_write_them() {
+        #[derive(Debug, Deserialize, Serialize)]
+        struct Margins {
+            #[serde(with = "Human")]
+            lead: Duration,
+        }
+        let parsed: Margins = toml::from_str("lead = \"1h 30m\"").unwrap();
+        assert_eq!(parsed.lead, Duration::from_secs(5400));
+        assert_eq!(toml::to_string(&parsed).unwrap(), "lead = \"1h 30m\"\n");
+        let zero: Margins = toml::from_str("lead = \"0s\"").unwrap();
+        assert_eq!(zero.lead, Duration::ZERO);
+        let err = toml::from_str::<Margins>("lead = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`soon` is not a duration"), "{err}");
     }
 
     #[test]

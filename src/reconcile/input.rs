@@ -498,12 +498,7 @@ mod tests {
     fn source() -> SourceSettings {
         SourceSettings {
             name: "acme".into(),
-            properties: vec![PropertySettings {
-                id: "P-17".into(),
-                org_id: "org".into(),
-                integration_id: "int".into(),
-                role: None,
-            }],
+            properties: vec![PropertySettings::new("P-17", "org", "int")],
             ..SourceSettings::named("acme")
         }
     }

@@ -696,12 +696,7 @@ mod tests {
     #[test]
     fn properties_sharing_an_integration_form_one_building() {
         use crate::config::PropertySettings;
-        let property = |id: &str, integration: &str| PropertySettings {
-            id: id.into(),
-            org_id: "org".into(),
-            integration_id: integration.into(),
-            role: None,
-        };
+        let property = |id: &str, integration: &str| PropertySettings::new(id, "org", integration);
         let source = SourceSettings {
             name: "acme".into(),
             properties: vec![

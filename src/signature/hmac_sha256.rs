@@ -114,7 +114,7 @@ impl std::str::FromStr for SignedContent {
 }
 
 /// The wire format of one source, from its configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Format {
     /// Header holding the signature, lower case.
     pub signature_header: String,
@@ -241,6 +241,11 @@ pub fn key_of(secret: &str) -> Vec<u8> {
 }
 
 impl Verifier {
+    /// The wire format this verifier reads.
+    pub fn format(&self) -> &Format {
+        &self.format
+    }
+
     /// A verifier for `format` accepting any key of `keys` that is active at request time.
     pub fn new(
         format: Format,

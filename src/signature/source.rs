@@ -5,7 +5,7 @@
 use time::OffsetDateTime;
 
 use super::{SigningKey, SourceVerifier, hmac_sha256, standard_webhooks};
-use crate::config::{SchemeKind, SignatureEncoding, SourceSettings};
+use crate::config::{SchemeKind, SignatureEncoding, SourceKind, SourceSettings};
 
 /// Shortest `hmac-sha256` secret accepted, in bytes.
 pub const MIN_HMAC_SECRET_LEN: usize = 16;
@@ -30,17 +30,39 @@ impl SourceKeyError {
 }
 
 /// The verifier of `source` at `now`: its secrets decoded for its scheme, the `hmac-sha256`
-/// format checked. Only the signature keys of `source` are read. Fails closed: a source whose
+/// format checked; a `kind = "buildium"` source verifies as Buildium signs (base64
+/// HMAC-SHA256 over `{buildium-webhook-timestamp}.{body}`, the secret's UTF-8 bytes as key),
+/// and may not set the signature keys. Only the signature keys of `source` are read. Fails closed: a source whose
 /// every secret is past its `not_after` at `now` is refused, as is a key that belongs to the
 /// other scheme.
 pub fn source_verifier(
     source: &SourceSettings,
     now: OffsetDateTime,
 ) -> Result<SourceVerifier, SourceKeyError> {
+    let buildium = source.kind == SourceKind::Buildium;
+    if buildium {
+        if source.scheme != SchemeKind::StandardWebhooks {
+            return Err(SourceKeyError::new(
+                "scheme",
+                "does not apply to kind = \"buildium\": it signs as Buildium signs",
+            ));
+        }
+        if let Some(key) = hmac_only_key_set(source) {
+            return Err(SourceKeyError::new(
+                key,
+                "does not apply to kind = \"buildium\": it signs as Buildium signs",
+            ));
+        }
+    }
+    let scheme = if buildium {
+        SchemeKind::HmacSha256
+    } else {
+        source.scheme
+    };
     let mut keys = Vec::with_capacity(source.secrets.len());
     for (j, entry) in source.secrets.iter().enumerate() {
         let key = || format!("secrets[{j}]");
-        let bytes = match source.scheme {
+        let bytes = match scheme {
             SchemeKind::StandardWebhooks => standard_webhooks::decode_secret(entry.secret.expose())
                 .map_err(|e| SourceKeyError::new(key(), e.to_string()))?,
             SchemeKind::HmacSha256 => {
@@ -67,6 +89,11 @@ pub fn source_verifier(
         ));
     }
     let tolerance_secs = source.tolerance.as_secs();
+    if buildium {
+        return hmac_sha256::Verifier::new(hmac_sha256::Format::buildium(), keys, tolerance_secs)
+            .map(SourceVerifier::HmacSha256)
+            .map_err(|e| SourceKeyError::new(e.key, e.message));
+    }
     match source.scheme {
         SchemeKind::StandardWebhooks => {
             if let Some(key) = hmac_only_key_set(source) {
@@ -180,5 +207,26 @@ mod tests {
         source.scheme = SchemeKind::HmacSha256;
         let err = source_verifier(&source, OffsetDateTime::UNIX_EPOCH).unwrap_err();
         assert_eq!(err.key, "signature_header");
+    }
+
+    #[test]
+    fn a_buildium_source_signs_as_buildium_and_takes_no_signature_keys() {
+        let mut source = SourceSettings {
+            kind: SourceKind::Buildium,
+            secrets: vec![SourceSecret::plain("buildium-example-secret-0001")],
+            ..SourceSettings::named("buildium")
+        };
+        let verifier = source_verifier(&source, OffsetDateTime::UNIX_EPOCH).unwrap();
+        assert!(matches!(
+            &verifier,
+            SourceVerifier::HmacSha256(v) if v.format() == &hmac_sha256::Format::buildium()
+        ));
+        source.signature_header = Some("x-sig".into());
+        let err = source_verifier(&source, OffsetDateTime::UNIX_EPOCH).unwrap_err();
+        assert_eq!(err.key, "signature_header");
+        source.signature_header = None;
+        source.scheme = SchemeKind::HmacSha256;
+        let err = source_verifier(&source, OffsetDateTime::UNIX_EPOCH).unwrap_err();
+        assert_eq!(err.key, "scheme");
     }
 }
