@@ -16,8 +16,9 @@ use tracing::warn;
 use crate::config::DeadLetterSettings;
 use crate::event::EventType;
 use crate::queue::ledger::AttemptRecord;
-use crate::queue::{DeliveryJob, JobQueue, Keys, QueueError, now_ms};
+use crate::queue::{Job, JobQueue, Keys, QueueError, now_ms};
 use crate::retry::DeadReason;
+use crate::sources::buildium::webhook::Refresh;
 
 /// Most audit records kept.
 const AUDIT_KEEP: isize = 10_000;
@@ -82,7 +83,7 @@ mod humantime_serde_opt {
 impl DeadLetterFilter {
     fn matches(&self, entry: &DeadLetterSummary) -> bool {
         self.source.as_ref().is_none_or(|s| *s == entry.source)
-            && self.event_type.is_none_or(|t| t == entry.event_type)
+            && self.event_type.is_none_or(|t| Some(t) == entry.event_type)
             && self.reason.is_none_or(|r| r == entry.reason)
     }
 
@@ -112,15 +113,19 @@ pub struct DeadLetterSummary {
     pub source: String,
     /// The event id.
     pub event_id: String,
-    /// The event type.
-    pub event_type: EventType,
-    /// `add` or `remove`.
+    /// `converge` (make OpenApp show a resident's state) or `refresh` (read a lease again
+    /// from its source).
+    pub kind: String,
+    /// The event type, for a convergence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<EventType>,
+    /// `add` or `remove` for a convergence, `refresh` for a refresh.
     pub action: String,
-    /// The lease.
+    /// The lease (for a refresh of a tenant, empty).
     pub lease_id: String,
-    /// The resident (OpenApp user id).
+    /// The resident (OpenApp user id); empty for a refresh.
     pub user_id: String,
-    /// The OpenApp integration.
+    /// The OpenApp integration; empty for a refresh.
     pub integration_id: String,
     /// Attempts made since the last replay.
     pub attempts: u32,
@@ -137,8 +142,8 @@ pub struct DeadLetter {
     /// The summary fields.
     #[serde(flatten)]
     pub summary: DeadLetterSummary,
-    /// The delivery job (target, role, org).
-    pub job: DeliveryJob,
+    /// The job: a convergence (target, role, org) or a refresh (what to read).
+    pub job: Job,
     /// The event as received (validated), as JSON.
     pub event: Value,
     /// Every attempt, oldest first, with replay markers between rounds.
@@ -337,7 +342,7 @@ impl DeadLetters {
         let Some(mut summary) = summary(id, &hash) else {
             return Ok(None);
         };
-        let job: DeliveryJob = serde_json::from_str(hash.get("job").map_or("", String::as_str))?;
+        let job: Job = serde_json::from_str(hash.get("job").map_or("", String::as_str))?;
         let event = hash
             .get("event")
             .and_then(|e| serde_json::from_str(e).ok())
@@ -515,7 +520,7 @@ fn summary(
     id: &str,
     hash: &std::collections::HashMap<String, String>,
 ) -> Option<DeadLetterSummary> {
-    let job: DeliveryJob = serde_json::from_str(hash.get("job")?).ok()?;
+    let job: Job = serde_json::from_str(hash.get("job")?).ok()?;
     let number = |field: &str| {
         hash.get(field)
             .and_then(|v| v.parse::<i64>().ok())
@@ -526,13 +531,32 @@ fn summary(
         reason: hash.get("reason")?.parse().ok()?,
         dead_at: number("dead_at"),
         first_seen: number("first_seen"),
-        source: job.source.clone(),
-        event_id: job.event_id.clone(),
-        event_type: job.event_type,
-        action: job.action().to_owned(),
-        lease_id: job.lease_id.clone(),
-        user_id: job.user_id.clone(),
-        integration_id: job.integration_id.clone(),
+        source: job.source().to_owned(),
+        event_id: job.event_id().to_owned(),
+        kind: job.kind().to_owned(),
+        event_type: match &job {
+            Job::Converge(c) => Some(c.event_type),
+            Job::Refresh(_) => None,
+        },
+        action: match &job {
+            Job::Converge(c) => c.action().to_owned(),
+            Job::Refresh(_) => "refresh".to_owned(),
+        },
+        lease_id: match &job {
+            Job::Converge(c) => c.lease_id.clone(),
+            Job::Refresh(r) => match r.refresh {
+                Refresh::Lease { lease_id } => lease_id.to_string(),
+                Refresh::Tenant { .. } => String::new(),
+            },
+        },
+        user_id: match &job {
+            Job::Converge(c) => c.user_id.clone(),
+            Job::Refresh(_) => String::new(),
+        },
+        integration_id: match &job {
+            Job::Converge(c) => c.integration_id.clone(),
+            Job::Refresh(_) => String::new(),
+        },
         attempts: u32::try_from(number("attempts")).unwrap_or_default(),
         replays: u32::try_from(number("replays")).unwrap_or_default(),
         last_error: None,

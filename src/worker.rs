@@ -258,7 +258,7 @@ impl Deliverer {
     ) -> Result<LockAfter, BoxDynError> {
         let attempt = match self
             .queue
-            .begin_attempt(job, task_id, self.policy.max_attempts)
+            .begin_attempt(&job.delivery_id, task_id, self.policy.max_attempts)
             .await?
         {
             Begin::Run(n) => n,
@@ -400,7 +400,14 @@ impl Deliverer {
         };
         if !self
             .queue
-            .finish_attempt(job, task_id, &record, &finish, auth_failure, release)
+            .finish_attempt(
+                &job.delivery_id,
+                task_id,
+                &record,
+                &finish,
+                auth_failure,
+                release,
+            )
             .await?
         {
             warn!(

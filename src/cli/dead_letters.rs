@@ -23,8 +23,9 @@ use crate::dead_letters::{
 };
 use crate::event::EventType;
 use crate::queue::ledger::AttemptRecord;
-use crate::queue::{JobQueue, QueueError, connect, now_ms};
+use crate::queue::{Job, JobQueue, QueueError, connect, now_ms};
 use crate::retry::DeadReason;
+use crate::sources::buildium::webhook::Refresh;
 
 /// Longest `LAST ERROR` shown in a table, in characters.
 const LAST_ERROR_WIDTH: usize = 60;
@@ -574,7 +575,8 @@ fn summary_table(items: &[DeadLetterSummary]) -> Table {
             timestamp(item.dead_at),
             item.reason.to_string(),
             item.source.clone(),
-            item.event_type.to_string(),
+            item.event_type
+                .map_or_else(|| item.kind.clone(), |t| t.to_string()),
             item.lease_id.clone(),
             item.user_id.clone(),
             item.attempts.to_string(),
@@ -604,19 +606,30 @@ fn describe(entry: &DeadLetter) -> String {
     field("last error", s.last_error.as_deref().unwrap_or("-"));
     field("source", &s.source);
     field("event id", &s.event_id);
-    field("event type", s.event_type.as_str());
-    field("lease", &s.lease_id);
-    field("property", &job.property_id);
-    field("user", &s.user_id);
-
-    out.push_str("\njob\n");
-    let mut field = |name: &str, value: &str| {
-        let _ = writeln!(out, "  {name:<13}{value}");
-    };
-    field("org", &job.org_id);
-    field("integration", &job.integration_id);
-    field("role", &job.role);
-    field("action", job.action());
+    field("kind", &s.kind);
+    match job {
+        Job::Converge(job) => {
+            field("event type", job.event_type.as_str());
+            field("lease", &s.lease_id);
+            field("property", &job.property_id);
+            field("user", &s.user_id);
+            out.push_str("\njob\n");
+            let mut field = |name: &str, value: &str| {
+                let _ = writeln!(out, "  {name:<13}{value}");
+            };
+            field("org", &job.org_id);
+            field("integration", &job.integration_id);
+            field("role", &job.role);
+            field("action", job.action());
+        }
+        Job::Refresh(job) => {
+            let what = match job.refresh {
+                Refresh::Lease { lease_id } => format!("lease {lease_id}"),
+                Refresh::Tenant { tenant_id } => format!("tenant {tenant_id} and their leases"),
+            };
+            field("refresh", &what);
+        }
+    }
 
     out.push_str("\nevent\n");
     let event = serde_json::to_string_pretty(&entry.event).unwrap_or_else(|_| "null".into());

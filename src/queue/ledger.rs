@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::residents::ResidentLock;
-use super::{DeliveryJob, JobQueue, QueueError, now_ms};
+use super::{Job, JobQueue, QueueError, now_ms};
 
 /// How long the ledger of a completed delivery stays readable, for inspection.
 pub const DELIVERED_RETENTION_SECS: u64 = 86_400;
@@ -98,10 +98,11 @@ pub enum Finish {
 }
 
 impl JobQueue {
-    /// Counts attempt number n of `job` run by apalis task `task_id`, before the call.
+    /// Counts attempt number n of delivery `delivery_id` run by apalis task `task_id`, before
+    /// the call.
     pub async fn begin_attempt(
         &self,
-        job: &DeliveryJob,
+        delivery_id: &str,
         task_id: &str,
         max_attempts: u32,
     ) -> Result<Begin, QueueError> {
@@ -109,14 +110,14 @@ impl JobQueue {
         let (kind, attempts, reason): (String, u32, String) = self
             .scripts
             .begin
-            .key(self.keys.delivery(&job.delivery_id))
-            .key(self.keys.attempts(&job.delivery_id))
+            .key(self.keys.delivery(delivery_id))
+            .key(self.keys.attempts(delivery_id))
             .key(self.keys.dead_letters())
             .key(self.keys.stats())
             .arg(task_id)
             .arg(max_attempts)
             .arg(now_ms())
-            .arg(&job.delivery_id)
+            .arg(delivery_id)
             .invoke_async(&mut conn)
             .await?;
         match kind.as_str() {
@@ -136,12 +137,13 @@ impl JobQueue {
         }
     }
 
-    /// Records how the attempt of `task_id` ended (`result`) and carries out `finish`, in one
-    /// step; also releases `release`, the resident lock, if given and still ours (stale task or
-    /// not). Returns false when the task turned out to be stale (nothing else was written).
+    /// Records how the attempt of `task_id` of delivery `delivery_id` ended (`result`) and
+    /// carries out `finish`, in one step; also releases `release`, a resident lock, if given
+    /// and still ours (stale task or not). Returns false when the task turned out to be stale
+    /// (nothing else was written).
     pub async fn finish_attempt(
         &self,
-        job: &DeliveryJob,
+        delivery_id: &str,
         task_id: &str,
         result: &AttemptRecord,
         finish: &Finish,
@@ -157,22 +159,20 @@ impl JobQueue {
         let answer: String = self
             .scripts
             .finish
-            .key(self.keys.delivery(&job.delivery_id))
-            .key(self.keys.attempts(&job.delivery_id))
+            .key(self.keys.delivery(delivery_id))
+            .key(self.keys.attempts(delivery_id))
             .key(self.keys.dead_letters())
             .key(self.keys.stats())
             .key(self.keys.queue_key("data"))
             .key(self.keys.queue_key("meta"))
             .key(self.keys.queue_key("scheduled"))
-            .key(release.map_or_else(
-                || self.keys.resident_lock(&job.integration_id, &job.user_id),
-                |lock| lock.key.clone(),
-            ))
+            // Without a lock to release the script leaves this key alone; any key will do.
+            .key(release.map_or_else(|| self.keys.delivery(delivery_id), |lock| lock.key.clone()))
             .arg(task_id)
             .arg(now_ms())
             .arg(kind)
             .arg(serde_json::to_string(result)?)
-            .arg(&job.delivery_id)
+            .arg(delivery_id)
             .arg(retry_task)
             .arg(due)
             .arg(reason)
@@ -234,10 +234,10 @@ impl JobQueue {
                     .arg("job")
                     .query_async(&mut conn)
                     .await?;
-                if let Some(job) = job.and_then(|j| serde_json::from_str::<DeliveryJob>(&j).ok())
-                    && job.event_id == event_id
+                if let Some(job) = job.and_then(|j| serde_json::from_str::<Job>(&j).ok())
+                    && job.event_id() == event_id
                 {
-                    found.push(job.delivery_id);
+                    found.push(job.delivery_id().to_owned());
                 }
             }
             if next == 0 {

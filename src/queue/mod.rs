@@ -33,6 +33,7 @@ use time::OffsetDateTime;
 
 use crate::config::RedisSettings;
 use crate::event::{EventType, LeaseEvent};
+use crate::sources::buildium::webhook::Refresh;
 
 /// Suffix of the apalis queue name under the namespace.
 const DELIVERY_QUEUE: &str = "deliveries";
@@ -129,8 +130,86 @@ impl DeliveryJob {
     }
 }
 
-/// Current [`DeliveryJob::v`].
+/// Current [`DeliveryJob::v`] and [`RefreshJob::v`].
 pub const JOB_VERSION: u32 = 1;
+
+/// One unit of work on the queue: the payload of an apalis task and of a delivery's ledger.
+/// Untagged, so the convergence jobs queued before refreshes existed read as they were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Job {
+    /// Read a lease (or a tenant's leases) again from its source and fold what it says.
+    Refresh(RefreshJob),
+    /// Make OpenApp show what one resident's state says.
+    Converge(DeliveryJob),
+}
+
+impl Job {
+    /// The delivery id: the ledger's and the dead letter's id.
+    pub fn delivery_id(&self) -> &str {
+        match self {
+            Job::Refresh(job) => &job.delivery_id,
+            Job::Converge(job) => &job.delivery_id,
+        }
+    }
+
+    /// The event that queued it.
+    pub fn event_id(&self) -> &str {
+        match self {
+            Job::Refresh(job) => &job.event_id,
+            Job::Converge(job) => &job.event_id,
+        }
+    }
+
+    /// Its source.
+    pub fn source(&self) -> &str {
+        match self {
+            Job::Refresh(job) => &job.source,
+            Job::Converge(job) => &job.source,
+        }
+    }
+
+    /// `converge` or `refresh`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Job::Refresh(_) => "refresh",
+            Job::Converge(_) => "converge",
+        }
+    }
+}
+
+/// Read a lease, or a tenant and their leases, again from a Buildium source, and fold what
+/// Buildium says into resident state (queueing the convergences it changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshJob {
+    /// Payload version.
+    pub v: u32,
+    /// Stable id across retries and replays; the dead-letter id.
+    pub delivery_id: String,
+    /// The event that asked for it (the webhook body's digest), or `pull-…`.
+    pub event_id: String,
+    /// The source to read.
+    pub source: String,
+    /// What to read.
+    pub refresh: Refresh,
+    /// What queued it when not a webhook (`pull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+}
+
+impl RefreshJob {
+    /// A refresh of `refresh` at `source`, asked for by event `event_id`.
+    pub fn new(source: &str, event_id: &str, refresh: Refresh, trigger: Option<&str>) -> Self {
+        Self {
+            v: JOB_VERSION,
+            delivery_id: ulid::Ulid::new().to_string(),
+            event_id: event_id.to_owned(),
+            source: source.to_owned(),
+            refresh,
+            trigger: trigger.map(str::to_owned),
+        }
+    }
+}
 
 /// Result of offering an event to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +423,7 @@ struct Scripts {
     extend_lock: redis::Script,
     unlock: redis::Script,
     counts: redis::Script,
+    enqueue_jobs: redis::Script,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -372,6 +452,7 @@ impl JobQueue {
                 extend_lock: redis::Script::new(residents::EXTEND_SCRIPT),
                 unlock: redis::Script::new(residents::UNLOCK_SCRIPT),
                 counts: redis::Script::new(include_str!("lua/counts.lua")),
+                enqueue_jobs: redis::Script::new(include_str!("lua/enqueue_jobs.lua")),
             }),
         }
     }
@@ -402,6 +483,51 @@ impl JobQueue {
     ) -> Result<EnqueueOutcome, QueueError> {
         let record = crate::resident::LeaseRecord::from_event(event, source);
         self.fold(source, event, Some(&record), jobs, limits).await
+    }
+
+    /// Queues `jobs` (none of which folds anything at ingest, e.g. refreshes) for the event
+    /// `event_id` of `source`, whose content `event` is kept with each delivery — unless the
+    /// source already delivered that id within the dedupe window ([`EnqueueOutcome::Duplicate`],
+    /// or [`EnqueueOutcome::Conflict`] for other content).
+    pub async fn enqueue_jobs(
+        &self,
+        source: &str,
+        event_id: &str,
+        event: &serde_json::Value,
+        jobs: &[Job],
+        limits: EnqueueLimits,
+    ) -> Result<EnqueueOutcome, QueueError> {
+        let event_json = serde_json::to_vec(event)?;
+        let mut invocation = self.scripts.enqueue_jobs.prepare_invoke();
+        invocation
+            .key(self.keys.dedupe(source, event_id))
+            .key(self.keys.queue_key("data"))
+            .key(self.keys.queue_key("active"))
+            .key(self.keys.queue_key("meta"))
+            .key(self.keys.delivery_prefix())
+            .arg(limits.dedupe_ttl.as_secs().max(1))
+            .arg(now_ms())
+            .arg(&event_json)
+            .arg(event_digest(&event_json));
+        for job in jobs {
+            invocation
+                .arg(ulid::Ulid::new().to_string())
+                .arg(job.delivery_id())
+                .arg(serde_json::to_vec(job)?);
+        }
+        let mut conn = self.conn.clone();
+        let queued: i64 = tokio::time::timeout(limits.timeout, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| QueueError::Timeout(limits.timeout))??;
+        Ok(match queued {
+            -1 => EnqueueOutcome::Duplicate,
+            -2 => EnqueueOutcome::Conflict,
+            n => EnqueueOutcome::Queued {
+                jobs: usize::try_from(n).unwrap_or_default(),
+                stale: 0,
+                overridden: 0,
+            },
+        })
     }
 
     /// Forgets what `source`'s events recorded about lease `lease_id` for each resident

@@ -251,7 +251,7 @@ async fn dead_letters_list_prints_a_table_or_json_and_filters() {
     let by_id = |id: &str| all.iter().find(|d| d.id == id).expect("listed");
     assert_eq!(by_id(&exhausted).attempts, 4);
     assert_eq!(by_id(&exhausted).reason, DeadReason::Exhausted);
-    assert_eq!(by_id(&ended).event_type, EventType::LeaseEnded);
+    assert_eq!(by_id(&ended).event_type, Some(EventType::LeaseEnded));
 
     let only = |args: &'static [&'static str]| {
         let env = &env;
@@ -344,7 +344,10 @@ async fn dead_letters_show_prints_one_entry_and_unknown_ids_exit_1() {
         .json();
     assert_eq!(entry.summary.id, id);
     assert_eq!(entry.summary.reason, DeadReason::Permanent);
-    assert_eq!(entry.job.org_id, ORG);
+    let lease_sync::queue::Job::Converge(job) = &entry.job else {
+        panic!("a convergence: {:?}", entry.job)
+    };
+    assert_eq!(job.org_id, ORG);
     assert_eq!(entry.event["lease"]["id"], "L-4");
     assert_eq!(entry.attempt_log.len(), 1);
     assert_eq!(entry.attempt_log[0].status, Some(400));

@@ -131,7 +131,10 @@ async fn a_400_is_a_permanent_dead_letter_after_one_attempt_with_the_message_kep
         entry.attempt_log[0].request_id.is_some(),
         "X-Request-Id is kept"
     );
-    assert_eq!(entry.job.user_id, "user-3");
+    let lease_sync::queue::Job::Converge(job) = &entry.job else {
+        panic!("a convergence: {:?}", entry.job)
+    };
+    assert_eq!(job.user_id, "user-3");
     assert_eq!(entry.event["lease"]["id"], "L-3");
     assert_eq!(openapp.sandbox.calls().len(), 1);
 }

@@ -231,15 +231,18 @@ mod schemas {
         source: String,
         /// The event id.
         event_id: String,
-        /// The event type.
-        event_type: EventTypeDoc,
-        /// `add` or `remove`.
+        /// `converge` (make OpenApp show a resident's state) or `refresh` (read a lease again
+        /// from its source).
+        kind: String,
+        /// The event type, for a convergence.
+        event_type: Option<EventTypeDoc>,
+        /// `add` or `remove` for a convergence, `refresh` for a refresh.
         action: String,
-        /// The lease.
+        /// The lease (empty for a refresh of a tenant).
         lease_id: String,
-        /// The resident (OpenApp user id).
+        /// The resident (OpenApp user id); empty for a refresh.
         user_id: String,
-        /// The OpenApp integration.
+        /// The OpenApp integration; empty for a refresh.
         integration_id: String,
         /// Attempts made since the last replay.
         attempts: u32,
@@ -336,7 +339,8 @@ mod schemas {
         /// The summary fields, at the top level.
         #[serde(flatten)]
         summary: DeadLetterSummaryDoc,
-        /// The delivery job.
+        /// The job: a convergence, or a refresh (`{v, delivery_id, event_id, source, refresh:
+        /// {kind: lease|tenant, lease_id|tenant_id}, trigger}`).
         job: DeliveryJobDoc,
         /// The event as received (validated).
         #[schema(value_type = Object)]
@@ -560,7 +564,8 @@ mod tests {
             first_seen: 1,
             source: "acme".into(),
             event_id: "e".into(),
-            event_type: EventType::LeaseSigned,
+            kind: "converge".into(),
+            event_type: Some(EventType::LeaseSigned),
             action: "add".into(),
             lease_id: "l".into(),
             user_id: "u".into(),
@@ -671,7 +676,7 @@ mod tests {
         };
         let dead_letter = DeadLetter {
             summary: summary(),
-            job: job(),
+            job: crate::queue::Job::Converge(job()),
             event: serde_json::json!({"type": "lease.signed"}),
             attempt_log: vec![attempt()],
         };
