@@ -19,10 +19,15 @@
 //!   keeps forever (apalis-redis#10), without its `Vacuum` (bug 10).
 //! * **Counts** come from plain `LLEN`/`ZCARD`/`SCARD` and our counters; apalis's stats calls
 //!   fail on Redis (bug 5).
+//!
+//! Beside the queue, Redis holds what processes share: resident state ([`residents`]), the
+//! identity cache ([`identity`]), conflicts ([`conflicts`]) and request rates shared by every
+//! worker process ([`rate_limit`]).
 
 pub mod conflicts;
 pub mod identity;
 pub mod ledger;
+pub mod rate_limit;
 pub mod residents;
 
 use std::time::Duration;
@@ -377,6 +382,12 @@ impl Keys {
     /// Unresolved people, by source and person.
     pub fn conflicts(&self) -> String {
         format!("{}:conflicts", self.namespace)
+    }
+
+    /// Grants of the shared request rate of `scope` (a sorted set by grant time, see
+    /// [`rate_limit`]).
+    pub fn rate_limit(&self, scope: &str) -> String {
+        format!("{}:rate-limit:{scope}", self.namespace)
     }
 
     /// Lifetime counters.

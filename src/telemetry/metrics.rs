@@ -27,6 +27,14 @@ pub const OPENAPP_DURATION: &str = "lease_sync_openapp_request_duration_seconds"
 /// OpenApp call results, by `operation` and `class` (`2xx`, `4xx`, `5xx`, `timeout`,
 /// `connect`, `io`).
 pub const OPENAPP_RESPONSES: &str = "lease_sync_openapp_responses_total";
+/// Buildium API requests answered or failed, by `operation` (`get_lease`, `get_tenant`,
+/// `list_leases`) and `class` (`2xx`, `3xx`, `4xx`, `429`, `5xx`, `timeout`, `connect`, `io`,
+/// `body`).
+pub const BUILDIUM_REQUESTS: &str = "lease_sync_buildium_requests_total";
+/// Buildium API request latency, by `operation`; the wait for a rate-limit slot is not in it.
+pub const BUILDIUM_DURATION: &str = "lease_sync_buildium_request_duration_seconds";
+/// Time a Buildium request waited for a slot of the rate shared by every worker process.
+pub const BUILDIUM_RATE_LIMIT_WAIT: &str = "lease_sync_buildium_rate_limit_wait_seconds";
 /// Jobs in the queue by `state` (`ready`, `scheduled`, `in_flight`, `dead`), read from
 /// Redis at scrape time.
 pub const QUEUE_JOBS: &str = "lease_sync_queue_jobs";
@@ -122,6 +130,24 @@ pub const CATALOG: &[Metric] = &[
         kind: Kind::Counter,
         labels: &["operation", "class"],
         help: "OpenApp call results by operation and class (2xx, 3xx, 4xx, 5xx, timeout, connect, io).",
+    },
+    Metric {
+        name: BUILDIUM_REQUESTS,
+        kind: Kind::Counter,
+        labels: &["operation", "class"],
+        help: "Buildium API requests by operation (get_lease, get_tenant, list_leases) and class (2xx, 3xx, 4xx, 429, 5xx, timeout, connect, io, body).",
+    },
+    Metric {
+        name: BUILDIUM_DURATION,
+        kind: Kind::Histogram,
+        labels: &["operation"],
+        help: "Seconds per Buildium API request, by operation (get_lease, get_tenant, list_leases), without the wait for a rate-limit slot.",
+    },
+    Metric {
+        name: BUILDIUM_RATE_LIMIT_WAIT,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "Seconds a Buildium request waited for a slot of the request rate shared by every worker process.",
     },
     Metric {
         name: QUEUE_JOBS,

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use lease_sync::config::{LogFormat, Role};
+use lease_sync::queue::rate_limit::RateLimit;
 use lease_sync::telemetry::metrics::{CATALOG, Kind};
 use lease_sync_sandbox::Fault;
 use serde_json::json;
@@ -71,6 +72,7 @@ fn body_at(event_type: &str, lease: &str, user: &str, occurred_at: &str) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_expose_every_documented_metric_and_move_as_the_pipeline_runs() {
     let (_redis, openapp, app) = serve().await;
+    let buildium = FakeBuildium::start(0).await;
     let (_, before) = scrape(&app).await;
     let source = format!("source=\"{SOURCE}\"");
 
@@ -156,6 +158,15 @@ async fn metrics_expose_every_documented_metric_and_move_as_the_pipeline_runs() 
     })
     .await;
 
+    // Buildium reads through the rate every worker process shares: a lease, and a deleted one.
+    let lease = buildium.lease(17, 1, BuildiumLeaseStatus::Active);
+    let client = buildium.client().with_rate_limiter(
+        app.queue()
+            .rate_limiter("buildium", RateLimit::per_second(10)),
+    );
+    assert!(client.get_lease(lease).await.expect("read").is_some());
+    assert_eq!(client.get_lease(lease + 1_000).await, Ok(None));
+
     let (text, after) = scrape(&app).await;
     // Every documented metric is described and has at least one sample.
     for metric in CATALOG {
@@ -220,6 +231,19 @@ async fn metrics_expose_every_documented_metric_and_move_as_the_pipeline_runs() 
         "lease_sync_openapp_request_duration_seconds_count",
         &["operation=\"add\""],
         4.0,
+    );
+    let buildium = "lease_sync_buildium_requests_total";
+    grew(buildium, &["operation=\"get_lease\"", "class=\"2xx\""], 1.0);
+    grew(buildium, &["operation=\"get_lease\"", "class=\"4xx\""], 1.0);
+    grew(
+        "lease_sync_buildium_request_duration_seconds_count",
+        &["operation=\"get_lease\""],
+        2.0,
+    );
+    grew(
+        "lease_sync_buildium_rate_limit_wait_seconds_count",
+        &[],
+        2.0,
     );
     // Gauges read this instance's Redis at scrape time.
     assert_eq!(

@@ -11,7 +11,8 @@
 //!   still alive, SIGTERM with a bounded wait, SIGKILL, a `prlimit`-imposed open-file limit.
 //! * [`wait_until`] and [`poll_until`]: bounded polling. Nothing here sleeps to wait.
 //! * [`free_port`]: a loopback port that was free a moment ago.
-//! * [`SandboxServer`]: the OpenApp sandbox served over HTTP in this process.
+//! * [`SandboxServer`] and [`BuildiumServer`]: the OpenApp sandbox and the Buildium emulator
+//!   served over HTTP in this process.
 //! * [`config`]: lease-sync's configuration built in Rust ([`ConfigBuilder`]) and written as
 //!   TOML, secrets in clear, for the processes that read a file ([`toml_with_secrets`]).
 //!
@@ -33,7 +34,7 @@ pub use crate::config::{ConfigBuilder, toml_with_secrets, write_with_secrets};
 pub use crate::poll::{POLL, poll_until, wait_until};
 pub use crate::process::{OnDrop, Output, Process, ProcessBuilder, signal};
 pub use crate::redis::{Appendfsync, RedisOptions, RedisServer};
-pub use crate::sandbox::SandboxServer;
+pub use crate::sandbox::{BuildiumServer, SandboxServer};
 
 /// A loopback port that was free a moment ago (bound to port 0, then released), for a child
 /// process to bind soon after.

@@ -44,13 +44,13 @@ pub struct LeaseMessage {
     #[serde(default)]
     pub lease_status: Option<String>,
     /// The tenants living there now, with their contact details.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub current_tenants: Vec<TenantMessage>,
     /// Every tenant ever on the lease, with their status on it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub tenants: Vec<LeaseTenant>,
     /// Move-outs, one per tenant who gave notice or left.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub move_out_data: Vec<MoveOut>,
     /// Whether a fixed lease moves its tenants out at its end by itself.
     #[serde(default)]
@@ -75,7 +75,7 @@ pub struct TenantMessage {
     #[serde(default)]
     pub email: Option<String>,
     /// The tenant's leases, on `GET /v1/leases/tenants/{tenantId}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub leases: Vec<LeaseMessage>,
 }
 
@@ -280,6 +280,15 @@ impl TenantMessage {
             .collect();
         (!parts.is_empty()).then(|| parts.join(" "))
     }
+}
+
+/// A list Buildium may send as `null` (its arrays are nullable): empty.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// Buildium's date-times, in ms: RFC 3339, or without an offset, which Buildium means as UTC.
@@ -487,5 +496,17 @@ mod tests {
             parse_timestamp("2026-11-20T10:00:00"),
             parse_timestamp("2026-11-20T10:00:00Z")
         );
+    }
+
+    #[test]
+    fn null_lists_read_as_empty_as_buildium_documents_them_nullable() {
+        let lease = lease(serde_json::json!({
+            "CurrentTenants": null, "Tenants": null, "MoveOutData": null
+        }));
+        assert!(lease.current_tenants.is_empty() && lease.tenants.is_empty());
+        assert!(lease.move_out_data.is_empty());
+        let tenant: TenantMessage =
+            serde_json::from_value(serde_json::json!({"Id": 1, "Leases": null})).unwrap();
+        assert!(tenant.leases.is_empty());
     }
 }

@@ -10,18 +10,24 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lease_sync::app::Application;
+use lease_sync::config::Secret;
 use lease_sync::config::{PropertySettings, Role, Settings};
 use lease_sync::queue::{JobQueue, QueueCounts, connect};
 use lease_sync::signature::standard_webhooks;
+use lease_sync::sources::buildium::client::{BuildiumClient, BuildiumClientOptions};
+use lease_sync_sandbox::buildium::{
+    BuildiumOptions, BuildiumSandbox, Credentials, NewLease, NewTenant,
+};
 use lease_sync_sandbox::{Sandbox, SandboxOptions};
 use lease_sync_testkit::config::standard_webhooks_source;
 use lease_sync_testkit::{
-    ConfigBuilder, Process, ProcessBuilder, SandboxServer, write_with_secrets,
+    BuildiumServer, ConfigBuilder, Process, ProcessBuilder, SandboxServer, write_with_secrets,
 };
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use lease_sync_sandbox::buildium::LeaseStatus as BuildiumLeaseStatus;
 pub use lease_sync_testkit::config::{count, loopback};
 pub use lease_sync_testkit::{RedisServer, free_port, wait_until};
 
@@ -116,6 +122,72 @@ impl FakeOpenApp {
             sandbox,
             _server: server,
         }
+    }
+}
+
+/// The Buildium API key the emulator of [`FakeBuildium`] accepts.
+pub const BUILDIUM_CLIENT_ID: &str = "lease-sync-test-client";
+/// See [`BUILDIUM_CLIENT_ID`].
+pub const BUILDIUM_CLIENT_SECRET: &str = "buildium-test-secret-0123456789";
+
+/// The Buildium emulator, served over HTTP, accepting only [`BUILDIUM_CLIENT_ID`] and
+/// [`BUILDIUM_CLIENT_SECRET`].
+pub struct FakeBuildium {
+    pub sandbox: BuildiumSandbox,
+    pub base_url: String,
+    _server: BuildiumServer,
+}
+
+impl FakeBuildium {
+    /// With Buildium's rate limit (`rate_limit` reads per second; 0 for none).
+    pub async fn start(rate_limit: u32) -> Self {
+        let sandbox = BuildiumSandbox::new(BuildiumOptions {
+            credentials: Some(Credentials {
+                client_id: BUILDIUM_CLIENT_ID.into(),
+                client_secret: BUILDIUM_CLIENT_SECRET.into(),
+            }),
+            rate_limit,
+            ..BuildiumOptions::default()
+        });
+        let server = BuildiumServer::start(&sandbox).await;
+        Self {
+            base_url: server.base_url(),
+            sandbox,
+            _server: server,
+        }
+    }
+
+    /// A client of it with this API key, without a rate limiter.
+    pub fn client_with(&self, client_id: &str, secret: &str) -> BuildiumClient {
+        BuildiumClient::new(BuildiumClientOptions {
+            base_url: self.base_url.parse().expect("url"),
+            allow_insecure_http: true,
+            timeout: Duration::from_secs(10),
+            ..BuildiumClientOptions::new(client_id, Secret::new(secret))
+        })
+        .expect("client")
+    }
+
+    /// A client of it with the accepted API key, without a rate limiter.
+    pub fn client(&self) -> BuildiumClient {
+        self.client_with(BUILDIUM_CLIENT_ID, BUILDIUM_CLIENT_SECRET)
+    }
+
+    /// A lease of `property` with one tenant; returns its id.
+    pub fn lease(&self, property: i32, unit: i32, status: BuildiumLeaseStatus) -> i64 {
+        let mut lease = NewLease::new(
+            property,
+            unit,
+            time::macros::date!(2024 - 01 - 01),
+            Some(time::macros::date!(2099 - 12 - 31)),
+        )
+        .with_tenant(NewTenant::new(
+            "Tenant",
+            &format!("Unit{unit}"),
+            &format!("unit{unit}@example.com"),
+        ));
+        lease.lease_status = Some(status);
+        i64::from(self.sandbox.create_lease(&lease).expect("lease"))
     }
 }
 
