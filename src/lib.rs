@@ -12,6 +12,7 @@
 //! * [`resident`]: resident state and the version order of lease events (pure).
 //! * [`access`]: when access starts and ends for calendar dates in a property's time zone.
 //! * [`identity`]: emails resolved to OpenApp users, and conflicts.
+//! * [`refresh`]: reading a Buildium lease again and folding what it says.
 //! * [`sources`]: kinds of senders (Buildium: its webhook events and leases).
 //! * [`leases`]: operator actions on one lease (find its holders, reset it).
 //! * [`reconcile`]: comparing a file of active leases with OpenApp, and applying the plan.
@@ -43,6 +44,7 @@ pub mod openapp;
 pub mod outbound;
 pub mod queue;
 pub mod reconcile;
+pub mod refresh;
 pub mod resident;
 pub mod retry;
 pub mod signature;

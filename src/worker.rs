@@ -30,9 +30,11 @@ use crate::dead_letters::DeadLetters;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
 use crate::queue::ledger::{AttemptRecord, Begin, Finish};
 use crate::queue::residents::ResidentLock;
-use crate::queue::{DeliveryJob, JobQueue, now_ms};
+use crate::queue::{DeliveryJob, Job, JobQueue, RefreshJob, now_ms};
+use crate::refresh::{RefreshError, Refresher};
 use crate::resident::{Desired, ResidentState};
 use crate::retry::{CallClass, Decision, RetryPolicy, parse_retry_after};
+use crate::sources::buildium::webhook::Refresh;
 
 /// How long a confirmed-existing integration is trusted before a 404 on remove re-checks it.
 const INTEGRATION_CACHE_TTL: Duration = Duration::from_secs(600);
@@ -439,6 +441,128 @@ impl Deliverer {
         Ok(lock_after)
     }
 
+    /// Runs refresh `job` as apalis task `task_id`: one attempt of reading and folding, with
+    /// the ledger counting it and the retry policy deciding what a failure means, as for a
+    /// convergence. No resident lock: the folds are atomic, each in its own script.
+    pub async fn run_refresh(
+        &self,
+        refresher: Option<&Refresher>,
+        job: &RefreshJob,
+        task_id: &str,
+    ) -> Result<(), BoxDynError> {
+        let attempt = match self
+            .queue
+            .begin_attempt(&job.delivery_id, task_id, self.policy.max_attempts)
+            .await?
+        {
+            Begin::Run(n) => n,
+            Begin::Stale => {
+                debug!("skipping a superseded run of this refresh");
+                return Ok(());
+            }
+            Begin::DeadLettered { reason, attempts } => {
+                error!(
+                    dead_letter.id = %job.delivery_id,
+                    reason = %reason,
+                    "refresh given up after {attempts} attempt(s) that stopped their worker; replay with `lease-sync dead-letters replay {}`",
+                    job.delivery_id
+                );
+                count_job("dead_lettered", reason.as_str());
+                self.trim_dead_letters().await;
+                return Ok(());
+            }
+        };
+        Span::current().record("attempt", attempt);
+        let result = match refresher {
+            Some(refresher) => refresher.refresh(&job.source, job.refresh).await,
+            None => Err(RefreshError::UnknownSource(job.source.clone())),
+        };
+        let class = match &result {
+            Ok(_) => CallClass::Success,
+            Err(e) if e.is_retryable() => CallClass::Transient {
+                retry_after: e.retry_after(),
+            },
+            Err(_) => CallClass::Permanent,
+        };
+        let decision = self.policy.decide(attempt, class, &mut rand::rng());
+        let mut record = AttemptRecord {
+            action: Some("refresh".into()),
+            ..AttemptRecord::default()
+        };
+        if let Err(e) = &result {
+            record.status = e.status();
+            record.error = Some(e.kind().to_owned());
+            record.message = Some(e.to_string());
+        }
+        if let Decision::Retry { delay, cap } = &decision {
+            record.delay_ms = Some(millis(*delay));
+            record.backoff_cap_ms = Some(millis(*cap));
+        }
+        let auth_failure = result
+            .as_ref()
+            .err()
+            .is_some_and(RefreshError::is_auth_failure);
+        let finish = match &decision {
+            Decision::Done => Finish::Delivered,
+            Decision::Retry { delay, .. } => Finish::Retry {
+                due_ms: now_ms()
+                    .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            },
+            Decision::DeadLetter(reason) => Finish::DeadLetter(*reason),
+        };
+        if !self
+            .queue
+            .finish_attempt(
+                &job.delivery_id,
+                task_id,
+                &record,
+                &finish,
+                auth_failure,
+                None,
+            )
+            .await?
+        {
+            warn!(
+                "the refresh moved on during the attempt (replayed or purged); outcome not recorded"
+            );
+            return Ok(());
+        }
+        match (&result, &decision) {
+            (Ok(done), _) => {
+                info!(
+                    leases = done.leases,
+                    deleted = done.deleted,
+                    folded = done.folded,
+                    jobs = done.jobs,
+                    conflicts = done.conflicts,
+                    "refreshed {:?} of source {}",
+                    job.refresh,
+                    job.source
+                );
+                count_job("refreshed", "");
+            }
+            (Err(e), Decision::Retry { delay, .. }) => {
+                warn!(
+                    http.status = e.status(),
+                    "refresh failed, will retry in {delay:?}: {e}"
+                );
+                count_job("retried", "");
+            }
+            (Err(e), Decision::DeadLetter(reason)) => {
+                error!(
+                    dead_letter.id = %job.delivery_id,
+                    reason = %reason,
+                    "refresh given up: {e}; replay with `lease-sync dead-letters replay {}`",
+                    job.delivery_id
+                );
+                count_job("dead_lettered", reason.as_str());
+                self.trim_dead_letters().await;
+            }
+            (Err(_), Decision::Done) => {}
+        }
+        Ok(())
+    }
+
     async fn trim_dead_letters(&self) {
         if let Err(e) = self.dead_letters.trim(&self.dead_letter_limits).await {
             warn!("could not enforce the dead-letter limits: {e}");
@@ -541,18 +665,33 @@ fn log_outcome(
     }
 }
 
+/// What the workers run jobs with.
+#[derive(Debug)]
+struct Handlers {
+    deliverer: Deliverer,
+    refresher: Option<Refresher>,
+}
+
 async fn handle_job(
-    job: DeliveryJob,
+    job: Job,
     task_id: TaskId,
     attempt: Attempt,
-    deliverer: Data<Arc<Deliverer>>,
+    handlers: Data<Arc<Handlers>>,
 ) -> Result<(), BoxDynError> {
+    let lease_id = match &job {
+        Job::Converge(c) => c.lease_id.clone(),
+        Job::Refresh(r) => match r.refresh {
+            Refresh::Lease { lease_id } => lease_id.to_string(),
+            Refresh::Tenant { .. } => String::new(),
+        },
+    };
     let span = info_span!(
         "job",
-        event.id = %job.event_id,
-        source = %job.source,
-        lease.id = %job.lease_id,
-        delivery.id = %job.delivery_id,
+        event.id = %job.event_id(),
+        source = %job.source(),
+        lease.id = %lease_id,
+        delivery.id = %job.delivery_id(),
+        job.kind = job.kind(),
         attempt = tracing::field::Empty,
         apalis.run = attempt.current(),
     );
@@ -560,12 +699,22 @@ async fn handle_job(
     // apalis's catch_panic layer cannot be spawned onto tokio (its handler type is not general
     // over lifetimes), so panics are caught here and treated like a crash: the task runs again,
     // the ledger marks the attempt crashed, and a persistent panic ends as a crash_loop dead letter.
-    let run = std::panic::AssertUnwindSafe(deliverer.run(&job, &task_id));
+    let run = std::panic::AssertUnwindSafe(async {
+        match &job {
+            Job::Converge(c) => handlers.deliverer.run(c, &task_id).await,
+            Job::Refresh(r) => {
+                handlers
+                    .deliverer
+                    .run_refresh(handlers.refresher.as_ref(), r, &task_id)
+                    .await
+            }
+        }
+    });
     match futures::FutureExt::catch_unwind(run).instrument(span).await {
         Ok(result) => result,
         Err(_) => {
-            error!(delivery.id = %job.delivery_id, "delivery job panicked; it will be retried and counted as a crash");
-            Err(Box::new(std::io::Error::other("delivery job panicked")))
+            error!(delivery.id = %job.delivery_id(), "job panicked; it will be retried and counted as a crash");
+            Err(Box::new(std::io::Error::other("job panicked")))
         }
     }
 }
@@ -593,7 +742,19 @@ pub async fn run_workers(
     status: WorkerStatus,
     shutdown: CancellationToken,
 ) {
-    let deliverer = Arc::new(Deliverer::new(client, queue.clone(), settings));
+    let refresher = match Refresher::new(settings, queue.clone(), client.clone()) {
+        Ok(refresher) => refresher,
+        Err(e) => {
+            // Validation checked the settings; a client that cannot be built (TLS roots) is
+            // reported, and refresh jobs then dead-letter as a configuration error.
+            error!("cannot set up the Buildium client: {e}; refreshes will fail");
+            None
+        }
+    };
+    let handlers = Arc::new(Handlers {
+        deliverer: Deliverer::new(client, queue.clone(), settings),
+        refresher,
+    });
     let worker_settings = settings.worker.clone();
     let poll_interval = worker_settings.poll_interval;
 
@@ -614,12 +775,12 @@ pub async fn run_workers(
             .missed_heartbeats(worker_settings.missed_heartbeats.get())
             .lock_tasks(false)
             .emit_events(false);
-        let backend = RedisStorage::<DeliveryJob>::new(queue.connection())
+        let backend = RedisStorage::<Job>::new(queue.connection())
             .with_config(config)
             .poll_with_interval(poll_interval);
         let worker = WorkerBuilder::new(name.as_str())
             .backend(backend)
-            .data(deliverer.clone())
+            .data(handlers.clone())
             .concurrency(worker_settings.concurrency.get())
             .build(handle_job);
 

@@ -19,12 +19,17 @@ use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tracing::{Instrument as _, Span, info, info_span, warn};
+use tracing::{Instrument as _, Span, debug, info, info_span, warn};
 
 use super::{ApiError, AppState, SourceRuntime};
+use crate::config::SourceKind;
 use crate::event::{EventError, LeaseEvent, check_not_future, is_valid_event_id, parse_event};
-use crate::queue::{DeliveryJob, EnqueueLimits, EnqueueOutcome, QueueError, Target};
+use crate::queue::{
+    DeliveryJob, EnqueueLimits, EnqueueOutcome, Job, QueueError, RefreshJob, Target,
+};
 use crate::signature::{EventIdError, HeaderLookup, SignatureError, Verified};
+use crate::sources::buildium;
+use crate::sources::buildium::webhook::{Interpretation, Refresh, WebhookError};
 
 /// A webhook taken in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,12 +50,20 @@ pub(super) enum Accepted {
         /// The event id.
         event_id: String,
     },
+    /// Authentic, but nothing lease-sync acts on (a Buildium `Rental.Updated`, say): 202,
+    /// nothing queued.
+    Ignored {
+        /// The event id.
+        event_id: String,
+    },
 }
 
 impl Accepted {
     fn event_id(&self) -> &str {
         match self {
-            Accepted::Queued { event_id, .. } | Accepted::Duplicate { event_id } => event_id,
+            Accepted::Queued { event_id, .. }
+            | Accepted::Duplicate { event_id }
+            | Accepted::Ignored { event_id } => event_id,
         }
     }
 
@@ -59,12 +72,13 @@ impl Accepted {
         match self {
             Accepted::Queued { .. } => "queued",
             Accepted::Duplicate { .. } => "duplicate",
+            Accepted::Ignored { .. } => "ignored",
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
-            Accepted::Queued { .. } => StatusCode::ACCEPTED,
+            Accepted::Queued { .. } | Accepted::Ignored { .. } => StatusCode::ACCEPTED,
             Accepted::Duplicate { .. } => StatusCode::OK,
         }
     }
@@ -79,6 +93,9 @@ impl Accepted {
             } => json!({"status": "queued", "event_id": event_id, "jobs": jobs, "stale": stale}),
             Accepted::Duplicate { event_id } => {
                 json!({"status": "duplicate", "event_id": event_id})
+            }
+            Accepted::Ignored { event_id } => {
+                json!({"status": "ignored", "event_id": event_id, "jobs": 0})
             }
         }
     }
@@ -131,6 +148,9 @@ pub(super) enum IngestError {
     /// Not JSON, or not a valid event (including one dated beyond the clock skew).
     #[error(transparent)]
     Event(#[from] EventError),
+    /// Not a Buildium event, or a lease event without the id it must carry.
+    #[error(transparent)]
+    Buildium(#[from] WebhookError),
     /// `lease.property_id` is not mapped under the source.
     #[error("lease.property_id `{0}` is not mapped to an OpenApp integration for this source")]
     UnknownProperty(String),
@@ -173,6 +193,7 @@ impl IngestError {
             IngestError::EventId(_)
             | IngestError::InvalidEventId
             | IngestError::Event(EventError::Invalid { .. })
+            | IngestError::Buildium(_)
             | IngestError::UnknownProperty(_) => StatusCode::UNPROCESSABLE_ENTITY,
             IngestError::EventIdConflict { .. } => StatusCode::CONFLICT,
             IngestError::QueueUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -191,7 +212,8 @@ impl IngestError {
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::EventId(_)
             | IngestError::InvalidEventId
-            | IngestError::Event(EventError::Invalid { .. }) => "invalid_event",
+            | IngestError::Event(EventError::Invalid { .. })
+            | IngestError::Buildium(_) => "invalid_event",
             IngestError::Event(EventError::InvalidJson(_)) => "invalid_json",
             IngestError::UnknownProperty(_) => "unknown_property",
             IngestError::EventIdConflict { .. } => "event_id_conflict",
@@ -254,7 +276,7 @@ pub(super) async fn receive(
         Ok(accepted) => {
             let jobs = match accepted {
                 Accepted::Queued { jobs, .. } => Some(*jobs),
-                Accepted::Duplicate { .. } => None,
+                Accepted::Duplicate { .. } | Accepted::Ignored { .. } => None,
             };
             info!(
                 event.id = accepted.event_id(),
@@ -300,6 +322,7 @@ fn record_metrics(source: &str, result: &Result<Accepted, IngestError>, elapsed:
     let source = source.to_owned();
     let (outcome, class) = match result {
         Ok(Accepted::Duplicate { .. }) => ("duplicate", "duplicate"),
+        Ok(Accepted::Ignored { .. }) => ("ignored", "accepted"),
         Ok(Accepted::Queued {
             stale, overridden, ..
         }) => {
@@ -331,7 +354,59 @@ async fn accept(
         .get(source_name)
         .ok_or(IngestError::UnknownSource)?;
     let (raw, verified) = authentic_body(state, source, headers, body).await?;
-    ingest_lease_event(state, source, headers, &raw, &verified).await
+    match source.kind {
+        SourceKind::LeaseSync => ingest_lease_event(state, source, headers, &raw, &verified).await,
+        SourceKind::Buildium => {
+            ingest_buildium_event(state, source, headers, &raw, &verified).await
+        }
+    }
+}
+
+/// A Buildium event: a cue to read a lease (or a tenant's leases) again. Buildium waits 10 s
+/// at most, so ingest never calls Buildium: it durably queues a refresh, deduplicated by the
+/// body's digest (Buildium sends no event id), and answers.
+async fn ingest_buildium_event(
+    state: &AppState,
+    source: &SourceRuntime,
+    headers: &HeaderMap,
+    raw: &[u8],
+    verified: &Verified,
+) -> Result<Accepted, IngestError> {
+    let event_id = source.verifier.event_id(verified, headers, raw)?;
+    Span::current().record("event.id", event_id.as_str());
+    let event = buildium::webhook::parse(raw)?;
+    let Interpretation::Refresh(refresh) = event.interpret()? else {
+        debug!(event.name = %event.name, "Buildium event not about leases; ignored");
+        return Ok(Accepted::Ignored { event_id });
+    };
+    if let Refresh::Lease { lease_id } = refresh {
+        Span::current().record("lease.id", lease_id);
+    }
+    let job = Job::Refresh(RefreshJob::new(&source.name, &event_id, refresh, None));
+    let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    let limits = EnqueueLimits {
+        dedupe_ttl: state.http.dedupe_ttl,
+        max_clock_skew: source.max_clock_skew,
+        timeout: state.enqueue_timeout(),
+    };
+    let outcome = state
+        .queue
+        .enqueue_jobs(&source.name, &event_id, &body, &[job], limits)
+        .await
+        .map_err(|cause| IngestError::QueueUnavailable {
+            retry_after_secs: state.http.retry_after.as_secs(),
+            cause,
+        })?;
+    Ok(match outcome {
+        EnqueueOutcome::Queued { jobs, .. } => Accepted::Queued {
+            event_id,
+            jobs,
+            stale: 0,
+            overridden: 0,
+        },
+        // The id is the body's digest: the same id is always the same body.
+        EnqueueOutcome::Duplicate | EnqueueOutcome::Conflict => Accepted::Duplicate { event_id },
+    })
 }
 
 /// The body of a request to `source`, once it is known to be authentic and within the

@@ -36,6 +36,8 @@ pub struct SourceRuntime {
     pub rate_limiter: Option<governor::DefaultDirectRateLimiter>,
     /// `max_clock_skew_secs`: how far ahead of our clock an event's `occurred_at` may be.
     pub max_clock_skew: std::time::Duration,
+    /// What the source sends.
+    pub kind: crate::config::SourceKind,
 }
 
 impl SourceRuntime {
@@ -57,6 +59,7 @@ impl SourceRuntime {
         Ok(Self {
             rate_limiter,
             max_clock_skew: source.max_clock_skew,
+            kind: source.kind,
             name: source.name.clone(),
             verifier: source.verifier(index, now)?,
             properties: source

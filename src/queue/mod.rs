@@ -541,6 +541,27 @@ impl JobQueue {
         })
     }
 
+    /// Folds `record` (what a source's lease says about one resident, e.g. a Buildium tenant)
+    /// into the state of the resident `job` names, and queues `job` if it changed anything;
+    /// `event` is the synthetic event standing for the fold (its id is the dedupe key).
+    pub async fn enqueue_record(
+        &self,
+        source: &str,
+        event: &LeaseEvent,
+        record: &crate::resident::LeaseRecord,
+        job: &DeliveryJob,
+        limits: EnqueueLimits,
+    ) -> Result<EnqueueOutcome, QueueError> {
+        self.fold(
+            source,
+            event,
+            Some(record),
+            std::slice::from_ref(job),
+            limits,
+        )
+        .await
+    }
+
     /// Forgets what `source`'s events recorded about lease `lease_id` for each resident
     /// `jobs` names (an operator's reset), and queues a convergence job for each resident
     /// that held such a record. `reset` is the synthetic event standing for the reset: its

@@ -1,0 +1,525 @@
+//! Refreshes: reading a lease (or a tenant and their leases) again from a Buildium source and
+//! folding what Buildium says into resident state.
+//!
+//! Buildium's webhooks only say *that* something changed, so a worker reads the lease and
+//! works out each tenant's access ([`crate::sources::buildium::lease`]), resolves each tenant
+//! to an OpenApp user by email ([`crate::identity`]; who cannot be resolved becomes a
+//! conflict), and folds one lease record per tenant into that user's state with the lease's
+//! `LastUpdatedDateTime` as the version — so a late or repeated webhook cannot undo newer
+//! state. Every resident whose state changed gets a convergence job, as after a native event.
+//! A lease that answers 404 was deleted: the residents holding it lose what it gave them.
+//!
+//! Failures are returned to the worker, which classifies them like OpenApp's (retry with
+//! backoff, `Retry-After`, dead letter); a refresh is idempotent, so retrying all of it is
+//! safe.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tracing::{debug, info, warn};
+
+use crate::config::{PropertySettings, Settings, SourceKind, SourceSettings};
+use crate::event::{AccessWindow, EventType, Lease, LeaseEvent, Resident};
+use crate::identity::{ConflictReason, ResolveError, Resolved, Resolver};
+use crate::openapp::{CallError, OpenAppClient};
+use crate::queue::conflicts::Conflict;
+use crate::queue::rate_limit::RateLimit;
+use crate::queue::{DeliveryJob, EnqueueLimits, EnqueueOutcome, JobQueue, QueueError, Target};
+use crate::resident::{LeaseRecord, LeaseState};
+use crate::sources::buildium::client::{
+    BuildiumClient, BuildiumClientOptions, BuildiumError, ClientBuildError,
+};
+use crate::sources::buildium::lease::{
+    AccessRules, LeaseError, LeaseFacts, LeaseMessage, TenantAccess, TenantFacts,
+};
+use crate::sources::buildium::webhook::Refresh;
+
+/// The `trigger` of convergence jobs a refresh queues.
+pub const REFRESH_TRIGGER: &str = "refresh";
+
+/// Why a refresh did not complete. Each says whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// Buildium failed or refused.
+    #[error(transparent)]
+    Buildium(#[from] BuildiumError),
+    /// Resolving an email failed (OpenApp or the cache).
+    #[error("resolving a tenant's OpenApp user: {0}")]
+    Identity(#[from] ResolveError),
+    /// Redis failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The lease is not what Buildium documents; reading it again gives the same answer.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// The job names a source that is not a configured Buildium source.
+    #[error("source `{0}` is not a configured Buildium source")]
+    UnknownSource(String),
+}
+
+impl RefreshError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RefreshError::Buildium(e) => e.is_retryable(),
+            RefreshError::Identity(ResolveError::OpenApp(e)) => e.is_retryable(),
+            RefreshError::Identity(ResolveError::Cache(_)) | RefreshError::Queue(_) => true,
+            RefreshError::Lease(_) | RefreshError::UnknownSource(_) => false,
+        }
+    }
+
+    /// Whether a credential was refused (Buildium's or OpenApp's): counted apart.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            RefreshError::Buildium(e) => e.is_auth_failure(),
+            RefreshError::Identity(ResolveError::OpenApp(e)) => {
+                matches!(e.status(), Some(401 | 403))
+            }
+            _ => false,
+        }
+    }
+
+    /// The wait the failing server asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RefreshError::Buildium(e) => e.retry_after(),
+            RefreshError::Identity(ResolveError::OpenApp(e)) => e
+                .retry_after()
+                .and_then(|v| crate::retry::parse_retry_after(v, std::time::SystemTime::now())),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of the failing answer, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RefreshError::Buildium(e) => e.status(),
+            RefreshError::Identity(ResolveError::OpenApp(e)) => e.status(),
+            _ => None,
+        }
+    }
+
+    /// A short name of the failure for the attempt log: `buildium`, `openapp`, `redis`,
+    /// `invalid_lease`, `config`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RefreshError::Buildium(_) => "buildium",
+            RefreshError::Identity(ResolveError::OpenApp(_)) => "openapp",
+            RefreshError::Identity(ResolveError::Cache(_)) | RefreshError::Queue(_) => "redis",
+            RefreshError::Lease(_) => "invalid_lease",
+            RefreshError::UnknownSource(_) => "config",
+        }
+    }
+}
+
+/// What one refresh did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Leases read.
+    pub leases: usize,
+    /// Leases found deleted (404).
+    pub deleted: usize,
+    /// Tenant records folded (one per tenant and lease).
+    pub folded: usize,
+    /// Convergence jobs queued (residents whose state changed).
+    pub jobs: usize,
+    /// Tenants without an OpenApp user (conflicts recorded).
+    pub conflicts: usize,
+    /// Leases of buildings the source does not map (skipped).
+    pub unmapped: usize,
+}
+
+/// One Buildium source, ready to read.
+struct BuildiumSource {
+    settings: SourceSettings,
+    client: BuildiumClient,
+    statuses: (Vec<String>, Vec<String>),
+    /// Mapped buildings by Buildium `PropertyId`.
+    properties: HashMap<i64, PropertySettings>,
+}
+
+/// Refreshes the leases of every Buildium source. Cheap to share.
+pub struct Refresher {
+    sources: HashMap<String, BuildiumSource>,
+    queue: JobQueue,
+    resolver: Resolver,
+    limits: EnqueueLimits,
+}
+
+impl std::fmt::Debug for Refresher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresher")
+            .field("sources", &self.sources.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Refresher {
+    /// A refresher for the Buildium sources of `settings` (`None` when there are none),
+    /// reading through clients that share one request rate per source in `queue`'s Redis,
+    /// and resolving emails with `openapp`.
+    pub fn new(
+        settings: &Settings,
+        queue: JobQueue,
+        openapp: OpenAppClient,
+    ) -> Result<Option<Self>, ClientBuildError> {
+        let mut sources = HashMap::new();
+        for source in settings
+            .sources
+            .iter()
+            .filter(|s| s.kind == SourceKind::Buildium)
+        {
+            let Some(api) = &source.buildium else {
+                continue;
+            };
+            let Some(secret) = api.client_secret.clone() else {
+                continue;
+            };
+            let options = BuildiumClientOptions {
+                base_url: api.base_url.clone(),
+                allow_insecure_http: api.allow_insecure_http,
+                timeout: api.timeout,
+                ..BuildiumClientOptions::new(api.client_id.clone(), secret)
+            };
+            // Every process limiting this account takes its slots under the same scope.
+            let limiter = queue.rate_limiter(
+                &format!("buildium:{}", source.name),
+                RateLimit::per_second(api.rate_limit_per_sec),
+            );
+            let client = BuildiumClient::new(options)?.with_rate_limiter(limiter);
+            let properties = source
+                .properties
+                .iter()
+                .filter_map(|p| Some((p.id.parse::<i64>().ok()?, p.clone())))
+                .collect();
+            sources.insert(
+                source.name.clone(),
+                BuildiumSource {
+                    settings: source.clone(),
+                    client,
+                    statuses: (api.tenant_statuses.clone(), api.lease_statuses.clone()),
+                    properties,
+                },
+            );
+        }
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            sources,
+            resolver: Resolver::new(openapp, queue.clone(), settings.identity.create_missing),
+            queue,
+            limits: EnqueueLimits {
+                dedupe_ttl: settings.http.dedupe_ttl,
+                // Records carry Buildium's own update times; none is ahead of ours by design.
+                max_clock_skew: Duration::from_secs(300),
+                timeout: Duration::from_secs(10),
+            },
+        }))
+    }
+
+    /// Reads `refresh` from `source` and folds it.
+    pub async fn refresh(&self, source: &str, refresh: Refresh) -> Result<Refreshed, RefreshError> {
+        let buildium = self
+            .sources
+            .get(source)
+            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        let mut done = Refreshed::default();
+        match refresh {
+            Refresh::Lease { lease_id } => {
+                self.refresh_lease(buildium, lease_id, &mut done).await?;
+            }
+            Refresh::Tenant { tenant_id } => match buildium.client.get_tenant(tenant_id).await? {
+                Some(tenant) => {
+                    for lease in &tenant.leases {
+                        self.refresh_lease(buildium, lease.id, &mut done).await?;
+                    }
+                }
+                None => debug!(
+                    tenant.id = tenant_id,
+                    "tenant not found at Buildium; nothing to refresh"
+                ),
+            },
+        }
+        Ok(done)
+    }
+
+    async fn refresh_lease(
+        &self,
+        source: &BuildiumSource,
+        lease_id: i64,
+        done: &mut Refreshed,
+    ) -> Result<(), RefreshError> {
+        match source.client.get_lease(lease_id).await? {
+            Some(lease) => {
+                done.leases += 1;
+                self.fold_lease(source, &lease, done).await
+            }
+            None => {
+                // Buildium answers its own 404 for any unknown path, so a wrong base URL would
+                // read as every lease deleted: before taking anyone's door away, check that
+                // the API answers a read that must succeed.
+                source.client.verify_access().await?;
+                done.deleted += 1;
+                self.fold_deleted(source, lease_id, done).await
+            }
+        }
+    }
+
+    async fn fold_lease(
+        &self,
+        source: &BuildiumSource,
+        lease: &LeaseMessage,
+        done: &mut Refreshed,
+    ) -> Result<(), RefreshError> {
+        let Some(property) = source.properties.get(&lease.property_id) else {
+            debug!(
+                lease.id = lease.id,
+                property.id = lease.property_id,
+                "lease of a building the source does not map; skipped"
+            );
+            done.unmapped += 1;
+            return Ok(());
+        };
+        let rules = AccessRules {
+            tenant_statuses: source.statuses.0.clone(),
+            lease_statuses: source.statuses.1.clone(),
+            margins: property.margins(&source.settings),
+        };
+        let facts = lease.facts(&property.zone(), &rules)?;
+        for tenant in &facts.tenants {
+            let email = match &tenant.email {
+                Some(email) => Some(email.clone()),
+                // Not a current tenant: their email is on their own record.
+                None => source
+                    .client
+                    .get_tenant(tenant.tenant_id)
+                    .await?
+                    .and_then(|t| t.email)
+                    .filter(|e| !e.trim().is_empty()),
+            };
+            let resolved = self
+                .resolver
+                .resolve(&property.org_id, email.as_deref(), tenant.name.as_deref())
+                .await?;
+            let person = format!("tenant:{}", tenant.tenant_id);
+            match resolved {
+                Resolved::Conflict(reason) => {
+                    done.conflicts += 1;
+                    self.conflict(source, property, &facts, tenant, email, reason, &person)
+                        .await?;
+                }
+                Resolved::User(user_id) => {
+                    self.queue
+                        .resolve_conflict(&source.settings.name, &person)
+                        .await?;
+                    done.folded += 1;
+                    done.jobs += self
+                        .fold_tenant(source, property, &facts, tenant, &user_id)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one conflict record is made of all of these; a struct would only rename them"
+    )]
+    async fn conflict(
+        &self,
+        source: &BuildiumSource,
+        property: &PropertySettings,
+        facts: &LeaseFacts,
+        tenant: &TenantFacts,
+        email: Option<String>,
+        reason: ConflictReason,
+        person: &str,
+    ) -> Result<(), RefreshError> {
+        // A tenant who no longer gets access is no conflict worth an operator's time.
+        if matches!(tenant.access, TenantAccess::Ended { .. }) {
+            return Ok(());
+        }
+        warn!(
+            lease.id = facts.lease_id,
+            tenant.id = tenant.tenant_id,
+            reason = reason.as_str(),
+            "a Buildium tenant has no OpenApp user: no access until resolved"
+        );
+        self.queue
+            .record_conflict(&Conflict {
+                source: source.settings.name.clone(),
+                person: person.to_owned(),
+                reason,
+                email,
+                name: tenant.name.clone(),
+                lease_id: facts.lease_id.to_string(),
+                property_id: property.id.clone(),
+                integration_id: property.integration_id.clone(),
+                first_seen: 0,
+                last_seen: 0,
+                times: 0,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Folds `tenant`'s record of the lease into `user_id`'s state; 1 if a convergence was
+    /// queued.
+    async fn fold_tenant(
+        &self,
+        source: &BuildiumSource,
+        property: &PropertySettings,
+        facts: &LeaseFacts,
+        tenant: &TenantFacts,
+        user_id: &str,
+    ) -> Result<usize, RefreshError> {
+        let (state, rank, starts_at, ends_at) = match tenant.access {
+            TenantAccess::Grants { starts_at, ends_at } => {
+                (LeaseState::Active, 0, starts_at, ends_at)
+            }
+            TenantAccess::Ended { ends_at } => (LeaseState::Ended, 1, None, Some(ends_at)),
+        };
+        let lease_id = facts.lease_id.to_string();
+        let event_id = format!(
+            "buildium:{}:{}:{}",
+            facts.lease_id, facts.version, tenant.tenant_id
+        );
+        let record = LeaseRecord {
+            state,
+            starts_at,
+            ends_at,
+            occurred_at: facts.version,
+            rank,
+            event_id: event_id.clone(),
+            source: source.settings.name.clone(),
+            property_id: property.id.clone(),
+        };
+        let event = synthetic_event(&event_id, &record, &lease_id, user_id);
+        self.fold(source, property, &event, &record, user_id).await
+    }
+
+    /// A deleted lease: every resident holding this source's record of it loses what it gave.
+    async fn fold_deleted(
+        &self,
+        source: &BuildiumSource,
+        lease_id: i64,
+        done: &mut Refreshed,
+    ) -> Result<(), RefreshError> {
+        let now = crate::queue::now_ms();
+        let lease = lease_id.to_string();
+        let mut seen = Vec::new();
+        for property in source.properties.values() {
+            if seen.contains(&property.integration_id) {
+                continue;
+            }
+            seen.push(property.integration_id.clone());
+            for state in self
+                .queue
+                .residents_holding(&property.integration_id, &lease)
+                .await?
+            {
+                let Some(held) = state
+                    .leases
+                    .get(&lease)
+                    .filter(|r| r.source == source.settings.name)
+                else {
+                    continue;
+                };
+                let event_id = format!("buildium:{lease}:deleted:{now}:{}", state.user_id);
+                let record = LeaseRecord {
+                    state: LeaseState::Ended,
+                    starts_at: None,
+                    ends_at: Some(now),
+                    occurred_at: now,
+                    rank: 1,
+                    event_id: event_id.clone(),
+                    source: source.settings.name.clone(),
+                    property_id: held.property_id.clone(),
+                };
+                let event = synthetic_event(&event_id, &record, &lease, &state.user_id);
+                let building = source
+                    .properties
+                    .values()
+                    .find(|p| p.id == held.property_id)
+                    .unwrap_or(property);
+                done.folded += 1;
+                done.jobs += self
+                    .fold(source, building, &event, &record, &state.user_id)
+                    .await?;
+            }
+        }
+        info!(
+            lease.id = lease_id,
+            "lease deleted at Buildium: its residents' records ended"
+        );
+        Ok(())
+    }
+
+    async fn fold(
+        &self,
+        source: &BuildiumSource,
+        property: &PropertySettings,
+        event: &LeaseEvent,
+        record: &LeaseRecord,
+        user_id: &str,
+    ) -> Result<usize, RefreshError> {
+        let role = property.effective_role();
+        let job = DeliveryJob::for_event(
+            event,
+            &source.settings.name,
+            user_id,
+            Target {
+                org_id: &property.org_id,
+                integration_id: &property.integration_id,
+                role: &role,
+            },
+            Some(REFRESH_TRIGGER),
+        );
+        let outcome = self
+            .queue
+            .enqueue_record(&source.settings.name, event, record, &job, self.limits)
+            .await?;
+        Ok(match outcome {
+            EnqueueOutcome::Queued { jobs, .. } => jobs,
+            EnqueueOutcome::Duplicate | EnqueueOutcome::Conflict => 0,
+        })
+    }
+}
+
+/// The event a folded record stands for: the convergence job and the dead letter show it.
+fn synthetic_event(id: &str, record: &LeaseRecord, lease_id: &str, user_id: &str) -> LeaseEvent {
+    let at = |ms: i64| {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    };
+    LeaseEvent {
+        id: id.to_owned(),
+        event_type: match record.state {
+            LeaseState::Active => EventType::LeaseSigned,
+            LeaseState::Ended => EventType::LeaseEnded,
+        },
+        occurred_at: at(record.occurred_at),
+        lease: Lease {
+            id: lease_id.to_owned(),
+            property_id: record.property_id.clone(),
+            unit: None,
+        },
+        residents: vec![Resident {
+            openapp_user_id: user_id.to_owned(),
+            external_id: None,
+        }],
+        access: (record.starts_at.is_some() || record.ends_at.is_some()).then(|| AccessWindow {
+            starts_at: record.starts_at.map(at),
+            ends_at: record.ends_at.map(at),
+        }),
+    }
+}
+
+impl From<CallError> for RefreshError {
+    fn from(e: CallError) -> Self {
+        RefreshError::Identity(ResolveError::OpenApp(e))
+    }
+}

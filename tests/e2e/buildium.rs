@@ -1,0 +1,391 @@
+//! Buildium end to end: the Buildium emulator posts signed webhooks to lease-sync, whose
+//! workers read the leases back from the emulator's API, resolve tenants by email in the
+//! OpenApp sandbox and make its building users match. Real HTTP both ways, real Redis.
+
+use std::time::Duration;
+
+use lease_sync::config::{BuildiumSettings, PropertySettings, Secret, SourceKind, SourceSettings};
+use lease_sync_sandbox::NewUser;
+use lease_sync_sandbox::buildium::{
+    BuildiumOptions, BuildiumSandbox, LeaseUpdate, MoveOut, NewLease, NewTenant, TenantStatus,
+};
+use lease_sync_testkit::BuildiumServer;
+use time::{Date, Duration as Days, OffsetDateTime};
+
+use crate::support::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+/// The Buildium source's name: `POST /webhooks/buildium`.
+const BUILDIUM: &str = "buildium";
+/// The webhook signing key of the emulator and the source.
+const SIGNING_KEY: &str = "buildium-signing-key-0123456789";
+const CLIENT_ID: &str = "client-id-1";
+const CLIENT_SECRET: &str = "client-secret-1";
+/// The Buildium property mapped to the test integration.
+const PROPERTY_ID: i32 = 23;
+
+/// Redis, the OpenApp sandbox, the Buildium emulator posting to lease-sync, and `serve` with a
+/// Buildium source for property 23 in New York.
+struct Loop {
+    _redis: RedisServer,
+    openapp: FakeOpenApp,
+    buildium: BuildiumSandbox,
+    _buildium_server: BuildiumServer,
+    app: TestApp,
+}
+
+async fn start() -> Loop {
+    let buildium = BuildiumSandbox::new(BuildiumOptions {
+        secret: SIGNING_KEY.into(),
+        credentials: Some(lease_sync_sandbox::buildium::Credentials {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+        }),
+        // Buildium's 1 min / 10 min / 1 h retries, a thousand times faster.
+        retry_scale: 1000.0,
+        ..BuildiumOptions::default()
+    });
+    let buildium_server = BuildiumServer::start(&buildium).await;
+    let base_url = format!("http://{}", buildium_server.addr());
+    let (redis, openapp, app) = serve_with(move |settings| {
+        let mut property = PropertySettings::new(PROPERTY_ID.to_string(), ORG, INTEGRATION);
+        property.timezone = "America/New_York".into();
+        settings.sources.push(SourceSettings {
+            kind: SourceKind::Buildium,
+            secrets: vec![lease_sync::config::SourceSecret::plain(SIGNING_KEY)],
+            buildium: Some(BuildiumSettings {
+                base_url: base_url.parse().expect("url"),
+                allow_insecure_http: true,
+                client_id: CLIENT_ID.into(),
+                client_secret: Some(Secret::new(CLIENT_SECRET)),
+                ..BuildiumSettings::default()
+            }),
+            properties: vec![property],
+            ..SourceSettings::named(BUILDIUM)
+        });
+    })
+    .await;
+    buildium.set_webhook_url(Some(app.webhook_url(BUILDIUM)));
+    Loop {
+        _redis: redis,
+        openapp,
+        buildium,
+        _buildium_server: buildium_server,
+        app,
+    }
+}
+
+impl Loop {
+    fn user(&self, name: &str, email: &str) -> String {
+        self.openapp
+            .sandbox
+            .add_user(ORG, NewUser::new(name, email))
+            .expect("add user")
+            .id
+    }
+
+    fn present(&self, user: &str) -> bool {
+        self.openapp.sandbox.members(INTEGRATION).contains_key(user)
+    }
+
+    async fn wait_presence(&self, user: &str, want: bool) {
+        let what = format!("{user} to be {}", if want { "present" } else { "absent" });
+        wait_until(&what, LIMIT, || async {
+            (self.present(user) == want).then_some(())
+        })
+        .await;
+    }
+
+    fn removals(&self) -> usize {
+        self.openapp
+            .sandbox
+            .calls()
+            .iter()
+            .filter(|c| c.method == "DELETE")
+            .count()
+    }
+}
+
+fn today() -> Date {
+    OffsetDateTime::now_utc().date()
+}
+
+/// A Fixed lease of property 23 that started 30 days ago and ends in a year.
+fn lease(tenants: Vec<NewTenant>) -> NewLease {
+    let mut lease = NewLease::new(
+        PROPERTY_ID,
+        7,
+        today() - Days::days(30),
+        Some(today() + Days::days(365)),
+    );
+    lease.tenants = tenants;
+    lease
+}
+
+fn tenant(first: &str, email: &str) -> NewTenant {
+    NewTenant {
+        move_in_date: Some(today() - Days::days(30)),
+        status: Some(TenantStatus::Current),
+        ..NewTenant::new(first, "Resident", email)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_grants_its_tenants_and_never_its_cosigner() {
+    let l = start().await;
+    let ada = l.user("Ada Resident", "ada@example.com");
+    let alan = l.user("Alan Resident", "alan@example.com");
+    let guarantor = l.user("Grace Guarantor", "grace@example.com");
+    let mut new = lease(vec![
+        tenant("Ada", "ada@example.com"),
+        tenant("Alan", "alan@example.com"),
+    ]);
+    new.cosigners = vec![NewTenant::new("Grace", "Guarantor", "grace@example.com")];
+    l.buildium.create_lease(&new).expect("create lease");
+
+    l.wait_presence(&ada, true).await;
+    l.wait_presence(&alan, true).await;
+    wait_drained(&l.app.queue(), LIMIT).await;
+    assert!(!l.present(&guarantor), "a cosigner never gets access");
+    // Every delivery was answered 2xx: nothing left for Buildium to retry.
+    assert!(
+        l.buildium.deliveries().iter().all(|d| matches!(
+            d.state,
+            lease_sync_sandbox::buildium::DeliveryState::Delivered
+        )),
+        "{:?}",
+        l.buildium.deliveries()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_out_removes_that_tenant_only_and_a_renewal_removes_nobody() {
+    let l = start().await;
+    let ada = l.user("Ada Resident", "ada@example.com");
+    let alan = l.user("Alan Resident", "alan@example.com");
+    let lease_id = l
+        .buildium
+        .create_lease(&lease(vec![
+            tenant("Ada", "ada@example.com"),
+            tenant("Alan", "alan@example.com"),
+        ]))
+        .expect("create lease");
+    l.wait_presence(&ada, true).await;
+    l.wait_presence(&alan, true).await;
+    wait_drained(&l.app.queue(), LIMIT).await;
+
+    // A renewal: the same lease, a later end. Nobody is removed and re-added.
+    l.buildium
+        .update_lease(
+            lease_id,
+            &LeaseUpdate {
+                lease_to_date: Some(today() + Days::days(730)),
+                ..LeaseUpdate::default()
+            },
+        )
+        .expect("renew");
+    let version_before = l
+        .app
+        .queue()
+        .resident(INTEGRATION, &ada)
+        .await
+        .expect("redis")
+        .expect("state")
+        .leases[&lease_id.to_string()]
+        .occurred_at;
+    wait_until("the renewal to be folded", LIMIT, || async {
+        let state = l.app.queue().resident(INTEGRATION, &ada).await.ok()??;
+        (state.leases[&lease_id.to_string()].occurred_at > version_before).then_some(())
+    })
+    .await;
+    wait_drained(&l.app.queue(), LIMIT).await;
+    assert_eq!(l.removals(), 0, "a renewal never removes");
+
+    // Alan moved out yesterday: his access ended at the end of that day in New York.
+    let tenant_id = l.buildium.lease(lease_id).expect("lease")["Tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .find(|t| {
+            let id = t["Id"].as_i64();
+            l.buildium
+                .tenant(i32::try_from(id.unwrap_or(0)).unwrap_or(0))
+                .is_some_and(|tenant| tenant["Email"] == "alan@example.com")
+        })
+        .and_then(|t| t["Id"].as_i64())
+        .expect("Alan's tenant id");
+    let yesterday = today() - Days::days(1);
+    l.buildium
+        .move_out(
+            lease_id,
+            &MoveOut {
+                tenant_id: i32::try_from(tenant_id).expect("id"),
+                move_out_date: yesterday,
+                notice_given_date: None,
+                tenant_status: Some(TenantStatus::MovedOut),
+            },
+        )
+        .expect("move out");
+    l.wait_presence(&alan, false).await;
+    wait_drained(&l.app.queue(), LIMIT).await;
+    assert!(l.present(&ada), "the co-tenant keeps the door");
+    let state = l
+        .app
+        .queue()
+        .resident(INTEGRATION, &alan)
+        .await
+        .expect("redis")
+        .expect("state");
+    let record = &state.leases[&lease_id.to_string()];
+    let zone = lease_sync::access::PropertyZone::new("America/New_York").expect("zone");
+    let end_of_yesterday = zone
+        .end_of(
+            jiff::civil::Date::new(
+                i16::try_from(yesterday.year()).expect("year"),
+                i8::try_from(u8::from(yesterday.month())).expect("month"),
+                i8::try_from(yesterday.day()).expect("day"),
+            )
+            .expect("date"),
+        )
+        .expect("end");
+    assert_eq!(record.ends_at, Some(end_of_yesterday), "{record:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lease_removes_its_tenants() {
+    let l = start().await;
+    let ada = l.user("Ada Resident", "ada@example.com");
+    let lease_id = l
+        .buildium
+        .create_lease(&lease(vec![tenant("Ada", "ada@example.com")]))
+        .expect("create lease");
+    l.wait_presence(&ada, true).await;
+    l.buildium.delete_lease(lease_id).expect("delete");
+    l.wait_presence(&ada, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_email_is_a_conflict_until_the_user_exists() {
+    let l = start().await;
+    let lease_id = l
+        .buildium
+        .create_lease(&lease(vec![tenant("Nobody", "nobody@example.com")]))
+        .expect("create lease");
+    let conflicts = wait_until("a conflict", LIMIT, || async {
+        let c = l.app.queue().conflicts(Some(BUILDIUM)).await.ok()?;
+        (!c.is_empty()).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        conflicts[0].reason,
+        lease_sync::identity::ConflictReason::NoOpenappUser
+    );
+    assert_eq!(conflicts[0].lease_id, lease_id.to_string());
+    assert_eq!(conflicts[0].email.as_deref(), Some("nobody@example.com"));
+
+    // The user appears in OpenApp; the next change at Buildium resolves the conflict.
+    let nobody = l.user("Nobody Resident", "nobody@example.com");
+    l.buildium
+        .update_lease(
+            lease_id,
+            &LeaseUpdate {
+                lease_to_date: Some(today() + Days::days(400)),
+                ..LeaseUpdate::default()
+            },
+        )
+        .expect("update");
+    l.wait_presence(&nobody, true).await;
+    assert!(
+        l.app
+            .queue()
+            .conflicts(Some(BUILDIUM))
+            .await
+            .expect("redis")
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_unsigned_buildium_webhooks_get_401_and_other_events_are_ignored() {
+    let l = start().await;
+    let body = br#"{"EventName":"Lease.Updated","EventDateTime":"2026-12-01T10:00:00.0000000Z","AccountId":123456,"LeaseId":1001}"#.to_vec();
+    let now = u64::try_from(now()).expect("after 1970");
+    let timestamp = now.to_string();
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("utf-8");
+    let signature =
+        lease_sync_sandbox::buildium::sign("not-the-signing-key-000000", now, &text(&body));
+    let headers = vec![
+        ("content-type", "application/json".to_owned()),
+        ("buildium-webhook-timestamp", timestamp.clone()),
+        ("buildium-webhook-signature", signature),
+    ];
+    let forged = l.app.post(BUILDIUM, &headers, body.clone()).await;
+    assert_eq!(
+        (forged.status, forged.code()),
+        (401, "invalid_signature"),
+        "{forged:?}"
+    );
+    let unsigned = l.app.post(BUILDIUM, &headers[..1], body).await;
+    assert_eq!(
+        (unsigned.status, unsigned.code()),
+        (401, "missing_signature"),
+        "{unsigned:?}"
+    );
+
+    // Authentic but not about leases: acknowledged, nothing queued.
+    let rental = br#"{"EventName":"Rental.Updated","EventDateTime":"2026-12-01T10:00:00.0000000Z","AccountId":123456,"PropertyId":23}"#.to_vec();
+    let signed = lease_sync_sandbox::buildium::sign(SIGNING_KEY, now, &text(&rental));
+    let reply = l
+        .app
+        .post(
+            BUILDIUM,
+            &[
+                ("content-type", "application/json".to_owned()),
+                ("buildium-webhook-timestamp", timestamp.clone()),
+                ("buildium-webhook-signature", signed),
+            ],
+            rental,
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.json["status"].as_str()),
+        (202, Some("ignored")),
+        "{reply:?}"
+    );
+    // Authentic but not a Buildium event: 422.
+    let junk = br#"{"hello":"world"}"#.to_vec();
+    let signed = lease_sync_sandbox::buildium::sign(SIGNING_KEY, now, &text(&junk));
+    let reply = l
+        .app
+        .post(
+            BUILDIUM,
+            &[
+                ("content-type", "application/json".to_owned()),
+                ("buildium-webhook-timestamp", timestamp),
+                ("buildium-webhook-signature", signed),
+            ],
+            junk,
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (422, "invalid_event"),
+        "{reply:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_from_buildium_is_retried_and_the_lease_still_converges() {
+    let l = start().await;
+    let ada = l.user("Ada Resident", "ada@example.com");
+    l.buildium
+        .push_read_fault(lease_sync_sandbox::buildium::ReadFault::Status(429));
+    l.buildium
+        .create_lease(&lease(vec![tenant("Ada", "ada@example.com")]))
+        .expect("create lease");
+    l.wait_presence(&ada, true).await;
+    assert!(
+        l.buildium.reads().iter().any(|r| r.status == 429),
+        "the emulator answered 429 once"
+    );
+}
