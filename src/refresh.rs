@@ -26,9 +26,11 @@ use crate::openapp::{CallError, OpenAppClient};
 use crate::queue::conflicts::Conflict;
 use crate::queue::rate_limit::RateLimit;
 use crate::queue::{DeliveryJob, EnqueueLimits, EnqueueOutcome, JobQueue, QueueError, Target};
+use crate::reconcile::LeaseRow;
 use crate::resident::{LeaseRecord, LeaseState};
 use crate::sources::buildium::client::{
-    BuildiumClient, BuildiumClientOptions, BuildiumError, ClientBuildError,
+    BuildiumClient, BuildiumClientOptions, BuildiumError, ClientBuildError, LeaseQuery,
+    LeaseStatus as ClientLeaseStatus, ListProgress,
 };
 use crate::sources::buildium::lease::{
     AccessRules, LeaseError, LeaseFacts, LeaseMessage, TenantAccess, TenantFacts,
@@ -128,6 +130,24 @@ pub struct Refreshed {
     pub conflicts: usize,
     /// Leases of buildings the source does not map (skipped).
     pub unmapped: usize,
+}
+
+/// What a full pull read: the rows a reconciliation plans against, and what was left out.
+#[derive(Debug, Clone, Default)]
+pub struct Pulled {
+    /// One row per tenant a lease gives access to now or later, with their OpenApp user.
+    pub rows: Vec<LeaseRow>,
+    /// Leases read.
+    pub leases: usize,
+    /// Tenants without an OpenApp user (conflicts recorded): they get no row.
+    pub conflicts: usize,
+    /// Leases of buildings the source does not map.
+    pub unmapped: usize,
+    /// List entries that are not leases as Buildium documents them.
+    pub invalid: usize,
+    /// Leases read again, one by one, to confirm a planned removal (a lease the paged list
+    /// missed while it shifted).
+    pub confirmed: usize,
 }
 
 /// One Buildium source, ready to read.
@@ -243,6 +263,154 @@ impl Refresher {
             },
         }
         Ok(done)
+    }
+
+    /// Whether `source` is a configured Buildium source.
+    pub fn knows(&self, source: &str) -> bool {
+        self.sources.contains_key(source)
+    }
+
+    /// Reads the Active and Future leases of every building `source` maps (paged; `progress`
+    /// after each page) and turns them into rows: one per tenant a lease gives access to,
+    /// with their OpenApp user (resolved by email; conflicts recorded). What reconciliation
+    /// plans against instead of a file.
+    pub async fn pull_rows(
+        &self,
+        source: &str,
+        mut progress: impl FnMut(&ListProgress),
+    ) -> Result<Pulled, RefreshError> {
+        let buildium = self
+            .sources
+            .get(source)
+            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        let mut pages = buildium.client.list_leases(LeaseQuery {
+            statuses: vec![ClientLeaseStatus::Active, ClientLeaseStatus::Future],
+            property_ids: buildium.properties.keys().copied().collect(),
+            ..LeaseQuery::default()
+        });
+        let mut pulled = Pulled::default();
+        while let Some(page) = pages.next_page().await? {
+            pulled.invalid += page.invalid.len();
+            for lease in &page.leases {
+                pulled.leases += 1;
+                self.rows_of(buildium, lease, &mut pulled).await?;
+            }
+            progress(&pages.progress());
+        }
+        Ok(pulled)
+    }
+
+    /// Reads `lease_id` again and adds its rows to `pulled` (a removal planned for one of its
+    /// tenants is confirmed, or the tenant is granted after all).
+    pub async fn confirm_lease(
+        &self,
+        source: &str,
+        lease_id: i64,
+        pulled: &mut Pulled,
+    ) -> Result<(), RefreshError> {
+        let buildium = self
+            .sources
+            .get(source)
+            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        pulled.confirmed += 1;
+        if let Some(lease) = buildium.client.get_lease(lease_id).await? {
+            self.rows_of(buildium, &lease, pulled).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the leases of `source` updated since `since` — Past ones included, so endings
+    /// are seen — and folds each, as a webhook's refresh would. The pull between full ones.
+    pub async fn pull_changes(
+        &self,
+        source: &str,
+        since: OffsetDateTime,
+        mut progress: impl FnMut(&ListProgress),
+    ) -> Result<Refreshed, RefreshError> {
+        let buildium = self
+            .sources
+            .get(source)
+            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        let mut pages = buildium.client.list_leases(LeaseQuery {
+            statuses: vec![
+                ClientLeaseStatus::Active,
+                ClientLeaseStatus::Future,
+                ClientLeaseStatus::Past,
+            ],
+            property_ids: buildium.properties.keys().copied().collect(),
+            updated_from: Some(since),
+            ..LeaseQuery::default()
+        });
+        let mut done = Refreshed::default();
+        while let Some(page) = pages.next_page().await? {
+            for lease in &page.leases {
+                done.leases += 1;
+                self.fold_lease(buildium, lease, &mut done).await?;
+            }
+            progress(&pages.progress());
+        }
+        Ok(done)
+    }
+
+    async fn rows_of(
+        &self,
+        source: &BuildiumSource,
+        lease: &LeaseMessage,
+        pulled: &mut Pulled,
+    ) -> Result<(), RefreshError> {
+        let Some(property) = source.properties.get(&lease.property_id) else {
+            pulled.unmapped += 1;
+            return Ok(());
+        };
+        let rules = AccessRules {
+            tenant_statuses: source.statuses.0.clone(),
+            lease_statuses: source.statuses.1.clone(),
+            margins: property.margins(&source.settings),
+        };
+        let facts = lease.facts(&property.zone(), &rules)?;
+        for tenant in &facts.tenants {
+            let TenantAccess::Grants { starts_at, ends_at } = tenant.access else {
+                continue;
+            };
+            let email = match &tenant.email {
+                Some(email) => Some(email.clone()),
+                None => source
+                    .client
+                    .get_tenant(tenant.tenant_id)
+                    .await?
+                    .and_then(|t| t.email)
+                    .filter(|e| !e.trim().is_empty()),
+            };
+            let person = format!("tenant:{}", tenant.tenant_id);
+            match self
+                .resolver
+                .resolve(&property.org_id, email.as_deref(), tenant.name.as_deref())
+                .await?
+            {
+                Resolved::User(user_id) => {
+                    self.queue
+                        .resolve_conflict(&source.settings.name, &person)
+                        .await?;
+                    let at = |ms: i64| {
+                        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+                    };
+                    pulled.rows.push(LeaseRow {
+                        lease_id: facts.lease_id.to_string(),
+                        property_id: property.id.clone(),
+                        user_id,
+                        starts_at: starts_at.and_then(at),
+                        ends_at: ends_at.and_then(at),
+                        at: format!("lease {} tenant {}", facts.lease_id, tenant.tenant_id),
+                    });
+                }
+                Resolved::Conflict(reason) => {
+                    pulled.conflicts += 1;
+                    self.conflict(source, property, &facts, tenant, email, reason, &person)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn refresh_lease(

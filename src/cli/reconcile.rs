@@ -13,10 +13,11 @@ use time::format_description::well_known::Rfc3339;
 
 use super::dead_letters::open_queue;
 use super::{ConfigArg, load};
-use crate::config::{Role, redacted_location};
+use crate::config::{Role, SourceKind, redacted_location};
 use crate::event::EventType;
 use crate::openapp::OpenAppClient;
-use crate::reconcile::{ApplyReport, BuildingPlan, Change, Plan, Reconciler, input};
+use crate::reconcile::{ApplyReport, BuildingPlan, Change, Plan, Reconciler, input, pull};
+use crate::refresh::Refresher;
 
 /// Arguments of `reconcile`.
 #[derive(Debug, clap::Args)]
@@ -28,8 +29,10 @@ pub struct ReconcileArgs {
     source: String,
     /// The active leases right now: CSV (header lease_id,property_id,openapp_user_id,starts_at,ends_at;
     /// the last two optional) or a JSON array of objects with those keys; a path or an http(s) URL.
+    /// Omit it for a `kind = "buildium"` source: its Active and Future leases are read from
+    /// Buildium's API.
     #[arg(long, value_name = "FILE")]
-    from: String,
+    from: Option<String>,
     /// Enqueue the changes (without it: a dry run that changes nothing).
     #[arg(long)]
     apply: bool,
@@ -49,23 +52,69 @@ pub(super) async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         .source(&args.source)
         .with_context(|| format!("no [[sources]] entry is named `{}`", args.source))?
         .clone();
-    let bytes = input::load(&args.from).await?;
-    let rows = input::parse(&args.from, &bytes, &source)
-        .context("the file was refused; nothing was changed")?;
     let client =
         OpenAppClient::new(&settings.openapp).context("cannot set up the OpenApp client")?;
     let queue = open_queue(&args.config).await?;
-    let reconciler = Reconciler::new(&settings, queue, client);
-    let plan = reconciler
-        .plan(
-            &source,
-            &rows,
-            OffsetDateTime::now_utc(),
-            args.prune_unmanaged,
-        )
-        .await
-        .context("cannot plan the reconciliation; nothing was changed")?;
-    let from = redacted_location(&args.from);
+    let reconciler = Reconciler::new(&settings, queue.clone(), client.clone());
+    let (plan, from) = match (&args.from, source.kind) {
+        (Some(location), _) => {
+            let bytes = input::load(location).await?;
+            let rows = input::parse(location, &bytes, &source)
+                .context("the file was refused; nothing was changed")?;
+            let plan = reconciler
+                .plan(
+                    &source,
+                    &rows,
+                    OffsetDateTime::now_utc(),
+                    args.prune_unmanaged,
+                )
+                .await
+                .context("cannot plan the reconciliation; nothing was changed")?;
+            (plan, redacted_location(location))
+        }
+        (None, SourceKind::Buildium) => {
+            let refresher = Refresher::new(&settings, queue, client)
+                .context("cannot set up the Buildium client")?
+                .filter(|r| r.knows(&source.name))
+                .with_context(|| {
+                    format!(
+                        "source `{}` has no usable [sources.buildium] section",
+                        source.name
+                    )
+                })?;
+            let bar = pull_progress();
+            let pulled = pull::plan_from_buildium(
+                &refresher,
+                &reconciler,
+                &source,
+                args.prune_unmanaged,
+                |p| {
+                    bar.set_length(p.total.unwrap_or(0));
+                    bar.set_position(p.read);
+                },
+            )
+            .await;
+            bar.finish_and_clear();
+            let (plan, pulled) =
+                pulled.context("cannot plan the reconciliation; nothing was changed")?;
+            eprintln!(
+                "read {} lease(s) from Buildium: {} row(s), {} conflict(s), {} of unmapped buildings, {} invalid, {} re-read to confirm a removal",
+                pulled.leases,
+                pulled.rows.len(),
+                pulled.conflicts,
+                pulled.unmapped,
+                pulled.invalid,
+                pulled.confirmed
+            );
+            (plan, format!("buildium:{}", source.name))
+        }
+        (None, SourceKind::LeaseSync) => {
+            anyhow::bail!(
+                "--from is required for source `{}` (only a kind = \"buildium\" source can be read from its API)",
+                source.name
+            );
+        }
+    };
 
     if !args.json {
         print!("{}", describe(&plan, &from));
@@ -126,6 +175,19 @@ async fn apply(reconciler: &Reconciler, plan: &Plan) -> anyhow::Result<ApplyRepo
     let report = reconciler.apply(plan, |_| bar.inc(1)).await;
     bar.finish_and_clear();
     report.context("the reconciliation was applied only in part; run it again to finish")
+}
+
+/// The progress of a pull on stderr (leases read of the total), hidden when stderr is not a
+/// terminal.
+fn pull_progress() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("reading leases {wide_bar} {pos}/{len} ({eta} left)")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.

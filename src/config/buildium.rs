@@ -111,3 +111,135 @@ impl BuildiumSettings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testing::{MINIMAL, env, error_of};
+    use super::super::{Role, Settings, SourceKind};
+
+    /// The issue's example source, with an emulator's URL.
+    const BUILDIUM: &str = r#"
+        [admin]
+        tokens = ["0123456789abcdef0123"]
+        [openapp]
+        api_key = "k"
+        [identity]
+        create_missing = true
+        [[sources]]
+        name = "buildium"
+        kind = "buildium"
+        secrets = ["buildium-signing-key"]
+        tolerance_secs = 300
+        grant_lead = "1h"
+        revoke_grace = "0s"
+        [sources.buildium]
+        base_url = "http://127.0.0.1:8091"
+        allow_insecure_http = true
+        client_id = "id"
+        client_secret = "cs"
+        [[sources.properties]]
+        id = "23"
+        org_id = "org1"
+        integration_id = "int1"
+        timezone = "America/New_York"
+        revoke_grace = "2h"
+    "#;
+
+    #[test]
+    fn the_documented_buildium_source_loads() {
+        let s = Settings::from_toml_str(BUILDIUM, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        let source = &s.sources[0];
+        assert_eq!(source.kind, SourceKind::Buildium);
+        assert_eq!(source.grant_lead, Duration::from_secs(3600));
+        let property = &source.properties[0];
+        assert_eq!(property.timezone, "America/New_York");
+        assert_eq!(property.revoke_grace, Some(Duration::from_secs(7200)));
+        assert_eq!(property.grant_lead, None, "falls back to the source's");
+        assert!(s.identity.create_missing);
+        let buildium = source.buildium.as_ref().unwrap();
+        assert_eq!(
+            buildium.rate_limit_per_sec, 10,
+            "Buildium's documented rate"
+        );
+        assert_eq!(buildium.tenant_statuses, ["Current", "Future"]);
+        assert_eq!(buildium.lease_statuses, ["Active", "Future"]);
+        let shown = s.to_redacted_toml();
+        assert!(!shown.contains("\"cs\""), "{shown}");
+    }
+
+    #[test]
+    fn buildium_mistakes_are_refused_by_key() {
+        for (from, to, key) in [
+            ("kind = \"buildium\"", "kind = \"yardi\"", "kind"),
+            (
+                "allow_insecure_http = true",
+                "allow_insecure_http = false",
+                "sources[0].buildium.base_url",
+            ),
+            (
+                "client_id = \"id\"",
+                "client_id = \"\"",
+                "sources[0].buildium.client_id",
+            ),
+            (
+                "client_secret = \"cs\"",
+                "",
+                "sources[0].buildium.client_secret",
+            ),
+            (
+                "client_id = \"id\"",
+                "client_id = \"id\"\nlease_statuses = [\"Active\", \"Expired\"]",
+                "sources[0].buildium.lease_statuses",
+            ),
+            (
+                "client_id = \"id\"",
+                "client_id = \"id\"\nrate_limit_per_sec = 0",
+                "sources[0].buildium.rate_limit_per_sec",
+            ),
+            (
+                "timezone = \"America/New_York\"",
+                "timezone = \"Mars/Olympus\"",
+                "timezone",
+            ),
+            ("grant_lead = \"1h\"", "grant_lead = \"soon\"", "grant_lead"),
+        ] {
+            let text = BUILDIUM.replace(from, to);
+            assert_ne!(text, BUILDIUM, "{from}");
+            let msg = match Settings::from_toml_str(&text, env(&[])) {
+                Ok(s) => s.validate(Role::Serve).unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(msg.contains(key), "{to}: {msg}");
+        }
+        // The section without its kind, and the kind without its section.
+        let msg = error_of(&MINIMAL.replace(
+            "[[sources.properties]]",
+            "[sources.buildium]\nclient_id = \"id\"\nclient_secret = \"cs\"\n[[sources.properties]]",
+        ));
+        assert!(msg.contains("sources[0].buildium"), "{msg}");
+        let without = BUILDIUM
+            .split("[sources.buildium]")
+            .next()
+            .unwrap()
+            .to_owned()
+            + "[[sources.properties]]\nid = \"23\"\norg_id = \"org1\"\nintegration_id = \"int1\"\n";
+        let msg = error_of(&without);
+        assert!(msg.contains("sources[0].buildium"), "{msg}");
+    }
+
+    #[test]
+    fn a_buildium_source_is_pulled_without_from() {
+        let scheduled = format!("{BUILDIUM}\n[reconcile]\nevery = \"1h\"\nsource = \"buildium\"\n");
+        let s = Settings::from_toml_str(&scheduled, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        assert_eq!(s.reconcile.period(), Some(Duration::from_secs(3600)));
+        // A lease-sync source still needs its file.
+        let msg = error_of(&format!(
+            "{MINIMAL}\n[reconcile]\nevery = \"1h\"\nsource = \"acme\"\n"
+        ));
+        assert!(msg.contains("reconcile.from"), "{msg}");
+    }
+}

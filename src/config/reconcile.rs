@@ -64,7 +64,8 @@ impl ReconcileSettings {
     }
 
     /// Checks the schedule of a service process: when `every` is set, it must be a positive
-    /// humantime duration, `from` must be given and `source` must name one of `sources`.
+    /// humantime duration, `source` must name one of `sources`, and `from` must be given
+    /// unless that source is `kind = "buildium"` (read from its API).
     pub fn validate(&self, sources: &[SourceSettings]) -> Result<(), ConfigError> {
         if let Some(source) = self.source.as_deref()
             && !source.is_empty()
@@ -93,10 +94,15 @@ impl ReconcileSettings {
                 ));
             }
         }
-        if self.from.as_deref().is_none_or(|f| f.trim().is_empty()) {
+        let buildium = self.source.as_deref().is_some_and(|name| {
+            sources
+                .iter()
+                .any(|s| s.name == name && s.kind == super::SourceKind::Buildium)
+        });
+        if !buildium && self.from.as_deref().is_none_or(|f| f.trim().is_empty()) {
             return Err(ConfigError::invalid(
                 "reconcile.from",
-                "required when reconcile.every is set: a file path or an http(s) URL",
+                "required when reconcile.every is set (unless the source is kind = \"buildium\", which is read from its API): a file path or an http(s) URL",
             ));
         }
         if let Some(from) = self.from.as_deref()

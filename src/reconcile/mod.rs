@@ -21,6 +21,7 @@
 
 pub mod input;
 pub mod plan;
+pub mod pull;
 pub mod schedule;
 
 use std::time::Duration;

@@ -2,6 +2,12 @@
 //! plan, log the counts and, with `apply`, enqueue the changes. Failures are logged and tried
 //! again sooner; they never stop the service. One process per period does the work: each run
 //! first claims the period in Redis, so several worker processes, or a restart, do not repeat it.
+//!
+//! A `kind = "buildium"` source without `from` is read from Buildium's API: a full pull
+//! (planned like a file, removals confirmed lease by lease) at most every
+//! [`FULL_PULL_EVERY`], and in the periods between, only the leases updated since the last
+//! pull began (`lastupdatedfrom`, with [`PULL_OVERLAP`] to spare), folded as webhooks'
+//! refreshes are.
 
 use std::time::Duration;
 
@@ -11,13 +17,30 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{ReconcileError, Reconciler, input};
-use crate::config::{Settings, SourceSettings, redacted_location};
+use super::plan::Plan;
+use super::{ReconcileError, Reconciler, input, pull};
+use crate::config::{Settings, SourceKind, SourceSettings, redacted_location};
 use crate::openapp::OpenAppClient;
 use crate::queue::{JobQueue, QueueError};
+use crate::refresh::Refresher;
 
 /// Longest wait before trying again after a failed run.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
+
+/// How often a Buildium source is read whole; the runs between read only what changed.
+pub const FULL_PULL_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// How far before the last pull's start an incremental pull reads from: covers clocks that
+/// differ a little and changes made while the last pull was reading.
+pub const PULL_OVERLAP: Duration = Duration::from_secs(300);
+
+/// Where a scheduled run gets the truth.
+enum Truth {
+    /// A file or URL of active leases.
+    File(String),
+    /// Buildium's API.
+    Buildium(std::sync::Arc<Refresher>),
+}
 
 /// Releases a claim only if it is still ours.
 const RELEASE_SCRIPT: &str = r"
@@ -32,7 +55,7 @@ struct Scheduled {
     reconciler: Reconciler,
     queue: JobQueue,
     source: SourceSettings,
-    from: String,
+    truth: Truth,
     every: Duration,
     apply: bool,
     prune_unmanaged: bool,
@@ -58,8 +81,23 @@ pub fn spawn(
 ) -> Option<JoinHandle<()>> {
     let r = &settings.reconcile;
     let every = r.period()?;
-    let from = r.from.clone().filter(|f| !f.trim().is_empty())?;
     let source = settings.source(r.source.as_deref()?)?.clone();
+    let truth = match r.from.clone().filter(|f| !f.trim().is_empty()) {
+        Some(from) => Truth::File(from),
+        None if source.kind == SourceKind::Buildium => {
+            match Refresher::new(settings, queue.clone(), client.clone()) {
+                Ok(Some(refresher)) if refresher.knows(&source.name) => {
+                    Truth::Buildium(std::sync::Arc::new(refresher))
+                }
+                Ok(_) => return None,
+                Err(e) => {
+                    warn!(source = %source.name, "scheduled pull disabled: cannot set up the Buildium client: {e}");
+                    return None;
+                }
+            }
+        }
+        None => return None,
+    };
     let scheduled = Scheduled {
         reconciler: Reconciler::new(settings, queue.clone(), client),
         queue,
@@ -68,7 +106,7 @@ pub fn spawn(
             settings.redis.namespace, source.name
         ),
         source,
-        from,
+        truth,
         every,
         apply: r.apply,
         prune_unmanaged: r.prune_unmanaged,
@@ -81,7 +119,10 @@ impl Scheduled {
         info!(
             source = %self.source.name,
             every = %humantime::format_duration(self.every),
-            from = %redacted_location(&self.from),
+            from = %match &self.truth {
+                Truth::File(from) => redacted_location(from),
+                Truth::Buildium(_) => "Buildium's API".to_owned(),
+            },
             apply = self.apply,
             prune_unmanaged = self.prune_unmanaged,
             "scheduled reconciliation enabled"
@@ -126,23 +167,28 @@ impl Scheduled {
         {
             warn!("could not give back the reconciliation claim (it expires on its own): {e}");
         }
-        result
-            .map(|()| RunOutcome::Done)
-            .map_err(RunError::Reconcile)
+        result.map(|()| RunOutcome::Done)
     }
 
-    async fn reconcile(&self) -> Result<(), ReconcileError> {
-        let bytes = input::load(&self.from).await?;
-        let rows = input::parse(&self.from, &bytes, &self.source)?;
-        let plan = self
-            .reconciler
-            .plan(
-                &self.source,
-                &rows,
-                OffsetDateTime::now_utc(),
-                self.prune_unmanaged,
-            )
-            .await?;
+    async fn reconcile(&self) -> Result<(), RunError> {
+        let plan = match &self.truth {
+            Truth::File(from) => {
+                let bytes = input::load(from).await?;
+                let rows = input::parse(from, &bytes, &self.source)?;
+                self.reconciler
+                    .plan(
+                        &self.source,
+                        &rows,
+                        OffsetDateTime::now_utc(),
+                        self.prune_unmanaged,
+                    )
+                    .await?
+            }
+            Truth::Buildium(refresher) => match self.buildium_pull(refresher).await? {
+                Some(plan) => plan,
+                None => return Ok(()),
+            },
+        };
         let c = plan.counts;
         info!(
             source = %self.source.name,
@@ -161,7 +207,11 @@ impl Scheduled {
             info!(source = %self.source.name, "reconcile.apply is false: nothing enqueued");
             return Ok(());
         }
-        let report = self.reconciler.apply(&plan, |_| {}).await?;
+        let report = self
+            .reconciler
+            .apply(&plan, |_| {})
+            .await
+            .map_err(RunError::Reconcile)?;
         info!(
             source = %self.source.name,
             events = report.events.len(),
@@ -172,6 +222,94 @@ impl Scheduled {
             report.events.len(),
             report.jobs
         );
+        Ok(())
+    }
+
+    /// A Buildium pull: whole (planned like a file) when the last whole one is older than
+    /// [`FULL_PULL_EVERY`], else only the leases updated since the last pull began, folded at
+    /// once (`None`: nothing to plan). The times are kept in Redis, shared by every process.
+    async fn buildium_pull(&self, refresher: &Refresher) -> Result<Option<Plan>, RunError> {
+        let started = OffsetDateTime::now_utc();
+        let (last_pull, last_full) = self.pull_times().await.map_err(RunError::PullTimes)?;
+        let full_due = last_full.is_none_or(|at| {
+            started - at >= time::Duration::try_from(FULL_PULL_EVERY).unwrap_or(time::Duration::MAX)
+        });
+        if full_due || last_pull.is_none() {
+            let (plan, pulled) = pull::plan_from_buildium(
+                refresher,
+                &self.reconciler,
+                &self.source,
+                self.prune_unmanaged,
+                |_| {},
+            )
+            .await?;
+            info!(
+                source = %self.source.name,
+                leases = pulled.leases,
+                rows = pulled.rows.len(),
+                conflicts = pulled.conflicts,
+                confirmed = pulled.confirmed,
+                "full pull from Buildium read"
+            );
+            self.record_pull(started, true)
+                .await
+                .map_err(RunError::PullTimes)?;
+            return Ok(Some(plan));
+        }
+        if !self.apply {
+            info!(source = %self.source.name, "reconcile.apply is false: the changes since the last pull are not folded");
+            return Ok(None);
+        }
+        let since = last_pull.unwrap_or(started)
+            - time::Duration::try_from(PULL_OVERLAP).unwrap_or(time::Duration::ZERO);
+        let done = refresher
+            .pull_changes(&self.source.name, since, |_| {})
+            .await
+            .map_err(|e| RunError::Pull(pull::PullError::Read(e)))?;
+        info!(
+            source = %self.source.name,
+            leases = done.leases,
+            folded = done.folded,
+            jobs = done.jobs,
+            conflicts = done.conflicts,
+            "incremental pull from Buildium folded the leases updated since {since}"
+        );
+        self.record_pull(started, false)
+            .await
+            .map_err(RunError::PullTimes)?;
+        Ok(None)
+    }
+
+    /// When the last pull began, and the last whole one.
+    async fn pull_times(
+        &self,
+    ) -> Result<(Option<OffsetDateTime>, Option<OffsetDateTime>), QueueError> {
+        let mut conn = self.queue.connection();
+        let (pull, full): (Option<i64>, Option<i64>) = redis::pipe()
+            .cmd("GET")
+            .arg(format!("{}:last-pull", self.claim_key))
+            .cmd("GET")
+            .arg(format!("{}:last-full-pull", self.claim_key))
+            .query_async(&mut conn)
+            .await?;
+        let at = |s: Option<i64>| s.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok());
+        Ok((at(pull), at(full)))
+    }
+
+    async fn record_pull(&self, started: OffsetDateTime, full: bool) -> Result<(), QueueError> {
+        let mut conn = self.queue.connection();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(format!("{}:last-pull", self.claim_key))
+            .arg(started.unix_timestamp())
+            .ignore();
+        if full {
+            pipe.cmd("SET")
+                .arg(format!("{}:last-full-pull", self.claim_key))
+                .arg(started.unix_timestamp())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
@@ -209,6 +347,16 @@ impl Scheduled {
 enum RunError {
     #[error("cannot claim the reconciliation period in Redis: {0}")]
     Claim(QueueError),
+    #[error("cannot read or record when Buildium was last pulled: {0}")]
+    PullTimes(QueueError),
     #[error(transparent)]
-    Reconcile(ReconcileError),
+    Reconcile(#[from] ReconcileError),
+    #[error(transparent)]
+    Pull(#[from] pull::PullError),
+}
+
+impl From<super::InputError> for RunError {
+    fn from(e: super::InputError) -> Self {
+        RunError::Reconcile(ReconcileError::Input(e))
+    }
 }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use lease_sync::config::{BuildiumSettings, PropertySettings, Secret, SourceKind, SourceSettings};
+use lease_sync::config::{
+    BuildiumSettings, PropertySettings, Secret, Settings, SourceKind, SourceSettings,
+};
 use lease_sync_sandbox::NewUser;
 use lease_sync_sandbox::buildium::{
     BuildiumOptions, BuildiumSandbox, LeaseUpdate, MoveOut, NewLease, NewTenant, TenantStatus,
@@ -35,6 +37,11 @@ struct Loop {
 }
 
 async fn start() -> Loop {
+    start_with(|_| {}).await
+}
+
+/// As [`start`], with `edit` applied to the settings after the Buildium source is added.
+async fn start_with(edit: impl FnOnce(&mut Settings)) -> Loop {
     let buildium = BuildiumSandbox::new(BuildiumOptions {
         secret: SIGNING_KEY.into(),
         credentials: Some(lease_sync_sandbox::buildium::Credentials {
@@ -63,6 +70,7 @@ async fn start() -> Loop {
             properties: vec![property],
             ..SourceSettings::named(BUILDIUM)
         });
+        edit(settings);
     })
     .await;
     buildium.set_webhook_url(Some(app.webhook_url(BUILDIUM)));
@@ -388,4 +396,139 @@ async fn a_429_from_buildium_is_retried_and_the_lease_still_converges() {
         l.buildium.reads().iter().any(|r| r.status == 429),
         "the emulator answered 429 once"
     );
+}
+
+/// Webhooks Buildium never delivered (dropped after its retries) are caught by a pull; ones
+/// delivered twice or newest first converge to the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_duplicated_or_reordered_webhooks_converge_after_a_pull() {
+    use lease_sync_sandbox::buildium::{ReleaseOrder, WebhookFaults};
+
+    let l = start().await;
+    let ada = l.user("Ada Resident", "ada@example.com");
+    let alan = l.user("Alan Resident", "alan@example.com");
+    let grace = l.user("Grace Resident", "grace@example.com");
+
+    // Every webhook of Ada's and Alan's leases is lost.
+    l.buildium.set_webhook_faults(WebhookFaults {
+        drop_rate: 1.0,
+        ..WebhookFaults::default()
+    });
+    l.buildium
+        .create_lease(&lease(vec![tenant("Ada", "ada@example.com")]))
+        .expect("create lease");
+    l.buildium
+        .create_lease(&lease(vec![tenant("Alan", "alan@example.com")]))
+        .expect("create lease");
+    l.buildium.set_webhook_faults(WebhookFaults::default());
+
+    // Grace's lease: every webhook twice, and held back then sent newest first.
+    l.buildium.set_webhook_faults(WebhookFaults {
+        duplicate_rate: 1.0,
+        ..WebhookFaults::default()
+    });
+    l.buildium.hold_webhooks();
+    let lease_id = l
+        .buildium
+        .create_lease(&lease(vec![tenant("Grace", "grace@example.com")]))
+        .expect("create lease");
+    l.buildium
+        .update_lease(
+            lease_id,
+            &LeaseUpdate {
+                lease_to_date: Some(today() + Days::days(500)),
+                ..LeaseUpdate::default()
+            },
+        )
+        .expect("renew");
+    l.buildium.release_webhooks(ReleaseOrder::Reversed);
+    l.buildium.set_webhook_faults(WebhookFaults::default());
+    l.wait_presence(&grace, true).await;
+    wait_drained(&l.app.queue(), LIMIT).await;
+    assert!(
+        !l.present(&ada) && !l.present(&alan),
+        "their webhooks never came"
+    );
+
+    // The pull (what the schedule runs) reads every Active and Future lease.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    write_config(&l.app.settings, &config);
+    let args = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "reconcile",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--source",
+            BUILDIUM,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let dry = run_lease_sync(args(&["--json"])).await;
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("json");
+    assert_eq!(plan["counts"]["add"], 2, "{plan}");
+    assert_eq!(plan["from"], "buildium:buildium");
+    assert!(
+        text(&dry.stderr).contains("read 3 lease(s) from Buildium"),
+        "{}",
+        text(&dry.stderr)
+    );
+    assert!(!l.present(&ada), "a dry run changes nothing");
+
+    let applied = run_lease_sync(args(&["--apply"])).await;
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    l.wait_presence(&ada, true).await;
+    l.wait_presence(&alan, true).await;
+    assert!(l.present(&grace));
+    assert_eq!(l.removals(), 0);
+}
+
+/// With `[reconcile] every` on a Buildium source and no `from`, `serve` pulls on its own: the
+/// first run reads every lease, the next ones what changed since, and webhooks that never came
+/// stop mattering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_pulls_buildium_on_its_schedule() {
+    use lease_sync_sandbox::buildium::WebhookFaults;
+
+    let l = start_with(|settings| {
+        settings.reconcile.every = Some("1s".into());
+        settings.reconcile.source = Some(BUILDIUM.into());
+        settings.reconcile.apply = true;
+    })
+    .await;
+    let ada = l.user("Ada Resident", "ada@example.com");
+    let alan = l.user("Alan Resident", "alan@example.com");
+    l.buildium.set_webhook_faults(WebhookFaults {
+        drop_rate: 1.0,
+        ..WebhookFaults::default()
+    });
+    l.buildium
+        .create_lease(&lease(vec![tenant("Ada", "ada@example.com")]))
+        .expect("create lease");
+    // The first run is a full pull.
+    l.wait_presence(&ada, true).await;
+
+    // Later runs read only the leases updated since the last pull began.
+    l.buildium
+        .create_lease(&lease(vec![tenant("Alan", "alan@example.com")]))
+        .expect("create lease");
+    l.wait_presence(&alan, true).await;
+    let pulls = l
+        .buildium
+        .reads()
+        .iter()
+        .filter(|r| {
+            r.path == "/v1/leases"
+                && r.query
+                    .as_deref()
+                    .is_some_and(|q| q.contains("lastupdatedfrom"))
+        })
+        .count();
+    assert!(pulls > 0, "an incremental pull asked for what changed");
+    assert_eq!(l.removals(), 0);
 }

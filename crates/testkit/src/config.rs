@@ -223,6 +223,17 @@ fn render(settings: &Settings) -> anyhow::Result<String> {
                 .context("a source serializes as something else than a table")?;
             let secrets = source.secrets.iter().map(secret).collect();
             table.insert("secrets".into(), Value::Array(secrets));
+            if let Some(client_secret) = source
+                .buildium
+                .as_ref()
+                .and_then(|b| b.client_secret.as_ref())
+            {
+                table
+                    .get_mut("buildium")
+                    .and_then(Value::as_table_mut)
+                    .context("a Buildium source serializes without [sources.buildium]")?
+                    .insert("client_secret".into(), text(client_secret.expose()));
+            }
         }
     }
     toml::to_string_pretty(&doc).context("cannot write the settings as TOML")
