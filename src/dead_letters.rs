@@ -150,6 +150,36 @@ pub struct DeadLetter {
     pub attempt_log: Vec<AttemptRecord>,
 }
 
+impl DeadLetter {
+    /// This dead letter with the personal data of its event masked: the emails and names of
+    /// residents known by email ([`crate::queue::conflicts::mask_email`], initials). How dead
+    /// letters are shown unless asked for in full.
+    pub fn masked(mut self) -> Self {
+        use crate::queue::conflicts::{initials, mask_email};
+        if let Job::Resolve(job) = &mut self.job {
+            for person in &mut job.event.residents_by_email {
+                person.email = mask_email(&person.email);
+                person.name = person.name.as_deref().map(initials);
+            }
+        }
+        if let Some(people) = self
+            .event
+            .get_mut("residents_by_email")
+            .and_then(Value::as_array_mut)
+        {
+            for person in people.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(Value::String(email)) = person.get_mut("email") {
+                    *email = mask_email(email);
+                }
+                if let Some(Value::String(name)) = person.get_mut("name") {
+                    *name = initials(name);
+                }
+            }
+        }
+        self
+    }
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page {
@@ -536,14 +566,17 @@ fn summary(
         kind: job.kind().to_owned(),
         event_type: match &job {
             Job::Converge(c) => Some(c.event_type),
+            Job::Resolve(r) => Some(r.event.event_type),
             Job::Refresh(_) => None,
         },
         action: match &job {
             Job::Converge(c) => c.action().to_owned(),
             Job::Refresh(_) => "refresh".to_owned(),
+            Job::Resolve(_) => "resolve".to_owned(),
         },
         lease_id: match &job {
             Job::Converge(c) => c.lease_id.clone(),
+            Job::Resolve(r) => r.event.lease.id.clone(),
             Job::Refresh(r) => match r.refresh {
                 Refresh::Lease { lease_id } => lease_id.to_string(),
                 Refresh::Tenant { .. } => String::new(),
@@ -551,11 +584,11 @@ fn summary(
         },
         user_id: match &job {
             Job::Converge(c) => c.user_id.clone(),
-            Job::Refresh(_) => String::new(),
+            Job::Refresh(_) | Job::Resolve(_) => String::new(),
         },
         integration_id: match &job {
             Job::Converge(c) => c.integration_id.clone(),
-            Job::Refresh(_) => String::new(),
+            Job::Refresh(_) | Job::Resolve(_) => String::new(),
         },
         attempts: u32::try_from(number("attempts")).unwrap_or_default(),
         replays: u32::try_from(number("replays")).unwrap_or_default(),

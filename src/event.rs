@@ -57,7 +57,7 @@ impl std::fmt::Display for EventType {
 }
 
 /// A validated lease event (body version 1).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseEvent {
     /// Event id; equals the signed `webhook-id` header.
     pub id: String,
@@ -69,8 +69,13 @@ pub struct LeaseEvent {
     pub occurred_at: OffsetDateTime,
     /// The lease.
     pub lease: Lease,
-    /// The people on the lease (1 to 50, distinct OpenApp user ids).
+    /// The people on the lease known by OpenApp user id (distinct ids).
     pub residents: Vec<Resident>,
+    /// The people on the lease known only by email (distinct emails, normalized): a worker
+    /// resolves them to OpenApp users before folding the event. With [`Self::residents`],
+    /// 1 to [`MAX_RESIDENTS`] people.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub residents_by_email: Vec<ResidentByEmail>,
     /// The access window, if the sender gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessWindow>,
@@ -96,6 +101,32 @@ pub struct Resident {
     /// The sender's own id for the person, informational.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+}
+
+/// A person on the lease the sender knows only by email.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidentByEmail {
+    /// Their email, trimmed and lower-cased ([`normalize_email`]). Personal data.
+    pub email: String,
+    /// Their name, for an OpenApp user created for them (`[identity] create_missing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The sender's own id for the person, informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+/// An email as compared: trimmed and lower-cased; `None` unless it looks like one
+/// (`local@domain`, no spaces or control characters, at most 254 bytes).
+pub fn normalize_email(email: &str) -> Option<String> {
+    let email = email.trim().to_lowercase();
+    let (local, domain) = email.split_once('@')?;
+    let plausible = !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    plausible.then_some(email)
 }
 
 /// When access should start and end.
@@ -152,9 +183,23 @@ struct WireEvent {
     event_type: Option<String>,
     occurred_at: Option<String>,
     lease: Option<Lease>,
-    residents: Option<Vec<Resident>>,
+    residents: Option<Vec<WireResident>>,
     #[serde(default)]
     access: Option<WireAccess>,
+}
+
+/// A resident as sent: an OpenApp user id, or an email to resolve (the id wins when both
+/// are given).
+#[derive(Deserialize)]
+struct WireResident {
+    #[serde(default)]
+    openapp_user_id: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    external_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -210,12 +255,14 @@ pub fn parse_event(body: &[u8], event_id: &str) -> Result<LeaseEvent, EventError
     if let Some(unit) = &lease.unit {
         check_len("lease.unit", unit)?;
     }
+    let (residents, residents_by_email) = residents(wire.residents)?;
     Ok(LeaseEvent {
         id: event_id.to_owned(),
         event_type,
         occurred_at,
         lease,
-        residents: residents(wire.residents)?,
+        residents,
+        residents_by_email,
         access: wire.access.map(access_window).transpose()?,
     })
 }
@@ -249,33 +296,68 @@ fn parse_wire(body: &[u8]) -> Result<WireEvent, EventError> {
     })
 }
 
-/// 1 to [`MAX_RESIDENTS`] people with valid OpenApp user ids, each once.
-fn residents(residents: Option<Vec<Resident>>) -> Result<Vec<Resident>, EventError> {
-    let mut residents = residents.ok_or_else(|| invalid("residents", "is required"))?;
-    if residents.is_empty() || residents.len() > MAX_RESIDENTS {
+/// 1 to [`MAX_RESIDENTS`] people, each with a valid OpenApp user id or else a plausible
+/// email, each once: those known by id, and those known only by email.
+fn residents(
+    residents: Option<Vec<WireResident>>,
+) -> Result<(Vec<Resident>, Vec<ResidentByEmail>), EventError> {
+    let wire = residents.ok_or_else(|| invalid("residents", "is required"))?;
+    if wire.is_empty() || wire.len() > MAX_RESIDENTS {
         return Err(invalid(
             "residents",
-            format!(
-                "must hold 1 to {MAX_RESIDENTS} entries, got {}",
-                residents.len()
-            ),
+            format!("must hold 1 to {MAX_RESIDENTS} entries, got {}", wire.len()),
         ));
     }
-    for (i, r) in residents.iter().enumerate() {
-        if !is_valid_path_id(&r.openapp_user_id) {
-            return Err(invalid(
-                format!("residents[{i}].openapp_user_id"),
-                "must match [A-Za-z0-9_-]{1,64}",
-            ));
-        }
+    let mut by_id: Vec<Resident> = Vec::new();
+    let mut by_email: Vec<ResidentByEmail> = Vec::new();
+    for (i, r) in wire.into_iter().enumerate() {
         if let Some(ext) = &r.external_id {
             check_len(&format!("residents[{i}].external_id"), ext)?;
         }
+        if let Some(name) = &r.name {
+            check_len(&format!("residents[{i}].name"), name)?;
+        }
+        match (r.openapp_user_id, r.email) {
+            (Some(id), _) => {
+                if !is_valid_path_id(&id) {
+                    return Err(invalid(
+                        format!("residents[{i}].openapp_user_id"),
+                        "must match [A-Za-z0-9_-]{1,64}",
+                    ));
+                }
+                // The same person listed twice needs one job, not two.
+                if !by_id.iter().any(|seen| seen.openapp_user_id == id) {
+                    by_id.push(Resident {
+                        openapp_user_id: id,
+                        external_id: r.external_id,
+                    });
+                }
+            }
+            (None, Some(email)) => {
+                // The message never repeats the email: it is personal data.
+                let email = normalize_email(&email).ok_or_else(|| {
+                    invalid(
+                        format!("residents[{i}].email"),
+                        "must be an email address (local@domain, at most 254 bytes)",
+                    )
+                })?;
+                if !by_email.iter().any(|seen| seen.email == email) {
+                    by_email.push(ResidentByEmail {
+                        email,
+                        name: r.name.filter(|n| !n.trim().is_empty()),
+                        external_id: r.external_id,
+                    });
+                }
+            }
+            (None, None) => {
+                return Err(invalid(
+                    format!("residents[{i}]"),
+                    "needs openapp_user_id or email",
+                ));
+            }
+        }
     }
-    // The same person listed twice needs one job, not two.
-    let mut seen = std::collections::HashSet::new();
-    residents.retain(|r| seen.insert(r.openapp_user_id.clone()));
-    Ok(residents)
+    Ok((by_id, by_email))
 }
 
 /// The access window, its end not before its start.
@@ -464,6 +546,83 @@ mod tests {
             ),
             "residents"
         );
+    }
+
+    fn with_residents(residents: &str) -> String {
+        format!(
+            r#"{{"type":"lease.signed","occurred_at":"2026-11-22T10:15:00Z","lease":{{"id":"L","property_id":"P"}},"residents":{residents}}}"#
+        )
+    }
+
+    #[test]
+    fn residents_may_be_named_by_email() {
+        let body = with_residents(
+            r#"[{"email":" Ada@Example.COM ","name":"Ada Lovelace","external_id":"T-1"},
+                {"openapp_user_id":"u-2","email":"alan@example.com"},
+                {"email":"ada@example.com"},
+                {"openapp_user_id":"u-2"}]"#,
+        );
+        let event = parse_event(body.as_bytes(), "evt-1").unwrap();
+        assert_eq!(
+            event.residents,
+            [Resident {
+                openapp_user_id: "u-2".into(),
+                external_id: None
+            }],
+            "the id wins over an email given beside it; one job per person"
+        );
+        assert_eq!(
+            event.residents_by_email,
+            [ResidentByEmail {
+                email: "ada@example.com".into(),
+                name: Some("Ada Lovelace".into()),
+                external_id: Some("T-1".into()),
+            }],
+            "normalized, and the same email twice is one person"
+        );
+        // Events without emails serialize as before: their digests do not change.
+        let plain = parse_event(SAMPLE.as_bytes(), "evt-1").unwrap();
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("residents_by_email"), "{json}");
+        let back: LeaseEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, plain);
+    }
+
+    #[test]
+    fn a_resident_needs_an_id_or_a_plausible_email_which_errors_never_repeat() {
+        for (residents, field) in [
+            (r#"[{"external_id":"T-1"}]"#, "residents[0]"),
+            (r#"[{"email":"ada.example.com"}]"#, "residents[0].email"),
+            (
+                r#"[{"email":"ada lovelace@example.com"}]"#,
+                "residents[0].email",
+            ),
+            (r#"[{"email":"@example.com"}]"#, "residents[0].email"),
+            (r#"[{"email":"ada@"}]"#, "residents[0].email"),
+            (r#"[{"email":"a@b@c"}]"#, "residents[0].email"),
+            (r#"[{"email":"a@b.c"}, {"email":7}]"#, "residents[1].email"),
+            (
+                r#"[{"email":"a@b.c", "name":"x\u0000"}]"#,
+                "residents[0].name",
+            ),
+        ] {
+            let body = with_residents(residents);
+            let err = parse_event(body.as_bytes(), "evt-1").unwrap_err();
+            match &err {
+                EventError::Invalid { field: f, message } => {
+                    assert_eq!(f, field, "{residents}");
+                    assert!(!message.contains("example"), "echoes the email: {message}");
+                }
+                other @ EventError::InvalidJson(_) => panic!("{residents}: {other:?}"),
+            }
+        }
+        let long = format!(r#"[{{"email":"{}@example.com"}}]"#, "a".repeat(250));
+        assert_eq!(field_of(&with_residents(&long)), "residents[0].email");
+        let many = format!(
+            "[{}]",
+            vec![r#"{"email":"a@b.c"}"#; MAX_RESIDENTS + 1].join(",")
+        );
+        assert_eq!(field_of(&with_residents(&many)), "residents");
     }
 
     #[test]

@@ -64,18 +64,8 @@ pub enum ResolveError {
     Cache(#[from] QueueError),
 }
 
-/// An email as compared: trimmed and lower-cased; `None` unless it looks like one
-/// (`local@domain`, no spaces or control characters, at most 254 bytes).
-pub fn normalize(email: &str) -> Option<String> {
-    let email = email.trim().to_lowercase();
-    let (local, domain) = email.split_once('@')?;
-    let plausible = !local.is_empty()
-        && !domain.is_empty()
-        && !domain.contains('@')
-        && email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    plausible.then_some(email)
-}
+/// An email as compared: trimmed and lower-cased; `None` unless it looks like one.
+pub use crate::event::normalize_email as normalize;
 
 /// How many of `users` have exactly `email` (already [`normalize`]d), ignoring case.
 pub fn exact_matches<'a>(email: &str, users: &'a [OpenAppUser]) -> Vec<&'a OpenAppUser> {

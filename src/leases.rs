@@ -183,6 +183,7 @@ impl Leases {
                     openapp_user_id: holder.user_id.clone(),
                     external_id: None,
                 }],
+                residents_by_email: Vec::new(),
                 access: None,
             };
             let role = building.role_for(&holder.record.property_id);

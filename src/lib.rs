@@ -13,6 +13,7 @@
 //! * [`access`]: when access starts and ends for calendar dates in a property's time zone.
 //! * [`identity`]: emails resolved to OpenApp users, and conflicts.
 //! * [`refresh`]: reading a Buildium lease again and folding what it says.
+//! * [`resolve`]: native events naming residents by email, resolved and then folded.
 //! * [`sources`]: kinds of senders (Buildium: its webhook events and leases).
 //! * [`leases`]: operator actions on one lease (find its holders, reset it).
 //! * [`reconcile`]: comparing a file of active leases with OpenApp, and applying the plan.
@@ -46,6 +47,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod refresh;
 pub mod resident;
+pub mod resolve;
 pub mod retry;
 pub mod signature;
 pub mod sources;

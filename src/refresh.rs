@@ -55,9 +55,18 @@ pub enum RefreshError {
     /// The lease is not what Buildium documents; reading it again gives the same answer.
     #[error(transparent)]
     Lease(#[from] LeaseError),
-    /// The job names a source that is not a configured Buildium source.
-    #[error("source `{0}` is not a configured Buildium source")]
+    /// The job names a source that is not configured (or, for a refresh, not a Buildium
+    /// source).
+    #[error("source `{0}` is not configured for this job")]
     UnknownSource(String),
+    /// The event's building is no longer mapped by its source.
+    #[error("property `{property}` is not mapped by source `{source_name}`")]
+    UnknownProperty {
+        /// The source.
+        source_name: String,
+        /// The property id of the event.
+        property: String,
+    },
 }
 
 impl RefreshError {
@@ -67,7 +76,9 @@ impl RefreshError {
             RefreshError::Buildium(e) => e.is_retryable(),
             RefreshError::Identity(ResolveError::OpenApp(e)) => e.is_retryable(),
             RefreshError::Identity(ResolveError::Cache(_)) | RefreshError::Queue(_) => true,
-            RefreshError::Lease(_) | RefreshError::UnknownSource(_) => false,
+            RefreshError::Lease(_)
+            | RefreshError::UnknownSource(_)
+            | RefreshError::UnknownProperty { .. } => false,
         }
     }
 
@@ -110,7 +121,7 @@ impl RefreshError {
             RefreshError::Identity(ResolveError::OpenApp(_)) => "openapp",
             RefreshError::Identity(ResolveError::Cache(_)) | RefreshError::Queue(_) => "redis",
             RefreshError::Lease(_) => "invalid_lease",
-            RefreshError::UnknownSource(_) => "config",
+            RefreshError::UnknownSource(_) | RefreshError::UnknownProperty { .. } => "config",
         }
     }
 }
@@ -679,6 +690,7 @@ fn synthetic_event(id: &str, record: &LeaseRecord, lease_id: &str, user_id: &str
             openapp_user_id: user_id.to_owned(),
             external_id: None,
         }],
+        residents_by_email: Vec::new(),
         access: (record.starts_at.is_some() || record.ends_at.is_some()).then(|| AccessWindow {
             starts_at: record.starts_at.map(at),
             ends_at: record.ends_at.map(at),

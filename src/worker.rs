@@ -30,9 +30,10 @@ use crate::dead_letters::DeadLetters;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
 use crate::queue::ledger::{AttemptRecord, Begin, Finish};
 use crate::queue::residents::ResidentLock;
-use crate::queue::{DeliveryJob, Job, JobQueue, RefreshJob, now_ms};
-use crate::refresh::{RefreshError, Refresher};
+use crate::queue::{DeliveryJob, Job, JobQueue, RefreshJob, ResolveJob, now_ms};
+use crate::refresh::{RefreshError, Refreshed, Refresher};
 use crate::resident::{Desired, ResidentState};
+use crate::resolve::EventResolver;
 use crate::retry::{CallClass, Decision, RetryPolicy, parse_retry_after};
 use crate::sources::buildium::webhook::Refresh;
 
@@ -441,31 +442,73 @@ impl Deliverer {
         Ok(lock_after)
     }
 
-    /// Runs refresh `job` as apalis task `task_id`: one attempt of reading and folding, with
-    /// the ledger counting it and the retry policy deciding what a failure means, as for a
-    /// convergence. No resident lock: the folds are atomic, each in its own script.
+    /// Runs refresh `job` as apalis task `task_id`: one attempt of reading and folding.
     pub async fn run_refresh(
         &self,
         refresher: Option<&Refresher>,
         job: &RefreshJob,
         task_id: &str,
     ) -> Result<(), BoxDynError> {
+        let what = format!("refresh of {:?} of source {}", job.refresh, job.source);
+        self.run_fold_job(FoldKind::Refresh, &job.delivery_id, task_id, &what, async {
+            match refresher {
+                Some(refresher) => refresher.refresh(&job.source, job.refresh).await,
+                None => Err(RefreshError::UnknownSource(job.source.clone())),
+            }
+        })
+        .await
+    }
+
+    /// Runs resolve `job` as apalis task `task_id`: one attempt of resolving the event's
+    /// emails and folding it.
+    pub async fn run_resolve(
+        &self,
+        resolver: &EventResolver,
+        job: &ResolveJob,
+        task_id: &str,
+    ) -> Result<(), BoxDynError> {
+        let what = format!(
+            "resolving {} resident(s) by email for lease {} of source {}",
+            job.event.residents_by_email.len(),
+            job.event.lease.id,
+            job.source
+        );
+        self.run_fold_job(
+            FoldKind::Resolve,
+            &job.delivery_id,
+            task_id,
+            &what,
+            resolver.run(job),
+        )
+        .await
+    }
+
+    /// One attempt of a job that folds what a source says (a refresh, a resolve), with the
+    /// ledger counting it and the retry policy deciding what a failure means, as for a
+    /// convergence. No resident lock: the folds are atomic, each in its own script.
+    async fn run_fold_job(
+        &self,
+        kind: FoldKind,
+        delivery_id: &str,
+        task_id: &str,
+        what: &str,
+        work: impl std::future::Future<Output = Result<Refreshed, RefreshError>>,
+    ) -> Result<(), BoxDynError> {
         let attempt = match self
             .queue
-            .begin_attempt(&job.delivery_id, task_id, self.policy.max_attempts)
+            .begin_attempt(delivery_id, task_id, self.policy.max_attempts)
             .await?
         {
             Begin::Run(n) => n,
             Begin::Stale => {
-                debug!("skipping a superseded run of this refresh");
+                debug!("skipping a superseded run of this {}", kind.as_str());
                 return Ok(());
             }
             Begin::DeadLettered { reason, attempts } => {
                 error!(
-                    dead_letter.id = %job.delivery_id,
+                    dead_letter.id = %delivery_id,
                     reason = %reason,
-                    "refresh given up after {attempts} attempt(s) that stopped their worker; replay with `lease-sync dead-letters replay {}`",
-                    job.delivery_id
+                    "{what} given up after {attempts} attempt(s) that stopped their worker; replay with `lease-sync dead-letters replay {delivery_id}`",
                 );
                 count_job("dead_lettered", reason.as_str());
                 self.trim_dead_letters().await;
@@ -473,10 +516,7 @@ impl Deliverer {
             }
         };
         Span::current().record("attempt", attempt);
-        let result = match refresher {
-            Some(refresher) => refresher.refresh(&job.source, job.refresh).await,
-            None => Err(RefreshError::UnknownSource(job.source.clone())),
-        };
+        let result = work.await;
         let class = match &result {
             Ok(_) => CallClass::Success,
             Err(e) if e.is_retryable() => CallClass::Transient {
@@ -486,7 +526,7 @@ impl Deliverer {
         };
         let decision = self.policy.decide(attempt, class, &mut rand::rng());
         let mut record = AttemptRecord {
-            action: Some("refresh".into()),
+            action: Some(kind.as_str().into()),
             ..AttemptRecord::default()
         };
         if let Err(e) = &result {
@@ -512,18 +552,12 @@ impl Deliverer {
         };
         if !self
             .queue
-            .finish_attempt(
-                &job.delivery_id,
-                task_id,
-                &record,
-                &finish,
-                auth_failure,
-                None,
-            )
+            .finish_attempt(delivery_id, task_id, &record, &finish, auth_failure, None)
             .await?
         {
             warn!(
-                "the refresh moved on during the attempt (replayed or purged); outcome not recorded"
+                "the {} moved on during the attempt (replayed or purged); outcome not recorded",
+                kind.as_str()
             );
             return Ok(());
         }
@@ -535,25 +569,22 @@ impl Deliverer {
                     folded = done.folded,
                     jobs = done.jobs,
                     conflicts = done.conflicts,
-                    "refreshed {:?} of source {}",
-                    job.refresh,
-                    job.source
+                    "{what}: done"
                 );
-                count_job("refreshed", "");
+                count_job(kind.done_outcome(), "");
             }
             (Err(e), Decision::Retry { delay, .. }) => {
                 warn!(
                     http.status = e.status(),
-                    "refresh failed, will retry in {delay:?}: {e}"
+                    "{what} failed, will retry in {delay:?}: {e}"
                 );
                 count_job("retried", "");
             }
             (Err(e), Decision::DeadLetter(reason)) => {
                 error!(
-                    dead_letter.id = %job.delivery_id,
+                    dead_letter.id = %delivery_id,
                     reason = %reason,
-                    "refresh given up: {e}; replay with `lease-sync dead-letters replay {}`",
-                    job.delivery_id
+                    "{what} given up: {e}; replay with `lease-sync dead-letters replay {delivery_id}`",
                 );
                 count_job("dead_lettered", reason.as_str());
                 self.trim_dead_letters().await;
@@ -665,11 +696,37 @@ fn log_outcome(
     }
 }
 
+/// The jobs that fold what a source says rather than call OpenApp for one resident.
+#[derive(Debug, Clone, Copy)]
+enum FoldKind {
+    Refresh,
+    Resolve,
+}
+
+impl FoldKind {
+    /// The attempt log's action.
+    fn as_str(self) -> &'static str {
+        match self {
+            FoldKind::Refresh => "refresh",
+            FoldKind::Resolve => "resolve",
+        }
+    }
+
+    /// The `outcome` of [`crate::telemetry::metrics::JOBS`] for a run that completed.
+    fn done_outcome(self) -> &'static str {
+        match self {
+            FoldKind::Refresh => "refreshed",
+            FoldKind::Resolve => "resolved",
+        }
+    }
+}
+
 /// What the workers run jobs with.
 #[derive(Debug)]
 struct Handlers {
     deliverer: Deliverer,
     refresher: Option<Refresher>,
+    resolver: EventResolver,
 }
 
 async fn handle_job(
@@ -680,6 +737,7 @@ async fn handle_job(
 ) -> Result<(), BoxDynError> {
     let lease_id = match &job {
         Job::Converge(c) => c.lease_id.clone(),
+        Job::Resolve(r) => r.event.lease.id.clone(),
         Job::Refresh(r) => match r.refresh {
             Refresh::Lease { lease_id } => lease_id.to_string(),
             Refresh::Tenant { .. } => String::new(),
@@ -706,6 +764,12 @@ async fn handle_job(
                 handlers
                     .deliverer
                     .run_refresh(handlers.refresher.as_ref(), r, &task_id)
+                    .await
+            }
+            Job::Resolve(r) => {
+                handlers
+                    .deliverer
+                    .run_resolve(&handlers.resolver, r, &task_id)
                     .await
             }
         }
@@ -752,6 +816,7 @@ pub async fn run_workers(
         }
     };
     let handlers = Arc::new(Handlers {
+        resolver: EventResolver::new(settings, queue.clone(), client.clone()),
         deliverer: Deliverer::new(client, queue.clone(), settings),
         refresher,
     });

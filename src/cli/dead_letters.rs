@@ -138,6 +138,10 @@ struct ShowArgs {
     /// Print the dead letter as JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Show the emails and names of residents known by email in full (personal data;
+    /// masked by default).
+    #[arg(long)]
+    show_emails: bool,
 }
 
 /// Arguments of `dead-letters replay`.
@@ -290,6 +294,11 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     else {
         eprintln!("no dead letter with id {}", args.id);
         return Ok(ExitCode::FAILURE);
+    };
+    let entry = if args.show_emails {
+        entry
+    } else {
+        entry.masked()
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&entry)?);
@@ -628,6 +637,18 @@ fn describe(entry: &DeadLetter) -> String {
                 Refresh::Tenant { tenant_id } => format!("tenant {tenant_id} and their leases"),
             };
             field("refresh", &what);
+        }
+        Job::Resolve(job) => {
+            field("event type", job.event.event_type.as_str());
+            field("lease", &s.lease_id);
+            field("property", &job.event.lease.property_id);
+            field(
+                "resolve",
+                &format!(
+                    "{} resident(s) known by email",
+                    job.event.residents_by_email.len()
+                ),
+            );
         }
     }
 

@@ -25,7 +25,7 @@ use super::{ApiError, AppState, SourceRuntime};
 use crate::config::SourceKind;
 use crate::event::{EventError, LeaseEvent, check_not_future, is_valid_event_id, parse_event};
 use crate::queue::{
-    DeliveryJob, EnqueueLimits, EnqueueOutcome, Job, QueueError, RefreshJob, Target,
+    DeliveryJob, EnqueueLimits, EnqueueOutcome, Job, QueueError, RefreshJob, ResolveJob, Target,
 };
 use crate::signature::{EventIdError, HeaderLookup, SignatureError, Verified};
 use crate::sources::buildium;
@@ -483,14 +483,29 @@ async fn ingest_lease_event(
         max_clock_skew: source.max_clock_skew,
         timeout: state.enqueue_timeout(),
     };
-    let outcome = state
-        .queue
-        .enqueue_event(&source.name, &event, &jobs, limits)
-        .await
-        .map_err(|cause| IngestError::QueueUnavailable {
-            retry_after_secs: state.http.retry_after.as_secs(),
-            cause,
-        })?;
+    let outcome = if event.residents_by_email.is_empty() {
+        state
+            .queue
+            .enqueue_event(&source.name, &event, &jobs, limits)
+            .await
+    } else {
+        // Emails are resolved to OpenApp users by a worker, which then folds the event;
+        // ingest never calls OpenApp.
+        let job = Job::Resolve(ResolveJob::new(&source.name, &event));
+        match serde_json::to_value(&event) {
+            Ok(body) => {
+                state
+                    .queue
+                    .enqueue_jobs(&source.name, &event.id, &body, &[job], limits)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+    .map_err(|cause| IngestError::QueueUnavailable {
+        retry_after_secs: state.http.retry_after.as_secs(),
+        cause,
+    })?;
     match outcome {
         EnqueueOutcome::Queued {
             jobs,

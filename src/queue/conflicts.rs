@@ -48,8 +48,8 @@ impl Conflict {
     }
 }
 
-/// `A. L.` for `Ada Lovelace`.
-fn initials(name: &str) -> String {
+/// `A. L.` for `Ada Lovelace`: a name as shown unless asked for in full.
+pub fn initials(name: &str) -> String {
     name.split_whitespace()
         .filter_map(|w| w.chars().next())
         .map(|c| format!("{c}."))

@@ -135,7 +135,7 @@ impl DeliveryJob {
     }
 }
 
-/// Current [`DeliveryJob::v`] and [`RefreshJob::v`].
+/// Current [`DeliveryJob::v`], [`RefreshJob::v`] and [`ResolveJob::v`].
 pub const JOB_VERSION: u32 = 1;
 
 /// One unit of work on the queue: the payload of an apalis task and of a delivery's ledger.
@@ -145,6 +145,8 @@ pub const JOB_VERSION: u32 = 1;
 pub enum Job {
     /// Read a lease (or a tenant's leases) again from its source and fold what it says.
     Refresh(RefreshJob),
+    /// Resolve the residents an event names by email, then fold the event.
+    Resolve(ResolveJob),
     /// Make OpenApp show what one resident's state says.
     Converge(DeliveryJob),
 }
@@ -154,6 +156,7 @@ impl Job {
     pub fn delivery_id(&self) -> &str {
         match self {
             Job::Refresh(job) => &job.delivery_id,
+            Job::Resolve(job) => &job.delivery_id,
             Job::Converge(job) => &job.delivery_id,
         }
     }
@@ -162,6 +165,7 @@ impl Job {
     pub fn event_id(&self) -> &str {
         match self {
             Job::Refresh(job) => &job.event_id,
+            Job::Resolve(job) => &job.event_id,
             Job::Converge(job) => &job.event_id,
         }
     }
@@ -170,14 +174,16 @@ impl Job {
     pub fn source(&self) -> &str {
         match self {
             Job::Refresh(job) => &job.source,
+            Job::Resolve(job) => &job.source,
             Job::Converge(job) => &job.source,
         }
     }
 
-    /// `converge` or `refresh`.
+    /// `converge`, `refresh` or `resolve`.
     pub fn kind(&self) -> &'static str {
         match self {
             Job::Refresh(_) => "refresh",
+            Job::Resolve(_) => "resolve",
             Job::Converge(_) => "converge",
         }
     }
@@ -212,6 +218,35 @@ impl RefreshJob {
             source: source.to_owned(),
             refresh,
             trigger: trigger.map(str::to_owned),
+        }
+    }
+}
+
+/// Resolve the residents a native event names only by email to OpenApp users, then fold the
+/// event for every resident it names (see [`crate::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveJob {
+    /// Payload version.
+    pub v: u32,
+    /// Stable id across retries and replays; the dead-letter id.
+    pub delivery_id: String,
+    /// The event's id.
+    pub event_id: String,
+    /// The source that sent it.
+    pub source: String,
+    /// The event, as ingest validated it.
+    pub event: LeaseEvent,
+}
+
+impl ResolveJob {
+    /// The job resolving and folding `event` of `source`.
+    pub fn new(source: &str, event: &LeaseEvent) -> Self {
+        Self {
+            v: JOB_VERSION,
+            delivery_id: ulid::Ulid::new().to_string(),
+            event_id: event.id.clone(),
+            source: source.to_owned(),
+            event: event.clone(),
         }
     }
 }
@@ -493,7 +528,8 @@ impl JobQueue {
         limits: EnqueueLimits,
     ) -> Result<EnqueueOutcome, QueueError> {
         let record = crate::resident::LeaseRecord::from_event(event, source);
-        self.fold(source, event, Some(&record), jobs, limits).await
+        self.fold(source, &event.id, event, Some(&record), jobs, limits)
+            .await
     }
 
     /// Queues `jobs` (none of which folds anything at ingest, e.g. refreshes) for the event
@@ -541,6 +577,23 @@ impl JobQueue {
         })
     }
 
+    /// Folds `event`, whose residents a worker has just resolved from their emails, like
+    /// [`Self::enqueue_event`]. Ingest already used the event's id to deduplicate deliveries,
+    /// so this fold is deduplicated under `<id>#resolved`: a retried or repeated resolve job
+    /// folds the event once.
+    pub async fn enqueue_resolved(
+        &self,
+        source: &str,
+        event: &LeaseEvent,
+        jobs: &[DeliveryJob],
+        limits: EnqueueLimits,
+    ) -> Result<EnqueueOutcome, QueueError> {
+        let record = crate::resident::LeaseRecord::from_event(event, source);
+        let dedupe_id = format!("{}#resolved", event.id);
+        self.fold(source, &dedupe_id, event, Some(&record), jobs, limits)
+            .await
+    }
+
     /// Folds `record` (what a source's lease says about one resident, e.g. a Buildium tenant)
     /// into the state of the resident `job` names, and queues `job` if it changed anything;
     /// `event` is the synthetic event standing for the fold (its id is the dedupe key).
@@ -554,6 +607,7 @@ impl JobQueue {
     ) -> Result<EnqueueOutcome, QueueError> {
         self.fold(
             source,
+            &event.id,
             event,
             Some(record),
             std::slice::from_ref(job),
@@ -573,13 +627,15 @@ impl JobQueue {
         jobs: &[DeliveryJob],
         limits: EnqueueLimits,
     ) -> Result<EnqueueOutcome, QueueError> {
-        self.fold(source, reset, None, jobs, limits).await
+        self.fold(source, &reset.id, reset, None, jobs, limits)
+            .await
     }
 
     /// The enqueue script: `record` folded in, or, when `None`, the lease forgotten.
     async fn fold(
         &self,
         source: &str,
+        dedupe_id: &str,
         event: &LeaseEvent,
         record: Option<&crate::resident::LeaseRecord>,
         jobs: &[DeliveryJob],
@@ -596,7 +652,7 @@ impl JobQueue {
         let event_json = serde_json::to_vec(event)?;
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
-            .key(self.keys.dedupe(source, &event.id))
+            .key(self.keys.dedupe(source, dedupe_id))
             .key(self.keys.queue_key("data"))
             .key(self.keys.queue_key("active"))
             .key(self.keys.queue_key("meta"))

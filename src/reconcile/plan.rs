@@ -412,6 +412,7 @@ pub fn events_for(plan: &Plan, run_id: &str) -> Vec<PlannedEvent> {
                         openapp_user_id: change.user_id.clone(),
                         external_id: None,
                     }],
+                    residents_by_email: Vec::new(),
                     access: (lease.starts_at.is_some() || lease.ends_at.is_some()).then_some(
                         AccessWindow {
                             starts_at: lease.starts_at,

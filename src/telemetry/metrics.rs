@@ -265,6 +265,8 @@ fn describe() {
     }
     for (outcome, reason) in [
         ("converged", ""),
+        ("refreshed", ""),
+        ("resolved", ""),
         ("retried", ""),
         ("deferred", ""),
         ("dead_lettered", "permanent"),

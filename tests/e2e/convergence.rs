@@ -694,6 +694,7 @@ async fn the_enqueue_script_and_supersedes_agree_on_the_version_order() {
                 openapp_user_id: user.clone(),
                 external_id: None,
             }],
+            residents_by_email: Vec::new(),
             access: None,
         };
         let (first, second) = (draw("a"), draw("b"));

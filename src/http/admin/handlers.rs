@@ -175,14 +175,27 @@ pub(super) async fn list_dead_letters(
     Ok(Json(page))
 }
 
-/// Shows one dead letter: the job, the event as received and every attempt.
+/// Query of `GET /admin/dead-letters/{id}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ShowQuery {
+    /// `true` to show the emails and names of residents known by email in full (personal
+    /// data; masked by default).
+    #[param(value_type = Option<bool>)]
+    show_emails: Option<String>,
+}
+
+/// Shows one dead letter: the job, the event as received and every attempt. Emails and
+/// names of residents known by email are masked unless `show_emails=true`.
 #[utoipa::path(
     get,
     path = "/admin/dead-letters/{id}",
     tag = "dead letters",
-    params(("id" = String, Path, description = "The delivery id.")),
+    params(("id" = String, Path, description = "The delivery id."), ShowQuery),
     responses(
         (status = 200, description = "The dead letter.", body = DeadLetterDoc),
+        (status = 400, description = "A query parameter is invalid (`invalid_query`).", body = ErrorBody),
         (status = 404, description = "No dead letter has this id (`not_found`).", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -190,11 +203,26 @@ pub(super) async fn list_dead_letters(
 pub(super) async fn get_dead_letter(
     State(state): State<AdminState>,
     id: Result<Path<String>, PathRejection>,
+    query: Result<Query<ShowQuery>, QueryRejection>,
 ) -> Result<Json<DeadLetter>, AdminError> {
     let id = delivery_id(id)?;
+    let Query(query) = query.map_err(query_rejection)?;
+    let show = show_emails(query.show_emails)?;
     match state.dead_letters.get(&id).await? {
-        Some(dead_letter) => Ok(Json(dead_letter)),
+        Some(dead_letter) if show => Ok(Json(dead_letter)),
+        Some(dead_letter) => Ok(Json(dead_letter.masked())),
         None => Err(no_dead_letter(&id).into()),
+    }
+}
+
+/// The `show_emails` query parameter: absent or `false`, or `true`.
+fn show_emails(value: Option<String>) -> Result<bool, AdminError> {
+    match present(value).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => {
+            Err(invalid_query("show_emails", format!("`{other}` is not true or false")).into())
+        }
     }
 }
 
@@ -460,15 +488,7 @@ pub(super) async fn list_conflicts(
     query: Result<Query<ConflictsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Conflict>>, AdminError> {
     let Query(query) = query.map_err(query_rejection)?;
-    let show = match present(query.show_emails).as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(
-                invalid_query("show_emails", format!("`{other}` is not true or false")).into(),
-            );
-        }
-    };
+    let show = show_emails(query.show_emails)?;
     let source = present(query.source);
     let conflicts = state.queue.conflicts(source.as_deref()).await?;
     Ok(Json(if show {

@@ -231,18 +231,19 @@ mod schemas {
         source: String,
         /// The event id.
         event_id: String,
-        /// `converge` (make OpenApp show a resident's state) or `refresh` (read a lease again
-        /// from its source).
+        /// `converge` (make OpenApp show a resident's state), `refresh` (read a lease again
+        /// from its source) or `resolve` (resolve the residents an event names by email, then
+        /// fold it).
         kind: String,
-        /// The event type, for a convergence.
+        /// The event type, for a convergence or a resolve.
         event_type: Option<EventTypeDoc>,
-        /// `add` or `remove` for a convergence, `refresh` for a refresh.
+        /// `add` or `remove` for a convergence, `refresh` or `resolve` for those jobs.
         action: String,
         /// The lease (empty for a refresh of a tenant).
         lease_id: String,
-        /// The resident (OpenApp user id); empty for a refresh.
+        /// The resident (OpenApp user id); empty for a refresh or a resolve.
         user_id: String,
-        /// The OpenApp integration; empty for a refresh.
+        /// The OpenApp integration; empty for a refresh or a resolve.
         integration_id: String,
         /// Attempts made since the last replay.
         attempts: u32,
@@ -339,8 +340,9 @@ mod schemas {
         /// The summary fields, at the top level.
         #[serde(flatten)]
         summary: DeadLetterSummaryDoc,
-        /// The job: a convergence, or a refresh (`{v, delivery_id, event_id, source, refresh:
-        /// {kind: lease|tenant, lease_id|tenant_id}, trigger}`).
+        /// The job: a convergence, a refresh (`{v, delivery_id, event_id, source, refresh:
+        /// {kind: lease|tenant, lease_id|tenant_id}, trigger}`) or a resolve (`{v, delivery_id,
+        /// event_id, source, event}`; emails masked unless `show_emails=true`).
         job: DeliveryJobDoc,
         /// The event as received (validated).
         #[schema(value_type = Object)]
