@@ -363,6 +363,39 @@ impl Refresher {
         Ok(done)
     }
 
+    /// Reads again the leases of `source`'s open conflicts (at most `limit`, those seen
+    /// longest ago first), so a person whose OpenApp user now exists gets their door without
+    /// waiting for the lease to change. Returns what was folded and how many leases were read.
+    pub async fn refresh_conflicts(
+        &self,
+        source: &str,
+        limit: usize,
+    ) -> Result<Refreshed, RefreshError> {
+        let buildium = self
+            .sources
+            .get(source)
+            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        let mut conflicts = self.queue.conflicts(Some(source)).await?;
+        conflicts.sort_by_key(|c| c.last_seen);
+        let mut leases: Vec<i64> = Vec::new();
+        for id in conflicts
+            .iter()
+            .filter_map(|c| c.lease_id.parse::<i64>().ok())
+        {
+            if leases.len() == limit {
+                break;
+            }
+            if !leases.contains(&id) {
+                leases.push(id);
+            }
+        }
+        let mut done = Refreshed::default();
+        for lease_id in leases {
+            self.refresh_lease(buildium, lease_id, &mut done).await?;
+        }
+        Ok(done)
+    }
+
     async fn rows_of(
         &self,
         source: &BuildiumSource,
@@ -562,8 +595,10 @@ impl Refresher {
             TenantAccess::Ended { ends_at } => (LeaseState::Ended, 1, None, Some(ends_at)),
         };
         let lease_id = facts.lease_id.to_string();
+        // Per user too: a tenant resolved to another user (their old one was deleted) is a
+        // new fold, not a duplicate of the old one.
         let event_id = format!(
-            "buildium:{}:{}:{}",
+            "buildium:{}:{}:{}:{user_id}",
             facts.lease_id, facts.version, tenant.tenant_id
         );
         let record = LeaseRecord {

@@ -30,7 +30,7 @@ use crate::dead_letters::DeadLetters;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
 use crate::queue::ledger::{AttemptRecord, Begin, Finish};
 use crate::queue::residents::ResidentLock;
-use crate::queue::{DeliveryJob, Job, JobQueue, RefreshJob, ResolveJob, now_ms};
+use crate::queue::{DeliveryJob, Job, JobQueue, QueueError, RefreshJob, ResolveJob, now_ms};
 use crate::refresh::{RefreshError, Refreshed, Refresher};
 use crate::resident::{Desired, ResidentState};
 use crate::resolve::EventResolver;
@@ -81,6 +81,11 @@ pub struct Deliverer {
     lock_ttl: Duration,
     /// Integrations seen to exist, so a 404 on remove can be trusted as "already absent".
     known_integrations: Mutex<HashMap<String, Instant>>,
+    /// Sources whose leases can be read again (`kind = "buildium"`): after OpenApp answers
+    /// that it does not know a resolved user, their lease is refreshed to resolve them anew.
+    refreshable_sources: std::collections::HashSet<String>,
+    /// The dedupe window for the refreshes queued that way.
+    dedupe_ttl: Duration,
 }
 
 /// Most convergence rounds in one attempt when the state keeps changing during the calls;
@@ -149,6 +154,13 @@ impl Deliverer {
             // A round is at most a call and, on a 404 remove, a list call.
             lock_ttl: call_timeout * 2 + Duration::from_secs(2),
             known_integrations: Mutex::new(HashMap::new()),
+            refreshable_sources: settings
+                .sources
+                .iter()
+                .filter(|s| s.kind == crate::config::SourceKind::Buildium)
+                .map(|s| s.name.clone())
+                .collect(),
+            dedupe_ttl: settings.http.dedupe_ttl,
         }
     }
 
@@ -161,15 +173,94 @@ impl Deliverer {
         desired: Desired,
     ) -> (Action, Result<CallOutcome, CallError>) {
         match desired {
-            Desired::Present => (
-                Action::Add,
-                self.client
-                    .add_building_user(&job.org_id, &job.integration_id, &job.user_id, &job.role)
-                    .await,
-            ),
+            Desired::Present => (Action::Add, self.add(job).await),
             Desired::Absent => (Action::Remove, self.remove(job).await),
             Desired::Untouched => (Action::None, Ok(CallOutcome::AlreadyDone(0))),
         }
+    }
+
+    /// Adds `job`'s resident. A 404 from a building that exists means OpenApp does not know
+    /// the user (deleted since an email was resolved to them): the cached emails of that user
+    /// are dropped and, for a source whose lease can be read again, the lease is refreshed so
+    /// its tenants are resolved anew. The add itself fails for good with `user_not_found`.
+    async fn add(&self, job: &DeliveryJob) -> Result<CallOutcome, CallError> {
+        let result = self
+            .client
+            .add_building_user(&job.org_id, &job.integration_id, &job.user_id, &job.role)
+            .await;
+        let Err(CallError::Status {
+            status: 404,
+            request_id,
+            ..
+        }) = &result
+        else {
+            return result;
+        };
+        if !self.integration_known(job).await? {
+            return result;
+        }
+        let request_id = request_id.clone();
+        let refreshed = match self.user_gone(job).await {
+            Ok(refreshed) => refreshed,
+            Err(e) => {
+                warn!("could not drop the cached emails of a user OpenApp does not know: {e}");
+                false
+            }
+        };
+        Err(CallError::Status {
+            status: 404,
+            message: Some(format!(
+                "OpenApp does not know user {} (deleted?); their cached email mapping was dropped{}",
+                job.user_id,
+                if refreshed {
+                    format!(
+                        " and lease {} is read again to resolve its tenants anew",
+                        job.lease_id
+                    )
+                } else {
+                    "; the lease's next event resolves its residents anew".to_owned()
+                }
+            )),
+            error_code: Some("user_not_found".into()),
+            request_id,
+            retry_after: None,
+        })
+    }
+
+    /// Drops the cached emails of `job`'s user and queues a refresh of its lease when its
+    /// source can be read again; whether a refresh was queued.
+    async fn user_gone(&self, job: &DeliveryJob) -> Result<bool, QueueError> {
+        let dropped = self
+            .queue
+            .forget_user_identities(&job.org_id, &job.user_id)
+            .await?;
+        info!(
+            dropped,
+            "OpenApp does not know user {}: cached email mappings dropped", job.user_id
+        );
+        let Ok(lease_id) = job.lease_id.parse::<i64>() else {
+            return Ok(false);
+        };
+        if !self.refreshable_sources.contains(&job.source) {
+            return Ok(false);
+        }
+        let event_id = format!("user-not-found:{}", job.delivery_id);
+        let refresh = Job::Refresh(RefreshJob::new(
+            &job.source,
+            &event_id,
+            Refresh::Lease { lease_id },
+            Some("user_not_found"),
+        ));
+        let cue = serde_json::json!({"user_not_found": job.user_id, "lease_id": lease_id});
+        let limits = crate::queue::EnqueueLimits {
+            dedupe_ttl: self.dedupe_ttl,
+            max_clock_skew: Duration::ZERO,
+            timeout: Duration::from_secs(10),
+        };
+        self.queue
+            .enqueue_jobs(&job.source, &event_id, &cue, &[refresh], limits)
+            .await?;
+        Ok(true)
     }
 
     async fn remove(&self, job: &DeliveryJob) -> Result<CallOutcome, CallError> {

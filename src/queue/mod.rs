@@ -414,6 +414,12 @@ impl Keys {
         format!("{}:identity:{org_id}:{email_digest}", self.namespace)
     }
 
+    /// The digests of the emails cached as mapping to `user_id` in `org_id` (a set), so the
+    /// mappings of a user OpenApp no longer knows can be dropped.
+    pub fn identity_of_user(&self, org_id: &str, user_id: &str) -> String {
+        format!("{}:identity-user:{org_id}:{user_id}", self.namespace)
+    }
+
     /// Unresolved people, by source and person.
     pub fn conflicts(&self) -> String {
         format!("{}:conflicts", self.namespace)

@@ -34,6 +34,10 @@ pub const FULL_PULL_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// differ a little and changes made while the last pull was reading.
 pub const PULL_OVERLAP: Duration = Duration::from_secs(300);
 
+/// Most leases with open conflicts an incremental pull reads again (those seen longest ago
+/// first): bounds its Buildium requests when many people lack an OpenApp user.
+pub const CONFLICT_LEASES_PER_PULL: usize = 100;
+
 /// Where a scheduled run gets the truth.
 enum Truth {
     /// A file or URL of active leases.
@@ -274,6 +278,21 @@ impl Scheduled {
             conflicts = done.conflicts,
             "incremental pull from Buildium folded the leases updated since {since}"
         );
+        // People without an OpenApp user get one outside Buildium: their leases do not
+        // change, so they are read again here rather than at the next full pull.
+        let retried = refresher
+            .refresh_conflicts(&self.source.name, CONFLICT_LEASES_PER_PULL)
+            .await
+            .map_err(|e| RunError::Pull(pull::PullError::Read(e)))?;
+        if retried.leases > 0 {
+            info!(
+                source = %self.source.name,
+                leases = retried.leases,
+                jobs = retried.jobs,
+                conflicts = retried.conflicts,
+                "leases with open conflicts read again"
+            );
+        }
         self.record_pull(started, false)
             .await
             .map_err(RunError::PullTimes)?;

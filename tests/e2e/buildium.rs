@@ -489,8 +489,8 @@ async fn dropped_duplicated_or_reordered_webhooks_converge_after_a_pull() {
 }
 
 /// With `[reconcile] every` on a Buildium source and no `from`, `serve` pulls on its own: the
-/// first run reads every lease, the next ones what changed since, and webhooks that never came
-/// stop mattering.
+/// first run reads every lease, the next ones what changed since and the leases of open
+/// conflicts, and webhooks that never came stop mattering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_pulls_buildium_on_its_schedule() {
     use lease_sync_sandbox::buildium::WebhookFaults;
@@ -530,5 +530,90 @@ async fn serve_pulls_buildium_on_its_schedule() {
         })
         .count();
     assert!(pulls > 0, "an incremental pull asked for what changed");
+
+    // Grace has no OpenApp user yet: a conflict. Once she has one, a later run reads her
+    // lease again although nothing changed at Buildium.
+    l.buildium
+        .create_lease(&lease(vec![tenant("Grace", "grace@example.com")]))
+        .expect("create lease");
+    wait_until("Grace's conflict", LIMIT, || async {
+        let conflicts = l.app.queue().conflicts(Some(BUILDIUM)).await.ok()?;
+        (!conflicts.is_empty()).then_some(())
+    })
+    .await;
+    let grace = l.user("Grace Resident", "grace@example.com");
+    l.wait_presence(&grace, true).await;
+    wait_until("the conflict to clear", LIMIT, || async {
+        let conflicts = l.app.queue().conflicts(Some(BUILDIUM)).await.ok()?;
+        conflicts.is_empty().then_some(())
+    })
+    .await;
     assert_eq!(l.removals(), 0);
+}
+
+/// A tenant's email is cached as an OpenApp user; when OpenApp no longer knows that user
+/// (deleted, then registered again under a new id), the next add (here from a pull) answers
+/// 404: lease-sync drops the cached mapping, reads the lease again and gives the door to the
+/// user OpenApp knows now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_user_openapp_no_longer_knows_is_resolved_again() {
+    let l = start().await;
+    let ada = l.user("Ada Resident", "ada@example.com");
+    l.buildium
+        .create_lease(&lease(vec![tenant("Ada", "ada@example.com")]))
+        .expect("create lease");
+    l.wait_presence(&ada, true).await;
+    wait_drained(&l.app.queue(), LIMIT).await;
+
+    // Ada's account is deleted (and her door with it) and she signs up again: a new user id
+    // for the same email. lease-sync still believes her cached id; the next pull adds it.
+    assert!(l.openapp.sandbox.delete_user(&ada));
+    let ada_again = l.user("Ada Resident", "ada@example.com");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    write_config(&l.app.settings, &config);
+    let pulled = run_lease_sync(
+        [
+            "reconcile",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--source",
+            BUILDIUM,
+            "--apply",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+    )
+    .await;
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    l.wait_presence(&ada_again, true).await;
+    assert!(!l.present(&ada));
+
+    // The add for the old id failed for good, saying why.
+    let dead = l
+        .app
+        .dead_letters()
+        .list(&Default::default(), 0, 100)
+        .await
+        .expect("list");
+    let entry = dead
+        .items
+        .iter()
+        .find(|e| e.user_id == ada)
+        .expect("a dead letter for the deleted user");
+    let full = l
+        .app
+        .dead_letters()
+        .get(&entry.id)
+        .await
+        .expect("redis")
+        .expect("entry");
+    let last = full.attempt_log.last().expect("an attempt");
+    assert_eq!(last.status, Some(404));
+    assert_eq!(
+        last.error_code.as_deref(),
+        Some("user_not_found"),
+        "{last:?}"
+    );
 }

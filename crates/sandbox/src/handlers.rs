@@ -386,6 +386,11 @@ impl Sandbox {
         // One lock for check and update, so concurrent calls see each other
         // atomically (e.g. two adds of the same user with conflict_on_existing).
         let mut state = self.lock();
+        // Read before the integration is borrowed; refused after it is resolved, as before.
+        let add =
+            matches!(op, Operation::Add).then(|| parse_add_body(headers, body, integration_id));
+        let deleted_user =
+            matches!(&add, Some(Ok((user_id, _))) if state.deleted_users.contains(user_id));
         let integration = resolve_integration(
             &mut state,
             self.shared.open_registration,
@@ -401,7 +406,13 @@ impl Sandbox {
                     .collect(),
             )),
             Operation::Add => {
-                let (user_id, role) = parse_add_body(headers, body, integration_id)?;
+                let (user_id, role) = match add {
+                    Some(parsed) => parsed?,
+                    None => parse_add_body(headers, body, integration_id)?,
+                };
+                if deleted_user {
+                    return Err(ApiError::new(StatusCode::NOT_FOUND, "User not found"));
+                }
                 if self.shared.conflict_on_existing && integration.members.contains_key(&user_id) {
                     return Err(ApiError::new(
                         StatusCode::CONFLICT,

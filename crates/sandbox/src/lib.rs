@@ -307,6 +307,10 @@ struct State {
     users: BTreeMap<String, User>,
     /// Monotonic, so that ordering users by id is ordering them by creation.
     user_ids: ulid::Generator,
+    /// Users deleted with [`Sandbox::delete_user`]: adding one answers `404 User not found`,
+    /// as OpenApp does for an id it does not know. (Other unknown ids are accepted, so tests
+    /// may use made-up ids without creating users.)
+    deleted_users: std::collections::BTreeSet<String>,
     calls: VecDeque<RecordedCall>,
 }
 
@@ -361,6 +365,7 @@ impl Sandbox {
                     integrations,
                     users: BTreeMap::new(),
                     user_ids: ulid::Generator::new(),
+                    deleted_users: std::collections::BTreeSet::new(),
                     calls: VecDeque::new(),
                 }),
                 recorded: watch::Sender::new(0),

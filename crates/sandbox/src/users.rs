@@ -94,6 +94,19 @@ impl Sandbox {
         insert_user(&mut self.lock(), org, user)
     }
 
+    /// Deletes user `user_id` as `DELETE /api/v1/users/{id}` would: the user and their building
+    /// memberships are gone, and adding them to a building answers `404 User not found`.
+    /// Their email is free again. Returns whether the user existed.
+    pub fn delete_user(&self, user_id: &str) -> bool {
+        let mut state = self.lock();
+        let existed = state.users.remove(user_id).is_some();
+        for integration in state.integrations.values_mut() {
+            integration.members.remove(user_id);
+        }
+        state.deleted_users.insert(user_id.to_owned());
+        existed
+    }
+
     /// Every user, ordered by id (creation order for generated ULIDs).
     #[must_use]
     pub fn users(&self) -> Vec<User> {

@@ -310,3 +310,26 @@ fn add_user_rejects_duplicates_and_blank_fields() {
         Err(UserError::DuplicateId("fixed".into()))
     );
 }
+
+#[tokio::test]
+async fn a_deleted_user_loses_their_doors_and_cannot_be_added_again() {
+    let h = start(options()).await;
+    let user = seed(&h.sandbox, ORG, "Ada Lovelace", "ada@example.com");
+    let added = send(h.add(&user.id, "resident")).await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.text);
+
+    assert!(h.sandbox.delete_user(&user.id));
+    assert!(
+        h.sandbox.members(INTEGRATION).is_empty(),
+        "the door went with the user"
+    );
+    assert!(h.sandbox.users().is_empty());
+    let again = send(h.add(&user.id, "resident")).await;
+    assert_error(&again, StatusCode::NOT_FOUND, "User not found");
+    // Ids the sandbox never knew are still accepted, so tests may make them up.
+    let made_up = send(h.add("user-1", "resident")).await;
+    assert_eq!(made_up.status, StatusCode::CREATED, "{}", made_up.text);
+    // The email is free again.
+    seed(&h.sandbox, ORG, "Ada Lovelace", "ada@example.com");
+    h.stop().await;
+}
