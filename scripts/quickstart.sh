@@ -3,16 +3,20 @@
 #   1. Redis on 127.0.0.1:$REDIS_PORT (6379): used if one answers there, else started here
 #      (redis-server is installed from Debian/Ubuntu packages when missing),
 #   2. the OpenApp sandbox on 127.0.0.1:$SANDBOX_PORT (8081; in memory, no credentials needed),
-#   3. `lease-sync serve` on 127.0.0.1:$HTTP_PORT (8080), admin API on $ADMIN_PORT (9090), with a
+#   3. the Buildium emulator on 127.0.0.1:$BUILDIUM_PORT (8082; in memory): lease and tenant
+#      reads, and signed webhooks to lease-sync's `buildium` source,
+#   4. `lease-sync serve` on 127.0.0.1:$HTTP_PORT (8080), admin API on $ADMIN_PORT (9090), with a
 #      config and secrets generated in $QUICKSTART_DIR (.quickstart/).
-# Then it prints the command that sends a signed test event. Ctrl-C (SIGINT) or SIGTERM stops
+# Then it prints the command that sends a signed test event, and how to create a lease in the
+# Buildium emulator that reaches the OpenApp sandbox. Ctrl-C (SIGINT) or SIGTERM stops
 # what this script started (serve, the sandbox, and Redis if it started Redis) and nothing else.
 #
-# QUICKSTART_SMOKE=1 sends one test event itself, checks that the sandbox received it, stops
-# everything it started and exits (0 on success): a self-check that scripts/test.sh runs.
+# QUICKSTART_SMOKE=1 sends one test event itself and creates one Buildium lease, checks that
+# both residents reached the sandbox, stops everything it started and exits (0 on success): a
+# self-check that scripts/test.sh runs.
 #
 # Environment (all optional):
-#   REDIS_PORT, HTTP_PORT, SANDBOX_PORT, ADMIN_PORT   ports on 127.0.0.1
+#   REDIS_PORT, HTTP_PORT, SANDBOX_PORT, ADMIN_PORT, BUILDIUM_PORT   ports on 127.0.0.1
 #   QUICKSTART_DIR   state directory: config, secrets, logs, Redis data [.quickstart]
 #   LEASE_SYNC_BIN   a lease-sync binary to run instead of building one with cargo
 #   NO_COLOR         plain log lines on a terminal too
@@ -42,13 +46,14 @@ REDIS_PORT="${REDIS_PORT:-6379}"
 HTTP_PORT="${HTTP_PORT:-8080}"
 SANDBOX_PORT="${SANDBOX_PORT:-8081}"
 ADMIN_PORT="${ADMIN_PORT:-9090}"
-for var in REDIS_PORT HTTP_PORT SANDBOX_PORT ADMIN_PORT; do
+BUILDIUM_PORT="${BUILDIUM_PORT:-8082}"
+for var in REDIS_PORT HTTP_PORT SANDBOX_PORT ADMIN_PORT BUILDIUM_PORT; do
   if ! [[ "${!var}" =~ ^[0-9]+$ ]] || [ "${!var}" -lt 1 ] || [ "${!var}" -gt 65535 ]; then
     die "$var=${!var} is not a port number"
   fi
 done
-if [ "$(printf '%s\n' "$REDIS_PORT" "$HTTP_PORT" "$SANDBOX_PORT" "$ADMIN_PORT" | sort -u | wc -l)" -ne 4 ]; then
-  die "REDIS_PORT, HTTP_PORT, SANDBOX_PORT and ADMIN_PORT must differ ($REDIS_PORT, $HTTP_PORT, $SANDBOX_PORT, $ADMIN_PORT)"
+if [ "$(printf '%s\n' "$REDIS_PORT" "$HTTP_PORT" "$SANDBOX_PORT" "$ADMIN_PORT" "$BUILDIUM_PORT" | sort -u | wc -l)" -ne 5 ]; then
+  die "REDIS_PORT, HTTP_PORT, SANDBOX_PORT, ADMIN_PORT and BUILDIUM_PORT must differ ($REDIS_PORT, $HTTP_PORT, $SANDBOX_PORT, $ADMIN_PORT, $BUILDIUM_PORT)"
 fi
 command -v curl >/dev/null 2>&1 || die "curl is needed (Debian/Ubuntu: apt-get install curl)"
 STATE="${QUICKSTART_DIR:-$PWD/.quickstart}"
@@ -192,6 +197,12 @@ if [ ! -s "$STATE/webhook-secrets" ]; then
   [ -n "$secret" ] || secret="whsec_$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
   printf '%s\n' "$secret" >"$STATE/webhook-secrets"
 fi
+if [ ! -s "$STATE/buildium-webhook-secret" ]; then
+  printf 'bwh_%s\n' "$(random_hex 24)" >"$STATE/buildium-webhook-secret"
+fi
+if [ ! -s "$STATE/buildium-client-secret" ]; then
+  printf 'bcs_%s\n' "$(random_hex 16)" >"$STATE/buildium-client-secret"
+fi
 if [ ! -s "$STATE/admin-token" ]; then
   generated=$("$BIN" admin hash-token --generate 2>/dev/null) ||
     die "\`$BIN admin hash-token --generate\` failed"
@@ -228,6 +239,29 @@ secrets_file = "webhook-secrets"
 id = "P-17"
 org_id = "01HDEMOORG000000000000000A"
 integration_id = "01HDEMOINT000000000000000B"
+
+# The Buildium emulator: its webhooks are cues to read the lease back from its API.
+[[sources]]
+name = "buildium"
+kind = "buildium"
+secrets_file = "buildium-webhook-secret"
+
+[sources.buildium]
+base_url = "http://127.0.0.1:${BUILDIUM_PORT}"
+allow_insecure_http = true   # the local emulator speaks plain http
+client_id = "quickstart"
+client_secret_file = "buildium-client-secret"
+
+[[sources.properties]]
+id = "23"
+org_id = "01HDEMOORG000000000000000A"
+integration_id = "01HDEMOINT000000000000000B"
+timezone = "America/New_York"
+
+# The safety net: read what changed at Buildium every 10 minutes (and everything once a day).
+[reconcile]
+every = "10m"
+source = "buildium"
 TOML
 umask "$saved_umask"
 if ! check=$("$BIN" check-config --config "$CONFIG" 2>&1 >/dev/null); then
@@ -236,7 +270,7 @@ if ! check=$("$BIN" check-config --config "$CONFIG" 2>&1 >/dev/null); then
 fi
 
 # --- ports -------------------------------------------------------------------------------------
-for var in HTTP_PORT SANDBOX_PORT ADMIN_PORT; do
+for var in HTTP_PORT SANDBOX_PORT ADMIN_PORT BUILDIUM_PORT; do
   if port_busy "${!var}"; then
     die "port ${!var} on 127.0.0.1 is in use; stop what listens there or set $var to a free port"
   fi
@@ -274,6 +308,15 @@ start "the OpenApp sandbox" "$BIN" sandbox-openapp --listen "127.0.0.1:${SANDBOX
 wait_for "the OpenApp sandbox" "${child_pids[-1]}" "$STATE/sandbox.log" \
   http_ok "http://127.0.0.1:${SANDBOX_PORT}/_sandbox/state"
 
+say "starting the Buildium emulator on http://127.0.0.1:${BUILDIUM_PORT} (log: $STATE/buildium.log)"
+# Webhook retries 60 times faster than Buildium's 1 min / 10 min / 1 h, for a local trial.
+start "the Buildium emulator" "$BIN" sandbox-buildium --listen "127.0.0.1:${BUILDIUM_PORT}" \
+  --webhook-url "http://127.0.0.1:${HTTP_PORT}/webhooks/buildium" \
+  --secret-file "$STATE/buildium-webhook-secret" --client-id quickstart \
+  --client-secret-file "$STATE/buildium-client-secret" --retry-scale 60 2>"$STATE/buildium.log"
+wait_for "the Buildium emulator" "${child_pids[-1]}" "$STATE/buildium.log" \
+  http_ok "http://127.0.0.1:${BUILDIUM_PORT}/_sandbox/leases"
+
 if [ "$SMOKE" = 1 ]; then
   serve_log="$STATE/serve.log"
   say "starting lease-sync serve on http://127.0.0.1:${HTTP_PORT} (log: $serve_log)"
@@ -291,6 +334,17 @@ USER_ID=01JD3ZJ4Q8W6V5T2N9K7H1M0PX
 SEND=("$BIN" send-test-event --config "$CONFIG" --source demo-pms --type lease.signed
   --lease L-1042 --property P-17 --user "$USER_ID")
 printf -v SEND_LINE '%q ' "${SEND[@]}"
+# A Buildium tenant who is an OpenApp user: a lease for them in the emulator reaches the sandbox.
+TENANT_ID=01JD3ZJ4Q8W6V5T2N9K7H1M0PY
+TENANT_EMAIL=ada.tenant@example.com
+ADD_USER=(curl -fsS --max-time 5 -H 'content-type: application/json'
+  -d "{\"org_id\":\"01HDEMOORG000000000000000A\",\"id\":\"$TENANT_ID\",\"name\":\"Ada Tenant\",\"email\":\"$TENANT_EMAIL\"}"
+  "http://127.0.0.1:${SANDBOX_PORT}/_sandbox/users")
+ADD_LEASE=(curl -fsS --max-time 5 -H 'content-type: application/json'
+  -d "{\"PropertyId\":23,\"UnitId\":7,\"LeaseFromDate\":\"$(date -u -d '30 days ago' +%F)\",\"LeaseToDate\":\"$(date -u -d '335 days' +%F)\",\"Tenants\":[{\"FirstName\":\"Ada\",\"LastName\":\"Tenant\",\"Email\":\"$TENANT_EMAIL\"}]}"
+  "http://127.0.0.1:${BUILDIUM_PORT}/_sandbox/leases")
+printf -v ADD_USER_LINE '%q ' "${ADD_USER[@]}"
+printf -v ADD_LEASE_LINE '%q ' "${ADD_LEASE[@]}"
 printf -v BIN_Q '%q' "$BIN"
 printf -v CONFIG_Q '%q' "$CONFIG"
 
@@ -300,15 +354,31 @@ if [ "$SMOKE" = 1 ]; then
     cat "$STATE/send-test-event.log" >&2
     die "send-test-event failed (output above; serve's log: $serve_log)"
   }
+  in_sandbox() { curl -fsS --max-time 2 "http://127.0.0.1:${SANDBOX_PORT}/_sandbox/state" 2>/dev/null | grep -q "$1"; }
+  reached=0
   for _ in $(seq 1 100); do
-    if curl -fsS --max-time 2 "http://127.0.0.1:${SANDBOX_PORT}/_sandbox/state" 2>/dev/null | grep -q "$USER_ID"; then
-      say "smoke test passed: the resident is a building user in the sandbox"
+    if in_sandbox "$USER_ID"; then
+      reached=1
+      break
+    fi
+    sleep 0.1
+  done
+  [ "$reached" = 1 ] ||
+    die "smoke test failed: the resident never reached the sandbox; see $serve_log and $STATE/sandbox.log"
+  say "smoke test: the resident is a building user in the sandbox"
+
+  say "smoke test: creating a Buildium lease for tenant $TENANT_EMAIL, an OpenApp user"
+  "${ADD_USER[@]}" >/dev/null || die "could not create the tenant's user in the OpenApp sandbox"
+  "${ADD_LEASE[@]}" >/dev/null || die "could not create a lease in the Buildium emulator; see $STATE/buildium.log"
+  for _ in $(seq 1 200); do
+    if in_sandbox "$TENANT_ID"; then
+      say "smoke test passed: the resident and the Buildium tenant are building users in the sandbox"
       say "run ./scripts/quickstart.sh (without QUICKSTART_SMOKE) to keep it running and try it by hand"
       exit 0
     fi
     sleep 0.1
   done
-  die "smoke test failed: the resident never reached the sandbox; see $serve_log and $STATE/sandbox.log"
+  die "smoke test failed: the Buildium tenant never reached the sandbox; see $serve_log, $STATE/buildium.log and $STATE/sandbox.log"
 fi
 
 cat <<MSG
@@ -318,12 +388,20 @@ cat <<MSG
     then see the resident in the sandbox:
       curl -s http://127.0.0.1:${SANDBOX_PORT}/_sandbox/state
     and remove them again with --type lease.ended.
+
+    Buildium: make Ada an OpenApp user, then sign her a lease in the Buildium emulator
+    (property 23); its webhook makes lease-sync read the lease and give her the door:
+      ${ADD_USER_LINE}
+      ${ADD_LEASE_LINE}
+    Leases, webhook deliveries and API reads: http://127.0.0.1:${BUILDIUM_PORT}/_sandbox/leases,
+    /_sandbox/deliveries and /_sandbox/reads. Tenants without an OpenApp user are conflicts:
+      $BIN_Q conflicts list --config $CONFIG_Q
     Dead letters and queue depth:
       $BIN_Q dead-letters list --config $CONFIG_Q
       $BIN_Q queue stats --config $CONFIG_Q
     Admin API (bearer token in $STATE/admin-token): http://127.0.0.1:${ADMIN_PORT}/admin/openapi.json
 
-    Ctrl-C stops serve, the sandbox$([ "$redis_ours" = 1 ] && echo " and the Redis this script started").
+    Ctrl-C stops serve, the sandboxes$([ "$redis_ours" = 1 ] && echo " and the Redis this script started").
 
 MSG
 

@@ -21,16 +21,16 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/quickstart.sh")
 }
 
-/// Four distinct free loopback ports: Redis, HTTP, sandbox, admin.
-fn free_ports() -> [u16; 4] {
-    let listeners: Vec<TcpListener> = (0..4)
+/// Five distinct free loopback ports: Redis, HTTP, sandbox, admin, Buildium emulator.
+fn free_ports() -> [u16; 5] {
+    let listeners: Vec<TcpListener> = (0..5)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port"))
         .collect();
     let ports: Vec<u16> = listeners
         .iter()
         .map(|l| l.local_addr().expect("local address").port())
         .collect();
-    [ports[0], ports[1], ports[2], ports[3]]
+    [ports[0], ports[1], ports[2], ports[3], ports[4]]
 }
 
 fn listening(port: u16) -> bool {
@@ -56,7 +56,7 @@ fn wait_until(what: &str, limit: Duration, mut probe: impl FnMut() -> bool) {
 /// One run of the script with its own ports and state directory.
 struct Quickstart {
     dir: tempfile::TempDir,
-    ports: [u16; 4],
+    ports: [u16; 5],
     child: Option<Child>,
     /// The script's pid when `child` is a shell that started it.
     script_pid: Option<u32>,
@@ -89,7 +89,7 @@ impl Quickstart {
     /// of one run; `lease_sync` is the binary the script uses.
     fn spawn(&mut self, program: &Path, args: &[&str], smoke: bool, lease_sync: &Path) {
         let out = std::fs::File::create(self.output_path()).expect("output file");
-        let [redis, http, sandbox, admin] = self.ports;
+        let [redis, http, sandbox, admin, buildium] = self.ports;
         let child = Command::new(program)
             .args(args)
             .env("QUICKSTART_DIR", self.state())
@@ -97,6 +97,7 @@ impl Quickstart {
             .env("HTTP_PORT", http.to_string())
             .env("SANDBOX_PORT", sandbox.to_string())
             .env("ADMIN_PORT", admin.to_string())
+            .env("BUILDIUM_PORT", buildium.to_string())
             .env("LEASE_SYNC_BIN", lease_sync)
             .env("QUICKSTART_SMOKE", if smoke { "1" } else { "0" })
             .env_remove("RUST_LOG")
@@ -146,9 +147,15 @@ impl Quickstart {
 
     /// Fails unless nothing listens on any of the run's ports any more.
     fn assert_everything_stopped(&self) {
-        for (what, port) in ["Redis", "serve", "the sandbox", "the admin API"]
-            .into_iter()
-            .zip(self.ports)
+        for (what, port) in [
+            "Redis",
+            "serve",
+            "the sandbox",
+            "the admin API",
+            "the Buildium emulator",
+        ]
+        .into_iter()
+        .zip(self.ports)
         {
             assert!(
                 !listening(port),
@@ -189,7 +196,9 @@ fn smoke_mode_delivers_a_test_event_and_stops_everything_it_started() {
     let output = run.output();
     assert!(status.success(), "exit {status}:\n{output}");
     assert!(
-        output.contains("smoke test passed: the resident is a building user in the sandbox"),
+        output.contains(
+            "smoke test passed: the resident and the Buildium tenant are building users in the sandbox"
+        ),
         "{output}"
     );
     assert!(
@@ -217,7 +226,7 @@ fn smoke_mode_delivers_a_test_event_and_stops_everything_it_started() {
         !config.contains(key.trim()),
         "the config refers to the key file"
     );
-    for log in ["serve.log", "sandbox.log"] {
+    for log in ["serve.log", "sandbox.log", "buildium.log"] {
         let text = std::fs::read_to_string(state.join(log)).expect(log);
         assert!(!text.is_empty(), "{log} is empty");
         assert!(!text.contains('\u{1b}'), "{log} has ANSI escapes:\n{text}");

@@ -143,6 +143,14 @@ impl Scheduled {
             };
             let wait = match outcome {
                 Ok(RunOutcome::Done | RunOutcome::Skipped) => self.every,
+                // Not a failure to hurry back for: a new account, or wrong property ids.
+                Err(RunError::Pull(e @ pull::PullError::Empty(_))) => {
+                    warn!(
+                        source = %self.source.name,
+                        "nothing reconciled: {e}; check the ids in sources.properties if this building has residents"
+                    );
+                    self.every
+                }
                 Err(e) => {
                     let wait = self.every.min(RETRY_AFTER_FAILURE);
                     warn!(
