@@ -500,6 +500,7 @@ impl Refresher {
             margins: property.margins(&source.settings),
         };
         let facts = lease.facts(&property.zone(), &rules)?;
+        let mut resolved_users = Vec::new();
         for tenant in &facts.tenants {
             let email = match &tenant.email {
                 Some(email) => Some(email.clone()),
@@ -530,7 +531,77 @@ impl Refresher {
                     done.jobs += self
                         .fold_tenant(source, property, &facts, tenant, &user_id)
                         .await?;
+                    resolved_users.push((tenant.tenant_id, user_id));
                 }
+            }
+        }
+        self.end_in_other_buildings(source, property, &facts, &resolved_users, done)
+            .await
+    }
+
+    /// A lease moved to a unit of another mapped building (its `PropertyId` changed): its
+    /// tenants' records of it in the other buildings' integrations end, at the lease's new
+    /// version, so the old building removes them while the new one adds them.
+    async fn end_in_other_buildings(
+        &self,
+        source: &BuildiumSource,
+        property: &PropertySettings,
+        facts: &LeaseFacts,
+        users: &[(i64, String)],
+        done: &mut Refreshed,
+    ) -> Result<(), RefreshError> {
+        let mut others: Vec<&PropertySettings> = Vec::new();
+        for p in source.properties.values() {
+            if p.integration_id != property.integration_id
+                && !others.iter().any(|o| o.integration_id == p.integration_id)
+            {
+                others.push(p);
+            }
+        }
+        if others.is_empty() {
+            return Ok(());
+        }
+        let integrations: Vec<&str> = others.iter().map(|p| p.integration_id.as_str()).collect();
+        let lease_id = facts.lease_id.to_string();
+        for (tenant_id, user_id) in users {
+            let held = self
+                .queue
+                .lease_records_of(&integrations, user_id, &lease_id)
+                .await?;
+            for (other, record) in others.iter().zip(held) {
+                let Some(record) = record.filter(|r| {
+                    r.source == source.settings.name
+                        && r.state == LeaseState::Active
+                        && r.property_id != property.id
+                }) else {
+                    continue;
+                };
+                let building = source
+                    .properties
+                    .values()
+                    .find(|p| p.id == record.property_id)
+                    .unwrap_or(other);
+                let event_id = format!(
+                    "buildium:{lease_id}:{}:{tenant_id}:{user_id}:moved",
+                    facts.version
+                );
+                let ended = LeaseRecord {
+                    state: LeaseState::Ended,
+                    starts_at: None,
+                    ends_at: Some(facts.version),
+                    occurred_at: facts.version,
+                    rank: 1,
+                    event_id: event_id.clone(),
+                    source: source.settings.name.clone(),
+                    property_id: record.property_id.clone(),
+                };
+                let event = synthetic_event(&event_id, &ended, &lease_id, user_id);
+                info!(
+                    lease.id = %lease_id,
+                    "lease moved to another building: its record in the old building ends"
+                );
+                done.folded += 1;
+                done.jobs += self.fold(source, building, &event, &ended, user_id).await?;
             }
         }
         Ok(())

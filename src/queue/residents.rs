@@ -60,6 +60,33 @@ impl JobQueue {
         parse_resident(integration_id, user_id, &hash)
     }
 
+    /// The record of lease `lease_id` that `user_id` holds in each of `integration_ids`, if
+    /// any, in one round trip.
+    pub async fn lease_records_of(
+        &self,
+        integration_ids: &[&str],
+        user_id: &str,
+        lease_id: &str,
+    ) -> Result<Vec<Option<crate::resident::LeaseRecord>>, QueueError> {
+        if integration_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let field = format!("lease:{lease_id}");
+        let mut pipe = redis::pipe();
+        for integration_id in integration_ids {
+            pipe.cmd("HGET")
+                .arg(self.keys.resident(integration_id, user_id))
+                .arg(&field);
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        // A record that does not parse is no record to end: the next event replaces it.
+        Ok(raw
+            .into_iter()
+            .map(|r| r.and_then(|json| serde_json::from_str(&json).ok()))
+            .collect())
+    }
+
     /// User ids lease-sync holds state for in `integration_id`.
     pub async fn residents_of(&self, integration_id: &str) -> Result<Vec<String>, QueueError> {
         let mut conn = self.conn.clone();

@@ -617,3 +617,63 @@ async fn a_cached_user_openapp_no_longer_knows_is_resolved_again() {
         "{last:?}"
     );
 }
+
+/// A lease moved to a unit of another mapped building: its tenant leaves the old building's
+/// integration and joins the new one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_moved_to_another_mapped_building_changes_integration() {
+    const OTHER_PROPERTY: i32 = 24;
+    const OTHER_INTEGRATION: &str = "01HINT0000000000000000000C";
+    let l = start_with(|settings| {
+        let source = settings
+            .sources
+            .iter_mut()
+            .find(|s| s.name == BUILDIUM)
+            .expect("the Buildium source");
+        source.properties.push(PropertySettings::new(
+            OTHER_PROPERTY.to_string(),
+            ORG,
+            OTHER_INTEGRATION,
+        ));
+    })
+    .await;
+    // The other building exists in OpenApp, with a resident lease-sync does not manage.
+    l.openapp.sandbox.add_member(
+        ORG,
+        OTHER_INTEGRATION,
+        "user-neighbour",
+        &format!("virtual_access:integration:{OTHER_INTEGRATION}:resident"),
+    );
+    let ada = l.user("Ada Resident", "ada@example.com");
+    let lease_id = l
+        .buildium
+        .create_lease(&lease(vec![tenant("Ada", "ada@example.com")]))
+        .expect("create lease");
+    l.wait_presence(&ada, true).await;
+
+    l.buildium
+        .update_lease(
+            lease_id,
+            &LeaseUpdate {
+                property_id: Some(OTHER_PROPERTY),
+                unit_id: Some(9),
+                ..LeaseUpdate::default()
+            },
+        )
+        .expect("move the lease");
+    wait_until("Ada to be in the other building", LIMIT, || async {
+        l.openapp
+            .sandbox
+            .members(OTHER_INTEGRATION)
+            .contains_key(&ada)
+            .then_some(())
+    })
+    .await;
+    l.wait_presence(&ada, false).await;
+    assert!(
+        l.openapp
+            .sandbox
+            .members(OTHER_INTEGRATION)
+            .contains_key("user-neighbour")
+    );
+}
