@@ -252,10 +252,7 @@ impl Refresher {
 
     /// Reads `refresh` from `source` and folds it.
     pub async fn refresh(&self, source: &str, refresh: Refresh) -> Result<Refreshed, RefreshError> {
-        let buildium = self
-            .sources
-            .get(source)
-            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        let buildium = self.source(source)?;
         let mut done = Refreshed::default();
         match refresh {
             Refresh::Lease { lease_id } => {
@@ -276,6 +273,13 @@ impl Refresher {
         Ok(done)
     }
 
+    /// The configured Buildium source `name`.
+    fn source(&self, name: &str) -> Result<&BuildiumSource, RefreshError> {
+        self.sources
+            .get(name)
+            .ok_or_else(|| RefreshError::UnknownSource(name.to_owned()))
+    }
+
     /// Whether `source` is a configured Buildium source.
     pub fn knows(&self, source: &str) -> bool {
         self.sources.contains_key(source)
@@ -290,10 +294,7 @@ impl Refresher {
         source: &str,
         mut progress: impl FnMut(&ListProgress),
     ) -> Result<Pulled, RefreshError> {
-        let buildium = self
-            .sources
-            .get(source)
-            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        let buildium = self.source(source)?;
         let mut pages = buildium.client.list_leases(LeaseQuery {
             statuses: vec![ClientLeaseStatus::Active, ClientLeaseStatus::Future],
             property_ids: buildium.properties.keys().copied().collect(),
@@ -319,10 +320,7 @@ impl Refresher {
         lease_id: i64,
         pulled: &mut Pulled,
     ) -> Result<(), RefreshError> {
-        let buildium = self
-            .sources
-            .get(source)
-            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        let buildium = self.source(source)?;
         pulled.confirmed += 1;
         if let Some(lease) = buildium.client.get_lease(lease_id).await? {
             self.rows_of(buildium, &lease, pulled).await?;
@@ -338,10 +336,7 @@ impl Refresher {
         since: OffsetDateTime,
         mut progress: impl FnMut(&ListProgress),
     ) -> Result<Refreshed, RefreshError> {
-        let buildium = self
-            .sources
-            .get(source)
-            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        let buildium = self.source(source)?;
         let mut pages = buildium.client.list_leases(LeaseQuery {
             statuses: vec![
                 ClientLeaseStatus::Active,
@@ -371,10 +366,7 @@ impl Refresher {
         source: &str,
         limit: usize,
     ) -> Result<Refreshed, RefreshError> {
-        let buildium = self
-            .sources
-            .get(source)
-            .ok_or_else(|| RefreshError::UnknownSource(source.to_owned()))?;
+        let buildium = self.source(source)?;
         let mut conflicts = self.queue.conflicts(Some(source)).await?;
         conflicts.sort_by_key(|c| c.last_seen);
         let mut leases: Vec<i64> = Vec::new();

@@ -104,6 +104,21 @@ impl Loop {
         .await;
     }
 
+    /// Runs `lease-sync reconcile --source buildium` (a pull) with `extra` arguments.
+    async fn reconcile(&self, extra: &[&str]) -> std::process::Output {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("c.toml");
+        write_config(&self.app.settings, &config);
+        let mut args: Vec<String> = ["reconcile", "--config"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.push(config.to_str().expect("utf-8").to_owned());
+        args.extend(["--source", BUILDIUM].iter().map(|s| (*s).to_owned()));
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        run_lease_sync(args).await
+    }
+
     fn removals(&self) -> usize {
         self.openapp
             .sandbox
@@ -451,24 +466,7 @@ async fn dropped_duplicated_or_reordered_webhooks_converge_after_a_pull() {
     );
 
     // The pull (what the schedule runs) reads every Active and Future lease.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("c.toml");
-    write_config(&l.app.settings, &config);
-    let args = |extra: &[&str]| {
-        let mut args: Vec<String> = [
-            "reconcile",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--source",
-            BUILDIUM,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        args
-    };
-    let dry = run_lease_sync(args(&["--json"])).await;
+    let dry = l.reconcile(&["--json"]).await;
     assert!(dry.status.success(), "{}", text(&dry.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("json");
     assert_eq!(plan["counts"]["add"], 2, "{plan}");
@@ -480,7 +478,7 @@ async fn dropped_duplicated_or_reordered_webhooks_converge_after_a_pull() {
     );
     assert!(!l.present(&ada), "a dry run changes nothing");
 
-    let applied = run_lease_sync(args(&["--apply"])).await;
+    let applied = l.reconcile(&["--apply"]).await;
     assert!(applied.status.success(), "{}", text(&applied.stderr));
     l.wait_presence(&ada, true).await;
     l.wait_presence(&alan, true).await;
@@ -569,23 +567,7 @@ async fn a_cached_user_openapp_no_longer_knows_is_resolved_again() {
     // for the same email. lease-sync still believes her cached id; the next pull adds it.
     assert!(l.openapp.sandbox.delete_user(&ada));
     let ada_again = l.user("Ada Resident", "ada@example.com");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("c.toml");
-    write_config(&l.app.settings, &config);
-    let pulled = run_lease_sync(
-        [
-            "reconcile",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--source",
-            BUILDIUM,
-            "--apply",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
-    )
-    .await;
+    let pulled = l.reconcile(&["--apply"]).await;
     assert!(pulled.status.success(), "{}", text(&pulled.stderr));
     l.wait_presence(&ada_again, true).await;
     assert!(!l.present(&ada));
