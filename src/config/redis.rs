@@ -27,6 +27,16 @@ pub struct RedisSettings {
     /// hence a longer one.
     #[serde(rename = "response_timeout_ms", with = "PositiveMillis")]
     pub response_timeout: Duration,
+    /// `wait_replicas`: how many replicas must have an ingested event before ingest answers
+    /// 202 (Redis `WAIT`). 0 (the default): the primary alone, so a failover may lose the
+    /// events of the last moments; with 1 or more, an acknowledged event survives the loss
+    /// of the primary.
+    pub wait_replicas: u32,
+    /// `wait_timeout_ms`: how long ingest waits for those replicas; when fewer confirm in
+    /// time it answers 503 `queue_unavailable` with `Retry-After` (the sender's retry is then
+    /// recognised as a duplicate and waits again). Below `response_timeout_ms`.
+    #[serde(rename = "wait_timeout_ms", with = "PositiveMillis")]
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisSettings {
@@ -37,6 +47,8 @@ impl Default for RedisSettings {
             namespace: "lease-sync".into(),
             connect_timeout: Duration::from_millis(2_000),
             response_timeout: Duration::from_millis(5_000),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(1_000),
         }
     }
 }
@@ -57,6 +69,12 @@ impl RedisSettings {
             return Err(ConfigError::invalid(
                 "redis.namespace",
                 "must be non-empty and without spaces",
+            ));
+        }
+        if self.wait_replicas > 0 && self.wait_timeout >= self.response_timeout {
+            return Err(ConfigError::invalid(
+                "redis.wait_timeout_ms",
+                "must be below redis.response_timeout_ms, or the WAIT command itself times out",
             ));
         }
         Ok(())
@@ -113,7 +131,7 @@ impl<'de> Deserialize<'de> for RedisUrl {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{MINIMAL, env};
+    use super::super::testing::{MINIMAL, env, error_of};
     use super::super::{Role, Settings};
 
     #[test]
@@ -139,5 +157,25 @@ mod tests {
             .unwrap();
         let msg = s.validate(Role::Operate).unwrap_err().to_string();
         assert!(msg.contains("redis.namespace"), "{msg}");
+    }
+
+    #[test]
+    fn replicas_are_not_waited_for_by_default_and_the_wait_fits_in_a_command() {
+        let s = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
+        s.validate(Role::Ingest).unwrap();
+        assert_eq!(s.redis.wait_replicas, 0);
+        let waiting = format!("{MINIMAL}\n[redis]\nwait_replicas = 1\nwait_timeout_ms = 250\n");
+        let s = Settings::from_toml_str(&waiting, env(&[])).unwrap();
+        s.validate(Role::Ingest).unwrap();
+        assert_eq!(s.redis.wait_timeout, std::time::Duration::from_millis(250));
+        let msg = error_of(&format!(
+            "{MINIMAL}\n[redis]\nwait_replicas = 1\nwait_timeout_ms = 5000\n"
+        ));
+        assert!(msg.contains("redis.wait_timeout_ms"), "{msg}");
+        let msg =
+            Settings::from_toml_str(MINIMAL, env(&[("LEASE_SYNC__REDIS__WAIT_TIMEOUT_MS", "0")]))
+                .unwrap_err()
+                .to_string();
+        assert!(msg.contains("wait_timeout_ms"), "{msg}");
     }
 }

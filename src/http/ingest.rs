@@ -354,12 +354,29 @@ async fn accept(
         .get(source_name)
         .ok_or(IngestError::UnknownSource)?;
     let (raw, verified) = authentic_body(state, source, headers, body).await?;
-    match source.kind {
+    let accepted = match source.kind {
         SourceKind::LeaseSync => ingest_lease_event(state, source, headers, &raw, &verified).await,
         SourceKind::Buildium => {
             ingest_buildium_event(state, source, headers, &raw, &verified).await
         }
+    }?;
+    // A duplicate waits too: the first delivery may have been refused before its replicas
+    // confirmed, and this answer acknowledges it.
+    if matches!(
+        accepted,
+        Accepted::Queued { .. } | Accepted::Duplicate { .. }
+    ) {
+        let (replicas, timeout) = state.wait_replicas;
+        state
+            .queue
+            .wait_for_replicas(replicas, timeout)
+            .await
+            .map_err(|cause| IngestError::QueueUnavailable {
+                retry_after_secs: state.http.retry_after.as_secs(),
+                cause,
+            })?;
     }
+    Ok(accepted)
 }
 
 /// A Buildium event: a cue to read a lease (or a tenant's leases) again. Buildium waits 10 s

@@ -79,6 +79,9 @@ pub struct AppState {
     http: Arc<HttpSettings>,
     /// Present when this process runs workers, so readiness includes them.
     workers: Option<WorkerStatus>,
+    /// `[redis] wait_replicas` and `wait_timeout_ms`: replicas that must hold an event before
+    /// it is acknowledged (0: none).
+    wait_replicas: (u32, Duration),
 }
 
 impl AppState {
@@ -102,6 +105,7 @@ impl AppState {
             queue,
             http: Arc::new(settings.http.clone()),
             workers,
+            wait_replicas: (settings.redis.wait_replicas, settings.redis.wait_timeout),
         })
     }
 

@@ -338,6 +338,14 @@ pub enum QueueError {
     /// A script answered something it never answers.
     #[error("unexpected answer from Redis: {0}")]
     Protocol(String),
+    /// Fewer replicas than `[redis] wait_replicas` confirmed a write in time.
+    #[error("{confirmed} of the {wanted} Redis replica(s) asked for confirmed the write in time")]
+    NotReplicated {
+        /// `wait_replicas`.
+        wanted: u32,
+        /// Replicas that confirmed.
+        confirmed: u32,
+    },
 }
 
 /// Names of every key lease-sync uses, derived from the namespace.
@@ -581,6 +589,37 @@ impl JobQueue {
                 overridden: 0,
             },
         })
+    }
+
+    /// Waits until `replicas` replicas hold every write this queue's connection made so far
+    /// (Redis `WAIT`), for at most `timeout`; [`QueueError::NotReplicated`] when fewer
+    /// confirm. The connection is shared, so the writes of one request are among them. 0
+    /// replicas: nothing to wait for.
+    pub async fn wait_for_replicas(
+        &self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        if replicas == 0 {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let confirmed: u32 = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(
+                u64::try_from(timeout.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .query_async(&mut conn)
+            .await?;
+        if confirmed < replicas {
+            return Err(QueueError::NotReplicated {
+                wanted: replicas,
+                confirmed,
+            });
+        }
+        Ok(())
     }
 
     /// Folds `event`, whose residents a worker has just resolved from their emails, like

@@ -14,6 +14,7 @@ mod ingest;
 mod observability;
 mod operator_cli;
 mod reconcile;
+mod replication;
 mod resilience;
 mod retries;
 mod safety;
