@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::queue::connection::RedisConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
@@ -233,7 +233,7 @@ pub struct AuditedLease {
 /// Access to the dead letters of one namespace. Cheap to clone.
 #[derive(Clone)]
 pub struct DeadLetters {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: Keys,
     replay: std::sync::Arc<redis::Script>,
     purge: std::sync::Arc<redis::Script>,

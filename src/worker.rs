@@ -28,6 +28,7 @@ use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 use crate::config::{DeadLetterSettings, Settings};
 use crate::dead_letters::DeadLetters;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
+use crate::queue::connection::RedisConnection;
 use crate::queue::ledger::{AttemptRecord, Begin, Finish};
 use crate::queue::residents::ResidentLock;
 use crate::queue::{DeliveryJob, Job, JobQueue, QueueError, RefreshJob, ResolveJob, now_ms};
@@ -931,7 +932,7 @@ pub async fn run_workers(
             .missed_heartbeats(worker_settings.missed_heartbeats.get())
             .lock_tasks(false)
             .emit_events(false);
-        let backend = RedisStorage::<Job>::new(queue.connection())
+        let backend = RedisStorage::<Job, RedisConnection>::new(queue.connection())
             .with_config(config)
             .poll_with_interval(poll_interval);
         let worker = WorkerBuilder::new(name.as_str())

@@ -70,7 +70,7 @@ pub use self::identity::IdentitySettings;
 pub use self::log::{LogFormat, LogSettings};
 pub use self::openapp::{AuthScheme, OpenAppSettings};
 pub use self::reconcile::{ReconcileSettings, redacted_location};
-pub use self::redis::{RedisSettings, RedisUrl};
+pub use self::redis::{RedisMode, RedisSettings, RedisUrl};
 pub use self::retry::{MAX_ATTEMPTS, RetrySettings};
 pub use self::sources::{
     DEFAULT_ROLE_TEMPLATE, PropertySettings, SchemeKind, SignatureEncoding, SourceKind,

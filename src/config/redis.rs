@@ -9,10 +9,33 @@ use url::Url;
 use super::ConfigError;
 use super::units::PositiveMillis;
 
+/// `[redis] mode`: how lease-sync finds its Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One address, `url`.
+    #[default]
+    Standalone,
+    /// The primary that Redis Sentinel names `master_name`, asked from `sentinels`, and
+    /// asked again after a failover.
+    Sentinel,
+}
+
 /// `[redis]`: the queue's store.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
+    /// `mode`: `standalone` (the default: `url` is the Redis) or `sentinel` (`sentinels`
+    /// name the primary of `master_name`; `url` then gives only the primary's password,
+    /// username and database). Redis Cluster is not supported yet.
+    pub mode: RedisMode,
+    /// `sentinels`: for `mode = "sentinel"`, the Sentinel nodes (`redis://host:26379`, a
+    /// password in the URL for a Sentinel that needs one). Redacted in output.
+    #[serde(serialize_with = "serialize_redacted_urls")]
+    pub sentinels: Vec<String>,
+    /// `master_name`: for `mode = "sentinel"`, the name the sentinels monitor the primary
+    /// under (`sentinel monitor <name> …`).
+    pub master_name: String,
     /// `url`: `redis://[:password@]host:port[/db]`, `rediss://` for TLS, or `unix://`; a
     /// password in it is redacted in output.
     pub url: RedisUrl,
@@ -42,6 +65,9 @@ pub struct RedisSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Standalone,
+            sentinels: Vec::new(),
+            master_name: String::new(),
             url: RedisUrl::parse("redis://127.0.0.1:6379")
                 .unwrap_or_else(|e| unreachable!("the default Redis URL parses: {e}")),
             namespace: "lease-sync".into(),
@@ -71,6 +97,30 @@ impl RedisSettings {
                 "must be non-empty and without spaces",
             ));
         }
+        if self.mode == RedisMode::Sentinel {
+            if self.sentinels.is_empty() {
+                return Err(ConfigError::invalid(
+                    "redis.sentinels",
+                    "mode = \"sentinel\" needs the Sentinel nodes (redis://host:26379, …)",
+                ));
+            }
+            for (i, sentinel) in self.sentinels.iter().enumerate() {
+                let parsed = Url::parse(sentinel).ok();
+                if !parsed.is_some_and(|u| matches!(u.scheme(), "redis" | "rediss")) {
+                    // The value is not echoed: it may hold a password.
+                    return Err(ConfigError::invalid(
+                        format!("redis.sentinels[{i}]"),
+                        "must be a redis:// or rediss:// URL",
+                    ));
+                }
+            }
+            if self.master_name.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "redis.master_name",
+                    "mode = \"sentinel\" needs the name the sentinels monitor the primary under",
+                ));
+            }
+        }
         if self.wait_replicas > 0 && self.wait_timeout >= self.response_timeout {
             return Err(ConfigError::invalid(
                 "redis.wait_timeout_ms",
@@ -79,6 +129,22 @@ impl RedisSettings {
         }
         Ok(())
     }
+}
+
+/// Serializes Sentinel URLs with their passwords redacted.
+fn serialize_redacted_urls<S: Serializer>(
+    urls: &[String],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq as _;
+    let mut seq = serializer.serialize_seq(Some(urls.len()))?;
+    for url in urls {
+        match RedisUrl::parse(url) {
+            Ok(parsed) => seq.serialize_element(&parsed.redacted())?,
+            Err(_) => seq.serialize_element("[invalid URL]")?,
+        }
+    }
+    seq.end()
 }
 
 /// A Redis URL whose password never appears in `Debug`, serialized output or errors.
@@ -177,5 +243,47 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(msg.contains("wait_timeout_ms"), "{msg}");
+    }
+
+    #[test]
+    fn sentinel_mode_needs_its_sentinels_and_master_name_and_hides_passwords() {
+        let good = format!(
+            "{MINIMAL}\n[redis]\nmode = \"sentinel\"\nmaster_name = \"mymaster\"\nsentinels = [\"redis://:s3cret@10.0.0.5:26379\", \"redis://10.0.0.6:26379\"]\n"
+        );
+        let s = Settings::from_toml_str(&good, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        assert_eq!(s.redis.mode, super::RedisMode::Sentinel);
+        let shown = s.to_redacted_toml();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("10.0.0.6:26379"),
+            "{shown}"
+        );
+        for (from, to, key) in [
+            (
+                "master_name = \"mymaster\"",
+                "master_name = \" \"",
+                "redis.master_name",
+            ),
+            (
+                "sentinels = [\"redis://:s3cret@10.0.0.5:26379\", \"redis://10.0.0.6:26379\"]",
+                "sentinels = []",
+                "redis.sentinels",
+            ),
+            (
+                "\"redis://10.0.0.6:26379\"",
+                "\"10.0.0.6:26379\"",
+                "redis.sentinels[1]",
+            ),
+        ] {
+            let msg = error_of(&good.replace(from, to));
+            assert!(msg.contains(key), "{to}: {msg}");
+        }
+        let cluster = Settings::from_toml_str(
+            &format!("{MINIMAL}\n[redis]\nmode = \"cluster\"\n"),
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(cluster.contains("mode"), "{cluster}");
     }
 }

@@ -25,6 +25,7 @@
 //! worker process ([`rate_limit`]).
 
 pub mod conflicts;
+pub mod connection;
 pub mod identity;
 pub mod ledger;
 pub mod rate_limit;
@@ -32,10 +33,11 @@ pub mod residents;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use self::connection::RedisConnection;
 use crate::config::RedisSettings;
 use crate::event::{EventType, LeaseEvent};
 use crate::sources::buildium::webhook::Refresh;
@@ -450,23 +452,23 @@ impl Keys {
     }
 }
 
-/// Opens a connection manager that reconnects on its own. Lazy: it connects on first use,
-/// so a process can start (and report not-ready) while Redis is down.
-pub fn connect(settings: &RedisSettings) -> Result<ConnectionManager, QueueError> {
-    let client = redis::Client::open(settings.url.expose())?;
+/// Opens the connection `settings` describe (one address, or the primary Sentinel names),
+/// which reconnects on its own. Lazy: it connects on first use, so a process can start (and
+/// report not-ready) while Redis is down.
+pub fn connect(settings: &RedisSettings) -> Result<RedisConnection, QueueError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(settings.connect_timeout))
         .set_response_timeout(Some(settings.response_timeout))
         // Fail fast while Redis is away: callers answer 503 or retry on their own schedule.
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(2));
-    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+    Ok(RedisConnection::open(settings, config)?)
 }
 
 /// Handle on the delivery queue. Cheap to clone.
 #[derive(Clone)]
 pub struct JobQueue {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
 }
@@ -496,7 +498,7 @@ impl std::fmt::Debug for JobQueue {
 
 impl JobQueue {
     /// A queue over `conn` under `namespace`.
-    pub fn new(conn: ConnectionManager, namespace: &str) -> Self {
+    pub fn new(conn: RedisConnection, namespace: &str) -> Self {
         Self {
             conn,
             keys: Keys::new(namespace),
@@ -523,7 +525,7 @@ impl JobQueue {
     }
 
     /// The underlying connection (cheap clone).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 

@@ -15,7 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::queue::connection::RedisConnection;
 
 use super::{JobQueue, Keys, QueueError};
 
@@ -90,7 +90,7 @@ pub enum RateLimitError {
 /// process, shares the rate.
 #[derive(Clone)]
 pub struct RateLimiter {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     key: String,
     limit: RateLimit,
     max_wait: Duration,
@@ -111,7 +111,7 @@ impl std::fmt::Debug for RateLimiter {
 impl RateLimiter {
     /// The rate `limit` of `scope` (the limited account, e.g. a source's name) under the
     /// namespace of `keys`. Every process limiting the same account must name the same scope.
-    pub fn new(conn: ConnectionManager, keys: &Keys, scope: &str, limit: RateLimit) -> Self {
+    pub fn new(conn: RedisConnection, keys: &Keys, scope: &str, limit: RateLimit) -> Self {
         Self {
             conn,
             key: keys.rate_limit(scope),

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use lease_sync::config::Role;
+use lease_sync::config::{RedisMode, Role};
+use lease_sync_testkit::SentinelServer;
 
 use crate::support::*;
 
@@ -62,5 +63,121 @@ async fn with_wait_replicas_an_event_is_acknowledged_only_once_a_replica_holds_i
     assert_eq!(retried.json["status"], "duplicate");
     let marker = format!("{namespace}:dedupe:{SOURCE}:evt-unconfirmed");
     assert_eq!(replica.command(&["EXISTS", &marker]).await, "int(1)");
+    app.stop().await;
+}
+
+/// The port of the primary the sentinels name `master`, if they agree on one.
+async fn primary_port(sentinel: &SentinelServer, master: &str) -> Option<u16> {
+    let mut conn = sentinel.connection().await;
+    let addr: Vec<String> = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg(master)
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    addr.get(1)?.parse().ok()
+}
+
+/// Posts `id` until lease-sync acknowledges it (202, or 200 for a retry it already has),
+/// as a sender retries a 503.
+async fn deliver(app: &TestApp, id: &str, lease: &str) {
+    let body = event_body("lease.signed", lease, &["user-1"]);
+    wait_until(&format!("{id} to be acknowledged"), LIMIT, || async {
+        let reply = post_event(app, id, body.clone()).await;
+        matches!(reply.status, 200 | 202).then_some(())
+    })
+    .await;
+}
+
+/// `[redis] mode = "sentinel"` follows a failover (`SENTINEL FAILOVER` during traffic), and
+/// with `wait_replicas = 1` every event acknowledged before, during and after it is on the new
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_a_failover_loses_no_acknowledged_event() {
+    const MASTER: &str = "lease-sync-test";
+    const EVENTS: usize = 20;
+    let (primary, replica) = primary_and_replica().await;
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        sentinels.push(
+            SentinelServer::start(primary.port(), MASTER)
+                .await
+                .expect("a sentinel"),
+        );
+    }
+    // A sentinel can promote only a replica it has discovered.
+    wait_until("the sentinels to know the replica", LIMIT, || async {
+        let mut conn = sentinels[0].connection().await;
+        let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg(MASTER)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        replicas
+            .iter()
+            .any(|r| r.get("port") == Some(&replica.port().to_string()))
+            .then_some(())
+    })
+    .await;
+
+    let openapp = FakeOpenApp::start().await;
+    let namespace = namespace();
+    // Only the password and database of `url` count in sentinel mode; this one has neither.
+    let mut config = test_config("redis://127.0.0.1:1", &namespace, &openapp.base_url);
+    config.redis.mode = RedisMode::Sentinel;
+    config.redis.sentinels = sentinels.iter().map(SentinelServer::url).collect();
+    config.redis.master_name = MASTER.into();
+    config.redis.wait_replicas = 1;
+    config.redis.wait_timeout = Duration::from_millis(300);
+    let app = TestApp::start(&config, Role::Ingest).await;
+
+    let mut sent = Vec::new();
+    for i in 0..EVENTS {
+        let id = format!("evt-before-{i}");
+        deliver(&app, &id, "L-1").await;
+        sent.push(id);
+    }
+    sentinels[0]
+        .command(&["SENTINEL", "FAILOVER", MASTER])
+        .await
+        .expect("a failover starts");
+    // Traffic during the failover, until the sentinels name the replica primary.
+    let started = tokio::time::Instant::now();
+    loop {
+        let id = format!("evt-during-{}", sent.len());
+        deliver(&app, &id, "L-1").await;
+        sent.push(id);
+        if primary_port(&sentinels[0], MASTER).await == Some(replica.port()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the failover did not finish within {LIMIT:?}"
+        );
+    }
+    // And after it: lease-sync follows the new primary.
+    for i in 0..EVENTS {
+        let id = format!("evt-after-{i}");
+        deliver(&app, &id, "L-2").await;
+        sent.push(id);
+    }
+
+    let mut lost = Vec::new();
+    for id in sent {
+        let marker = format!("{namespace}:dedupe:{SOURCE}:{id}");
+        if replica.command(&["EXISTS", &marker]).await != "int(1)" {
+            lost.push(id);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost in the failover: {lost:?}"
+    );
+    assert_eq!(
+        replica.info_field("replication", "role").await,
+        "master",
+        "the failover happened"
+    );
     app.stop().await;
 }

@@ -360,6 +360,121 @@ impl RedisServer {
     }
 }
 
+/// A `redis-server --sentinel` child process on a free loopback port, monitoring one primary
+/// (quorum 2, so three of them make a quorum with one to spare; a primary is down after
+/// 1 s without answers). Killed when dropped.
+pub struct SentinelServer {
+    port: u16,
+    _process: Process,
+    _temp: TempDir,
+}
+
+impl SentinelServer {
+    /// Starts a sentinel monitoring the primary on `primary_port` as `name`, and waits until
+    /// it answers PING.
+    ///
+    /// # Errors
+    /// When its directory cannot be made or it does not start on any port.
+    pub async fn start(primary_port: u16, name: &str) -> anyhow::Result<Self> {
+        let temp = tempfile::Builder::new()
+            .prefix("lease-sync-sentinel-")
+            .tempdir()
+            .context("cannot create a temporary directory for a sentinel")?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            // Sentinel rewrites its configuration file, so it must be a writable file of its own.
+            let conf = temp.path().join("sentinel.conf");
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                 sentinel monitor {name} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 10000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir = temp.path().display()
+            );
+            std::fs::write(&conf, text).context("cannot write the sentinel's configuration")?;
+            let spawned =
+                ProcessBuilder::new("redis-sentinel", binary(), temp.path().join("sentinel.log"))
+                    .arg(&conf)
+                    .arg("--sentinel")
+                    .stdout(Output::Log)
+                    .append()
+                    .spawn()
+                    .context("install Redis (`apt-get install redis-server`) or set REDIS_SERVER");
+            let mut process = match spawned {
+                Ok(process) => process,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            match process
+                .wait_for(
+                    &format!("a sentinel's PONG on port {port}"),
+                    Duration::from_secs(10),
+                    || async move { pings(port).await.then_some(()) },
+                )
+                .await
+            {
+                Ok(()) => {
+                    return Ok(Self {
+                        port,
+                        _process: process,
+                        _temp: temp,
+                    });
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow::anyhow!("no attempt was made"))
+            .context(format!(
+                "a sentinel did not start on any of {START_ATTEMPTS} free ports"
+            )))
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A fresh connection, for typed queries.
+    ///
+    /// # Panics
+    /// When it cannot connect within 5 s.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("a sentinel URL");
+        tokio::time::timeout(COMMAND_LIMIT, client.get_multiplexed_async_connection())
+            .await
+            .expect("connecting to a sentinel in time")
+            .expect("connecting to a sentinel")
+    }
+
+    /// Runs one sentinel command (`SENTINEL FAILOVER <name>`, …) and returns its reply as
+    /// text, or the error's text.
+    ///
+    /// # Panics
+    /// When `args` is empty, it cannot connect, or the command takes over 5 s.
+    pub async fn command(&self, args: &[&str]) -> Result<String, String> {
+        let (name, rest) = args.split_first().expect("a command");
+        let mut conn = self.connection().await;
+        let mut cmd = redis::cmd(name);
+        for arg in rest {
+            cmd.arg(*arg);
+        }
+        match tokio::time::timeout(COMMAND_LIMIT, cmd.query_async::<redis::Value>(&mut conn)).await
+        {
+            Ok(Ok(value)) => Ok(value_text(&value)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => panic!(
+                "sentinel `{}` did not answer within {COMMAND_LIMIT:?}",
+                args.join(" ")
+            ),
+        }
+    }
+}
+
 /// True when the server on `port` answers `+PONG` (not `-LOADING`) within half a second.
 async fn pings(port: u16) -> bool {
     let exchange = async {

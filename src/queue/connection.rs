@@ -1,0 +1,243 @@
+//! The connection every part of lease-sync (apalis included) talks to Redis through: one
+//! address (`[redis] mode = "standalone"`), or the primary that Redis Sentinel names
+//! (`mode = "sentinel"`).
+//!
+//! With Sentinel, the primary's address is asked from the sentinels on first use, and asked
+//! again after a connection error (the primary is gone) or a `READONLY` reply (the node was
+//! demoted to a replica by a failover: the command did not run, so it is sent once more to the
+//! new primary). Other failed commands are not sent again — they may have run — and the caller
+//! retries as it always does (ingest answers 503, workers retry the job).
+
+use std::sync::{Arc, Mutex};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+use crate::config::{RedisMode, RedisSettings};
+
+/// A Redis connection that follows the primary. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct RedisConnection {
+    route: Route,
+    db: i64,
+}
+
+#[derive(Clone)]
+enum Route {
+    /// One address: a connection manager that reconnects on its own.
+    Direct(ConnectionManager),
+    /// Wherever the sentinels say the primary is.
+    Sentinel(Arc<SentinelRoute>),
+}
+
+/// The primary named by the sentinels, and the connection to it.
+struct SentinelRoute {
+    /// Asking the sentinels is serialized: one resolution after a failover, not one per
+    /// command in flight.
+    sentinels: tokio::sync::Mutex<SentinelClient>,
+    config: ConnectionManagerConfig,
+    /// The connection to the primary last resolved, with a generation so that a stale error
+    /// does not discard a newer connection.
+    current: Mutex<Option<(u64, ConnectionManager)>>,
+    /// Resolutions so far: the next generation.
+    resolutions: std::sync::atomic::AtomicU64,
+}
+
+impl RedisConnection {
+    /// The connection `settings` describe. Lazy: nothing is contacted until the first
+    /// command, so a process can start (and report not-ready) while Redis is down.
+    pub fn open(
+        settings: &RedisSettings,
+        config: ConnectionManagerConfig,
+    ) -> Result<Self, RedisError> {
+        let info = settings.url.expose().into_connection_info()?;
+        let db = info.redis_settings().db();
+        let route = match settings.mode {
+            RedisMode::Standalone => {
+                let client = redis::Client::open(info)?;
+                Route::Direct(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+            RedisMode::Sentinel => {
+                // The primary is reached with the credentials and database of `url`.
+                let node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(info.redis_settings().clone());
+                let sentinels = SentinelClient::build(
+                    settings.sentinels.iter().map(String::as_str).collect(),
+                    settings.master_name.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )?;
+                Route::Sentinel(Arc::new(SentinelRoute {
+                    sentinels: tokio::sync::Mutex::new(sentinels),
+                    config,
+                    current: Mutex::new(None),
+                    resolutions: std::sync::atomic::AtomicU64::new(0),
+                }))
+            }
+        };
+        Ok(Self { route, db })
+    }
+}
+
+impl SentinelRoute {
+    fn current(&self) -> Option<(u64, ConnectionManager)> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The connection to the primary, resolving it first if there is none.
+    async fn connection(&self) -> RedisResult<(u64, ConnectionManager)> {
+        match self.current() {
+            Some(current) => Ok(current),
+            None => self.resolve(None).await,
+        }
+    }
+
+    /// Asks the sentinels where the primary is and connects to it — unless another caller
+    /// did so since generation `stale` was handed out.
+    async fn resolve(&self, stale: Option<u64>) -> RedisResult<(u64, ConnectionManager)> {
+        let mut sentinels = self.sentinels.lock().await;
+        if let Some((generation, conn)) = self.current()
+            && Some(generation) != stale
+        {
+            return Ok((generation, conn));
+        }
+        let client = sentinels.async_get_client().await?;
+        let conn = ConnectionManager::new_with_config(client, self.config.clone()).await?;
+        let generation = self
+            .resolutions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((generation, conn.clone()));
+        tracing::info!(
+            generation,
+            "connected to the Redis primary named by Sentinel"
+        );
+        Ok((generation, conn))
+    }
+
+    /// Drops connection `generation` after it failed, so the next command resolves again.
+    fn forget(&self, generation: u64) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
+    }
+
+    /// Sends `request` to the primary, following a failover as the module says.
+    async fn run(&self, request: Request<'_>) -> RedisResult<Reply> {
+        let (generation, mut conn) = self.connection().await?;
+        match request.send(&mut conn).await {
+            Err(e) if is_read_only(&e) => {
+                tracing::warn!("the Redis primary became a replica; asking Sentinel again");
+                let (_, mut conn) = self.resolve(Some(generation)).await?;
+                request.send(&mut conn).await
+            }
+            Err(e) if lost_connection(&e) => {
+                self.forget(generation);
+                Err(e)
+            }
+            result => result,
+        }
+    }
+}
+
+/// One command or a pipeline, as [`ConnectionLike`] sends them.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    One(&'a Cmd),
+    Many {
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    },
+}
+
+enum Reply {
+    One(Value),
+    Many(Vec<Value>),
+}
+
+impl Request<'_> {
+    async fn send(self, conn: &mut ConnectionManager) -> RedisResult<Reply> {
+        match self {
+            Request::One(cmd) => conn.req_packed_command(cmd).await.map(Reply::One),
+            Request::Many {
+                pipeline,
+                offset,
+                count,
+            } => conn
+                .req_packed_commands(pipeline, offset, count)
+                .await
+                .map(Reply::Many),
+        }
+    }
+}
+
+/// A write refused by a replica: a failover happened.
+fn is_read_only(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+    )
+}
+
+/// The node is unreachable or gone.
+fn lost_connection(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.route {
+            Route::Direct(conn) => conn.req_packed_command(cmd),
+            Route::Sentinel(route) => {
+                let route = Arc::clone(route);
+                Box::pin(async move {
+                    match route.run(Request::One(cmd)).await? {
+                        Reply::One(value) => Ok(value),
+                        Reply::Many(mut values) => Ok(values.pop().unwrap_or(Value::Nil)),
+                    }
+                })
+            }
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.route {
+            Route::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Route::Sentinel(route) => {
+                let route = Arc::clone(route);
+                Box::pin(async move {
+                    let request = Request::Many {
+                        pipeline,
+                        offset,
+                        count,
+                    };
+                    match route.run(request).await? {
+                        Reply::Many(values) => Ok(values),
+                        Reply::One(value) => Ok(vec![value]),
+                    }
+                })
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+}
