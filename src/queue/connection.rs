@@ -6,15 +6,22 @@
 //! again after a connection error (the primary is gone) or a `READONLY` reply (the node was
 //! demoted to a replica by a failover: the command did not run, so it is sent once more to the
 //! new primary). Other failed commands are not sent again — they may have run — and the caller
-//! retries as it always does (ingest answers 503, workers retry the job).
+//! retries as it always does (ingest answers 503, workers retry the job). The sentinels are
+//! also asked every [`WATCH_EVERY`]: after a failover the old primary goes on accepting writes
+//! until Sentinel demotes it, and then discards them, so lease-sync moves to the new primary as
+//! soon as the sentinels name it rather than when the old one refuses.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::config::{RedisMode, RedisSettings};
+
+/// How often the sentinels are asked whether the primary moved.
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// A Redis connection that follows the primary. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -31,6 +38,16 @@ enum Route {
     Sentinel(Arc<SentinelRoute>),
 }
 
+/// The connection to the primary last resolved.
+#[derive(Clone)]
+struct Current {
+    /// Which resolution made it: a stale error does not discard a newer connection.
+    generation: u64,
+    /// The primary's address, as the sentinels named it.
+    addr: String,
+    conn: ConnectionManager,
+}
+
 /// The primary named by the sentinels, and the connection to it.
 struct SentinelRoute {
     /// Asking the sentinels is serialized: one resolution after a failover, not one per
@@ -39,7 +56,7 @@ struct SentinelRoute {
     config: ConnectionManagerConfig,
     /// The connection to the primary last resolved, with a generation so that a stale error
     /// does not discard a newer connection.
-    current: Mutex<Option<(u64, ConnectionManager)>>,
+    current: Mutex<Option<Current>>,
     /// Resolutions so far: the next generation.
     resolutions: std::sync::atomic::AtomicU64,
 }
@@ -68,12 +85,18 @@ impl RedisConnection {
                     Some(node),
                     SentinelServerType::Master,
                 )?;
-                Route::Sentinel(Arc::new(SentinelRoute {
+                let route = Arc::new(SentinelRoute {
                     sentinels: tokio::sync::Mutex::new(sentinels),
                     config,
                     current: Mutex::new(None),
                     resolutions: std::sync::atomic::AtomicU64::new(0),
-                }))
+                });
+                // Outside a runtime (a synchronous caller) there is no watch; errors and
+                // READONLY replies still move the connection.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(watch(Arc::downgrade(&route)));
+                }
+                Route::Sentinel(route)
             }
         };
         Ok(Self { route, db })
@@ -81,7 +104,7 @@ impl RedisConnection {
 }
 
 impl SentinelRoute {
-    fn current(&self) -> Option<(u64, ConnectionManager)> {
+    fn current(&self) -> Option<Current> {
         self.current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -89,7 +112,7 @@ impl SentinelRoute {
     }
 
     /// The connection to the primary, resolving it first if there is none.
-    async fn connection(&self) -> RedisResult<(u64, ConnectionManager)> {
+    async fn connection(&self) -> RedisResult<Current> {
         match self.current() {
             Some(current) => Ok(current),
             None => self.resolve(None).await,
@@ -98,28 +121,53 @@ impl SentinelRoute {
 
     /// Asks the sentinels where the primary is and connects to it — unless another caller
     /// did so since generation `stale` was handed out.
-    async fn resolve(&self, stale: Option<u64>) -> RedisResult<(u64, ConnectionManager)> {
+    async fn resolve(&self, stale: Option<u64>) -> RedisResult<Current> {
         let mut sentinels = self.sentinels.lock().await;
-        if let Some((generation, conn)) = self.current()
-            && Some(generation) != stale
+        if let Some(current) = self.current()
+            && Some(current.generation) != stale
         {
-            return Ok((generation, conn));
+            return Ok(current);
         }
         let client = sentinels.async_get_client().await?;
+        let addr = client.get_connection_info().addr().to_string();
         let conn = ConnectionManager::new_with_config(client, self.config.clone()).await?;
         let generation = self
             .resolutions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
+        let current = Current {
+            generation,
+            addr,
+            conn,
+        };
         *self
             .current
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((generation, conn.clone()));
-        tracing::info!(
-            generation,
-            "connected to the Redis primary named by Sentinel"
-        );
-        Ok((generation, conn))
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(current.clone());
+        tracing::info!(generation, addr = %current.addr, "connected to the Redis primary named by Sentinel");
+        Ok(current)
+    }
+
+    /// Whether the sentinels name another primary than the one connected to (then the
+    /// connection is dropped, and the next command connects to the new one).
+    async fn check(&self) {
+        let Some(current) = self.current() else {
+            return;
+        };
+        let named = {
+            let mut sentinels = self.sentinels.lock().await;
+            sentinels.async_get_client().await
+        };
+        match named {
+            Ok(client) => {
+                let addr = client.get_connection_info().addr().to_string();
+                if addr != current.addr {
+                    tracing::warn!(from = %current.addr, to = %addr, "the sentinels name another Redis primary; moving to it");
+                    self.forget(current.generation);
+                }
+            }
+            Err(e) => tracing::debug!("could not ask the sentinels for the primary: {e}"),
+        }
     }
 
     /// Drops connection `generation` after it failed, so the next command resolves again.
@@ -128,18 +176,22 @@ impl SentinelRoute {
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if current.as_ref().is_some_and(|c| c.generation == generation) {
             *current = None;
         }
     }
 
     /// Sends `request` to the primary, following a failover as the module says.
     async fn run(&self, request: Request<'_>) -> RedisResult<Reply> {
-        let (generation, mut conn) = self.connection().await?;
+        let Current {
+            generation,
+            mut conn,
+            ..
+        } = self.connection().await?;
         match request.send(&mut conn).await {
             Err(e) if is_read_only(&e) => {
                 tracing::warn!("the Redis primary became a replica; asking Sentinel again");
-                let (_, mut conn) = self.resolve(Some(generation)).await?;
+                let mut conn = self.resolve(Some(generation)).await?.conn;
                 request.send(&mut conn).await
             }
             Err(e) if lost_connection(&e) => {
@@ -148,6 +200,20 @@ impl SentinelRoute {
             }
             result => result,
         }
+    }
+}
+
+/// Asks the sentinels every [`WATCH_EVERY`] whether the primary moved, for as long as the
+/// connection exists.
+async fn watch(route: Weak<SentinelRoute>) {
+    let mut every = tokio::time::interval(WATCH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(route) = route.upgrade() else {
+            return;
+        };
+        route.check().await;
     }
 }
 

@@ -89,11 +89,19 @@ async fn deliver(app: &TestApp, id: &str, lease: &str) {
     .await;
 }
 
-/// `[redis] mode = "sentinel"` follows a failover (`SENTINEL FAILOVER` during traffic), and
-/// with `wait_replicas = 1` every event acknowledged before, during and after it is on the new
-/// primary.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_sentinel_a_failover_loses_no_acknowledged_event() {
+/// What one failover run saw.
+struct FailoverRun {
+    /// Events acknowledged (2xx), before, during and after the failover.
+    acknowledged: usize,
+    /// Acknowledged events missing from the new primary afterwards.
+    lost: Vec<String>,
+}
+
+/// A primary, a replica and three sentinels; `ingest` in `mode = "sentinel"` with
+/// `wait_replicas`; events sent before `SENTINEL FAILOVER`, during it (until the sentinels
+/// name the replica primary) and after it, each until acknowledged; then which acknowledged
+/// events the new primary lacks.
+async fn failover_during_traffic(wait_replicas: u32) -> FailoverRun {
     const MASTER: &str = "lease-sync-test";
     const EVENTS: usize = 20;
     let (primary, replica) = primary_and_replica().await;
@@ -128,7 +136,7 @@ async fn through_sentinel_a_failover_loses_no_acknowledged_event() {
     config.redis.mode = RedisMode::Sentinel;
     config.redis.sentinels = sentinels.iter().map(SentinelServer::url).collect();
     config.redis.master_name = MASTER.into();
-    config.redis.wait_replicas = 1;
+    config.redis.wait_replicas = wait_replicas;
     config.redis.wait_timeout = Duration::from_millis(300);
     let app = TestApp::start(&config, Role::Ingest).await;
 
@@ -156,13 +164,31 @@ async fn through_sentinel_a_failover_loses_no_acknowledged_event() {
             "the failover did not finish within {LIMIT:?}"
         );
     }
-    // And after it: lease-sync follows the new primary.
+    // lease-sync moves to the new primary once the sentinels name it (it asks them every
+    // second): a probe acknowledged from then on is on the new primary.
+    let started = tokio::time::Instant::now();
+    loop {
+        let id = format!("evt-probe-{}", sent.len());
+        deliver(&app, &id, "L-1").await;
+        let marker = format!("{namespace}:dedupe:{SOURCE}:{id}");
+        let landed = replica.command(&["EXISTS", &marker]).await == "int(1)";
+        sent.push(id);
+        if landed {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "lease-sync did not move to the new primary within {LIMIT:?}"
+        );
+    }
+    // And after it, every event goes there.
     for i in 0..EVENTS {
         let id = format!("evt-after-{i}");
         deliver(&app, &id, "L-2").await;
         sent.push(id);
     }
 
+    let acknowledged = sent.len();
     let mut lost = Vec::new();
     for id in sent {
         let marker = format!("{namespace}:dedupe:{SOURCE}:{id}");
@@ -170,14 +196,44 @@ async fn through_sentinel_a_failover_loses_no_acknowledged_event() {
             lost.push(id);
         }
     }
-    assert!(
-        lost.is_empty(),
-        "acknowledged but lost in the failover: {lost:?}"
-    );
     assert_eq!(
         replica.info_field("replication", "role").await,
         "master",
         "the failover happened"
     );
     app.stop().await;
+    FailoverRun { acknowledged, lost }
+}
+
+/// `[redis] mode = "sentinel"` follows a failover (`SENTINEL FAILOVER` during traffic), and
+/// with `wait_replicas = 1` every event acknowledged before, during and after it is on the new
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_a_failover_loses_no_acknowledged_event() {
+    let run = failover_during_traffic(1).await;
+    assert!(
+        run.lost.is_empty(),
+        "acknowledged but lost in the failover: {:?}",
+        run.lost
+    );
+}
+
+/// Without `wait_replicas`, lease-sync still follows the failover (every event sent after it
+/// is acknowledged and on the new primary); events acknowledged in its last moments may be
+/// lost, and how many is printed (docs/DEPLOY.md gives the figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_without_wait_replicas_the_failover_is_followed() {
+    let run = failover_during_traffic(0).await;
+    eprintln!(
+        "failover without wait_replicas: {} of {} acknowledged events lost (first {:?}, last {:?})",
+        run.lost.len(),
+        run.acknowledged,
+        run.lost.first(),
+        run.lost.last()
+    );
+    assert!(
+        run.lost.iter().all(|id| !id.starts_with("evt-after-")),
+        "events acknowledged after the failover were lost: {:?}",
+        run.lost
+    );
 }
