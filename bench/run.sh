@@ -18,8 +18,8 @@
 #
 # Other arguments go to `lease-sync-bench run` (e.g. --appendfsync everysec --out DIR --runs 5),
 # or with --only buildium to `lease-sync-bench buildium` (e.g. --runs 1 --changes 200
-# --buildium-rate-limit 0 --out DIR); `--out DIR` of a full run puts the Buildium part in
-# DIR/buildium.
+# --buildium-rate-limit 0 --out DIR; its default --out is bench/results/buildium); `--out DIR`
+# of a run of both parts puts the Buildium part in DIR/buildium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -109,7 +109,7 @@ if [ "$short" = 1 ]; then
   exit 0
 fi
 
-out_dir=bench/results
+out_dir=
 rest=()
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[$i]}" in
@@ -120,9 +120,11 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 build --release
 if [ "$service" = 0 ]; then
-  "$harness" buildium --lease-sync "$lease_sync" --out "$out_dir/buildium" --wait-quiet 0.6 "${rest[@]}"
+  "$harness" buildium --lease-sync "$lease_sync" --out "${out_dir:-bench/results/buildium}" \
+    --wait-quiet 0.6 "${rest[@]}"
   exit 0
 fi
+out_dir="${out_dir:-bench/results}"
 "$harness" run --lease-sync "$lease_sync" --out "$out_dir" --wait-quiet 0.6 "${rest[@]}"
 if [ "$buildium" = 1 ]; then
   "$harness" buildium --lease-sync "$lease_sync" --out "$out_dir/buildium" --wait-quiet 0.6

@@ -922,6 +922,18 @@ pub async fn latency_once(opts: &Options, index: usize) -> anyhow::Result<Latenc
             (cluster.members().await?, true)
         }
     };
+    // OpenApp can show every change while refreshes it no longer needs (a second webhook of
+    // the same lease) are still queued: count their reads too, once none came for 3 s.
+    let quiet_for = Duration::from_secs(3);
+    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    let (mut reads_seen, mut quiet_since) = (cluster.reads().await?.len(), Instant::now());
+    while quiet_since.elapsed() < quiet_for && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now_seen = cluster.reads().await?.len();
+        if now_seen != reads_seen {
+            (reads_seen, quiet_since) = (now_seen, Instant::now());
+        }
+    }
     let wall_s = wall.elapsed().as_secs_f64();
     let cpu_after = cpu_of(&pids);
     let busy = (machine_busy_s() - busy_before) / wall_s.max(1e-9);
