@@ -1,10 +1,13 @@
 //! `lease-sync-bench`: measures lease-sync on loopback — ingest throughput and latency,
 //! worker drain rate against the OpenApp sandbox, and redis-benchmark as a yardstick — and
-//! writes the results, a chart and a dashboard page. `bench/run.sh` is the documented entry
-//! point; see BENCHMARKS.md.
+//! writes the results, a chart and a dashboard page; and, end to end through both emulators,
+//! how long a Buildium lease change takes to reach OpenApp and how long a pull of many
+//! leases takes (`buildium`). `bench/run.sh` is the documented entry point; see BENCHMARKS.md.
 
 #![forbid(unsafe_code)]
 
+mod buildium;
+mod buildium_report;
 mod dashboard;
 mod load;
 mod procs;
@@ -37,6 +40,9 @@ enum Cmd {
     Run(RunArgs),
     /// Only the load generator, against a running ingest; prints a JSON report.
     Load(LoadArgs),
+    /// End to end through both emulators: Buildium lease change → OpenApp call latency at a
+    /// fixed rate, Buildium reads per change, and the pull of many leases.
+    Buildium(BuildiumArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +99,53 @@ struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct BuildiumArgs {
+    /// The lease-sync binary to measure (it also runs both emulators).
+    #[arg(long, default_value = "target/release/lease-sync")]
+    lease_sync: PathBuf,
+    /// Where latest.json, table.md, changes.csv and latency.svg go.
+    #[arg(long, default_value = "bench/results/buildium")]
+    out: PathBuf,
+    /// Scratch directory (configs, logs, Redis data); a new temporary one by default.
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Keep the scratch directory afterwards (always kept on failure).
+    #[arg(long)]
+    keep_work: bool,
+    /// Tiny counts and one run: checks that everything works end to end, in seconds.
+    #[arg(long)]
+    short: bool,
+    /// Runs of each measurement (medians are reported) [default: 3, 1 with --short].
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Lease changes per latency run [default: 1000, 20 with --short]; 0 skips the latency
+    /// runs.
+    #[arg(long)]
+    changes: Option<usize>,
+    /// Lease changes per second.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Leases of each pull [default: 10000, 200 with --short]; 0 skips the pulls.
+    #[arg(long)]
+    pull_leases: Option<usize>,
+    /// Reads per second the Buildium emulator allows, and lease-sync's
+    /// `[sources.buildium] rate_limit_per_sec` (Buildium's documented limit is 10); 0 lifts
+    /// the limit on both sides, to see what lease-sync does without it.
+    #[arg(long, default_value_t = 10)]
+    buildium_rate_limit: u32,
+    /// Seconds after the last change within which every change must have reached OpenApp
+    /// [default: 900, 120 with --short].
+    #[arg(long)]
+    settle_secs: Option<u64>,
+    /// Redis `appendfsync`: `always` (what production must run) or `everysec`.
+    #[arg(long, default_value = "always")]
+    appendfsync: String,
+    /// Wait (up to 25 minutes) until the 1-minute load average is below this first.
+    #[arg(long)]
+    wait_quiet: Option<f64>,
+}
+
+#[derive(Debug, clap::Args)]
 struct LoadArgs {
     /// Ingest address, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -126,6 +179,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Cmd::Run(args) => run(args).await,
         Cmd::Load(args) => load_only(args).await,
+        Cmd::Buildium(args) => buildium_bench(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -134,6 +188,172 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn buildium_bench(args: BuildiumArgs) -> anyhow::Result<()> {
+    use crate::buildium_report::{BuildiumResults, BuildiumSetup};
+
+    if !args.lease_sync.exists() {
+        bail!(
+            "{} does not exist; build it first (bench/run.sh does)",
+            args.lease_sync.display()
+        );
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number of changes per second");
+    }
+    let appendfsync = match args.appendfsync.as_str() {
+        "always" => Appendfsync::Always,
+        "everysec" => Appendfsync::Everysec,
+        _ => bail!("--appendfsync must be `always` or `everysec`"),
+    };
+    let short = args.short;
+    let work = suite::work_dir(args.work.as_deref())?;
+    let opts = buildium::Options {
+        lease_sync: std::fs::canonicalize(&args.lease_sync)?,
+        work: work.clone(),
+        runs: args.runs.unwrap_or(if short { 1 } else { 3 }).max(1),
+        changes: args.changes.unwrap_or(if short { 20 } else { 1000 }),
+        rate: args.rate,
+        pull_leases: args.pull_leases.unwrap_or(if short { 200 } else { 10_000 }),
+        buildium_rate_limit: args.buildium_rate_limit,
+        appendfsync,
+        settle_limit: Duration::from_secs(args.settle_secs.unwrap_or(if short {
+            120
+        } else {
+            900
+        })),
+    };
+    eprintln!(
+        "lease-sync-bench buildium: scratch directory {}",
+        work.display()
+    );
+    let quiet_wait = match args.wait_quiet {
+        Some(below) => suite::wait_quiet(below, Duration::from_secs(25 * 60)).await,
+        None => 0.0,
+    };
+    let build = if opts.lease_sync.to_string_lossy().contains("/release/") {
+        "release"
+    } else {
+        "debug"
+    };
+    let mut machine = suite::machine(build, quiet_wait);
+    eprintln!(
+        "machine: {} × {}, load {}, {}",
+        machine.nproc, machine.cpu_model, machine.loadavg_start, machine.redis
+    );
+    let measured = async {
+        let mut latency = Vec::new();
+        let mut pull = Vec::new();
+        for i in 1..=opts.runs {
+            if opts.changes > 0 {
+                let run = buildium::latency_once(&opts, i).await?;
+                eprintln!(
+                    "latency {i}: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} lost; {:.2} Buildium reads and {} webhooks per change; settled {:.1} s after the last change",
+                    run.latency_ms.p50,
+                    run.latency_ms.p90,
+                    run.latency_ms.p99,
+                    run.latency_ms.max,
+                    run.lost,
+                    run.reads_per_change,
+                    run.webhooks as f64 / run.changes.max(1) as f64,
+                    run.settle_s
+                );
+                latency.push(run);
+            }
+            if opts.pull_leases > 0 {
+                pull.push(buildium::pull_once(&opts, i).await?);
+            }
+        }
+        anyhow::Ok((latency, pull))
+    }
+    .await;
+    let (latency, pull) = match measured {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("logs and data kept in {}", work.display());
+            return Err(e);
+        }
+    };
+    machine.loadavg_end = suite::loadavg();
+    let summary = buildium_report::summarize(&latency, &pull);
+    let results = BuildiumResults {
+        mode: if short { "short".into() } else { "full".into() },
+        machine,
+        setup: BuildiumSetup {
+            changes: opts.changes,
+            rate: opts.rate,
+            pull_leases: opts.pull_leases,
+            buildium_rate_limit: opts.buildium_rate_limit,
+            appendfsync: opts.appendfsync.to_string(),
+            worker_concurrency: lease_sync::config::Settings::default()
+                .worker
+                .concurrency
+                .get(),
+            settle_limit_s: opts.settle_limit.as_secs_f64(),
+        },
+        latency,
+        pull,
+        summary,
+    };
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(
+        args.out.join("latest.json"),
+        serde_json::to_string_pretty(&results)? + "\n",
+    )?;
+    let table = buildium_report::markdown(&results);
+    std::fs::write(args.out.join("table.md"), &table)?;
+    if !results.latency.is_empty() {
+        std::fs::write(
+            args.out.join("changes.csv"),
+            buildium_report::changes_csv(&results),
+        )?;
+        std::fs::write(
+            args.out.join("latency.svg"),
+            buildium_report::chart(&results),
+        )?;
+    }
+    println!("{table}");
+    println!(
+        "machine: {} cores ({}), {} build; load average {} at the start, {} at the end",
+        results.machine.nproc,
+        results.machine.cpu_model,
+        results.machine.build,
+        results.machine.loadavg_start,
+        results.machine.loadavg_end
+    );
+    println!(
+        "written: {}/{{latest.json,table.md{}}}",
+        args.out.display(),
+        if results.latency.is_empty() {
+            ""
+        } else {
+            ",changes.csv,latency.svg"
+        }
+    );
+    // Only that every step worked is asserted, never the timings.
+    let s = &results.summary;
+    let wrong_members = results
+        .latency
+        .iter()
+        .any(|r| r.openapp_members != r.openapp_members_expected);
+    if s.lost > 0 || s.control_errors > 0 || wrong_members {
+        eprintln!("logs and data kept in {}", work.display());
+        bail!(
+            "{} change(s) never reached OpenApp, {} could not be made, OpenApp's members {} (the results above are written)",
+            s.lost,
+            s.control_errors,
+            if wrong_members {
+                "differ from the expected"
+            } else {
+                "are as expected"
+            }
+        );
+    }
+    if !args.keep_work {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
 }
 
 async fn load_only(args: LoadArgs) -> anyhow::Result<()> {

@@ -369,14 +369,14 @@ impl Snapshot {
 }
 
 /// How long a lease-sync role or the sandbox may take to answer after it starts.
-const READY_LIMIT: Duration = Duration::from_secs(30);
+pub const READY_LIMIT: Duration = Duration::from_secs(30);
 
 /// A process dropped while running (a run failed half-way) gets SIGTERM, then SIGKILL after 5 s.
-const STOP_ON_DROP: OnDrop = OnDrop::Stop(Duration::from_secs(5));
+pub const STOP_ON_DROP: OnDrop = OnDrop::Stop(Duration::from_secs(5));
 
 /// A fresh redis-server for a run or a yardstick, its data in `dir`: production persistence
 /// with `appendfsync`, 30 s to answer PING, stopped like the other processes if dropped.
-async fn start_redis(dir: &Path, appendfsync: Appendfsync) -> anyhow::Result<RedisServer> {
+pub async fn start_redis(dir: &Path, appendfsync: Appendfsync) -> anyhow::Result<RedisServer> {
     RedisServer::start_with(
         RedisOptions::default()
             .dir(dir)

@@ -124,6 +124,8 @@ async fn remove_user(
 /// What the handlers take from a request before any check runs.
 struct Incoming {
     started: Instant,
+    /// [`crate::unix_ms`] when the request was taken apart.
+    received_at_ms: u64,
     request_id: RequestId,
     release: Option<ShutdownSignal>,
     method: Method,
@@ -140,6 +142,7 @@ impl Incoming {
     /// recorded even when an earlier check fails.
     async fn read(request: Request, read_body: bool) -> Self {
         let started = Instant::now();
+        let received_at_ms = crate::unix_ms();
         let request_id = request
             .extensions()
             .get::<RequestId>()
@@ -160,6 +163,7 @@ impl Incoming {
         };
         Self {
             started,
+            received_at_ms,
             request_id,
             release,
             method,
@@ -199,6 +203,8 @@ impl Incoming {
                 body: self.body_json.clone(),
                 status: 0,
                 request_id: self.request_id.0.clone(),
+                at_ms: self.received_at_ms,
+                seq: 0,
             },
             role,
             release: self.release.clone(),

@@ -233,6 +233,15 @@ pub struct RecordedCall {
     pub status: u16,
     /// Value of the `X-Request-Id` response header (a ULID).
     pub request_id: String,
+    /// When the sandbox received the call, in milliseconds since the Unix epoch (the
+    /// machine's clock), so that a benchmark can time a change elsewhere to this call.
+    #[serde(default)]
+    pub at_ms: u64,
+    /// Position of the call among every call recorded since the sandbox started, from 1;
+    /// set when it is recorded. A gap before the oldest one kept shows how many calls the
+    /// cap ([`MAX_RECORDED_CALLS`]) dropped, and the newest one's is the total.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl RecordedCall {
@@ -247,6 +256,15 @@ impl RecordedCall {
             ..self.clone()
         }
     }
+}
+
+/// Milliseconds since the Unix epoch now, on the machine's clock (0 before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 fn redact_authorization(value: &str) -> String {
@@ -272,6 +290,8 @@ impl fmt::Debug for RecordedCall {
             .field("body", &shown.body)
             .field("status", &shown.status)
             .field("request_id", &shown.request_id)
+            .field("at_ms", &shown.at_ms)
+            .field("seq", &shown.seq)
             .finish()
     }
 }
@@ -312,6 +332,8 @@ struct State {
     /// may use made-up ids without creating users.)
     deleted_users: std::collections::BTreeSet<String>,
     calls: VecDeque<RecordedCall>,
+    /// Calls recorded so far (never capped): the `seq` of the latest one.
+    calls_recorded: u64,
 }
 
 struct ScriptedFault {
@@ -367,6 +389,7 @@ impl Sandbox {
                     user_ids: ulid::Generator::new(),
                     deleted_users: std::collections::BTreeSet::new(),
                     calls: VecDeque::new(),
+                    calls_recorded: 0,
                 }),
                 recorded: watch::Sender::new(0),
             }),
@@ -513,12 +536,14 @@ impl Sandbox {
             .collect()
     }
 
-    fn record(&self, call: RecordedCall) {
+    fn record(&self, mut call: RecordedCall) {
         {
             let mut state = self.lock();
             if state.calls.len() >= MAX_RECORDED_CALLS {
                 state.calls.pop_front();
             }
+            state.calls_recorded += 1;
+            call.seq = state.calls_recorded;
             state.calls.push_back(call);
         }
         self.shared.recorded.send_modify(|total| *total += 1);

@@ -824,6 +824,8 @@ fn recorded_calls_are_capped() {
         body: None,
         status: 200,
         request_id: n.to_string(),
+        at_ms: 0,
+        seq: 0,
     };
     for n in 0..=MAX_RECORDED_CALLS {
         sandbox.record(call(n));
@@ -831,6 +833,12 @@ fn recorded_calls_are_capped() {
     let calls = sandbox.calls();
     assert_eq!(calls.len(), MAX_RECORDED_CALLS);
     assert_eq!(calls[0].request_id, "1");
+    // Numbered in order from 1, the dropped first one included.
+    assert_eq!(calls[0].seq, 2);
+    assert_eq!(
+        calls.last().map(|c| c.seq),
+        Some(MAX_RECORDED_CALLS as u64 + 1)
+    );
 }
 
 #[test]

@@ -110,6 +110,7 @@ impl IntoResponse for BuildiumError {
 /// In front of every read: the rate limit, an injected fault, the query length and the
 /// credentials, in that order; then the read is recorded with its status.
 async fn gate(State(sandbox): State<BuildiumSandbox>, request: Request, next: Next) -> Response {
+    let at_ms = crate::unix_ms();
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
@@ -134,6 +135,7 @@ async fn gate(State(sandbox): State<BuildiumSandbox>, request: Request, next: Ne
         query,
         client_id,
         status,
+        at_ms,
     });
     response
 }

@@ -229,6 +229,9 @@ pub struct RecordedRead {
     pub client_id: Option<String>,
     /// Status answered.
     pub status: u16,
+    /// When the read arrived, in milliseconds since the Unix epoch (the machine's clock).
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// [`BuildiumSandbox::wait_for_deliveries`] ran out of time.
