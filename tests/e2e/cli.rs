@@ -75,7 +75,8 @@ fn check_config_names_the_problem_and_exits_1() {
             "scheme",
         ),
         (
-            broken(&good, "timeout_ms = 1000", "timeout_ms = \"soon\""),
+            // At a line's start: `wait_timeout_ms = 1000` ([redis]) ends the same way.
+            broken(&good, "\ntimeout_ms = 1000", "\ntimeout_ms = \"soon\""),
             "openapp.timeout_ms",
         ),
         (
