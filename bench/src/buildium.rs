@@ -670,23 +670,6 @@ fn cpu_of(pids: &[(&'static str, u32)]) -> BTreeMap<u32, Duration> {
         .collect()
 }
 
-fn machine_busy_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    if fields.len() < 8 {
-        return 0.0;
-    }
-    let total: f64 = fields[..8].iter().sum();
-    (total - fields[3] - fields[4]) / procs::clock_ticks()
-}
-
 /// The pull: `opts.pull_leases` leases and their users, their webhooks dropped; reconcile
 /// cold, warm, then with `--apply` until OpenApp holds them all.
 pub async fn pull_once(opts: &Options, index: usize) -> anyhow::Result<PullRun> {
@@ -814,7 +797,7 @@ pub async fn latency_once(opts: &Options, index: usize) -> anyhow::Result<Latenc
     let seq_before = cluster.last_call_seq().await?;
     let pids = cluster.pids();
     let cpu_before = cpu_of(&pids);
-    let busy_before = machine_busy_s();
+    let busy_before = procs::machine_busy_s();
     let own_before = procs::cpu_time(std::process::id()).unwrap_or_default();
     let wall = Instant::now();
     eprintln!(
@@ -936,7 +919,7 @@ pub async fn latency_once(opts: &Options, index: usize) -> anyhow::Result<Latenc
     }
     let wall_s = wall.elapsed().as_secs_f64();
     let cpu_after = cpu_of(&pids);
-    let busy = (machine_busy_s() - busy_before) / wall_s.max(1e-9);
+    let busy = (procs::machine_busy_s() - busy_before) / wall_s.max(1e-9);
     let own = procs::cpu_time(std::process::id())
         .unwrap_or_default()
         .saturating_sub(own_before)

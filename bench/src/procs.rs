@@ -69,3 +69,22 @@ pub async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
         Ok(r) if r.status().is_success()
     )
 }
+
+/// CPU seconds the whole machine has spent busy since boot (every state of `/proc/stat`'s
+/// first line but idle and iowait), or 0 when it cannot be read.
+pub fn machine_busy_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if fields.len() < 8 {
+        return 0.0;
+    }
+    let total: f64 = fields[..8].iter().sum();
+    (total - fields[3] - fields[4]) / clock_ticks()
+}

@@ -291,23 +291,6 @@ struct Snapshot {
     ours: Vec<(u32, Duration)>,
 }
 
-fn machine_busy_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    if fields.len() < 8 {
-        return 0.0;
-    }
-    let total: f64 = fields[..8].iter().sum();
-    (total - fields[3] - fields[4]) / procs::clock_ticks()
-}
-
 fn snapshot(pids: &[u32]) -> Snapshot {
     let mut ours: Vec<(u32, Duration)> = pids
         .iter()
@@ -319,7 +302,7 @@ fn snapshot(pids: &[u32]) -> Snapshot {
     ));
     Snapshot {
         at: Instant::now(),
-        busy_s: machine_busy_s(),
+        busy_s: procs::machine_busy_s(),
         ours,
     }
 }
