@@ -544,7 +544,11 @@ impl Deliverer {
         let what = format!("refresh of {:?} of source {}", job.refresh, job.source);
         self.run_fold_job(FoldKind::Refresh, &job.delivery_id, task_id, &what, async {
             match refresher {
-                Some(refresher) => refresher.refresh(&job.source, job.refresh).await,
+                Some(refresher) => {
+                    refresher
+                        .refresh(&job.source, job.refresh, job.cued_at())
+                        .await
+                }
                 None => Err(RefreshError::UnknownSource(job.source.clone())),
             }
         })
@@ -934,7 +938,7 @@ pub async fn run_workers(
             .emit_events(false);
         let backend = RedisStorage::<Job, RedisConnection>::new(queue.connection())
             .with_config(config)
-            .poll_with_interval(poll_interval);
+            .poll_with_strategy(crate::queue::poll::EveryInterval::new(poll_interval));
         let worker = WorkerBuilder::new(name.as_str())
             .backend(backend)
             .data(handlers.clone())

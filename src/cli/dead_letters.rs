@@ -634,7 +634,7 @@ fn describe(entry: &DeadLetter) -> String {
         Job::Refresh(job) => {
             let what = match job.refresh {
                 Refresh::Lease { lease_id } => format!("lease {lease_id}"),
-                Refresh::Tenant { tenant_id } => format!("tenant {tenant_id} and their leases"),
+                Refresh::Tenant { tenant_id, .. } => format!("tenant {tenant_id} and their leases"),
             };
             field("refresh", &what);
         }

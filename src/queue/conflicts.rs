@@ -101,6 +101,45 @@ impl JobQueue {
         Ok(removed > 0)
     }
 
+    /// `person` of `source` was resolved to `user_id`: their conflict, if any, is gone, and
+    /// the user is remembered for them ([`JobQueue::person_user`]). One round trip.
+    pub async fn person_resolved(
+        &self,
+        source: &str,
+        person: &str,
+        user_id: &str,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("HDEL")
+            .arg(self.keys.conflicts())
+            .arg(field(source, person))
+            .ignore()
+            .cmd("HSET")
+            .arg(self.keys.person_users(source))
+            .arg(person)
+            .arg(user_id)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The OpenApp user `person` of `source` was last resolved to, if any.
+    pub async fn person_user(
+        &self,
+        source: &str,
+        person: &str,
+    ) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("HGET")
+            .arg(self.keys.person_users(source))
+            .arg(person)
+            .query_async(&mut conn)
+            .await?)
+    }
+
     /// Every conflict (of `source` only, when given), oldest first.
     pub async fn conflicts(&self, source: Option<&str>) -> Result<Vec<Conflict>, QueueError> {
         let mut conn = self.conn.clone();

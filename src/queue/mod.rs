@@ -28,6 +28,7 @@ pub mod conflicts;
 pub mod connection;
 pub mod identity;
 pub mod ledger;
+pub mod poll;
 pub mod rate_limit;
 pub mod residents;
 
@@ -208,10 +209,15 @@ pub struct RefreshJob {
     /// What queued it when not a webhook (`pull`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// When it was queued (ms since the epoch): the change it reads happened before, so reads
+    /// of several refreshes can be one list of the leases changed since then. Absent in jobs
+    /// queued by earlier versions (they read on their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cued_at_ms: Option<i64>,
 }
 
 impl RefreshJob {
-    /// A refresh of `refresh` at `source`, asked for by event `event_id`.
+    /// A refresh of `refresh` at `source`, asked for by event `event_id`, queued now.
     pub fn new(source: &str, event_id: &str, refresh: Refresh, trigger: Option<&str>) -> Self {
         Self {
             v: JOB_VERSION,
@@ -220,7 +226,15 @@ impl RefreshJob {
             source: source.to_owned(),
             refresh,
             trigger: trigger.map(str::to_owned),
+            cued_at_ms: Some(now_ms()),
         }
+    }
+
+    /// [`RefreshJob::cued_at_ms`] as an instant.
+    pub fn cued_at(&self) -> Option<time::OffsetDateTime> {
+        self.cued_at_ms.and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        })
     }
 }
 
@@ -433,6 +447,13 @@ impl Keys {
     /// Unresolved people, by source and person.
     pub fn conflicts(&self) -> String {
         format!("{}:conflicts", self.namespace)
+    }
+
+    /// The OpenApp user each person of `source` was last resolved to (a hash by person), so
+    /// a tenant who moved out — whose email Buildium's lease no longer carries — can lose
+    /// their door without one more read of Buildium.
+    pub fn person_users(&self, source: &str) -> String {
+        format!("{}:person-users:{source}", self.namespace)
     }
 
     /// Grants of the shared request rate of `scope` (a sorted set by grant time, see

@@ -238,6 +238,7 @@ async fn a_move_out_removes_that_tenant_only_and_a_renewal_removes_nobody() {
         .and_then(|t| t["Id"].as_i64())
         .expect("Alan's tenant id");
     let yesterday = today() - Days::days(1);
+    let reads_before = l.buildium.reads().len();
     l.buildium
         .move_out(
             lease_id,
@@ -252,6 +253,16 @@ async fn a_move_out_removes_that_tenant_only_and_a_renewal_removes_nobody() {
     l.wait_presence(&alan, false).await;
     wait_drained(&l.app.queue(), LIMIT).await;
     assert!(l.present(&ada), "the co-tenant keeps the door");
+    // Alan's email left the lease with him; the user he was resolved to is remembered, so
+    // his record is not read from Buildium.
+    let tenant_reads: Vec<_> = l
+        .buildium
+        .reads()
+        .into_iter()
+        .skip(reads_before)
+        .filter(|r| r.path.contains("/tenants/"))
+        .collect();
+    assert!(tenant_reads.is_empty(), "{tenant_reads:?}");
     let state = l
         .app
         .queue()
@@ -658,4 +669,62 @@ async fn a_tenant_moved_to_another_mapped_building_changes_integration() {
             .members(OTHER_INTEGRATION)
             .contains_key("user-neighbour")
     );
+}
+
+/// Refreshes waiting together share their reads: a burst of 20 new leases (40 webhooks, a
+/// `Lease.Created` and a `LeaseTenant.Created` each) arriving faster than the account's read
+/// rate is read with a few lists of the leases changed since, not a read per webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_is_read_in_batches_not_one_read_per_webhook() {
+    use lease_sync_sandbox::buildium::ReleaseOrder;
+
+    // 2 reads/s: the burst outruns the rate at once, whatever the machine's speed.
+    let l = start_with(|s| {
+        s.worker.concurrency = std::num::NonZeroUsize::new(16).expect("16");
+        let source = s.sources.last_mut().expect("source");
+        source
+            .buildium
+            .as_mut()
+            .expect("buildium")
+            .rate_limit_per_sec = 2;
+    })
+    .await;
+    let users: Vec<String> = (0..20)
+        .map(|i| l.user(&format!("Resident {i}"), &format!("r{i}@example.com")))
+        .collect();
+    l.buildium.hold_webhooks();
+    for i in 0..20 {
+        l.buildium
+            .create_lease(&lease(vec![tenant("R", &format!("r{i}@example.com"))]))
+            .expect("create lease");
+    }
+    let reads_before = l.buildium.reads().len();
+    let released = l.buildium.release_webhooks(ReleaseOrder::Emitted);
+    assert_eq!(
+        released, 40,
+        "a Lease.Created and a LeaseTenant.Created per lease"
+    );
+    for user in &users {
+        l.wait_presence(user, true).await;
+    }
+    wait_drained(&l.app.queue(), LIMIT).await;
+    let reads: Vec<_> = l.buildium.reads().into_iter().skip(reads_before).collect();
+    let described: Vec<String> = reads
+        .iter()
+        .map(|r| format!("{} {}", r.path, r.query.as_deref().unwrap_or("")))
+        .collect();
+    // One read per webhook would be 40 (20 s at this rate); lists serve many at once.
+    assert!(
+        reads.len() <= 10,
+        "{} reads for 40 webhooks: {described:#?}",
+        reads.len()
+    );
+    assert!(
+        reads.iter().any(|r| r
+            .query
+            .as_deref()
+            .is_some_and(|q| q.contains("lastupdatedfrom"))),
+        "the leases were listed: {described:#?}"
+    );
+    assert!(reads.iter().all(|r| r.status == 200), "{described:#?}");
 }

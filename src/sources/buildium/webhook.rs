@@ -19,6 +19,11 @@ pub enum Refresh {
     Tenant {
         /// Buildium's tenant id.
         tenant_id: i64,
+        /// The tenant was just added (`LeaseTenant.Created`): a lease read that already lists
+        /// them as a current tenant says all the event does, so the tenant need not be read.
+        /// An update or a deletion always reads the tenant.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        added: bool,
     },
 }
 
@@ -138,7 +143,12 @@ impl BuildiumEvent {
             lease()
         } else if TENANT_EVENTS.contains(&name) {
             self.tenant_id
-                .map(|tenant_id| Interpretation::Refresh(Refresh::Tenant { tenant_id }))
+                .map(|tenant_id| {
+                    Interpretation::Refresh(Refresh::Tenant {
+                        tenant_id,
+                        added: name == "LeaseTenant.Created",
+                    })
+                })
                 .ok_or_else(|| field("TenantId", &format!("is required in a {name} event")))
         } else {
             Ok(Interpretation::Ignored)
@@ -203,7 +213,10 @@ mod tests {
             let body = format!(r#"{{"EventName":"{name}",{at},"TenantId":9}}"#);
             assert_eq!(
                 event(&body).unwrap(),
-                Interpretation::Refresh(Refresh::Tenant { tenant_id: 9 }),
+                Interpretation::Refresh(Refresh::Tenant {
+                    tenant_id: 9,
+                    added: name == "LeaseTenant.Created"
+                }),
                 "{name}"
             );
         }

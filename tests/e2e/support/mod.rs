@@ -56,7 +56,9 @@ pub fn role() -> String {
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,lease_sync=debug")
+            .with_env_filter(
+                std::env::var("TEST_LOG_FILTER").unwrap_or_else(|_| "info,lease_sync=debug".into()),
+            )
             .with_test_writer()
             .try_init();
     }

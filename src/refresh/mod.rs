@@ -9,9 +9,14 @@
 //! state. Every resident whose state changed gets a convergence job, as after a native event.
 //! A lease that answers 404 was deleted: the residents holding it lose what it gave them.
 //!
+//! Refreshes of one source read through [`reads::SourceReads`], which batches the reads of
+//! every refresh waiting in this process (one list read for many changed leases).
+//!
 //! Failures are returned to the worker, which classifies them like OpenApp's (retry with
 //! backoff, `Retry-After`, dead letter); a refresh is idempotent, so retrying all of it is
 //! safe.
+
+pub mod reads;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -165,6 +170,8 @@ pub struct Pulled {
 struct BuildiumSource {
     settings: SourceSettings,
     client: BuildiumClient,
+    /// The reads refreshes share.
+    reads: reads::SourceReads,
     statuses: (Vec<String>, Vec<String>),
     /// Mapped buildings by Buildium `PropertyId`.
     properties: HashMap<i64, PropertySettings>,
@@ -219,16 +226,19 @@ impl Refresher {
                 RateLimit::per_second(api.rate_limit_per_sec),
             );
             let client = BuildiumClient::new(options)?.with_rate_limiter(limiter);
-            let properties = source
+            let properties: HashMap<i64, PropertySettings> = source
                 .properties
                 .iter()
                 .filter_map(|p| Some((p.id.parse::<i64>().ok()?, p.clone())))
                 .collect();
+            let reads =
+                reads::SourceReads::new(client.clone(), properties.keys().copied().collect());
             sources.insert(
                 source.name.clone(),
                 BuildiumSource {
                     settings: source.clone(),
                     client,
+                    reads,
                     statuses: (api.tenant_statuses.clone(), api.lease_statuses.clone()),
                     properties,
                 },
@@ -250,27 +260,43 @@ impl Refresher {
         }))
     }
 
-    /// Reads `refresh` from `source` and folds it.
-    pub async fn refresh(&self, source: &str, refresh: Refresh) -> Result<Refreshed, RefreshError> {
+    /// Reads `refresh` from `source` and folds it. `cued_at`: when the webhook (or whatever
+    /// queued it) asked for it, if known — reads of several refreshes are then batched.
+    pub async fn refresh(
+        &self,
+        source: &str,
+        refresh: Refresh,
+        cued_at: Option<OffsetDateTime>,
+    ) -> Result<Refreshed, RefreshError> {
         let buildium = self.source(source)?;
         let mut done = Refreshed::default();
         match refresh {
             Refresh::Lease { lease_id } => {
-                self.refresh_lease(buildium, lease_id, &mut done).await?;
+                self.refresh_lease(buildium, lease_id, cued_at, &mut done)
+                    .await?;
             }
-            Refresh::Tenant { tenant_id } => match buildium.client.get_tenant(tenant_id).await? {
-                Some(tenant) => {
-                    for lease in &tenant.leases {
-                        self.refresh_lease(buildium, lease.id, &mut done).await?;
+            Refresh::Tenant { tenant_id, added } => {
+                match buildium.reads.tenant_leases(tenant_id, added).await? {
+                    // The tenant's answer carries each lease in full: folded as read.
+                    Some(leases) => {
+                        for lease in &leases {
+                            done.leases += 1;
+                            self.fold_lease(buildium, lease, &mut done).await?;
+                        }
                     }
+                    None => debug!(
+                        tenant.id = tenant_id,
+                        "tenant not found at Buildium; nothing to refresh"
+                    ),
                 }
-                None => debug!(
-                    tenant.id = tenant_id,
-                    "tenant not found at Buildium; nothing to refresh"
-                ),
-            },
+            }
         }
         Ok(done)
+    }
+
+    /// What the shared reads of `source` did in this process so far.
+    pub fn read_stats(&self, source: &str) -> Option<reads::ReadStats> {
+        self.sources.get(source).map(|s| s.reads.stats())
     }
 
     /// The configured Buildium source `name`.
@@ -383,7 +409,8 @@ impl Refresher {
         }
         let mut done = Refreshed::default();
         for lease_id in leases {
-            self.refresh_lease(buildium, lease_id, &mut done).await?;
+            self.refresh_lease(buildium, lease_id, None, &mut done)
+                .await?;
         }
         Ok(done)
     }
@@ -425,7 +452,7 @@ impl Refresher {
             {
                 Resolved::User(user_id) => {
                     self.queue
-                        .resolve_conflict(&source.settings.name, &person)
+                        .person_resolved(&source.settings.name, &person, &user_id)
                         .await?;
                     let at = |ms: i64| {
                         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
@@ -453,18 +480,16 @@ impl Refresher {
         &self,
         source: &BuildiumSource,
         lease_id: i64,
+        cued_at: Option<OffsetDateTime>,
         done: &mut Refreshed,
     ) -> Result<(), RefreshError> {
-        match source.client.get_lease(lease_id).await? {
+        match source.reads.lease(lease_id, cued_at).await? {
             Some(lease) => {
                 done.leases += 1;
                 self.fold_lease(source, &lease, done).await
             }
             None => {
-                // Buildium answers its own 404 for any unknown path, so a wrong base URL would
-                // read as every lease deleted: before taking anyone's door away, check that
-                // the API answers a read that must succeed.
-                source.client.verify_access().await?;
+                // `reads` made sure the API answers: a wrong base URL is no deletion.
                 done.deleted += 1;
                 self.fold_deleted(source, lease_id, done).await
             }
@@ -494,21 +519,39 @@ impl Refresher {
         let facts = lease.facts(&property.zone(), &rules)?;
         let mut resolved_users = Vec::new();
         for tenant in &facts.tenants {
-            let email = match &tenant.email {
-                Some(email) => Some(email.clone()),
-                // Not a current tenant: their email is on their own record.
-                None => source
-                    .client
-                    .get_tenant(tenant.tenant_id)
-                    .await?
-                    .and_then(|t| t.email)
-                    .filter(|e| !e.trim().is_empty()),
-            };
-            let resolved = self
-                .resolver
-                .resolve(&property.org_id, email.as_deref(), tenant.name.as_deref())
-                .await?;
             let person = format!("tenant:{}", tenant.tenant_id);
+            // A tenant who moved out is no longer among the lease's current tenants, so the
+            // lease does not carry their email: the user they were resolved to before is who
+            // loses the door, without reading their record from Buildium.
+            let remembered = match (&tenant.email, tenant.access) {
+                (None, TenantAccess::Ended { .. }) => {
+                    self.queue
+                        .person_user(&source.settings.name, &person)
+                        .await?
+                }
+                _ => None,
+            };
+            let remembered_user = remembered.is_some();
+            let (email, resolved) = match remembered {
+                Some(user_id) => (None, Resolved::User(user_id)),
+                None => {
+                    let email = match &tenant.email {
+                        Some(email) => Some(email.clone()),
+                        // Not a current tenant: their email is on their own record.
+                        None => source
+                            .client
+                            .get_tenant(tenant.tenant_id)
+                            .await?
+                            .and_then(|t| t.email)
+                            .filter(|e| !e.trim().is_empty()),
+                    };
+                    let resolved = self
+                        .resolver
+                        .resolve(&property.org_id, email.as_deref(), tenant.name.as_deref())
+                        .await?;
+                    (email, resolved)
+                }
+            };
             match resolved {
                 Resolved::Conflict(reason) => {
                     done.conflicts += 1;
@@ -516,9 +559,11 @@ impl Refresher {
                         .await?;
                 }
                 Resolved::User(user_id) => {
-                    self.queue
-                        .resolve_conflict(&source.settings.name, &person)
-                        .await?;
+                    if !remembered_user {
+                        self.queue
+                            .person_resolved(&source.settings.name, &person, &user_id)
+                            .await?;
+                    }
                     done.folded += 1;
                     done.jobs += self
                         .fold_tenant(source, property, &facts, tenant, &user_id)
