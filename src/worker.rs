@@ -929,6 +929,18 @@ pub async fn run_workers(
     let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
         let name = unique_worker_name();
+        // Indexed before it can hold a job, so the queue counts always find its in-flight set.
+        if let Err(e) = queue.index_worker_name(&name).await {
+            failures = failures.saturating_add(1);
+            let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
+                .min(MAX_RESTART_DELAY);
+            warn!("cannot start a worker: Redis failed ({e}); trying again in {delay:?}");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => {}
+            }
+            continue;
+        }
         let config = apalis_redis::Config::default()
             .queue(queue.keys().delivery_queue())
             .batch_size(worker_settings.batch_size.get())

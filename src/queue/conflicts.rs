@@ -102,7 +102,8 @@ impl JobQueue {
     }
 
     /// `person` of `source` was resolved to `user_id`: their conflict, if any, is gone, and
-    /// the user is remembered for them ([`JobQueue::person_user`]). One round trip.
+    /// the user is remembered for them ([`JobQueue::person_user`]). One round trip, and no
+    /// write when nothing changed.
     pub async fn person_resolved(
         &self,
         source: &str,
@@ -110,18 +111,15 @@ impl JobQueue {
         user_id: &str,
     ) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("HDEL")
-            .arg(self.keys.conflicts())
+        let _: i64 = self
+            .scripts
+            .person_resolved
+            .key(self.keys.conflicts())
+            .key(self.keys.person_users(source))
             .arg(field(source, person))
-            .ignore()
-            .cmd("HSET")
-            .arg(self.keys.person_users(source))
             .arg(person)
             .arg(user_id)
-            .ignore()
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }

@@ -462,6 +462,13 @@ impl Keys {
         format!("{}:rate-limit:{scope}", self.namespace)
     }
 
+    /// The name of every worker lease-sync started (a set), so the queue counts find every
+    /// in-flight set — those of workers that died without deregistering included — without
+    /// scanning the keyspace. A name goes once its worker is gone and its set is empty.
+    pub fn worker_names(&self) -> String {
+        format!("{}:worker-names", self.namespace)
+    }
+
     /// Lifetime counters.
     pub fn stats(&self) -> String {
         format!("{}:stats", self.namespace)
@@ -507,6 +514,7 @@ struct Scripts {
     unlock: redis::Script,
     counts: redis::Script,
     enqueue_jobs: redis::Script,
+    person_resolved: redis::Script,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -536,6 +544,7 @@ impl JobQueue {
                 unlock: redis::Script::new(residents::UNLOCK_SCRIPT),
                 counts: redis::Script::new(include_str!("lua/counts.lua")),
                 enqueue_jobs: redis::Script::new(include_str!("lua/enqueue_jobs.lua")),
+                person_resolved: redis::Script::new(include_str!("lua/person_resolved.lua")),
             }),
         }
     }
@@ -816,34 +825,15 @@ impl JobQueue {
     pub async fn counts(&self) -> Result<QueueCounts, QueueError> {
         let mut conn = self.conn.clone();
         let inflight_prefix = format!("{}:", self.keys.queue_key("inflight"));
-        let mut inflight_sets: Vec<String> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{inflight_prefix}*"))
-                .arg("COUNT")
-                .arg(200)
-                .query_async(&mut conn)
-                .await?;
-            inflight_sets.extend(keys);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
         let mut invocation = self.scripts.counts.prepare_invoke();
         invocation
             .key(self.keys.queue_key("active"))
             .key(self.keys.queue_key("scheduled"))
             .key(self.keys.dead_letters())
             .key(self.keys.queue_key("workers"))
+            .key(self.keys.worker_names())
             .arg(&inflight_prefix)
             .arg(format!("{}:", self.keys.queue_key("meta")));
-        for key in &inflight_sets {
-            invocation.key(key);
-        }
         let (ready, scheduled, dead, in_flight, oldest_ready_at): (u64, u64, u64, u64, i64) =
             invocation.invoke_async(&mut conn).await?;
         let stats: Vec<Option<u64>> = redis::cmd("HMGET")
@@ -879,6 +869,48 @@ impl JobQueue {
             stale_events: stat(6),
             deferred: stat(7),
         })
+    }
+
+    /// Records `worker`'s name before it starts (see [`Keys::worker_names`]). The first time
+    /// a deployment runs a version that keeps the index, the in-flight sets already in Redis
+    /// are found once by a SCAN and indexed too.
+    pub async fn index_worker_name(&self, worker: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let index = self.keys.worker_names();
+        let indexed: bool = redis::cmd("EXISTS")
+            .arg(&index)
+            .query_async(&mut conn)
+            .await?;
+        let mut names = vec![worker.to_owned()];
+        if !indexed {
+            let inflight_prefix = format!("{}:", self.keys.queue_key("inflight"));
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{inflight_prefix}*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
+                names.extend(
+                    keys.iter()
+                        .filter_map(|k| k.strip_prefix(&inflight_prefix))
+                        .map(str::to_owned),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let _: () = redis::cmd("SADD")
+            .arg(&index)
+            .arg(&names)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// Round trip to Redis within `timeout`.

@@ -1118,3 +1118,60 @@ async fn a_service_whose_every_token_expired_refuses_to_start() {
     settings.admin.enabled = false;
     assert!(Application::build(settings, Role::Serve).await.is_ok());
 }
+
+/// The queue counts find the jobs held by a worker that died without deregistering, through
+/// the index of worker names rather than a SCAN of the keyspace; a name is dropped once its
+/// worker is gone and holds nothing. A deployment upgrading from a version without the index
+/// gets the in-flight sets already in Redis indexed when its first worker starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_jobs_of_a_dead_worker_are_counted_without_scanning() {
+    let redis = RedisServer::start().await;
+    let queue = queue_on(&redis);
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let inflight = |worker: &str| format!("{}:{worker}", queue.keys().queue_key("inflight"));
+    // Written by a release without the index: a worker died holding two tasks.
+    let _: () = redis::cmd("SADD")
+        .arg(inflight("old-worker"))
+        .arg(&["task-1", "task-2"])
+        .query_async(&mut conn)
+        .await
+        .expect("sadd");
+    assert_eq!(
+        queue.counts().await.expect("counts").in_flight,
+        0,
+        "not indexed yet"
+    );
+
+    // The first worker of the new release indexes itself and the sets it finds.
+    queue.index_worker_name("new-worker").await.expect("index");
+    assert_eq!(queue.counts().await.expect("counts").in_flight, 2);
+
+    // A worker started since dies holding a task: counted although never registered.
+    queue.index_worker_name("dead-worker").await.expect("index");
+    let _: () = redis::cmd("SADD")
+        .arg(inflight("dead-worker"))
+        .arg("task-3")
+        .query_async(&mut conn)
+        .await
+        .expect("sadd");
+    assert_eq!(queue.counts().await.expect("counts").in_flight, 3);
+
+    // Its task and the old worker's go back to the queue: the names holding nothing go.
+    let _: () = redis::cmd("DEL")
+        .arg(inflight("dead-worker"))
+        .arg(inflight("old-worker"))
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    assert_eq!(queue.counts().await.expect("counts").in_flight, 0);
+    let names: BTreeSet<String> = redis::cmd("SMEMBERS")
+        .arg(queue.keys().worker_names())
+        .query_async(&mut conn)
+        .await
+        .expect("smembers");
+    assert!(names.is_empty(), "{names:?}");
+}
