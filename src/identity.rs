@@ -85,12 +85,20 @@ pub fn email_digest(email: &str) -> String {
     hex::encode(sha2::Sha256::digest(email.as_bytes()))
 }
 
-/// Resolves people to OpenApp users, through the cache.
+/// The per-email locks of the resolutions under way in this process.
+type Searching = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+>;
+
+/// Resolves people to OpenApp users, through the cache. Clones share one set of resolutions
+/// under way: two resolutions of one email at once (the two refreshes of a new lease) make one
+/// search, the second reading the cache the first filled.
 #[derive(Debug, Clone)]
 pub struct Resolver {
     client: OpenAppClient,
     queue: JobQueue,
     create_missing: bool,
+    searching: Searching,
 }
 
 impl Resolver {
@@ -101,6 +109,7 @@ impl Resolver {
             client,
             queue,
             create_missing,
+            searching: Searching::default(),
         }
     }
 
@@ -119,6 +128,41 @@ impl Resolver {
         if let Some(user) = self.queue.cached_identity(org_id, &digest).await? {
             return Ok(Resolved::User(user));
         }
+        // One search per email at a time in this process; whoever waited reads the cache.
+        let key = format!("{org_id}:{digest}");
+        let lock = {
+            let mut searching = self
+                .searching
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::sync::Arc::clone(searching.entry(key.clone()).or_default())
+        };
+        let held = lock.lock().await;
+        let resolved = self.search(org_id, &email, &digest, name).await;
+        drop(held);
+        let mut searching = self
+            .searching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only the map and this resolution hold it: nobody else waits, so it can go.
+        if std::sync::Arc::strong_count(&lock) == 2 {
+            searching.remove(&key);
+        }
+        resolved
+    }
+
+    /// The search behind [`Resolver::resolve`], once the email's lock is held.
+    async fn search(
+        &self,
+        org_id: &str,
+        email: &str,
+        digest: &str,
+        name: Option<&str>,
+    ) -> Result<Resolved, ResolveError> {
+        if let Some(user) = self.queue.cached_identity(org_id, digest).await? {
+            return Ok(Resolved::User(user));
+        }
+        let email = email.to_owned();
         let users = self.client.search_users(org_id, &email).await?;
         let resolved = match exact_matches(&email, &users).as_slice() {
             [one] => Resolved::User(one.id.clone()),
@@ -146,7 +190,7 @@ impl Resolver {
             _ => Resolved::Conflict(ConflictReason::AmbiguousEmail),
         };
         if let Resolved::User(user) = &resolved {
-            self.queue.cache_identity(org_id, &digest, user).await?;
+            self.queue.cache_identity(org_id, digest, user).await?;
         }
         Ok(resolved)
     }

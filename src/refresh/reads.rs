@@ -182,6 +182,21 @@ impl std::fmt::Debug for SourceReads {
     }
 }
 
+/// The turn to read for every waiting refresh. Dropping it releases the turn first, then wakes
+/// the waiting refreshes: woken while it is still held, they would find it taken and wait for
+/// a wake-up that never comes.
+struct Turn<'a> {
+    guard: Option<tokio::sync::MutexGuard<'a, ()>>,
+    reads: &'a SourceReads,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.reads.changed.notify_waiters();
+    }
+}
+
 /// Removes a refresh's want when it stops waiting, answered or not (or dropped).
 struct Ticket<'a> {
     reads: &'a SourceReads,
@@ -280,13 +295,18 @@ impl SourceReads {
                 self.count(|s| s.answered += 1);
                 return Ok(answer);
             }
-            let Ok(turn) = self.turn.try_lock() else {
+            let Ok(guard) = self.turn.try_lock() else {
                 changed.await;
                 continue;
             };
+            let turn = Turn {
+                guard: Some(guard),
+                reads: self,
+            };
             let read = self.read_for_waiting().await;
+            // Releases the turn, then wakes the waiting refreshes (also if this refresh is
+            // dropped mid-read, so none waits for a read nobody makes).
             drop(turn);
-            self.changed.notify_waiters();
             if let Some(answer) = self.memory().answer(&want) {
                 self.count(|s| s.answered += 1);
                 return Ok(answer);
@@ -299,18 +319,21 @@ impl SourceReads {
 
     /// One round: reads what every waiting refresh still lacks.
     async fn read_for_waiting(&self) -> Result<(), BuildiumError> {
-        let started = Instant::now();
-        let wants: Vec<Want> = {
+        let (started, wants) = {
             let mut memory = self.memory();
+            // Taken under the lock: every want seen here was registered before, so the reads
+            // below (which start after) answer all of them.
+            let started = Instant::now();
             if let Some(cutoff) = started.checked_sub(MEMORY) {
                 memory.forget_older_than(cutoff);
             }
-            memory
+            let wants: Vec<Want> = memory
                 .waiting
                 .values()
                 .filter(|w| memory.answer(w).is_none())
                 .copied()
-                .collect()
+                .collect();
+            (started, wants)
         };
         let mut leases: Vec<(i64, Option<OffsetDateTime>)> = Vec::new();
         for want in &wants {

@@ -727,4 +727,14 @@ async fn a_burst_of_changes_is_read_in_batches_not_one_read_per_webhook() {
         "the leases were listed: {described:#?}"
     );
     assert!(reads.iter().all(|r| r.status == 200), "{described:#?}");
+    // The two refreshes of each new lease fold it at the same moment; its tenant's email is
+    // still searched for once.
+    let searches = l
+        .openapp
+        .sandbox
+        .calls()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.ends_with("/users/search"))
+        .count();
+    assert_eq!(searches, 20, "one OpenApp user search per new tenant");
 }
