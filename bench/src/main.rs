@@ -10,6 +10,7 @@ mod buildium;
 mod buildium_report;
 mod dashboard;
 mod load;
+mod metrics_scale;
 mod procs;
 mod promql;
 mod report;
@@ -43,6 +44,28 @@ enum Cmd {
     /// End to end through both emulators: Buildium lease change → OpenApp call latency at a
     /// fixed rate, Buildium reads per change, and the pull of many leases.
     Buildium(BuildiumArgs),
+    /// How long one `/metrics` scrape takes with a deep queue (100,000 jobs by default) and
+    /// the in-flight sets of dead workers.
+    Metrics(MetricsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MetricsArgs {
+    /// The lease-sync binary to measure.
+    #[arg(long, default_value = "target/release/lease-sync")]
+    lease_sync: PathBuf,
+    /// Where metrics.json goes.
+    #[arg(long, default_value = "bench/results/metrics")]
+    out: PathBuf,
+    /// Jobs queued before scraping.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: usize,
+    /// In-flight sets of workers that died without deregistering, one task each.
+    #[arg(long, default_value_t = 20)]
+    dead_workers: usize,
+    /// Scrapes measured, one after the other.
+    #[arg(long, default_value_t = 200)]
+    scrapes: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,6 +203,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Run(args) => run(args).await,
         Cmd::Load(args) => load_only(args).await,
         Cmd::Buildium(args) => buildium_bench(args).await,
+        Cmd::Metrics(args) => metrics_bench(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -550,4 +574,20 @@ async fn measure(
         dashboard_panels_without_data: html.without_data.clone(),
     };
     Ok((results, html))
+}
+
+async fn metrics_bench(args: MetricsArgs) -> anyhow::Result<()> {
+    let work = suite::work_dir(None)?;
+    let opts = metrics_scale::Options {
+        lease_sync: std::fs::canonicalize(&args.lease_sync)?,
+        work: work.clone(),
+        jobs: args.jobs,
+        dead_workers: args.dead_workers,
+        scrapes: args.scrapes.max(1),
+    };
+    let report = metrics_scale::run(&opts).await?;
+    metrics_scale::write(&report, &args.out)?;
+    // The scratch directory holds Redis's data (hundreds of MB at 100,000 jobs).
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
 }
