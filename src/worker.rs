@@ -29,7 +29,7 @@ use crate::config::{DeadLetterSettings, Settings};
 use crate::dead_letters::DeadLetters;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
 use crate::queue::connection::RedisConnection;
-use crate::queue::ledger::{AttemptRecord, Begin, Finish};
+use crate::queue::ledger::{AttemptRecord, Begin, Claim, Finish};
 use crate::queue::residents::ResidentLock;
 use crate::queue::{DeliveryJob, Job, JobQueue, QueueError, RefreshJob, ResolveJob, now_ms};
 use crate::refresh::{RefreshError, Refreshed, Refresher};
@@ -312,15 +312,20 @@ impl Deliverer {
     /// `Ok` whenever the ledger took the outcome; `Err` only when Redis failed, so apalis runs
     /// the task again.
     pub async fn run(&self, job: &DeliveryJob, task_id: &str) -> Result<(), BoxDynError> {
-        let (lock, state) = match self
+        // One round trip: the resident's lock, the attempt counted, the state read under it.
+        let claim = self
             .queue
-            .lock_resident(&job.integration_id, &job.user_id, self.lock_ttl)
-            .await?
-        {
-            Ok(locked) => locked,
-            Err(remaining_ms) => {
+            .claim_convergence(job, task_id, self.policy.max_attempts, self.lock_ttl)
+            .await?;
+        let (attempt, lock, state) = match claim {
+            Claim::Run {
+                attempt,
+                lock,
+                state,
+            } => (attempt, lock, state),
+            Claim::Busy { lock_remaining_ms } => {
                 // Usually a call of a few milliseconds; after a crash, the lock's expiry.
-                let wait = i64::try_from(remaining_ms)
+                let wait = i64::try_from(lock_remaining_ms)
                     .unwrap_or(0)
                     .clamp(DEFER_MS, MAX_DEFER_MS);
                 let jitter = rand::Rng::random_range(&mut rand::rng(), 0..DEFER_MS);
@@ -331,37 +336,11 @@ impl Deliverer {
                 count_job("deferred", "");
                 return Ok(());
             }
-        };
-        let result = self.run_locked(job, task_id, &lock, state).await;
-        // Usually the finish script released the lock already; otherwise release it here.
-        if !matches!(result, Ok(LockAfter::Released))
-            && let Err(e) = self.queue.unlock_resident(lock).await
-        {
-            warn!("could not release the resident lock (it expires on its own): {e}");
-        }
-        result.map(|_| ())
-    }
-
-    /// Runs the attempt under `lock`, starting from `state`, the resident's state read when
-    /// the lock was taken; says whether the lock went with the outcome.
-    async fn run_locked(
-        &self,
-        job: &DeliveryJob,
-        task_id: &str,
-        lock: &ResidentLock,
-        state: Option<ResidentState>,
-    ) -> Result<LockAfter, BoxDynError> {
-        let attempt = match self
-            .queue
-            .begin_attempt(&job.delivery_id, task_id, self.policy.max_attempts)
-            .await?
-        {
-            Begin::Run(n) => n,
-            Begin::Stale => {
+            Claim::Stale => {
                 debug!("skipping a superseded run of this delivery");
-                return Ok(LockAfter::Held);
+                return Ok(());
             }
-            Begin::DeadLettered { reason, attempts } => {
+            Claim::DeadLettered { reason, attempts } => {
                 error!(
                     dead_letter.id = %job.delivery_id,
                     reason = %reason,
@@ -370,12 +349,21 @@ impl Deliverer {
                 );
                 count_job("dead_lettered", reason.as_str());
                 self.trim_dead_letters().await;
-                return Ok(LockAfter::Held);
+                return Ok(());
             }
         };
         Span::current().record("attempt", attempt);
-        let convergence = self.converge(job, lock, state).await?;
-        self.finish(job, task_id, attempt, convergence, lock).await
+        let result = match self.converge(job, &lock, state).await {
+            Ok(convergence) => self.finish(job, task_id, attempt, convergence, &lock).await,
+            Err(e) => Err(e),
+        };
+        // Usually the finish script released the lock already; otherwise release it here.
+        if !matches!(result, Ok(LockAfter::Released))
+            && let Err(e) = self.queue.unlock_resident(lock).await
+        {
+            warn!("could not release the resident lock (it expires on its own): {e}");
+        }
+        result.map(|_| ())
     }
 
     /// Makes OpenApp show what the resident's state says, in rounds: when an event changed

@@ -7,8 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use super::residents::ResidentLock;
-use super::{Job, JobQueue, QueueError, now_ms};
+use super::{DeliveryJob, Job, JobQueue, QueueError, now_ms};
+use crate::resident::ResidentState;
 
 /// How long the ledger of a completed delivery stays readable, for inspection.
 pub const DELIVERED_RETENTION_SECS: u64 = 86_400;
@@ -83,6 +87,34 @@ pub enum Begin {
     },
 }
 
+/// How claiming a convergence went ([`JobQueue::claim_convergence`]).
+#[derive(Debug)]
+pub enum Claim {
+    /// Make the call: attempt number `attempt`, under `lock`, from `state` (read under it).
+    Run {
+        /// The attempt's number.
+        attempt: u32,
+        /// The resident's lock, held.
+        lock: ResidentLock,
+        /// The resident's state, read under the lock.
+        state: Option<ResidentState>,
+    },
+    /// Another worker holds the resident; its lock lives this much longer. Nothing counted.
+    Busy {
+        /// Milliseconds the lock still lives.
+        lock_remaining_ms: u64,
+    },
+    /// This task is not the delivery's current one: skip it.
+    Stale,
+    /// The budget was already used up by crashed attempts: now a dead letter.
+    DeadLettered {
+        /// Why.
+        reason: DeadReason,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
 /// What to do once an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
@@ -124,6 +156,69 @@ impl JobQueue {
             "run" => Ok(Begin::Run(attempts)),
             "stale" => Ok(Begin::Stale),
             "dead" => Ok(Begin::DeadLettered {
+                reason: reason
+                    .parse()
+                    .map_err(|e: crate::retry::UnknownDeadReason| {
+                        QueueError::Protocol(e.to_string())
+                    })?,
+                attempts,
+            }),
+            other => Err(QueueError::Protocol(format!(
+                "begin_attempt answered `{other}`"
+            ))),
+        }
+    }
+
+    /// Claims convergence `job` as apalis task `task_id` in one round trip: takes its
+    /// resident's lock for `lock_ttl`, counts the attempt as [`JobQueue::begin_attempt`]
+    /// does, and reads the resident's state under the lock. The lock is only kept with
+    /// [`Claim::Run`].
+    pub async fn claim_convergence(
+        &self,
+        job: &DeliveryJob,
+        task_id: &str,
+        max_attempts: u32,
+        lock_ttl: Duration,
+    ) -> Result<Claim, QueueError> {
+        let mut conn = self.conn.clone();
+        let lock_key = self.keys.resident_lock(&job.integration_id, &job.user_id);
+        let token = ulid::Ulid::new().to_string();
+        let (kind, n, reason, hash): (String, i64, String, HashMap<String, String>) = self
+            .scripts
+            .begin
+            .key(self.keys.delivery(&job.delivery_id))
+            .key(self.keys.attempts(&job.delivery_id))
+            .key(self.keys.dead_letters())
+            .key(self.keys.stats())
+            .key(&lock_key)
+            .key(self.keys.resident(&job.integration_id, &job.user_id))
+            .arg(task_id)
+            .arg(max_attempts)
+            .arg(now_ms())
+            .arg(&job.delivery_id)
+            .arg(&token)
+            .arg(u64::try_from(lock_ttl.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut conn)
+            .await?;
+        let attempts = u32::try_from(n).unwrap_or(0);
+        match kind.as_str() {
+            "run" => Ok(Claim::Run {
+                attempt: attempts,
+                lock: ResidentLock {
+                    key: lock_key,
+                    token,
+                },
+                state: super::residents::parse_resident(
+                    &job.integration_id,
+                    &job.user_id,
+                    &hash,
+                )?,
+            }),
+            "busy" => Ok(Claim::Busy {
+                lock_remaining_ms: u64::try_from(n).unwrap_or(0),
+            }),
+            "stale" => Ok(Claim::Stale),
+            "dead" => Ok(Claim::DeadLettered {
                 reason: reason
                     .parse()
                     .map_err(|e: crate::retry::UnknownDeadReason| {

@@ -151,43 +151,6 @@ impl JobQueue {
         Ok(current)
     }
 
-    /// Takes the per-resident lock for `ttl` and reads the resident's state (as
-    /// [`JobQueue::resident`]) in the same round trip, the read executing after the lock was
-    /// taken. When another worker holds the lock, answers how long (ms) it has left, so the
-    /// caller can wait about that long. Calls for one resident are serialized this way; the
-    /// lock expires should its holder die.
-    pub async fn lock_resident(
-        &self,
-        integration_id: &str,
-        user_id: &str,
-        ttl: Duration,
-    ) -> Result<Result<(ResidentLock, Option<ResidentState>), u64>, QueueError> {
-        let mut conn = self.conn.clone();
-        let key = self.keys.resident_lock(integration_id, user_id);
-        let token = ulid::Ulid::new().to_string();
-        let (taken, remaining, hash): (Option<String>, i64, HashMap<String, String>) =
-            redis::pipe()
-                .cmd("SET")
-                .arg(&key)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-                .cmd("PTTL")
-                .arg(&key)
-                .cmd("HGETALL")
-                .arg(self.keys.resident(integration_id, user_id))
-                .query_async(&mut conn)
-                .await?;
-        Ok(match taken {
-            Some(_) => Ok((
-                ResidentLock { key, token },
-                parse_resident(integration_id, user_id, &hash)?,
-            )),
-            None => Err(u64::try_from(remaining).unwrap_or(0)),
-        })
-    }
-
     /// Extends `lock` to `ttl` from now; false if it was lost (expired and taken over).
     pub async fn extend_resident_lock(
         &self,
@@ -290,7 +253,7 @@ impl JobQueue {
 }
 
 /// A resident's state from its hash (`HGETALL`); `None` when lease-sync has not heard of them.
-fn parse_resident(
+pub(super) fn parse_resident(
     integration_id: &str,
     user_id: &str,
     hash: &HashMap<String, String>,

@@ -1,11 +1,28 @@
 -- Counts an attempt before the OpenApp call, so a worker that dies mid-call still uses one.
+-- A convergence also takes its resident's lock and reads the resident's state here, so that
+-- claiming a job is one round trip.
 -- KEYS[1] delivery hash  KEYS[2] its attempts list  KEYS[3] dead-letter zset  KEYS[4] stats hash
+-- KEYS[5] resident lock, KEYS[6] resident hash (convergences only)
 -- ARGV[1] apalis task id  ARGV[2] max attempts  ARGV[3] now (ms)  ARGV[4] delivery id
--- Returns {'run', n, ''} | {'stale', 0, ''} | {'dead', attempts, reason}
+-- ARGV[5] lock token, ARGV[6] lock ttl (ms) (convergences only)
+-- Returns {'run', n, ''} | {'stale', 0, ''} | {'dead', attempts, reason}; with the lock keys
+-- a fourth element, the resident hash (HGETALL) for 'run' and empty otherwise, and
+-- {'busy', ms the lock still lives, '', {}} when another worker holds the resident (nothing
+-- counted). The lock is released again unless the answer is 'run'.
+local locking = #KEYS >= 6
+if locking and not redis.call('SET', KEYS[5], ARGV[5], 'NX', 'PX', ARGV[6]) then
+  return {'busy', redis.call('PTTL', KEYS[5]), '', {}}
+end
+local function answer(kind, n, reason)
+  if not locking then return {kind, n, reason} end
+  if kind == 'run' then return {kind, n, reason, redis.call('HGETALL', KEYS[6])} end
+  if redis.call('GET', KEYS[5]) == ARGV[5] then redis.call('DEL', KEYS[5]) end
+  return {kind, n, reason, {}}
+end
 if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then
   -- Finished, replayed or superseded by a retry: a duplicate run of an old task.
   redis.call('HINCRBY', KEYS[4], 'stale_tasks', 1)
-  return {'stale', 0, ''}
+  return answer('stale', 0, '')
 end
 local now = tonumber(ARGV[3])
 local last = redis.call('LINDEX', KEYS[2], -1)
@@ -33,8 +50,8 @@ if made >= max then
   redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', reason, 'dead_at', now, 'current_task', '')
   redis.call('ZADD', KEYS[3], now, ARGV[4])
   redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
-  return {'dead', made, reason}
+  return answer('dead', made, reason)
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('RPUSH', KEYS[2], cjson.encode({attempt = n, task = ARGV[1], started_at = now, outcome = 'started'}))
-return {'run', n, ''}
+return answer('run', n, '')
