@@ -29,7 +29,7 @@ use crate::config::{DeadLetterSettings, Settings};
 use crate::dead_letters::DeadLetters;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
 use crate::queue::connection::RedisConnection;
-use crate::queue::ledger::{AttemptRecord, Begin, Claim, Finish};
+use crate::queue::ledger::{AttemptRecord, Begin, Claim, Finish, Finished, SucceededCall};
 use crate::queue::residents::ResidentLock;
 use crate::queue::{DeliveryJob, Job, JobQueue, QueueError, RefreshJob, ResolveJob, now_ms};
 use crate::refresh::{RefreshError, Refreshed, Refresher};
@@ -353,10 +353,9 @@ impl Deliverer {
             }
         };
         Span::current().record("attempt", attempt);
-        let result = match self.converge(job, &lock, state).await {
-            Ok(convergence) => self.finish(job, task_id, attempt, convergence, &lock).await,
-            Err(e) => Err(e),
-        };
+        let result = self
+            .converge_and_finish(job, task_id, attempt, &lock, state)
+            .await;
         // Usually the finish script released the lock already; otherwise release it here.
         if !matches!(result, Ok(LockAfter::Released))
             && let Err(e) = self.queue.unlock_resident(lock).await
@@ -366,23 +365,35 @@ impl Deliverer {
         result.map(|_| ())
     }
 
-    /// Makes OpenApp show what the resident's state says, in rounds: when an event changed
-    /// the state during a call, it converges again (at most [`MAX_ROUNDS`] rounds). Starts
-    /// from `state`, read with the lock.
-    async fn converge(
+    /// Makes OpenApp show what the resident's state says, in rounds, and records the outcome:
+    /// when an event changed the state during a call, it converges again (at most
+    /// [`MAX_ROUNDS`] rounds). Starts from `state`, read with the lock. A successful call is
+    /// recorded by the same script that finishes the attempt, which first checks that the
+    /// state did not move: a happy-path round is one round trip.
+    async fn converge_and_finish(
         &self,
         job: &DeliveryJob,
+        task_id: &str,
+        attempt: u32,
         lock: &ResidentLock,
         state: Option<ResidentState>,
-    ) -> Result<Convergence, BoxDynError> {
+    ) -> Result<LockAfter, BoxDynError> {
         let mut locked_state = Some(state);
         let mut round = 0;
-        let (action, result, state) = loop {
+        loop {
             round += 1;
             if round > 1 && !self.queue.extend_resident_lock(lock, self.lock_ttl).await? {
                 // Another worker has the resident now and converges it to the same state.
                 debug!("resident lock lost between rounds; leaving the rest to its holder");
-                break (Action::None, Ok(CallOutcome::AlreadyDone(0)), None);
+                let convergence = Convergence {
+                    action: Action::None,
+                    result: Ok(CallOutcome::AlreadyDone(0)),
+                    state: None,
+                };
+                let finished = self
+                    .finish(job, task_id, attempt, convergence, lock, None)
+                    .await?;
+                return Ok(finished.unwrap_or(LockAfter::Held));
             }
             // The first round uses the state read with the lock; later ones read it again.
             let state = match locked_state.take() {
@@ -398,39 +409,35 @@ impl Deliverer {
                 .map_or(Desired::Untouched, |s| s.desired(now_ms()));
             let version = state.as_ref().map_or(0, |s| s.version);
             let (action, result) = self.apply(job, desired).await;
-            if result.is_err() {
-                break (action, result, state);
-            }
             // Serialized per resident, but events keep arriving: if one changed the state
             // during the call, converge again to the newer truth.
-            let now_version = if action == Action::None {
-                self.queue
-                    .resident(&job.integration_id, &job.user_id)
-                    .await?
-                    .map_or(0, |s| s.version)
-            } else {
-                self.queue
-                    .record_applied(
-                        &job.integration_id,
-                        &job.user_id,
-                        action == Action::Add,
-                        version,
-                    )
-                    .await?
+            let applied = result.is_ok().then(|| SucceededCall {
+                integration_id: &job.integration_id,
+                user_id: &job.user_id,
+                shown: match action {
+                    Action::Add => Some(true),
+                    Action::Remove => Some(false),
+                    Action::None => None,
+                },
+                version,
+                finish_anyway: round >= MAX_ROUNDS,
+            });
+            let convergence = Convergence {
+                action,
+                result,
+                state,
             };
-            if now_version == version || round >= MAX_ROUNDS {
-                break (action, result, state);
+            match self
+                .finish(job, task_id, attempt, convergence, lock, applied.as_ref())
+                .await?
+            {
+                Some(lock_after) => return Ok(lock_after),
+                None => debug!(
+                    round,
+                    "resident state changed during the call; converging again"
+                ),
             }
-            debug!(
-                round,
-                "resident state changed during the call; converging again"
-            );
-        };
-        Ok(Convergence {
-            action,
-            result,
-            state,
-        })
+        }
     }
 
     /// Records how attempt `attempt` ended and carries out the decision (delivered, retry,
@@ -443,7 +450,8 @@ impl Deliverer {
         attempt: u32,
         convergence: Convergence,
         lock: &ResidentLock,
-    ) -> Result<LockAfter, BoxDynError> {
+        applied: Option<&SucceededCall<'_>>,
+    ) -> Result<Option<LockAfter>, BoxDynError> {
         let Convergence {
             action,
             result,
@@ -481,7 +489,7 @@ impl Deliverer {
             },
             Decision::DeadLetter(reason) => Finish::DeadLetter(reason),
         };
-        if !self
+        match self
             .queue
             .finish_attempt(
                 &job.delivery_id,
@@ -490,13 +498,18 @@ impl Deliverer {
                 &finish,
                 auth_failure,
                 release,
+                applied,
             )
             .await?
         {
-            warn!(
-                "the delivery moved on during the call (replayed or purged); outcome not recorded"
-            );
-            return Ok(lock_after);
+            Finished::Recorded => {}
+            Finished::StateMoved => return Ok(None),
+            Finished::Stale => {
+                warn!(
+                    "the delivery moved on during the call (replayed or purged); outcome not recorded"
+                );
+                return Ok(Some(lock_after));
+            }
         }
         log_outcome(job, action, attempt, &result, &decision, auth_failure);
         match &decision {
@@ -519,7 +532,7 @@ impl Deliverer {
             Decision::DeadLetter(_) => self.trim_dead_letters().await,
             Decision::Retry { .. } => {}
         }
-        Ok(lock_after)
+        Ok(Some(lock_after))
     }
 
     /// Runs refresh `job` as apalis task `task_id`: one attempt of reading and folding.
@@ -634,10 +647,19 @@ impl Deliverer {
             },
             Decision::DeadLetter(reason) => Finish::DeadLetter(*reason),
         };
-        if !self
+        if self
             .queue
-            .finish_attempt(delivery_id, task_id, &record, &finish, auth_failure, None)
+            .finish_attempt(
+                delivery_id,
+                task_id,
+                &record,
+                &finish,
+                auth_failure,
+                None,
+                None,
+            )
             .await?
+            == Finished::Stale
         {
             warn!(
                 "the {} moved on during the attempt (replayed or purged); outcome not recorded",

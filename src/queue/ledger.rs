@@ -115,6 +115,35 @@ pub enum Claim {
     },
 }
 
+/// A convergence's call that succeeded, recorded with the attempt's outcome
+/// ([`JobQueue::finish_attempt`]), so a happy-path job needs no round trip of its own for it.
+#[derive(Debug, Clone, Copy)]
+pub struct SucceededCall<'a> {
+    /// The resident's building.
+    pub integration_id: &'a str,
+    /// The resident.
+    pub user_id: &'a str,
+    /// What OpenApp was made to show: present, absent, or `None` when no call was needed.
+    /// Adding someone makes them managed: from then on lease-sync may also remove them.
+    pub shown: Option<bool>,
+    /// The state version the call was made for.
+    pub version: u64,
+    /// Finish even if an event moved the state during the call (the last round).
+    pub finish_anyway: bool,
+}
+
+/// What [`JobQueue::finish_attempt`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The outcome was recorded and carried out.
+    Recorded,
+    /// The task turned out to be stale: nothing else was written.
+    Stale,
+    /// An event moved the resident's state during the call ([`SucceededCall`] given): what was
+    /// applied is recorded, nothing else (the lock is kept); converge again.
+    StateMoved,
+}
+
 /// What to do once an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
@@ -208,11 +237,7 @@ impl JobQueue {
                     key: lock_key,
                     token,
                 },
-                state: super::residents::parse_resident(
-                    &job.integration_id,
-                    &job.user_id,
-                    &hash,
-                )?,
+                state: super::residents::parse_resident(&job.integration_id, &job.user_id, &hash)?,
             }),
             "busy" => Ok(Claim::Busy {
                 lock_remaining_ms: u64::try_from(n).unwrap_or(0),
@@ -234,8 +259,12 @@ impl JobQueue {
 
     /// Records how the attempt of `task_id` of delivery `delivery_id` ended (`result`) and
     /// carries out `finish`, in one step; also releases `release`, a resident lock, if given
-    /// and still ours (stale task or not). Returns false when the task turned out to be stale
-    /// (nothing else was written).
+    /// and still ours (stale task or not). With `applied`, first records what a convergence's
+    /// call made OpenApp show, and stops there if an event moved the state meanwhile.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one script takes the whole outcome of an attempt; a struct would only rename them"
+    )]
     pub async fn finish_attempt(
         &self,
         delivery_id: &str,
@@ -244,16 +273,16 @@ impl JobQueue {
         finish: &Finish,
         auth_failure: bool,
         release: Option<&ResidentLock>,
-    ) -> Result<bool, QueueError> {
+        applied: Option<&SucceededCall<'_>>,
+    ) -> Result<Finished, QueueError> {
         let (kind, retry_task, due, reason) = match finish {
             Finish::Delivered => ("delivered", String::new(), 0, ""),
             Finish::Retry { due_ms } => ("retry", ulid::Ulid::new().to_string(), *due_ms, ""),
             Finish::DeadLetter(reason) => ("dead", String::new(), 0, reason.as_str()),
         };
         let mut conn = self.conn.clone();
-        let answer: String = self
-            .scripts
-            .finish
+        let mut invocation = self.scripts.finish.prepare_invoke();
+        invocation
             .key(self.keys.delivery(delivery_id))
             .key(self.keys.attempts(delivery_id))
             .key(self.keys.dead_letters())
@@ -273,10 +302,26 @@ impl JobQueue {
             .arg(reason)
             .arg(if auth_failure { "1" } else { "0" })
             .arg(DELIVERED_RETENTION_SECS)
-            .arg(release.map_or("", |lock| lock.token.as_str()))
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(answer != "stale")
+            .arg(release.map_or("", |lock| lock.token.as_str()));
+        if let Some(applied) = applied {
+            invocation
+                .key(self.keys.resident(applied.integration_id, applied.user_id))
+                .key(self.keys.residents_index(applied.integration_id))
+                .arg(match applied.shown {
+                    Some(true) => "present",
+                    Some(false) => "absent",
+                    None => "check",
+                })
+                .arg(applied.version)
+                .arg(applied.user_id)
+                .arg(if applied.finish_anyway { "1" } else { "0" });
+        }
+        let answer: String = invocation.invoke_async(&mut conn).await?;
+        Ok(match answer.as_str() {
+            "stale" => Finished::Stale,
+            "moved" => Finished::StateMoved,
+            _ => Finished::Recorded,
+        })
     }
 }
 

@@ -19,16 +19,6 @@ end
 return 0
 ";
 
-/// Records the applied state and answers the current state version, in one round trip.
-pub(super) const RECORD_APPLIED_SCRIPT: &str = r"
-redis.call('HSET', KEYS[1], 'applied', ARGV[1], 'applied_version', ARGV[2], 'applied_at', ARGV[3])
-if ARGV[1] == 'present' then
-  redis.call('HSET', KEYS[1], 'managed', '1')
-  redis.call('SADD', KEYS[2], ARGV[4])
-end
-return tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-";
-
 /// Extends a resident lock only if it is still ours.
 pub(super) const EXTEND_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -124,31 +114,6 @@ impl JobQueue {
             }
         }
         Ok(holding)
-    }
-
-    /// Records that OpenApp was made to show `present` for state `version`, and returns the
-    /// state version now (a newer event may have been folded in during the call). Adding
-    /// someone makes them managed: from then on lease-sync may also remove them.
-    pub async fn record_applied(
-        &self,
-        integration_id: &str,
-        user_id: &str,
-        present: bool,
-        version: u64,
-    ) -> Result<u64, QueueError> {
-        let mut conn = self.conn.clone();
-        let current: u64 = self
-            .scripts
-            .record_applied
-            .key(self.keys.resident(integration_id, user_id))
-            .key(self.keys.residents_index(integration_id))
-            .arg(if present { "present" } else { "absent" })
-            .arg(version)
-            .arg(now_ms())
-            .arg(user_id)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(current)
     }
 
     /// Extends `lock` to `ttl` from now; false if it was lost (expired and taken over).

@@ -7,6 +7,24 @@
 -- ARGV[10] seconds a delivered record is kept for inspection
 -- KEYS[8] the resident lock  ARGV[11] its token: released here if still ours ('' = keep it),
 -- which saves the worker a round trip; stale or not, like the separate unlock it replaces.
+-- A convergence whose call succeeded also passes KEYS[9] the resident hash and KEYS[10] the
+-- integration's residents index, ARGV[12] what OpenApp was made to show ('present', 'absent',
+-- or 'check': no call was needed), ARGV[13] the state version the call was made for, ARGV[14]
+-- the user id, ARGV[15] '1' to finish even if the state moved. That is recorded first; if an
+-- event moved the state during the call, nothing else happens (the lock stays held) and the
+-- answer is 'moved': the worker converges again.
+if ARGV[12] and ARGV[12] ~= '' then
+  if ARGV[12] ~= 'check' then
+    redis.call('HSET', KEYS[9], 'applied', ARGV[12], 'applied_version', ARGV[13], 'applied_at', ARGV[2])
+    if ARGV[12] == 'present' then
+      redis.call('HSET', KEYS[9], 'managed', '1')
+      redis.call('SADD', KEYS[10], ARGV[14])
+    end
+  end
+  if (redis.call('HGET', KEYS[9], 'version') or '0') ~= ARGV[13] and ARGV[15] ~= '1' then
+    return 'moved'
+  end
+end
 if ARGV[11] ~= '' and redis.call('GET', KEYS[8]) == ARGV[11] then
   redis.call('DEL', KEYS[8])
 end
