@@ -421,6 +421,7 @@ impl Deliverer {
                 },
                 version,
                 finish_anyway: round >= MAX_ROUNDS,
+                next_check: None,
             });
             let convergence = Convergence {
                 action,
@@ -468,19 +469,17 @@ impl Deliverer {
             result.as_ref().err().and_then(CallError::status),
             Some(401 | 403)
         );
-        // A lease window that opens or closes later needs a convergence then, scheduled while
-        // the lock is held; otherwise the finish script releases the lock with the outcome.
+        // A lease window that opens or closes later needs a convergence then: the finish
+        // script schedules it with the outcome, and releases the lock.
         let next_transition = if matches!(decision, Decision::Done) {
             state.as_ref().and_then(|s| s.next_transition(now_ms()))
         } else {
             None
         };
-        let release = next_transition.is_none().then_some(lock);
-        let lock_after = if release.is_some() {
-            LockAfter::Released
-        } else {
-            LockAfter::Held
-        };
+        let applied = applied.map(|call| SucceededCall {
+            next_check: next_transition.map(|at| (job, at)),
+            ..*call
+        });
         let finish = match decision {
             Decision::Done => Finish::Delivered,
             Decision::Retry { delay, .. } => Finish::Retry {
@@ -497,18 +496,26 @@ impl Deliverer {
                 &record,
                 &finish,
                 auth_failure,
-                release,
-                applied,
+                Some(lock),
+                applied.as_ref(),
             )
             .await?
         {
-            Finished::Recorded => {}
+            Finished::Recorded { scheduled } => {
+                if let (true, Some(at)) = (scheduled, next_transition) {
+                    info!(
+                        due_ms = at,
+                        "scheduled a convergence of user {} for a lease window boundary",
+                        job.user_id
+                    );
+                }
+            }
             Finished::StateMoved => return Ok(None),
             Finished::Stale => {
                 warn!(
                     "the delivery moved on during the call (replayed or purged); outcome not recorded"
                 );
-                return Ok(Some(lock_after));
+                return Ok(Some(LockAfter::Released));
             }
         }
         log_outcome(job, action, attempt, &result, &decision, auth_failure);
@@ -517,22 +524,10 @@ impl Deliverer {
             Decision::Retry { .. } => count_job("retried", ""),
             Decision::DeadLetter(reason) => count_job("dead_lettered", reason.as_str()),
         }
-        match decision {
-            Decision::Done => {
-                if let Some(at) = next_transition
-                    && self.queue.schedule_convergence(job, at).await?
-                {
-                    info!(
-                        due_ms = at,
-                        "scheduled a convergence of user {} for a lease window boundary",
-                        job.user_id
-                    );
-                }
-            }
-            Decision::DeadLetter(_) => self.trim_dead_letters().await,
-            Decision::Retry { .. } => {}
+        if matches!(decision, Decision::DeadLetter(_)) {
+            self.trim_dead_letters().await;
         }
-        Ok(Some(lock_after))
+        Ok(Some(LockAfter::Released))
     }
 
     /// Runs refresh `job` as apalis task `task_id`: one attempt of reading and folding.

@@ -130,13 +130,20 @@ pub struct SucceededCall<'a> {
     pub version: u64,
     /// Finish even if an event moved the state during the call (the last round).
     pub finish_anyway: bool,
+    /// When delivered: the next lease-window boundary of the resident (ms), at which a
+    /// convergence of `job` is scheduled — unless one is already due no later.
+    pub next_check: Option<(&'a DeliveryJob, i64)>,
 }
 
 /// What [`JobQueue::finish_attempt`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
-    /// The outcome was recorded and carried out.
-    Recorded,
+    /// The outcome was recorded and carried out; `scheduled` when a convergence at the next
+    /// lease-window boundary was scheduled with it.
+    Recorded {
+        /// Whether a convergence was scheduled.
+        scheduled: bool,
+    },
     /// The task turned out to be stale: nothing else was written.
     Stale,
     /// An event moved the resident's state during the call ([`SucceededCall`] given): what was
@@ -315,12 +322,24 @@ impl JobQueue {
                 .arg(applied.version)
                 .arg(applied.user_id)
                 .arg(if applied.finish_anyway { "1" } else { "0" });
+            if let Some((job, due_ms)) = applied.next_check {
+                let mut scheduled = job.clone();
+                scheduled.delivery_id = ulid::Ulid::new().to_string();
+                scheduled.trigger = Some("schedule".into());
+                invocation
+                    .key(self.keys.delivery(&scheduled.delivery_id))
+                    .key(self.keys.convergences())
+                    .arg(due_ms)
+                    .arg(ulid::Ulid::new().to_string())
+                    .arg(serde_json::to_string(&scheduled)?);
+            }
         }
         let answer: String = invocation.invoke_async(&mut conn).await?;
         Ok(match answer.as_str() {
             "stale" => Finished::Stale,
             "moved" => Finished::StateMoved,
-            _ => Finished::Recorded,
+            "delivered+scheduled" => Finished::Recorded { scheduled: true },
+            _ => Finished::Recorded { scheduled: false },
         })
     }
 }

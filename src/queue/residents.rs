@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{DeliveryJob, JobQueue, QueueError, now_ms};
+use super::{DeliveryJob, JobQueue, QueueError};
 use crate::resident::{Applied, LeaseRecord, ResidentState};
 
 /// Releases a resident lock only if it is still ours.
@@ -183,37 +183,6 @@ impl JobQueue {
             .query_async(&mut conn)
             .await?;
         Ok(pending)
-    }
-
-    /// Schedules a convergence of `job`'s resident at `due_ms` (a lease window opening or
-    /// closing) as a new delivery, unless one is already due by then. Survives restarts: it
-    /// is a scheduled task in Redis like any retry. Returns whether one was scheduled.
-    pub async fn schedule_convergence(
-        &self,
-        job: &DeliveryJob,
-        due_ms: i64,
-    ) -> Result<bool, QueueError> {
-        let mut scheduled = job.clone();
-        scheduled.delivery_id = ulid::Ulid::new().to_string();
-        scheduled.trigger = Some("schedule".into());
-        let mut conn = self.conn.clone();
-        let done: i64 = self
-            .scripts
-            .schedule
-            .key(self.keys.resident(&job.integration_id, &job.user_id))
-            .key(self.keys.delivery(&scheduled.delivery_id))
-            .key(self.keys.queue_key("data"))
-            .key(self.keys.queue_key("meta"))
-            .key(self.keys.queue_key("scheduled"))
-            .key(self.keys.convergences())
-            .arg(due_ms)
-            .arg(now_ms())
-            .arg(ulid::Ulid::new().to_string())
-            .arg(serde_json::to_string(&scheduled)?)
-            .arg("{}")
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(done == 1)
     }
 }
 

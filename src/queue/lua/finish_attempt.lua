@@ -49,6 +49,26 @@ if kind == 'delivered' then
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[2], ARGV[10])
   redis.call('HINCRBY', KEYS[4], 'delivered', 1)
+  -- A lease window opening or closing later needs a convergence then: KEYS[11] the new
+  -- delivery's hash, KEYS[12] the convergences index (due by task, for the pending gauge),
+  -- ARGV[16] due (ms), ARGV[17] its task id, ARGV[18] its job JSON. Skipped when one is
+  -- already due no later than that.
+  if ARGV[16] and ARGV[16] ~= '' then
+    local due = tonumber(ARGV[16])
+    local pending = tonumber(redis.call('HGET', KEYS[9], 'next_check') or '0')
+    if not (pending > now and pending <= due) then
+      local task = ARGV[17]
+      redis.call('HSET', KEYS[9], 'next_check', due)
+      redis.call('HSET', KEYS[11], 'job', ARGV[18], 'event', '{}', 'first_seen', now,
+        'attempts', 0, 'current_task', task, 'status', 'pending', 'replays', 0)
+      redis.call('HSET', KEYS[5], task, ARGV[18])
+      redis.call('HSET', KEYS[6] .. ':' .. task, 'attempts', 0, 'max_attempts', 0,
+        'status', 'Pending', 'idempotency_key', '', 'ready_at', due)
+      redis.call('ZADD', KEYS[7], due, task)
+      redis.call('ZADD', KEYS[12], due, task)
+      return 'delivered+scheduled'
+    end
+  end
 elseif kind == 'retry' then
   local task = ARGV[6]
   local due = ARGV[7]
