@@ -192,11 +192,7 @@ impl JobQueue {
             "run" => Ok(Begin::Run(attempts)),
             "stale" => Ok(Begin::Stale),
             "dead" => Ok(Begin::DeadLettered {
-                reason: reason
-                    .parse()
-                    .map_err(|e: crate::retry::UnknownDeadReason| {
-                        QueueError::Protocol(e.to_string())
-                    })?,
+                reason: dead_reason(&reason)?,
                 attempts,
             }),
             other => Err(QueueError::Protocol(format!(
@@ -251,11 +247,7 @@ impl JobQueue {
             }),
             "stale" => Ok(Claim::Stale),
             "dead" => Ok(Claim::DeadLettered {
-                reason: reason
-                    .parse()
-                    .map_err(|e: crate::retry::UnknownDeadReason| {
-                        QueueError::Protocol(e.to_string())
-                    })?,
+                reason: dead_reason(&reason)?,
                 attempts,
             }),
             other => Err(QueueError::Protocol(format!(
@@ -405,4 +397,11 @@ impl JobQueue {
             cursor = next;
         }
     }
+}
+
+/// The dead-letter reason a script answered.
+fn dead_reason(reason: &str) -> Result<DeadReason, QueueError> {
+    reason
+        .parse()
+        .map_err(|e: crate::retry::UnknownDeadReason| QueueError::Protocol(e.to_string()))
 }
