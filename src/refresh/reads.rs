@@ -8,7 +8,8 @@
 //!
 //! - two or more leases: one `GET /v1/leases?lastupdatedfrom=…` from shortly before the
 //!   oldest of their webhooks ([`LIST_LOOKBACK`]), every status, the mapped buildings only —
-//!   one request per 1,000 changed leases;
+//!   one request per 1,000 changed leases, and never more pages than leases it looks for
+//!   ([`LIST_MAX_PAGES`]);
 //! - each lease that list did not hold (deleted, or changed before the window): its own read;
 //! - a tenant just added to a lease (`LeaseTenant.Created`) whom a lease read already lists as
 //!   a current tenant needs no read of their own; any other tenant is read.
@@ -35,11 +36,9 @@ use crate::sources::buildium::lease::{LeaseMessage, TenantMessage};
 /// than the window is not lost, it is read on its own.
 pub const LIST_LOOKBACK: Duration = Duration::from_secs(15);
 
-/// A webhook older than this is not worth a list read reaching back to it (a list of every
-/// lease changed since): its lease is read on its own.
-pub const LIST_MAX_AGE: Duration = Duration::from_secs(600);
-
-/// At most this many pages (1,000 leases each) per list read; the leases still missing are
+/// At most this many pages (1,000 leases each) per list read, and never more pages than the
+/// leases it looks for: a list reaching far back (refreshes retried after a Buildium outage,
+/// a replay) costs at most what reading each lease would, and the leases still missing are
 /// read one by one.
 pub const LIST_MAX_PAGES: u32 = 10;
 
@@ -343,17 +342,13 @@ impl SourceReads {
                 leases.push((id, since));
             }
         }
-        let now = OffsetDateTime::now_utc();
-        let listable: Vec<OffsetDateTime> = leases
-            .iter()
-            .filter_map(|(_, since)| *since)
-            .filter(|since| now - *since <= LIST_MAX_AGE)
-            .collect();
+        let listable: Vec<OffsetDateTime> = leases.iter().filter_map(|(_, since)| *since).collect();
         let mut unread: HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
         if listable.len() >= 2
             && let Some(oldest) = listable.iter().min()
         {
-            self.list_changed(*oldest - LIST_LOOKBACK, started, &mut unread)
+            let max_pages = LIST_MAX_PAGES.min(u32::try_from(listable.len()).unwrap_or(u32::MAX));
+            self.list_changed(*oldest - LIST_LOOKBACK, max_pages, started, &mut unread)
                 .await?;
         }
         for id in unread {
@@ -392,6 +387,7 @@ impl SourceReads {
     async fn list_changed(
         &self,
         from: OffsetDateTime,
+        max_pages: u32,
         started: Instant,
         unread: &mut HashSet<i64>,
     ) -> Result<(), BuildiumError> {
@@ -402,7 +398,7 @@ impl SourceReads {
         });
         let mut read = 0usize;
         while !unread.is_empty() {
-            if pages.progress().pages >= LIST_MAX_PAGES {
+            if pages.progress().pages >= max_pages {
                 break;
             }
             let Some(page) = pages.next_page().await? else {

@@ -738,3 +738,73 @@ async fn a_burst_of_changes_is_read_in_batches_not_one_read_per_webhook() {
         .count();
     assert_eq!(searches, 20, "one OpenApp user search per new tenant");
 }
+
+/// Refreshes queued long ago — retried after a Buildium outage — are still read together:
+/// the list reaches back to the oldest of them, at most one page per lease it looks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_retried_after_an_outage_are_read_in_batches() {
+    use lease_sync::queue::{EnqueueLimits, Job, RefreshJob};
+    use lease_sync::sources::buildium::webhook::Refresh;
+    use lease_sync_sandbox::buildium::WebhookFaults;
+
+    let l = start_with(|s| {
+        s.worker.concurrency = std::num::NonZeroUsize::new(16).expect("16");
+        let source = s.sources.last_mut().expect("source");
+        source
+            .buildium
+            .as_mut()
+            .expect("buildium")
+            .rate_limit_per_sec = 2;
+    })
+    .await;
+    let users: Vec<String> = (0..12)
+        .map(|i| l.user(&format!("Resident {i}"), &format!("o{i}@example.com")))
+        .collect();
+    // Buildium's webhooks were lost while lease-sync could not read; what it has are the
+    // refreshes it queued twenty minutes ago, now due again.
+    l.buildium.set_webhook_faults(WebhookFaults {
+        drop_rate: 1.0,
+        ..WebhookFaults::default()
+    });
+    let mut jobs = Vec::new();
+    for i in 0..12 {
+        let lease_id = l
+            .buildium
+            .create_lease(&lease(vec![tenant("O", &format!("o{i}@example.com"))]))
+            .expect("create lease");
+        let mut job = RefreshJob::new(
+            BUILDIUM,
+            &format!("outage-{i}"),
+            Refresh::Lease {
+                lease_id: i64::from(lease_id),
+            },
+            None,
+        );
+        job.cued_at_ms = job.cued_at_ms.map(|ms| ms - 20 * 60 * 1000);
+        jobs.push(Job::Refresh(job));
+    }
+    let reads_before = l.buildium.reads().len();
+    let limits = EnqueueLimits {
+        dedupe_ttl: Duration::from_secs(60),
+        max_clock_skew: Duration::from_secs(300),
+        timeout: Duration::from_secs(5),
+    };
+    l.app
+        .queue()
+        .enqueue_jobs(BUILDIUM, "outage", &serde_json::json!({}), &jobs, limits)
+        .await
+        .expect("enqueue");
+    for user in &users {
+        l.wait_presence(user, true).await;
+    }
+    let reads: Vec<_> = l.buildium.reads().into_iter().skip(reads_before).collect();
+    let described: Vec<String> = reads
+        .iter()
+        .map(|r| format!("{} {}", r.path, r.query.as_deref().unwrap_or("")))
+        .collect();
+    assert!(
+        reads.len() <= 6,
+        "{} reads for 12 refreshes: {described:#?}",
+        reads.len()
+    );
+}
