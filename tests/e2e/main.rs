@@ -19,3 +19,4 @@ mod resilience;
 mod retries;
 mod safety;
 mod support;
+mod upgrade;

@@ -27,6 +27,7 @@ mod poll;
 mod process;
 mod redis;
 mod sandbox;
+pub mod snapshot;
 
 use std::net::{Ipv4Addr, TcpListener};
 
