@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use time::OffsetDateTime;
@@ -102,6 +103,19 @@ impl Application {
     /// jobs finish (bounded by the configured grace periods) and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let status = WorkerStatus::default();
+        // Upgrade the namespace's layout now rather than at the first webhook, retrying while
+        // Redis is away; writes wait for it anyway (`JobQueue::layout_ready`).
+        let layout = tokio::spawn({
+            let queue = self.queue.clone();
+            async move {
+                let mut delay = Duration::from_millis(250);
+                while let Err(e) = queue.layout_ready().await {
+                    warn!("the Redis layout is not ready: {e}; trying again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        });
         // Scheduled reconciliation ([reconcile] every), in processes that run workers.
         let reconciliation = match &self.client {
             Some(client) if self.role.runs_workers() => crate::reconcile::schedule::spawn(
@@ -193,6 +207,7 @@ impl Application {
         {
             warn!("scheduled reconciliation task failed: {e}");
         }
+        layout.abort();
         info!("stopped");
         Ok(())
     }

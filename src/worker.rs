@@ -1,18 +1,13 @@
-//! Workers: take delivery jobs off the queue and make OpenApp match.
+//! Workers: take jobs off the queue and make OpenApp match.
 //!
-//! apalis runs the loop (fetch, in-flight tracking, acknowledgement, take-over of jobs held by
-//! dead workers). Around it, [`run_workers`] adds what apalis-redis 1.0 lacks
-//! (each a measured defect, covered by a named test in `tests/e2e/`):
-//! * a poll interval, without which new jobs wait for the next heartbeat (bug 2);
-//! * a unique worker name per run, because a same-name restart is refused for the whole
-//!   heartbeat window (bug 8), and a supervisor that starts a fresh worker whenever apalis
-//!   gives up on one (a Redis outage kills it: apalis-redis#76);
-//! * explicit heartbeat settings instead of the 300 s default orphan window (bug 7), and
-//!   `lock_tasks(false)`, which avoids an O(backlog) scan per fetch (bug 4);
-//! * the retry policy and dead letters, through the ledger ([`crate::queue::ledger`]): every
-//!   job the handler finishes is acknowledged to apalis as done, so apalis's own 25 linear
-//!   retries (bug 1) never act;
-//! * bounded promotion of due retries (bug 3) and housekeeping of apalis's sets.
+//! apalis runs the loop (concurrency, tracing, graceful shutdown) over lease-sync's own queue
+//! backend ([`crate::queue::backend`]). Around it, [`run_workers`] adds:
+//! * a poll interval that always re-arms ([`crate::queue::poll::EveryInterval`]);
+//! * the renewal of the holds on every job a worker has, and, in every worker process, the
+//!   recovery of jobs whose hold lapsed (their worker died) and the promotion of due retries,
+//!   in bounded chunks;
+//! * a supervisor that starts a fresh worker whenever one stops on a Redis failure;
+//! * the retry policy and dead letters, through the ledger ([`crate::queue::ledger`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,15 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use apalis::layers::WorkerBuilderExt as _;
-use apalis::prelude::{Attempt, BackendExt as _, BoxDynError, Data, TaskId, WorkerBuilder};
-use apalis_redis::RedisStorage;
+use apalis::prelude::{BackendExt as _, BoxDynError, Data, TaskId, WorkerBuilder};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 
 use crate::config::{DeadLetterSettings, Settings};
 use crate::dead_letters::DeadLetters;
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
-use crate::queue::connection::RedisConnection;
+use crate::queue::backend::{Holdings, QueueBackend};
 use crate::queue::ledger::{AttemptRecord, Begin, Claim, Finish, Finished, SucceededCall};
 use crate::queue::residents::ResidentLock;
 use crate::queue::{DeliveryJob, Job, JobQueue, QueueError, RefreshJob, ResolveJob, now_ms};
@@ -47,7 +41,7 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 /// A worker that ran this long before failing counts as having been healthy.
 const WORKER_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
-/// How often housekeeping (apalis sets, dead-letter caps) runs.
+/// How often housekeeping (dead-letter caps) runs.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
 /// Whether this process's workers are running, for `/readyz`.
@@ -833,9 +827,18 @@ struct Handlers {
 async fn handle_job(
     job: Job,
     task_id: TaskId,
-    attempt: Attempt,
     handlers: Data<Arc<Handlers>>,
+    holdings: Data<Holdings>,
 ) -> Result<(), BoxDynError> {
+    let task_id = task_id.to_string();
+    let result = run_job(&job, &task_id, &handlers).await;
+    // Ended in Redis by the scripts (or, after a Redis failure, left to lapse and be
+    // recovered): no more renewals either way.
+    holdings.done(&task_id);
+    result
+}
+
+async fn run_job(job: &Job, task_id: &str, handlers: &Handlers) -> Result<(), BoxDynError> {
     let lease_id = match &job {
         Job::Converge(c) => c.lease_id.clone(),
         Job::Resolve(r) => r.event.lease.id.clone(),
@@ -852,25 +855,23 @@ async fn handle_job(
         delivery.id = %job.delivery_id(),
         job.kind = job.kind(),
         attempt = tracing::field::Empty,
-        apalis.run = attempt.current(),
     );
-    let task_id = task_id.to_string();
     // apalis's catch_panic layer cannot be spawned onto tokio (its handler type is not general
     // over lifetimes), so panics are caught here and treated like a crash: the task runs again,
     // the ledger marks the attempt crashed, and a persistent panic ends as a crash_loop dead letter.
     let run = std::panic::AssertUnwindSafe(async {
-        match &job {
-            Job::Converge(c) => handlers.deliverer.run(c, &task_id).await,
+        match job {
+            Job::Converge(c) => handlers.deliverer.run(c, task_id).await,
             Job::Refresh(r) => {
                 handlers
                     .deliverer
-                    .run_refresh(handlers.refresher.as_ref(), r, &task_id)
+                    .run_refresh(handlers.refresher.as_ref(), r, task_id)
                     .await
             }
             Job::Resolve(r) => {
                 handlers
                     .deliverer
-                    .run_resolve(&handlers.resolver, r, &task_id)
+                    .run_resolve(&handlers.resolver, r, task_id)
                     .await
             }
         }
@@ -884,8 +885,7 @@ async fn handle_job(
     }
 }
 
-/// A name no other worker has used: apalis refuses to register a name seen within the
-/// heartbeat window, and two processes sharing one would share an in-flight set.
+/// A name no other worker has used, for logs.
 fn unique_worker_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
     format!("{host}-{}-{}", std::process::id(), ulid::Ulid::new())
@@ -933,32 +933,38 @@ pub async fn run_workers(
 
     let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
-        let name = unique_worker_name();
-        // Indexed before it can hold a job, so the queue counts always find its in-flight set.
-        if let Err(e) = queue.index_worker_name(&name).await {
+        if let Err(e) = queue.layout_ready().await {
             failures = failures.saturating_add(1);
             let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
                 .min(MAX_RESTART_DELAY);
-            warn!("cannot start a worker: Redis failed ({e}); trying again in {delay:?}");
+            warn!(
+                "cannot start a worker: the Redis layout is not ready ({e}); trying again in {delay:?}"
+            );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => {}
             }
             continue;
         }
-        let config = apalis_redis::Config::default()
-            .queue(queue.keys().delivery_queue())
-            .batch_size(worker_settings.batch_size.get())
-            .heartbeat_interval(worker_settings.heartbeat)
-            .missed_heartbeats(worker_settings.missed_heartbeats.get())
-            .lock_tasks(false)
-            .emit_events(false);
-        let backend = RedisStorage::<Job, RedisConnection>::new(queue.connection())
-            .with_config(config)
-            .poll_with_strategy(crate::queue::poll::EveryInterval::new(poll_interval));
+        let name = unique_worker_name();
+        let holdings = Holdings::new();
+        let hold = worker_settings.orphan_window();
+        let renewal = tokio::spawn(holdings.clone().renew_every(
+            queue.clone(),
+            worker_settings.heartbeat,
+            hold,
+        ));
+        let backend = QueueBackend::new(
+            queue.clone(),
+            holdings.clone(),
+            worker_settings.batch_size.get(),
+            hold,
+        )
+        .poll_with_strategy(crate::queue::poll::EveryInterval::new(poll_interval));
         let worker = WorkerBuilder::new(name.as_str())
             .backend(backend)
             .data(handlers.clone())
+            .data(holdings.clone())
             .concurrency(worker_settings.concurrency.get())
             .build(handle_job);
 
@@ -986,8 +992,12 @@ pub async fn run_workers(
             }
         };
         status.running.store(false, Ordering::SeqCst);
-        if let Err(e) = queue.deregister_worker(&name).await {
-            warn!(worker = %name, "could not deregister worker (its jobs return after the heartbeat window): {e}");
+        renewal.abort();
+        // Jobs still held (their handlers were cut off at the grace period, or never
+        // started) go back now instead of when their holds lapse.
+        let held = holdings.snapshot();
+        if let Err(e) = queue.release(&held).await {
+            warn!(worker = %name, held = held.len(), "could not return held jobs (they return when their holds lapse): {e}");
         }
         match result {
             Some(Ok(())) | None => {
@@ -1019,8 +1029,8 @@ pub async fn run_workers(
     maintenance.abort();
 }
 
-/// Promotes due retries every poll interval; every [`HOUSEKEEPING_EVERY`], sweeps apalis's
-/// sets and enforces the dead-letter limits.
+/// Every poll interval, promotes due retries and recovers jobs whose hold lapsed; every
+/// [`HOUSEKEEPING_EVERY`], enforces the dead-letter limits.
 async fn maintain(
     queue: JobQueue,
     limits: DeadLetterSettings,
@@ -1041,22 +1051,18 @@ async fn maintain(
             debug!("promoting due retries failed: {e}");
             continue;
         }
+        match queue.recover_lapsed(now_ms()).await {
+            Ok(0) => {}
+            Ok(recovered) => warn!(
+                recovered,
+                "took back jobs whose worker stopped renewing them (a worker died or lost Redis)"
+            ),
+            Err(e) => debug!("recovering lapsed jobs failed: {e}"),
+        }
         if last_housekeeping.is_some_and(|at| at.elapsed() < HOUSEKEEPING_EVERY) {
             continue;
         }
         last_housekeeping = Some(Instant::now());
-        match queue.sweep().await {
-            Ok((cleaned, requeued, dropped)) => {
-                if requeued + dropped > 0 {
-                    warn!(
-                        requeued,
-                        dropped, "apalis gave up on tasks by itself; requeued those still pending"
-                    );
-                }
-                debug!(cleaned, "swept acknowledged tasks");
-            }
-            Err(e) => debug!("housekeeping failed: {e}"),
-        }
         if let Err(e) = dead_letters.trim(&limits).await {
             debug!("dead-letter trim failed: {e}");
         }

@@ -102,14 +102,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut conn = redis::Client::open(redis.url())?
         .get_multiplexed_async_connection()
         .await?;
-    for i in 0..opts.dead_workers {
-        let name = format!("bench-dead-worker-{i}");
-        queue.index_worker_name(&name).await?;
-        let _: () = redis::cmd("SADD")
-            .arg(format!("{}:{name}", queue.keys().queue_key("inflight")))
-            .arg(format!("dead-task-{i}"))
-            .query_async(&mut conn)
+    // Jobs held by workers that died (never renewed, never recovered: no worker runs).
+    if opts.dead_workers > 0 {
+        let held = queue
+            .fetch(opts.dead_workers, lease_sync::queue::now_ms() + 3_600_000)
             .await?;
+        anyhow::ensure!(held.len() == opts.dead_workers, "could not hold jobs");
     }
     let redis_keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await?;
 

@@ -1,4 +1,5 @@
-//! `lease-sync queue stats`: queue depths and lifetime counters, read straight from Redis.
+//! `lease-sync queue stats`: queue depths and lifetime counters, read straight from Redis;
+//! `lease-sync queue migrate`: the upgrade from an earlier release's Redis layout, by hand.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,14 +23,17 @@ pub struct QueueArgs {
 enum QueueCommand {
     /// Print queue depths (ready, scheduled, in flight, dead letters) and lifetime counters.
     Stats(StatsArgs),
+    /// Move what an earlier release left in Redis into this release's layout. Every process
+    /// does this at startup; run it by hand for what an old process wrote afterwards.
+    Migrate(StatsArgs),
 }
 
-/// Arguments of `queue stats`.
+/// Arguments of `queue stats` and `queue migrate`.
 #[derive(Debug, clap::Args)]
 struct StatsArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// Print the counts as JSON instead of text.
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -38,7 +42,38 @@ struct StatsArgs {
 pub(super) async fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         QueueCommand::Stats(args) => stats(args).await,
+        QueueCommand::Migrate(args) => migrate(args).await,
     }
+}
+
+async fn migrate(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let queue = open_queue(&args.config).await?;
+    // The first run marks the namespace; a later one moves what old processes wrote since.
+    let report = match queue
+        .ensure_layout(Duration::from_secs(60))
+        .await
+        .explain("cannot upgrade the Redis layout")?
+    {
+        Some(report) => report,
+        None => queue
+            .migrate_legacy()
+            .await
+            .explain("cannot upgrade the Redis layout")?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "layout {}: {} job(s) ready, {} scheduled, {} dropped; {} key(s) renamed, {} apalis-redis key(s) deleted",
+            crate::queue::migrate::LAYOUT_VERSION,
+            report.jobs_ready,
+            report.jobs_scheduled,
+            report.jobs_dropped,
+            report.keys_renamed,
+            report.keys_deleted
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {

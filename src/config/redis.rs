@@ -91,10 +91,15 @@ impl RedisSettings {
                 "scheme must be redis://, rediss:// or unix://",
             ));
         }
-        if self.namespace.is_empty() || self.namespace.contains(char::is_whitespace) {
+        if self.namespace.is_empty()
+            || self
+                .namespace
+                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
+            // Braces would break the hash tag every key carries (`{namespace}:…`).
             return Err(ConfigError::invalid(
                 "redis.namespace",
-                "must be non-empty and without spaces",
+                "must be non-empty, without spaces or braces",
             ));
         }
         if self.mode == RedisMode::Sentinel {

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::ConfigError;
 use super::units::{Count, Millis, Secs};
 
-/// Most `max_attempts` accepted: apalis-redis parks a job in its dead set on its own after
-/// 25 attempts.
-pub const MAX_ATTEMPTS: usize = 24;
+/// Most `max_attempts` accepted: each attempt keeps a record in its delivery's log, and with
+/// the default backoff 100 attempts already span more than two days.
+pub const MAX_ATTEMPTS: usize = 100;
 
 /// `[retry]`: how failing OpenApp calls are retried.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -51,13 +51,13 @@ impl Default for RetrySettings {
 }
 
 impl RetrySettings {
-    /// Checks the attempt limit against apalis-redis's own. Called for roles that run
-    /// workers.
+    /// Checks the attempt limit. Called for roles that run workers. The budget is decided
+    /// here and nowhere else: the ledger's scripts are given it with each attempt.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_attempts.get() > MAX_ATTEMPTS {
             return Err(ConfigError::invalid(
                 "retry.max_attempts",
-                format!("must be at most {MAX_ATTEMPTS} for now"),
+                format!("must be at most {MAX_ATTEMPTS}"),
             ));
         }
         Ok(())
@@ -70,12 +70,12 @@ mod tests {
     use super::super::{Role, Settings};
 
     #[test]
-    fn attempts_are_between_1_and_24() {
+    fn attempts_are_between_1_and_100() {
         let with = |n: &str| {
             Settings::from_toml_str(MINIMAL, env(&[("LEASE_SYNC__RETRY__MAX_ATTEMPTS", n)]))
         };
-        with("24").unwrap().validate(Role::Work).unwrap();
-        let msg = with("25")
+        with("100").unwrap().validate(Role::Work).unwrap();
+        let msg = with("101")
             .unwrap()
             .validate(Role::Work)
             .unwrap_err()

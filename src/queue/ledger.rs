@@ -1,6 +1,6 @@
 //! The delivery ledger: one Redis hash per delivery, with its attempt records.
 //!
-//! A delivery's hash names the one apalis task allowed to work on it (`current_task`); every
+//! A delivery's hash names the one job allowed to work on it (`current_task`); every
 //! other run of a task for it (a duplicate from orphan recovery, a task superseded by a retry
 //! or replay) is skipped as stale. Attempts are counted before the call and finished after it,
 //! each step one Lua script.
@@ -60,7 +60,7 @@ pub struct AttemptRecord {
     /// Upper bound of the jitter window that wait was drawn from (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_cap_ms: Option<u64>,
-    /// The apalis task that ran the attempt.
+    /// The job that ran the attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
     /// On replay markers: who replayed.
@@ -166,7 +166,7 @@ pub enum Finish {
 }
 
 impl JobQueue {
-    /// Counts attempt number n of delivery `delivery_id` run by apalis task `task_id`, before
+    /// Counts attempt number n of delivery `delivery_id` run by job `task_id`, before
     /// the call.
     pub async fn begin_attempt(
         &self,
@@ -182,6 +182,8 @@ impl JobQueue {
             .key(self.keys.attempts(delivery_id))
             .key(self.keys.dead_letters())
             .key(self.keys.stats())
+            .key(self.keys.in_flight())
+            .key(self.keys.job_data())
             .arg(task_id)
             .arg(max_attempts)
             .arg(now_ms())
@@ -201,7 +203,7 @@ impl JobQueue {
         }
     }
 
-    /// Claims convergence `job` as apalis task `task_id` in one round trip: takes its
+    /// Claims convergence `job` as job `task_id` in one round trip: takes its
     /// resident's lock for `lock_ttl`, counts the attempt as [`JobQueue::begin_attempt`]
     /// does, and reads the resident's state under the lock. The lock is only kept with
     /// [`Claim::Run`].
@@ -222,6 +224,8 @@ impl JobQueue {
             .key(self.keys.attempts(&job.delivery_id))
             .key(self.keys.dead_letters())
             .key(self.keys.stats())
+            .key(self.keys.in_flight())
+            .key(self.keys.job_data())
             .key(&lock_key)
             .key(self.keys.resident(&job.integration_id, &job.user_id))
             .arg(task_id)
@@ -276,7 +280,7 @@ impl JobQueue {
     ) -> Result<Finished, QueueError> {
         let (kind, retry_task, due, reason) = match finish {
             Finish::Delivered => ("delivered", String::new(), 0, ""),
-            Finish::Retry { due_ms } => ("retry", ulid::Ulid::new().to_string(), *due_ms, ""),
+            Finish::Retry { due_ms } => ("retry", super::job_id_ready_at(*due_ms), *due_ms, ""),
             Finish::DeadLetter(reason) => ("dead", String::new(), 0, reason.as_str()),
         };
         let mut conn = self.conn.clone();
@@ -286,9 +290,9 @@ impl JobQueue {
             .key(self.keys.attempts(delivery_id))
             .key(self.keys.dead_letters())
             .key(self.keys.stats())
-            .key(self.keys.queue_key("data"))
-            .key(self.keys.queue_key("meta"))
-            .key(self.keys.queue_key("scheduled"))
+            .key(self.keys.job_data())
+            .key(self.keys.in_flight())
+            .key(self.keys.scheduled())
             // Without a lock to release the script leaves this key alone; any key will do.
             .key(release.map_or_else(|| self.keys.delivery(delivery_id), |lock| lock.key.clone()))
             .arg(task_id)
@@ -322,7 +326,7 @@ impl JobQueue {
                     .key(self.keys.delivery(&scheduled.delivery_id))
                     .key(self.keys.convergences())
                     .arg(due_ms)
-                    .arg(ulid::Ulid::new().to_string())
+                    .arg(super::job_id_ready_at(due_ms))
                     .arg(serde_json::to_string(&scheduled)?);
             }
         }

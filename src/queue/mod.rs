@@ -1,33 +1,37 @@
-//! The durable queue: delivery jobs in Redis, in the layout apalis-redis 1.0 reads, and the
-//! ledger that decides their fate.
+//! The durable queue: jobs in Redis in lease-sync's own layout, the ledger that decides their
+//! fate, and everything else processes share through Redis.
 //!
-//! apalis-redis is the transport: its worker loop fetches jobs, tracks them in per-worker
-//! in-flight sets and re-enqueues the in-flight jobs of workers that stop heart-beating.
-//! Everything else is owned here, each part because of a measured apalis-redis 1.0 defect
-//! (each measured, and covered by a named test in `tests/e2e/`):
+//! This module owns every key ([`keys::Keys`], one hash tag per namespace, so it runs on a
+//! Redis Cluster too) and every script (`lua/`, each taking every key it touches in `KEYS`).
+//! apalis stays the worker runtime (concurrency, tracing, graceful shutdown); it reads jobs
+//! through [`backend::QueueBackend`], an apalis `Backend` over this layout:
 //!
 //! * **Enqueue** is one Lua script that claims the dedupe key and writes every job of the
-//!   event, so 202 means all of it is in Redis and 200 `duplicate` means nothing was written.
-//!   apalis's push reports no duplicate and routes every job through the scheduled set, from
-//!   which a fetch of 8,000 or more due ids fails (bug 3). Ours go straight to the active list.
+//!   event (its ledger hash, its payload, its id at the tail of the ready list), so 202 means
+//!   all of it is in Redis and 200 `duplicate` means nothing was written.
+//! * **Fetch** takes a batch of ids from the head of the ready list and *holds* each in the
+//!   in-flight set until a time its worker keeps renewing; a hold that lapses (the worker died)
+//!   puts the job back at the head ([`JobQueue::recover_lapsed`]).
 //! * **The ledger** (one hash per delivery, see [`ledger`]) counts attempts *before* each call,
-//!   so crashes count (bug 9), applies lease-sync's own retry policy instead of the hard-coded
-//!   25 linear attempts (bug 1), and fences stale duplicate runs of a task. Every handled job is
-//!   acknowledged to apalis as done; retries are new tasks scheduled in Redis.
-//! * **Promotion** of due retries happens in bounded chunks ([`JobQueue::promote_due`]).
-//! * **Housekeeping** ([`JobQueue::sweep`]) trims apalis's done set and data, which apalis
-//!   keeps forever (apalis-redis#10), without its `Vacuum` (bug 10).
-//! * **Counts** come from plain `LLEN`/`ZCARD`/`SCARD` and our counters; apalis's stats calls
-//!   fail on Redis (bug 5).
+//!   so crashes count, applies the retry policy, and fences stale duplicate runs of a job.
+//!   Claiming a job is one script and finishing it is another, which also ends its hold: a
+//!   happy-path job costs two round trips after its (batched) fetch. Retries are new jobs in
+//!   the scheduled set, promoted in bounded chunks ([`JobQueue::promote_due`]).
+//! * **Counts** are constant-time (`LLEN`/`ZCARD` and counters): no SCAN.
+//! * **Upgrades** from the layout of earlier releases (apalis-redis's keys, no hash tag) happen
+//!   once, at startup ([`migrate`]).
 //!
 //! Beside the queue, Redis holds what processes share: resident state ([`residents`]), the
 //! identity cache ([`identity`]), conflicts ([`conflicts`]) and request rates shared by every
 //! worker process ([`rate_limit`]).
 
+pub mod backend;
 pub mod conflicts;
 pub mod connection;
 pub mod identity;
+pub mod keys;
 pub mod ledger;
+pub mod migrate;
 pub mod poll;
 pub mod rate_limit;
 pub mod residents;
@@ -39,18 +43,16 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use self::connection::RedisConnection;
+pub use self::keys::Keys;
 use crate::config::RedisSettings;
 use crate::event::{EventType, LeaseEvent};
 use crate::sources::buildium::webhook::Refresh;
 
-/// Suffix of the apalis queue name under the namespace.
-const DELIVERY_QUEUE: &str = "deliveries";
+/// How long a process waits for another one that is migrating the layout.
+const MIGRATION_WAIT: Duration = Duration::from_secs(60);
 
 /// Most due retries moved per promotion step; keeps every Lua `unpack` far below its limit.
 pub const PROMOTE_CHUNK: usize = 500;
-
-/// Most finished tasks cleaned per housekeeping step.
-const SWEEP_CHUNK: usize = 1_000;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -141,7 +143,7 @@ impl DeliveryJob {
 /// Current [`DeliveryJob::v`], [`RefreshJob::v`] and [`ResolveJob::v`].
 pub const JOB_VERSION: u32 = 1;
 
-/// One unit of work on the queue: the payload of an apalis task and of a delivery's ledger.
+/// One unit of work on the queue: the payload of a queued job and of a delivery's ledger.
 /// Untagged, so the convergence jobs queued before refreshes existed read as they were.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -364,122 +366,6 @@ pub enum QueueError {
     },
 }
 
-/// Names of every key lease-sync uses, derived from the namespace.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    namespace: String,
-}
-
-impl Keys {
-    /// Keys under `namespace`.
-    pub fn new(namespace: &str) -> Self {
-        Self {
-            namespace: namespace.to_owned(),
-        }
-    }
-
-    /// The apalis queue name; apalis derives `{queue}:active`, `{queue}:data` and the rest.
-    pub fn delivery_queue(&self) -> String {
-        format!("{}:{DELIVERY_QUEUE}", self.namespace)
-    }
-
-    /// Marker that `source` delivered `event_id`.
-    pub fn dedupe(&self, source: &str, event_id: &str) -> String {
-        format!("{}:dedupe:{source}:{event_id}", self.namespace)
-    }
-
-    /// Prefix of the per-delivery ledger hashes.
-    pub fn delivery_prefix(&self) -> String {
-        format!("{}:delivery", self.namespace)
-    }
-
-    /// Ledger hash of one delivery.
-    pub fn delivery(&self, delivery_id: &str) -> String {
-        format!("{}:{delivery_id}", self.delivery_prefix())
-    }
-
-    /// Attempt records of one delivery (a list of JSON objects).
-    pub fn attempts(&self, delivery_id: &str) -> String {
-        format!("{}:{delivery_id}:attempts", self.delivery_prefix())
-    }
-
-    /// Sorted set of dead-letter ids by dead-at (ms).
-    pub fn dead_letters(&self) -> String {
-        format!("{}:dead-letters", self.namespace)
-    }
-
-    /// Audit records of replays and purges (a list, newest first).
-    pub fn audit(&self) -> String {
-        format!("{}:audit", self.namespace)
-    }
-
-    /// State of one resident in one building.
-    pub fn resident(&self, integration_id: &str, user_id: &str) -> String {
-        format!("{}:resident:{integration_id}:{user_id}", self.namespace)
-    }
-
-    /// Set of users lease-sync holds state for in one building.
-    pub fn residents_index(&self, integration_id: &str) -> String {
-        format!("{}:residents:{integration_id}", self.namespace)
-    }
-
-    /// Lock serializing calls for one resident.
-    pub fn resident_lock(&self, integration_id: &str, user_id: &str) -> String {
-        format!("{}:lock:{integration_id}:{user_id}", self.namespace)
-    }
-
-    /// Scheduled convergences (lease window boundaries) by due time, for the pending count.
-    pub fn convergences(&self) -> String {
-        format!("{}:convergences", self.namespace)
-    }
-
-    /// The OpenApp user an email maps to in `org_id`, by the email's digest.
-    pub fn identity(&self, org_id: &str, email_digest: &str) -> String {
-        format!("{}:identity:{org_id}:{email_digest}", self.namespace)
-    }
-
-    /// The digests of the emails cached as mapping to `user_id` in `org_id` (a set), so the
-    /// mappings of a user OpenApp no longer knows can be dropped.
-    pub fn identity_of_user(&self, org_id: &str, user_id: &str) -> String {
-        format!("{}:identity-user:{org_id}:{user_id}", self.namespace)
-    }
-
-    /// Unresolved people, by source and person.
-    pub fn conflicts(&self) -> String {
-        format!("{}:conflicts", self.namespace)
-    }
-
-    /// The OpenApp user each person of `source` was last resolved to (a hash by person), so
-    /// a tenant who moved out — whose email Buildium's lease no longer carries — can lose
-    /// their door without one more read of Buildium.
-    pub fn person_users(&self, source: &str) -> String {
-        format!("{}:person-users:{source}", self.namespace)
-    }
-
-    /// Grants of the shared request rate of `scope` (a sorted set by grant time, see
-    /// [`rate_limit`]).
-    pub fn rate_limit(&self, scope: &str) -> String {
-        format!("{}:rate-limit:{scope}", self.namespace)
-    }
-
-    /// The name of every worker lease-sync started (a set), so the queue counts find every
-    /// in-flight set — those of workers that died without deregistering included — without
-    /// scanning the keyspace. A name goes once its worker is gone and its set is empty.
-    pub fn worker_names(&self) -> String {
-        format!("{}:worker-names", self.namespace)
-    }
-
-    /// Lifetime counters.
-    pub fn stats(&self) -> String {
-        format!("{}:stats", self.namespace)
-    }
-
-    /// A key of the apalis queue (`active`, `scheduled`, `data`, `meta`, …).
-    pub fn queue_key(&self, suffix: &str) -> String {
-        format!("{}:{suffix}", self.delivery_queue())
-    }
-}
-
 /// Opens the connection `settings` describe (one address, or the primary Sentinel names),
 /// which reconnects on its own. Lazy: it connects on first use, so a process can start (and
 /// report not-ready) while Redis is down.
@@ -499,18 +385,23 @@ pub struct JobQueue {
     conn: RedisConnection,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
+    /// Set once this process has seen the namespace in this release's layout
+    /// ([`JobQueue::ensure_layout`]); nothing is written to the queue before.
+    layout: std::sync::Arc<tokio::sync::OnceCell<()>>,
 }
 
 struct Scripts {
     enqueue: redis::Script,
     promote: redis::Script,
-    sweep: redis::Script,
     begin: redis::Script,
     finish: redis::Script,
     defer: redis::Script,
     extend_lock: redis::Script,
     unlock: redis::Script,
     counts: redis::Script,
+    fetch: redis::Script,
+    recover: redis::Script,
+    release: redis::Script,
     enqueue_jobs: redis::Script,
     person_resolved: redis::Script,
 }
@@ -528,21 +419,34 @@ impl JobQueue {
     pub fn new(conn: RedisConnection, namespace: &str) -> Self {
         Self {
             conn,
+            layout: std::sync::Arc::default(),
             keys: Keys::new(namespace),
             scripts: std::sync::Arc::new(Scripts {
                 enqueue: redis::Script::new(include_str!("lua/enqueue.lua")),
                 promote: redis::Script::new(include_str!("lua/promote.lua")),
-                sweep: redis::Script::new(include_str!("lua/sweep.lua")),
                 begin: redis::Script::new(include_str!("lua/begin_attempt.lua")),
                 finish: redis::Script::new(include_str!("lua/finish_attempt.lua")),
                 defer: redis::Script::new(include_str!("lua/defer.lua")),
                 extend_lock: redis::Script::new(residents::EXTEND_SCRIPT),
                 unlock: redis::Script::new(residents::UNLOCK_SCRIPT),
                 counts: redis::Script::new(include_str!("lua/counts.lua")),
+                fetch: redis::Script::new(include_str!("lua/fetch.lua")),
+                recover: redis::Script::new(include_str!("lua/recover.lua")),
+                release: redis::Script::new(include_str!("lua/release.lua")),
                 enqueue_jobs: redis::Script::new(include_str!("lua/enqueue_jobs.lua")),
                 person_resolved: redis::Script::new(include_str!("lua/person_resolved.lua")),
             }),
         }
+    }
+
+    /// Makes sure the namespace is in this release's layout, migrating an earlier one first
+    /// ([`migrate`]); after the first success this costs nothing. Every write path into the
+    /// queue calls it, so a record written now cannot be overwritten by a late rename.
+    pub async fn layout_ready(&self) -> Result<(), QueueError> {
+        self.layout
+            .get_or_try_init(|| async { self.ensure_layout(MIGRATION_WAIT).await.map(drop) })
+            .await?;
+        Ok(())
     }
 
     /// The key names in use.
@@ -586,22 +490,24 @@ impl JobQueue {
         jobs: &[Job],
         limits: EnqueueLimits,
     ) -> Result<EnqueueOutcome, QueueError> {
+        tokio::time::timeout(limits.timeout, self.layout_ready())
+            .await
+            .map_err(|_| QueueError::Timeout(limits.timeout))??;
         let event_json = serde_json::to_vec(event)?;
         let mut invocation = self.scripts.enqueue_jobs.prepare_invoke();
+        let now = now_ms();
         invocation
             .key(self.keys.dedupe(source, event_id))
-            .key(self.keys.queue_key("data"))
-            .key(self.keys.queue_key("active"))
-            .key(self.keys.queue_key("meta"))
-            .key(self.keys.delivery_prefix())
+            .key(self.keys.job_data())
+            .key(self.keys.ready())
             .arg(limits.dedupe_ttl.as_secs().max(1))
-            .arg(now_ms())
+            .arg(now)
             .arg(&event_json)
             .arg(event_digest(&event_json));
         for job in jobs {
             invocation
-                .arg(ulid::Ulid::new().to_string())
-                .arg(job.delivery_id())
+                .key(self.keys.delivery(job.delivery_id()))
+                .arg(job_id_ready_at(now))
                 .arg(serde_json::to_vec(job)?);
         }
         let mut conn = self.conn.clone();
@@ -721,16 +627,18 @@ impl JobQueue {
                 overridden: 0,
             });
         };
+        tokio::time::timeout(limits.timeout, self.layout_ready())
+            .await
+            .map_err(|_| QueueError::Timeout(limits.timeout))??;
         let now = now_ms();
         let event_json = serde_json::to_vec(event)?;
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
             .key(self.keys.dedupe(source, dedupe_id))
-            .key(self.keys.queue_key("data"))
-            .key(self.keys.queue_key("active"))
-            .key(self.keys.queue_key("meta"))
-            .key(self.keys.delivery_prefix())
+            .key(self.keys.job_data())
+            .key(self.keys.ready())
             .key(self.keys.stats())
+            .key(self.keys.residents_index(&first.integration_id))
             .arg(limits.dedupe_ttl.as_secs().max(1))
             .arg(now)
             .arg(&event_json)
@@ -739,16 +647,15 @@ impl JobQueue {
                 Some(record) => serde_json::to_vec(record)?,
                 None => Vec::new(),
             })
-            .arg(self.keys.residents_index(&first.integration_id))
             .arg(event_digest(&event_json))
             .arg(crate::resident::future_cutoff(now, limits.max_clock_skew))
             .arg(source);
         for job in jobs {
             invocation
-                .arg(ulid::Ulid::new().to_string())
-                .arg(&job.delivery_id)
+                .key(self.keys.resident(&job.integration_id, &job.user_id))
+                .key(self.keys.delivery(&job.delivery_id))
+                .arg(job_id_ready_at(now))
                 .arg(serde_json::to_vec(job)?)
-                .arg(self.keys.resident(&job.integration_id, &job.user_id))
                 .arg(&job.user_id);
         }
         let mut conn = self.conn.clone();
@@ -768,7 +675,7 @@ impl JobQueue {
         })
     }
 
-    /// Moves every retry that is due by `now_ms` from the scheduled set to the active list,
+    /// Moves every retry that is due by `now_ms` from the scheduled set to the ready list,
     /// [`PROMOTE_CHUNK`] at a time. Returns how many moved.
     pub async fn promote_due(&self, now_ms: i64) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
@@ -777,8 +684,8 @@ impl JobQueue {
             let moved: u64 = self
                 .scripts
                 .promote
-                .key(self.keys.queue_key("scheduled"))
-                .key(self.keys.queue_key("active"))
+                .key(self.keys.scheduled())
+                .key(self.keys.ready())
                 .arg(now_ms)
                 .arg(PROMOTE_CHUNK)
                 .invoke_async(&mut conn)
@@ -790,28 +697,24 @@ impl JobQueue {
         }
     }
 
-    /// Cleans acknowledged tasks out of apalis's sets and hands tasks apalis gave up on by
-    /// itself back to lease-sync's ledger. Returns (cleaned, requeued, dropped).
-    pub async fn sweep(&self) -> Result<(u64, u64, u64), QueueError> {
+    /// Returns every job whose hold lapsed by `now_ms` (its worker died) to the head of the
+    /// ready list, [`PROMOTE_CHUNK`] at a time. Returns how many.
+    pub async fn recover_lapsed(&self, now_ms: i64) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
-        let mut totals = (0, 0, 0);
+        let mut total = 0;
         loop {
-            let (cleaned, requeued, dropped): (u64, u64, u64) = self
+            let moved: u64 = self
                 .scripts
-                .sweep
-                .key(self.keys.queue_key("done"))
-                .key(self.keys.queue_key("dead"))
-                .key(self.keys.queue_key("data"))
-                .key(self.keys.queue_key("meta"))
-                .key(self.keys.queue_key("active"))
-                .key(self.keys.delivery_prefix())
-                .arg(SWEEP_CHUNK)
-                .arg(now_ms())
+                .recover
+                .key(self.keys.in_flight())
+                .key(self.keys.ready())
+                .arg(now_ms)
+                .arg(PROMOTE_CHUNK)
                 .invoke_async(&mut conn)
                 .await?;
-            totals = (totals.0 + cleaned, totals.1 + requeued, totals.2 + dropped);
-            if cleaned < SWEEP_CHUNK as u64 && requeued + dropped < SWEEP_CHUNK as u64 {
-                return Ok(totals);
+            total += moved;
+            if moved < PROMOTE_CHUNK as u64 {
+                return Ok(total);
             }
         }
     }
@@ -820,18 +723,15 @@ impl JobQueue {
     /// the lifetime counters are read right after.
     pub async fn counts(&self) -> Result<QueueCounts, QueueError> {
         let mut conn = self.conn.clone();
-        let inflight_prefix = format!("{}:", self.keys.queue_key("inflight"));
         let mut invocation = self.scripts.counts.prepare_invoke();
         invocation
-            .key(self.keys.queue_key("active"))
-            .key(self.keys.queue_key("scheduled"))
+            .key(self.keys.ready())
+            .key(self.keys.scheduled())
             .key(self.keys.dead_letters())
-            .key(self.keys.queue_key("workers"))
-            .key(self.keys.worker_names())
-            .arg(&inflight_prefix)
-            .arg(format!("{}:", self.keys.queue_key("meta")));
-        let (ready, scheduled, dead, in_flight, oldest_ready_at): (u64, u64, u64, u64, i64) =
+            .key(self.keys.in_flight());
+        let (ready, scheduled, dead, in_flight, oldest): (u64, u64, u64, u64, String) =
             invocation.invoke_async(&mut conn).await?;
+        let oldest_ready_at = ready_at_of(&oldest);
         let stats: Vec<Option<u64>> = redis::cmd("HMGET")
             .arg(self.keys.stats())
             .arg(&[
@@ -846,9 +746,10 @@ impl JobQueue {
             ])
             .query_async(&mut conn)
             .await?;
-        // Tasks re-enqueued by apalis's orphan recovery keep their first ready time.
-        let oldest_ready_age_secs = (ready > 0 && oldest_ready_at >= 0)
-            .then(|| (now_ms() - oldest_ready_at).max(0) as f64 / 1000.0);
+        // A job recovered from a dead worker keeps its first ready time.
+        let oldest_ready_age_secs = oldest_ready_at
+            .filter(|_| ready > 0)
+            .map(|at| (now_ms() - at).max(0) as f64 / 1000.0);
         let stat = |i: usize| stats.get(i).copied().flatten().unwrap_or_default();
         Ok(QueueCounts {
             ready,
@@ -867,48 +768,6 @@ impl JobQueue {
         })
     }
 
-    /// Records `worker`'s name before it starts (see [`Keys::worker_names`]). The first time
-    /// a deployment runs a version that keeps the index, the in-flight sets already in Redis
-    /// are found once by a SCAN and indexed too.
-    pub async fn index_worker_name(&self, worker: &str) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let index = self.keys.worker_names();
-        let indexed: bool = redis::cmd("EXISTS")
-            .arg(&index)
-            .query_async(&mut conn)
-            .await?;
-        let mut names = vec![worker.to_owned()];
-        if !indexed {
-            let inflight_prefix = format!("{}:", self.keys.queue_key("inflight"));
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{inflight_prefix}*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                names.extend(
-                    keys.iter()
-                        .filter_map(|k| k.strip_prefix(&inflight_prefix))
-                        .map(str::to_owned),
-                );
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        let _: () = redis::cmd("SADD")
-            .arg(&index)
-            .arg(&names)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
     /// Round trip to Redis within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
@@ -918,35 +777,80 @@ impl JobQueue {
         Ok(())
     }
 
-    /// Removes `worker`'s registration after a graceful stop, which apalis-redis 1.0 fails to
-    /// do (bug 8); any job still in its in-flight set goes back to the active list first.
-    pub async fn deregister_worker(&self, worker: &str) -> Result<(), QueueError> {
+    /// Takes up to `most` ready jobs for a worker, holding each until `hold_until_ms`
+    /// (`fetch.lua`). Returns `(job id, payload)` pairs; a payload that no longer parses is
+    /// returned as the error it is, so the worker can end that job.
+    pub async fn fetch(
+        &self,
+        most: usize,
+        hold_until_ms: i64,
+    ) -> Result<Vec<FetchedJob>, QueueError> {
         let mut conn = self.conn.clone();
-        let inflight = format!("{}:{worker}", self.keys.queue_key("inflight"));
-        let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&inflight)
-            .query_async(&mut conn)
+        let flat: Vec<String> = self
+            .scripts
+            .fetch
+            .key(self.keys.ready())
+            .key(self.keys.in_flight())
+            .key(self.keys.job_data())
+            .arg(most.max(1))
+            .arg(hold_until_ms)
+            .invoke_async(&mut conn)
             .await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for id in &ids {
-            pipe.cmd("RPUSH")
-                .arg(self.keys.queue_key("active"))
-                .arg(id)
-                .ignore();
+        let mut jobs = Vec::with_capacity(flat.len() / 2);
+        let mut pairs = flat.into_iter();
+        while let (Some(id), Some(payload)) = (pairs.next(), pairs.next()) {
+            let job = serde_json::from_str(&payload);
+            jobs.push((id, job));
         }
-        pipe.cmd("DEL").arg(&inflight).ignore();
-        pipe.cmd("ZREM")
-            .arg(self.keys.queue_key("workers"))
-            .arg(worker)
-            .ignore();
-        pipe.cmd("DEL")
-            .arg(format!(
-                "{}:metadata:{worker}",
-                self.keys.queue_key("workers")
-            ))
-            .ignore();
-        pipe.query_async::<()>(&mut conn).await?;
+        Ok(jobs)
+    }
+
+    /// Extends the holds of the jobs `ids` still in flight until `hold_until_ms` (jobs that
+    /// finished meanwhile are left alone: `ZADD XX`).
+    pub async fn renew_holds(&self, ids: &[String], hold_until_ms: i64) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(self.keys.in_flight()).arg("XX");
+        for id in ids {
+            cmd.arg(hold_until_ms).arg(id);
+        }
+        let _: i64 = cmd.query_async(&mut conn).await?;
         Ok(())
     }
+
+    /// Returns held jobs `ids` that will not run (their worker is stopping) to the head of
+    /// the ready list; one that finished meanwhile is left alone. Returns how many.
+    pub async fn release(&self, ids: &[String]) -> Result<u64, QueueError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation.key(self.keys.in_flight()).key(self.keys.ready());
+        for id in ids {
+            invocation.arg(id);
+        }
+        Ok(invocation.invoke_async(&mut conn).await?)
+    }
+}
+
+/// A job handed to a worker by [`JobQueue::fetch`]: its id, and its payload or why that does
+/// not parse.
+pub type FetchedJob = (String, Result<Job, serde_json::Error>);
+
+/// A new job id that reads as ready at `ready_at_ms`: a ULID whose time part is that instant,
+/// so the age of the oldest ready job needs no other record.
+pub fn job_id_ready_at(ready_at_ms: i64) -> String {
+    let ms = u64::try_from(ready_at_ms).unwrap_or_default();
+    ulid::Ulid::from_parts(ms, rand::random()).to_string()
+}
+
+/// When the job `id` became ready (ms), if it is a ULID ([`job_id_ready_at`]).
+fn ready_at_of(id: &str) -> Option<i64> {
+    ulid::Ulid::from_string(id)
+        .ok()
+        .and_then(|u| i64::try_from(u.timestamp_ms()).ok())
 }

@@ -218,7 +218,7 @@ mod tests {
     fn the_key_is_named_by_keys() {
         assert_eq!(
             Keys::new("ls").rate_limit("buildium"),
-            "ls:rate-limit:buildium"
+            "{ls}:rate-limit:buildium"
         );
     }
 }

@@ -147,7 +147,8 @@ impl JobQueue {
         Ok(())
     }
 
-    /// Puts task `task_id` of `job` off until `due_ms` without using an attempt.
+    /// Ends held job `task_id` of `job` and schedules the delivery again at `due_ms`,
+    /// without using an attempt.
     pub async fn defer(
         &self,
         job: &DeliveryJob,
@@ -159,12 +160,12 @@ impl JobQueue {
             .scripts
             .defer
             .key(self.keys.delivery(&job.delivery_id))
-            .key(self.keys.queue_key("data"))
-            .key(self.keys.queue_key("meta"))
-            .key(self.keys.queue_key("scheduled"))
+            .key(self.keys.job_data())
+            .key(self.keys.scheduled())
             .key(self.keys.stats())
+            .key(self.keys.in_flight())
             .arg(task_id)
-            .arg(ulid::Ulid::new().to_string())
+            .arg(super::job_id_ready_at(due_ms))
             .arg(due_ms)
             .invoke_async(&mut conn)
             .await?;

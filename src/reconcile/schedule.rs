@@ -104,11 +104,8 @@ pub fn spawn(
     };
     let scheduled = Scheduled {
         reconciler: Reconciler::new(settings, queue.clone(), client),
+        claim_key: queue.keys().reconcile_claim(&source.name),
         queue,
-        claim_key: format!(
-            "{}:reconcile:{}:claim",
-            settings.redis.namespace, source.name
-        ),
         source,
         truth,
         every,

@@ -1119,59 +1119,42 @@ async fn a_service_whose_every_token_expired_refuses_to_start() {
     assert!(Application::build(settings, Role::Serve).await.is_ok());
 }
 
-/// The queue counts find the jobs held by a worker that died without deregistering, through
-/// the index of worker names rather than a SCAN of the keyspace; a name is dropped once its
-/// worker is gone and holds nothing. A deployment upgrading from a version without the index
-/// gets the in-flight sets already in Redis indexed when its first worker starts.
+/// Jobs a worker holds are counted in flight (one `ZCARD`, whatever the keyspace holds);
+/// when their holder stops renewing them (it died), they go back to the head of the ready
+/// list, and jobs still being renewed stay where they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_flight_jobs_of_a_dead_worker_are_counted_without_scanning() {
+async fn held_jobs_are_counted_in_flight_and_recovered_when_their_hold_lapses() {
     let redis = RedisServer::start().await;
     let queue = queue_on(&redis);
-    let client = redis::Client::open(redis.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    queue.layout_ready().await.expect("layout");
+    for i in 0..5 {
+        let user = format!("user-{i}");
+        let body = event_body("lease.signed", &format!("L-{i}"), &[user.as_str()]);
+        fold_on(&queue, &format!("evt-{i}"), &body).await;
+    }
+    let now = lease_sync::queue::now_ms();
+    // A worker takes three and dies; another takes two and keeps renewing them.
+    let dead = queue.fetch(3, now + 1_000).await.expect("fetch");
+    let alive = queue.fetch(10, now + 1_000).await.expect("fetch");
+    assert_eq!((dead.len(), alive.len()), (3, 2));
+    let counts = queue.counts().await.expect("counts");
+    assert_eq!((counts.ready, counts.in_flight), (0, 5));
+    let alive_ids: Vec<String> = alive.iter().map(|(id, _)| id.clone()).collect();
+    queue
+        .renew_holds(&alive_ids, now + 60_000)
         .await
-        .expect("redis");
-    let inflight = |worker: &str| format!("{}:{worker}", queue.keys().queue_key("inflight"));
-    // Written by a release without the index: a worker died holding two tasks.
-    let _: () = redis::cmd("SADD")
-        .arg(inflight("old-worker"))
-        .arg(&["task-1", "task-2"])
-        .query_async(&mut conn)
-        .await
-        .expect("sadd");
+        .expect("renew");
+
+    assert_eq!(queue.recover_lapsed(now + 2_000).await.expect("recover"), 3);
+    let counts = queue.counts().await.expect("counts");
+    assert_eq!((counts.ready, counts.in_flight), (3, 2));
+    let again = queue.fetch(10, now + 60_000).await.expect("fetch");
+    let mut again: Vec<String> = again.into_iter().map(|(id, _)| id).collect();
+    let mut dead: Vec<String> = dead.into_iter().map(|(id, _)| id).collect();
+    again.sort();
+    dead.sort();
     assert_eq!(
-        queue.counts().await.expect("counts").in_flight,
-        0,
-        "not indexed yet"
+        again, dead,
+        "the dead worker's jobs, and only those, are ready again"
     );
-
-    // The first worker of the new release indexes itself and the sets it finds.
-    queue.index_worker_name("new-worker").await.expect("index");
-    assert_eq!(queue.counts().await.expect("counts").in_flight, 2);
-
-    // A worker started since dies holding a task: counted although never registered.
-    queue.index_worker_name("dead-worker").await.expect("index");
-    let _: () = redis::cmd("SADD")
-        .arg(inflight("dead-worker"))
-        .arg("task-3")
-        .query_async(&mut conn)
-        .await
-        .expect("sadd");
-    assert_eq!(queue.counts().await.expect("counts").in_flight, 3);
-
-    // Its task and the old worker's go back to the queue: the names holding nothing go.
-    let _: () = redis::cmd("DEL")
-        .arg(inflight("dead-worker"))
-        .arg(inflight("old-worker"))
-        .query_async(&mut conn)
-        .await
-        .expect("del");
-    assert_eq!(queue.counts().await.expect("counts").in_flight, 0);
-    let names: BTreeSet<String> = redis::cmd("SMEMBERS")
-        .arg(queue.keys().worker_names())
-        .query_async(&mut conn)
-        .await
-        .expect("smembers");
-    assert!(names.is_empty(), "{names:?}");
 }

@@ -257,8 +257,10 @@ async fn an_idle_worker_picks_up_new_jobs_without_waiting_for_a_heartbeat() {
                     .query_async(&mut conn)
                     .await
                     .ok()?;
-                // fetch_next.lua is the script whose keys include the worker's in-flight set.
-                format!("{log:?}").contains(":inflight:").then_some(())
+                // fetch.lua is the only script whose keys include the in-flight set and the
+                // ready list next to each other.
+                let log = format!("{log:?}");
+                (log.contains(":jobs:ready") && log.contains(":jobs:in-flight")).then_some(())
             }
         },
     )

@@ -42,7 +42,7 @@ async fn with_wait_replicas_an_event_is_acknowledged_only_once_a_replica_holds_i
     let reply = post_event(&app, "evt-replicated", body).await;
     assert_eq!(reply.status, 202, "{reply:?}");
     // Acknowledged means the replica has it: its dedupe marker is there already.
-    let marker = format!("{namespace}:dedupe:{SOURCE}:evt-replicated");
+    let marker = lease_sync::queue::Keys::new(&namespace).dedupe(SOURCE, "evt-replicated");
     assert_eq!(replica.command(&["EXISTS", &marker]).await, "int(1)");
 
     // The replica stops answering: no confirmation in time, so no acknowledgement.
@@ -61,7 +61,7 @@ async fn with_wait_replicas_an_event_is_acknowledged_only_once_a_replica_holds_i
     let retried = post_event(&app, "evt-unconfirmed", body).await;
     assert_eq!(retried.status, 200, "{retried:?}");
     assert_eq!(retried.json["status"], "duplicate");
-    let marker = format!("{namespace}:dedupe:{SOURCE}:evt-unconfirmed");
+    let marker = lease_sync::queue::Keys::new(&namespace).dedupe(SOURCE, "evt-unconfirmed");
     assert_eq!(replica.command(&["EXISTS", &marker]).await, "int(1)");
     app.stop().await;
 }
@@ -170,7 +170,7 @@ async fn failover_during_traffic(wait_replicas: u32) -> FailoverRun {
     loop {
         let id = format!("evt-probe-{}", sent.len());
         deliver(&app, &id, "L-1").await;
-        let marker = format!("{namespace}:dedupe:{SOURCE}:{id}");
+        let marker = lease_sync::queue::Keys::new(&namespace).dedupe(SOURCE, &id);
         let landed = replica.command(&["EXISTS", &marker]).await == "int(1)";
         sent.push(id);
         if landed {
@@ -191,7 +191,7 @@ async fn failover_during_traffic(wait_replicas: u32) -> FailoverRun {
     let acknowledged = sent.len();
     let mut lost = Vec::new();
     for id in sent {
-        let marker = format!("{namespace}:dedupe:{SOURCE}:{id}");
+        let marker = lease_sync::queue::Keys::new(&namespace).dedupe(SOURCE, &id);
         if replica.command(&["EXISTS", &marker]).await != "int(1)" {
             lost.push(id);
         }

@@ -213,7 +213,7 @@ async fn twenty_thousand_retries_falling_due_at_once_drain() {
         .get_multiplexed_async_connection_with_config(&setup)
         .await
         .unwrap();
-    let queue = format!("{ns}:deliveries");
+    let keys = lease_sync::queue::Keys::new(&ns);
     let due = lease_sync::queue::now_ms() - 1;
     for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = ::redis::pipe();
@@ -237,7 +237,7 @@ async fn twenty_thousand_retries_falling_due_at_once_drain() {
             })
             .unwrap();
             pipe.hset_multiple(
-                format!("{ns}:delivery:{delivery}"),
+                keys.delivery(&delivery),
                 &[
                     ("job", job.as_str()),
                     ("event", "{}"),
@@ -249,28 +249,18 @@ async fn twenty_thousand_retries_falling_due_at_once_drain() {
             .ignore();
             // The resident's lease ended, so the convergence removes them.
             pipe.hset(
-                format!("{ns}:resident:{INTEGRATION}:gone-{i}"),
+                keys.resident(INTEGRATION, &format!("gone-{i}")),
                 "lease:L",
                 format!(r#"{{"state":"ended","starts_at":null,"ends_at":0,"occurred_at":0,"rank":1,"event_id":"evt-{i}","source":"{SOURCE}","property_id":"{PROPERTY}"}}"#),
             )
             .ignore();
             pipe.rpush(
-                format!("{ns}:delivery:{delivery}:attempts"),
+                keys.attempts(&delivery),
                 r#"{"attempt":1,"outcome":"retry","status":503}"#,
             )
             .ignore();
-            pipe.hset(format!("{queue}:data"), &task, &job).ignore();
-            pipe.hset_multiple(
-                format!("{queue}:meta:{task}"),
-                &[
-                    ("attempts", "0"),
-                    ("max_attempts", "0"),
-                    ("status", "Pending"),
-                    ("idempotency_key", ""),
-                ],
-            )
-            .ignore();
-            pipe.zadd(format!("{queue}:scheduled"), &task, due).ignore();
+            pipe.hset(keys.job_data(), &task, &job).ignore();
+            pipe.zadd(keys.scheduled(), &task, due).ignore();
         }
         pipe.query_async::<()>(&mut conn).await.unwrap();
     }

@@ -296,80 +296,34 @@ async fn dead_letters_beyond_max_entries_are_trimmed_oldest_first_and_counted() 
     );
 }
 
-/// apalis-redis keeps every acknowledged task's payload forever (apalis-redis#10) and parks
-/// tasks in its own dead set after 25 runs; housekeeping cleans the first and hands the second
-/// back to lease-sync's ledger.
+/// A finished job leaves nothing behind in the queue: the script that records its outcome
+/// also drops its payload and its hold (apalis-redis kept every payload for ever,
+/// apalis-redis#10), and a retry's payload lives only until the retry runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn housekeeping_cleans_acknowledged_tasks_and_recovers_tasks_apalis_gave_up_on() {
+async fn a_finished_job_leaves_no_payload_or_hold_behind() {
     let (redis, openapp, app) = serve().await;
+    openapp.sandbox.push_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+    });
     post_event(
         &app,
         "evt-h1",
         event_body("lease.signed", "L-9", &["user-h1"]),
     )
     .await;
-    wait_for_delivery(&app, "evt-h1", "delivered").await;
-    let queue = app.queue();
-    let ns = &app.settings.redis.namespace.clone();
+    let (_, log) = wait_for_delivery(&app, "evt-h1", "delivered").await;
+    assert_eq!(log.len(), 2, "one retry, then delivered");
+    let keys = app.queue().keys().clone();
     let client = ::redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let done_key = format!("{ns}:deliveries:done");
-    wait_until("the acknowledgement", LIMIT, || {
-        let mut conn = conn.clone();
-        let key = done_key.clone();
-        async move {
-            (::redis::cmd("SCARD")
-                .arg(&key)
-                .query_async::<u64>(&mut conn)
-                .await
-                .ok()?
-                == 1)
-                .then_some(())
-        }
-    })
-    .await;
-    let (cleaned, _, _) = queue.sweep().await.unwrap();
-    assert_eq!(cleaned, 1);
-    let data: u64 = ::redis::cmd("HLEN")
-        .arg(format!("{ns}:deliveries:data"))
+    let (payloads, held, ready, scheduled): (u64, u64, u64, u64) = ::redis::pipe()
+        .hlen(keys.job_data())
+        .zcard(keys.in_flight())
+        .llen(keys.ready())
+        .zcard(keys.scheduled())
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(data, 0, "the acknowledged task's payload is gone");
-
-    // A task apalis moved to its own dead set while its delivery still expects it
-    // (no worker runs now, so nothing else touches it).
-    app.stop().await;
-    let ingest = TestApp::start(
-        &test_config(&redis.url(), ns, &openapp.base_url),
-        Role::Ingest,
-    )
-    .await;
-    post_event(
-        &ingest,
-        "evt-h2",
-        event_body("lease.signed", "L-9", &["user-h2"]),
-    )
-    .await;
-    let task: String = ::redis::cmd("LPOP")
-        .arg(format!("{ns}:deliveries:active"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = ::redis::cmd("SADD")
-        .arg(format!("{ns}:deliveries:dead"))
-        .arg(&task)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let (_, requeued, dropped) = queue.sweep().await.unwrap();
-    assert_eq!((requeued, dropped), (1, 0));
-    let active: Vec<String> = ::redis::cmd("LRANGE")
-        .arg(format!("{ns}:deliveries:active"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(active, [task]);
+    assert_eq!((payloads, held, ready, scheduled), (0, 0, 0, 0));
 }

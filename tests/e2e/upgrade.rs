@@ -4,9 +4,6 @@
 use std::time::Duration;
 
 use lease_sync::config::Role;
-use lease_sync::identity::ConflictReason;
-use lease_sync::queue::conflicts::Conflict;
-use lease_sync_sandbox::{Fault, NewUser};
 use lease_sync_testkit::snapshot;
 use serde_json::json;
 
@@ -14,188 +11,179 @@ use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// The namespace the fixtures are written under.
+/// The namespace the fixture was written under (see `tests/fixtures/upgrade/README.md`).
 const FIXTURE_NAMESPACE: &str = "upgrade";
 
-/// A signed event for `users` on `lease`, with an access window ending `ends_at` if given.
-fn event(event_type: &str, lease: &str, users: &[&str], ends_at: Option<&str>) -> Vec<u8> {
-    let mut body: serde_json::Value =
-        serde_json::from_slice(&event_body(event_type, lease, users)).expect("json");
-    if let Some(ends_at) = ends_at {
-        body["access"] = json!({ "ends_at": ends_at });
-    }
-    serde_json::to_vec(&body).expect("json")
-}
-
-/// Writes `tests/fixtures/upgrade/<commit>.json`: every key this release leaves in Redis
-/// after a delivered lease, a lease whose access ends in the future (a scheduled
-/// convergence), a dead letter, a retry scheduled an hour ahead, a conflict, a cached
-/// identity, jobs ready in the queue and one job in flight at a worker that died.
-///
-/// Run at the release whose layout the fixture captures:
-/// `cargo test --test e2e upgrade::write_fixture -- --ignored`.
+/// Loads the fixture written by the release before the layout change into a fresh
+/// `redis-server` and starts this release on it: every queued, in-flight and scheduled job,
+/// dead letter, resident, conflict and cached identity is still there, the ready jobs are
+/// delivered, and nothing of the old layout remains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "writes a fixture of this release's Redis layout; run by hand at a release"]
-async fn write_fixture() {
+async fn data_written_by_the_release_before_the_layout_change_is_upgraded_in_place() {
     let redis = lease_sync_testkit::RedisServer::start().await;
-    let openapp = FakeOpenApp::start().await;
-    let mut settings = test_config(&redis.url(), FIXTURE_NAMESPACE, &openapp.base_url);
-    settings.retry.max_delay = Duration::from_secs(7200);
-    let app = TestApp::start(&settings, Role::Serve).await;
-    let queue = app.queue();
-    let status_of = |event_id: &'static str, status: &'static str| {
-        let queue = queue.clone();
-        async move {
-            wait_until(&format!("{event_id} {status}"), LIMIT, || async {
-                let ids = queue.deliveries_of(event_id).await.ok()?;
-                for id in &ids {
-                    let (s, log) = queue.delivery_log(id).await.ok()??;
-                    let retrying = log.last().is_some_and(|r| r.outcome == "retry");
-                    if s == status || (status == "retry" && retrying) {
-                        return Some(());
-                    }
-                }
-                None
-            })
-            .await;
-        }
-    };
-
-    // Delivered: two residents with state, applied and managed.
-    assert_eq!(
-        post_event(
-            &app,
-            "evt-delivered",
-            event("lease.signed", "L-1", &["user-1", "user-2"], None)
-        )
-        .await
-        .status,
-        202
-    );
-    status_of("evt-delivered", "delivered").await;
-    // Delivered, with a convergence scheduled at the end of the access window.
-    assert_eq!(
-        post_event(
-            &app,
-            "evt-window",
-            event(
-                "lease.signed",
-                "L-2",
-                &["user-3"],
-                Some("2099-01-01T00:00:00Z")
-            )
-        )
-        .await
-        .status,
-        202
-    );
-    status_of("evt-window", "delivered").await;
-    // A dead letter: OpenApp refuses the call for good.
-    openapp.sandbox.push_fault(Fault::Status {
-        status: 400,
-        retry_after: None,
-    });
-    post_event(
-        &app,
-        "evt-dead",
-        event("lease.signed", "L-3", &["user-4"], None),
-    )
-    .await;
-    status_of("evt-dead", "dead").await;
-    // A retry due in an hour.
-    openapp.sandbox.push_fault(Fault::Status {
-        status: 503,
-        retry_after: Some("3600".into()),
-    });
-    post_event(
-        &app,
-        "evt-retry",
-        event("lease.signed", "L-4", &["user-5"], None),
-    )
-    .await;
-    status_of("evt-retry", "retry").await;
-    // A cached identity (a resident known by email) and a conflict.
-    openapp
-        .sandbox
-        .add_user(ORG, NewUser::new("Ada Lovelace", "ada@example.com"))
-        .expect("user");
-    let by_email = serde_json::to_vec(&json!({
-        "type": "lease.signed",
-        "occurred_at": "2026-11-22T10:15:00Z",
-        "lease": {"id": "L-6", "property_id": PROPERTY, "unit": "2A"},
-        "residents": [{"email": "ada@example.com"}],
-    }))
-    .expect("json");
-    post_event(&app, "evt-email", by_email).await;
-    status_of("evt-email", "delivered").await;
-    queue
-        .record_conflict(&Conflict {
-            source: SOURCE.into(),
-            person: "tenant:18".into(),
-            reason: ConflictReason::NoOpenappUser,
-            email: Some("grace@example.com".into()),
-            name: Some("Grace Hopper".into()),
-            lease_id: "L-7".into(),
-            property_id: PROPERTY.into(),
-            integration_id: INTEGRATION.into(),
-            first_seen: 0,
-            last_seen: 0,
-            times: 0,
-        })
-        .await
-        .expect("redis");
-    app.stop().await;
-
-    // Ready jobs: accepted while no worker runs (one of them a removal).
-    let ingest = TestApp::start(&settings, Role::Ingest).await;
-    for (id, body) in [
-        (
-            "evt-ready",
-            event("lease.signed", "L-5", &["user-6", "user-7"], None),
-        ),
-        ("evt-ended", event("lease.ended", "L-1", &["user-1"], None)),
-    ] {
-        assert_eq!(post_event(&ingest, id, body).await.status, 202);
-    }
-    ingest.stop().await;
-
-    // In flight at a worker that died: what apalis-redis's fetch does (`RPOP` the ready
-    // list, `SADD` the worker's in-flight set), with a heartbeat long past.
     let mut conn = ::redis::Client::open(redis.url())
         .expect("client")
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let q = format!("{FIXTURE_NAMESPACE}:deliveries");
-    let task: String = ::redis::cmd("RPOP")
-        .arg(format!("{q}:active"))
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/upgrade/03085aa.json")).expect("fixture");
+    let loaded = snapshot::load_keys(&mut conn, &fixture)
+        .await
+        .expect("load");
+    assert!(loaded > 50, "{loaded} keys");
+
+    // The upgrade itself, as the first process of this release runs it.
+    let openapp = FakeOpenApp::start().await;
+    let settings = test_config(&redis.url(), FIXTURE_NAMESPACE, &openapp.base_url);
+    let queue = lease_sync::queue::JobQueue::new(
+        lease_sync::queue::connect(&settings.redis).expect("redis"),
+        FIXTURE_NAMESPACE,
+    );
+    let report = queue
+        .ensure_layout(Duration::from_secs(5))
+        .await
+        .expect("migrates")
+        .expect("something to migrate");
+    // Ready: 2 queued + 1 held by the dead worker; scheduled: the retry and the lease-window
+    // convergence.
+    assert_eq!(
+        (
+            report.jobs_ready,
+            report.jobs_scheduled,
+            report.jobs_dropped
+        ),
+        (3, 2, 0),
+        "{report:?}"
+    );
+    assert!(report.keys_renamed >= 40, "{report:?}");
+    assert_eq!(
+        queue
+            .ensure_layout(Duration::from_secs(5))
+            .await
+            .expect("redis"),
+        None,
+        "once only"
+    );
+    let counts = queue.counts().await.expect("counts");
+    assert_eq!(
+        (
+            counts.ready,
+            counts.scheduled,
+            counts.in_flight,
+            counts.dead
+        ),
+        (3, 2, 0, 1)
+    );
+    assert_eq!(counts.done, 5, "lifetime counters carried over");
+    let old_keys = snapshot::dump_keys(&mut conn, &format!("{FIXTURE_NAMESPACE}:*"))
+        .await
+        .expect("scan");
+    assert_eq!(
+        old_keys["keys"],
+        json!([]),
+        "nothing left under the old names"
+    );
+    let apalis_queues: Vec<String> = ::redis::cmd("ZRANGE")
+        .arg("core:apalis:queues:list")
+        .arg(0)
+        .arg(-1)
         .query_async(&mut conn)
         .await
-        .expect("a ready task");
-    let dead_worker = "host-1-01JDEADWORKER0000000000000";
-    let _: () = ::redis::pipe()
-        .sadd(format!("{q}:inflight:{dead_worker}"), &task)
-        .zadd(format!("{q}:workers"), dead_worker, 1_700_000_000)
-        .sadd(format!("{FIXTURE_NAMESPACE}:worker-names"), dead_worker)
-        .query_async(&mut conn)
+        .expect("zrange");
+    assert!(apalis_queues.is_empty(), "{apalis_queues:?}");
+
+    // What operators see is intact.
+    let resident = queue
+        .resident(INTEGRATION, "user-3")
+        .await
+        .expect("redis")
+        .expect("user-3 is known");
+    assert!(
+        resident.managed && resident.next_check.is_some(),
+        "{resident:?}"
+    );
+    assert_eq!(queue.conflicts(None).await.expect("redis").len(), 1);
+    let digest = lease_sync::identity::email_digest("ada@example.com");
+    assert!(
+        queue
+            .cached_identity(ORG, &digest)
+            .await
+            .expect("redis")
+            .is_some()
+    );
+    let dead_letters = lease_sync::dead_letters::DeadLetters::new(&queue);
+    let page = dead_letters
+        .list(&Default::default(), 0, 10)
         .await
         .expect("redis");
+    assert_eq!(page.items.len(), 1);
 
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .expect("git");
-    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_owned();
-    let mut dump = snapshot::dump_keys(&mut conn, "*").await.expect("dump");
-    dump["written_by"] = json!(format!(
-        "lease-sync at {commit}, namespace {FIXTURE_NAMESPACE}"
-    ));
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("tests/fixtures/upgrade/{commit}.json"));
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&dump).expect("json") + "\n",
-    )
-    .expect("write fixture");
-    eprintln!("wrote {}", path.display());
+    // This release runs the ready jobs, and a replayed dead letter.
+    let app = TestApp::start(&settings, Role::Serve).await;
+    let dead_id = page.items[0].id.clone();
+    assert_eq!(
+        dead_letters.replay(&dead_id, "test").await.expect("redis"),
+        lease_sync::dead_letters::ReplayOutcome::Replayed
+    );
+    let counts = wait_until("the upgraded jobs to run", LIMIT, || async {
+        let c = app.queue().counts().await.ok()?;
+        (c.ready == 0 && c.in_flight == 0 && c.done >= 9).then_some(c)
+    })
+    .await;
+    assert_eq!((counts.scheduled, counts.dead), (2, 0), "{counts:?}");
+    let members = openapp.sandbox.members(INTEGRATION);
+    for user in ["user-4", "user-6", "user-7"] {
+        assert!(members.contains_key(user), "{user} has a door: {members:?}");
+    }
+    app.stop().await;
+}
+
+/// `lease-sync queue migrate` upgrades by hand, and running it again (for what an old
+/// process wrote meanwhile) finds nothing more to move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_migrate_upgrades_by_hand_and_again_moves_nothing() {
+    let redis = lease_sync_testkit::RedisServer::start().await;
+    let mut conn = ::redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/upgrade/03085aa.json")).expect("fixture");
+    snapshot::load_keys(&mut conn, &fixture)
+        .await
+        .expect("load");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    write_config(
+        &test_config(&redis.url(), FIXTURE_NAMESPACE, "http://127.0.0.1:9"),
+        &config,
+    );
+    let run = || {
+        let config = config.display().to_string();
+        async move {
+            let out = run_lease_sync(vec![
+                "queue".into(),
+                "migrate".into(),
+                "--config".into(),
+                config,
+                "--json".into(),
+            ])
+            .await;
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+        }
+    };
+    let first = run().await;
+    assert_eq!(
+        (&first["jobs_ready"], &first["jobs_scheduled"]),
+        (&json!(3), &json!(2)),
+        "{first}"
+    );
+    let second = run().await;
+    assert_eq!(
+        second,
+        json!({"jobs_ready": 0, "jobs_scheduled": 0, "jobs_dropped": 0, "keys_renamed": 0, "keys_deleted": 0})
+    );
 }

@@ -281,11 +281,6 @@ impl Cluster {
         process
     }
 
-    /// Process id of worker `slot`.
-    pub fn worker_pid(&self, slot: usize) -> u32 {
-        self.workers[slot].pid()
-    }
-
     /// SIGKILLs worker `slot` and starts a replacement.
     pub async fn kill_and_replace_worker(&mut self, slot: usize) {
         self.workers[slot].kill9();

@@ -2,21 +2,27 @@
 -- A convergence also takes its resident's lock and reads the resident's state here, so that
 -- claiming a job is one round trip.
 -- KEYS[1] delivery hash  KEYS[2] its attempts list  KEYS[3] dead-letter zset  KEYS[4] stats hash
--- KEYS[5] resident lock, KEYS[6] resident hash (convergences only)
--- ARGV[1] apalis task id  ARGV[2] max attempts  ARGV[3] now (ms)  ARGV[4] delivery id
+-- KEYS[5] in-flight set  KEYS[6] job data hash
+-- KEYS[7] resident lock, KEYS[8] resident hash (convergences only)
+-- ARGV[1] job id  ARGV[2] max attempts  ARGV[3] now (ms)  ARGV[4] delivery id
 -- ARGV[5] lock token, ARGV[6] lock ttl (ms) (convergences only)
 -- Returns {'run', n, ''} | {'stale', 0, ''} | {'dead', attempts, reason}; with the lock keys
 -- a fourth element, the resident hash (HGETALL) for 'run' and empty otherwise, and
 -- {'busy', ms the lock still lives, '', {}} when another worker holds the resident (nothing
--- counted). The lock is released again unless the answer is 'run'.
-local locking = #KEYS >= 6
-if locking and not redis.call('SET', KEYS[5], ARGV[5], 'NX', 'PX', ARGV[6]) then
-  return {'busy', redis.call('PTTL', KEYS[5]), '', {}}
+-- counted). The lock is released again unless the answer is 'run'. With 'stale' and 'dead'
+-- the job ends here: it leaves the in-flight set and its payload is dropped.
+local locking = #KEYS >= 8
+if locking and not redis.call('SET', KEYS[7], ARGV[5], 'NX', 'PX', ARGV[6]) then
+  return {'busy', redis.call('PTTL', KEYS[7]), '', {}}
 end
 local function answer(kind, n, reason)
+  if kind ~= 'run' then
+    redis.call('ZREM', KEYS[5], ARGV[1])
+    redis.call('HDEL', KEYS[6], ARGV[1])
+  end
   if not locking then return {kind, n, reason} end
-  if kind == 'run' then return {kind, n, reason, redis.call('HGETALL', KEYS[6])} end
-  if redis.call('GET', KEYS[5]) == ARGV[5] then redis.call('DEL', KEYS[5]) end
+  if kind == 'run' then return {kind, n, reason, redis.call('HGETALL', KEYS[8])} end
+  if redis.call('GET', KEYS[7]) == ARGV[5] then redis.call('DEL', KEYS[7]) end
   return {kind, n, reason, {}}
 end
 if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then

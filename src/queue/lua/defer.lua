@@ -1,15 +1,17 @@
--- Puts a task off without using an attempt (its resident is busy with another worker).
--- KEYS[1] delivery hash  KEYS[2] {q}:data  KEYS[3] {q}:meta (prefix)  KEYS[4] {q}:scheduled
--- KEYS[5] stats hash
--- ARGV[1] apalis task id  ARGV[2] new task id  ARGV[3] due (ms)
+-- Puts a job off without using an attempt (its resident is busy with another worker): the
+-- held job ends, and a new one is scheduled for the delivery.
+-- KEYS[1] delivery hash  KEYS[2] job data hash  KEYS[3] scheduled set  KEYS[4] stats hash
+-- KEYS[5] in-flight set
+-- ARGV[1] held job id  ARGV[2] new job id  ARGV[3] due (ms)
+-- Returns 1 if deferred, 0 if the held job was stale (it just ends).
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then
   return 0
 end
 local task = ARGV[2]
 redis.call('HSET', KEYS[1], 'current_task', task)
 redis.call('HSET', KEYS[2], task, redis.call('HGET', KEYS[1], 'job'))
-redis.call('HSET', KEYS[3] .. ':' .. task, 'attempts', 0, 'max_attempts', 0,
-  'status', 'Pending', 'idempotency_key', '', 'ready_at', ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[3], task)
-redis.call('HINCRBY', KEYS[5], 'deferred', 1)
+redis.call('ZADD', KEYS[3], ARGV[3], task)
+redis.call('HINCRBY', KEYS[4], 'deferred', 1)
 return 1

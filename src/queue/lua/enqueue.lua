@@ -1,31 +1,31 @@
 -- Folds one event into the state of each of its residents and queues a convergence job for
 -- every resident whose state it changed; or does nothing if the event was seen already.
 -- With an empty lease record it instead forgets the lease (an operator's reset): the record
--- is removed from each resident that holds one from ARGV[9], and each is converged again.
--- KEYS[1] dedupe marker       KEYS[2] {q}:data         KEYS[3] {q}:active
--- KEYS[4] {q}:meta (prefix)   KEYS[5] delivery (prefix) KEYS[6] stats hash
+-- is removed from each resident that holds one from ARGV[8], and each is converged again.
+-- KEYS[1] dedupe marker  KEYS[2] job data hash  KEYS[3] ready list  KEYS[4] stats hash
+-- KEYS[5] the building's residents index (a set of user ids)
+-- KEYS[6..] pairs, one per resident: resident hash, the ledger hash of its new delivery
 -- ARGV[1] dedupe ttl (s)  ARGV[2] now (ms)  ARGV[3] event JSON  ARGV[4] lease id
 -- ARGV[5] lease record JSON, or '' to forget the lease
--- ARGV[6] residents index key (a set of user ids)
--- ARGV[7] digest of the event ('sha256:<hex>'), kept in the dedupe marker
--- ARGV[8] future cutoff (ms): a recorded version later than this was written by a clock
+-- ARGV[6] digest of the event ('sha256:<hex>'), kept in the dedupe marker
+-- ARGV[7] future cutoff (ms): a recorded version later than this was written by a clock
 --         running ahead (or by an event accepted before such events were refused) and
 --         never outranks an incoming event
--- ARGV[9] source (whose records a reset forgets)
--- ARGV[10..] groups of 5: apalis task id, delivery id, job JSON, resident key, user id
+-- ARGV[8] source (whose records a reset forgets)
+-- ARGV[9..] triples, one per resident (same order as the key pairs): job id, job JSON, user id
 -- Returns {queued, stale, overridden}: overridden counts future-dated records replaced;
 -- {-1, 0, 0} for a duplicate event, {-2, 0, 0} for another event under a known id.
-if not redis.call('SET', KEYS[1], ARGV[7], 'NX', 'EX', ARGV[1]) then
+if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'EX', ARGV[1]) then
   local seen = redis.call('GET', KEYS[1])
   -- Markers written before digests were kept hold a time: nothing to compare them with.
-  if seen and string.sub(seen, 1, 7) == 'sha256:' and seen ~= ARGV[7] then
+  if seen and string.sub(seen, 1, 7) == 'sha256:' and seen ~= ARGV[6] then
     return {-2, 0, 0}
   end
   return {-1, 0, 0}
 end
 local forget = ARGV[5] == ''
 local incoming = (not forget) and cjson.decode(ARGV[5]) or nil
-local cutoff = tonumber(ARGV[8])
+local cutoff = tonumber(ARGV[7])
 -- Version order: occurred_at, then ended (rank 1) over signed (rank 0), then event id.
 local function newer(a, b)
   if a.occurred_at ~= b.occurred_at then return a.occurred_at > b.occurred_at end
@@ -34,13 +34,16 @@ local function newer(a, b)
 end
 local field = 'lease:' .. ARGV[4]
 local queued, stale, overridden = 0, 0, 0
-for i = 10, #ARGV, 5 do
-  local task, delivery, job, resident, user = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+local k = 6
+for i = 9, #ARGV, 3 do
+  local task, job, user = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local resident, ledger = KEYS[k], KEYS[k + 1]
+  k = k + 2
   local raw = redis.call('HGET', resident, field)
   local recorded = raw and cjson.decode(raw) or nil
   local changes
   if forget then
-    changes = recorded ~= nil and recorded.source == ARGV[9]
+    changes = recorded ~= nil and recorded.source == ARGV[8]
   elseif recorded == nil then
     changes = true
   elseif recorded.occurred_at > cutoff then
@@ -59,22 +62,19 @@ for i = 10, #ARGV, 5 do
       redis.call('HSET', resident, field, ARGV[5])
     end
     redis.call('HINCRBY', resident, 'version', 1)
-    redis.call('SADD', ARGV[6], user)
-    redis.call('HSET', KEYS[5] .. ':' .. delivery,
+    redis.call('SADD', KEYS[5], user)
+    redis.call('HSET', ledger,
       'job', job, 'event', ARGV[3], 'first_seen', ARGV[2], 'attempts', 0,
       'current_task', task, 'status', 'pending', 'replays', 0)
     redis.call('HSET', KEYS[2], task, job)
-    -- The fields apalis-redis's fetch requires, plus when the job became ready.
-    redis.call('HSET', KEYS[4] .. ':' .. task, 'attempts', 0, 'max_attempts', 0,
-      'status', 'Pending', 'idempotency_key', '', 'ready_at', ARGV[2])
     redis.call('RPUSH', KEYS[3], task)
     queued = queued + 1
   end
 end
 if stale > 0 and not forget then
-  redis.call('HINCRBY', KEYS[6], 'stale_events', stale)
+  redis.call('HINCRBY', KEYS[4], 'stale_events', stale)
 end
 if overridden > 0 then
-  redis.call('HINCRBY', KEYS[6], 'future_versions_overridden', overridden)
+  redis.call('HINCRBY', KEYS[4], 'future_versions_overridden', overridden)
 end
 return {queued, stale, overridden}

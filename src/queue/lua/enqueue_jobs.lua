@@ -1,10 +1,10 @@
 -- Queues jobs that fold nothing at ingest (a Buildium event's refresh), or nothing at all if
 -- the event was seen already.
--- KEYS[1] dedupe marker  KEYS[2] {q}:data  KEYS[3] {q}:active  KEYS[4] {q}:meta (prefix)
--- KEYS[5] delivery (prefix)
+-- KEYS[1] dedupe marker  KEYS[2] job data hash  KEYS[3] ready list
+-- KEYS[4..] the ledger hash of each job's delivery
 -- ARGV[1] dedupe ttl (s)  ARGV[2] now (ms)  ARGV[3] event JSON (kept with each delivery)
 -- ARGV[4] digest of the event ('sha256:<hex>'), kept in the dedupe marker
--- ARGV[5..] pairs: apalis task id, delivery id, job JSON
+-- ARGV[5..] pairs, one per job (same order as the ledger keys): job id, job JSON
 -- Returns the number of jobs queued; -1 for a duplicate event, -2 for another event under a
 -- known id.
 if not redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[1]) then
@@ -15,15 +15,14 @@ if not redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[1]) then
   return -1
 end
 local queued = 0
-for i = 5, #ARGV, 3 do
-  local task, delivery, job = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  redis.call('HSET', KEYS[5] .. ':' .. delivery,
+local k = 4
+for i = 5, #ARGV, 2 do
+  local task, job = ARGV[i], ARGV[i + 1]
+  redis.call('HSET', KEYS[k],
     'job', job, 'event', ARGV[3], 'first_seen', ARGV[2], 'attempts', 0,
     'current_task', task, 'status', 'pending', 'replays', 0)
+  k = k + 1
   redis.call('HSET', KEYS[2], task, job)
-  -- The fields apalis-redis's fetch requires, plus when the job became ready.
-  redis.call('HSET', KEYS[4] .. ':' .. task, 'attempts', 0, 'max_attempts', 0,
-    'status', 'Pending', 'idempotency_key', '', 'ready_at', ARGV[2])
   redis.call('RPUSH', KEYS[3], task)
   queued = queued + 1
 end

@@ -1,7 +1,8 @@
 -- Records how an attempt ended and carries out the decision, atomically.
 -- KEYS[1] delivery hash  KEYS[2] attempts list  KEYS[3] dead-letter zset  KEYS[4] stats hash
--- KEYS[5] {q}:data  KEYS[6] {q}:meta (prefix)  KEYS[7] {q}:scheduled
--- ARGV[1] apalis task id  ARGV[2] now (ms)  ARGV[3] kind: delivered | retry | dead
+-- KEYS[5] job data hash  KEYS[6] in-flight set  KEYS[7] scheduled set
+-- ARGV[1] job id (it ends here, whatever the outcome but 'moved': it leaves the in-flight
+-- set and its payload is dropped)  ARGV[2] now (ms)  ARGV[3] kind: delivered | retry | dead
 -- ARGV[4] attempt result JSON (merged into the attempt record)  ARGV[5] delivery id
 -- ARGV[6] retry task id  ARGV[7] retry due (ms)  ARGV[8] dead reason  ARGV[9] '1' if 401/403
 -- ARGV[10] seconds a delivered record is kept for inspection
@@ -28,6 +29,8 @@ end
 if ARGV[11] ~= '' and redis.call('GET', KEYS[8]) == ARGV[11] then
   redis.call('DEL', KEYS[8])
 end
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then
   return 'stale'
 end
@@ -62,8 +65,6 @@ if kind == 'delivered' then
       redis.call('HSET', KEYS[11], 'job', ARGV[18], 'event', '{}', 'first_seen', now,
         'attempts', 0, 'current_task', task, 'status', 'pending', 'replays', 0)
       redis.call('HSET', KEYS[5], task, ARGV[18])
-      redis.call('HSET', KEYS[6] .. ':' .. task, 'attempts', 0, 'max_attempts', 0,
-        'status', 'Pending', 'idempotency_key', '', 'ready_at', due)
       redis.call('ZADD', KEYS[7], due, task)
       redis.call('ZADD', KEYS[12], due, task)
       return 'delivered+scheduled'
@@ -74,9 +75,6 @@ elseif kind == 'retry' then
   local due = ARGV[7]
   redis.call('HSET', KEYS[1], 'current_task', task)
   redis.call('HSET', KEYS[5], task, redis.call('HGET', KEYS[1], 'job'))
-  redis.call('HSET', KEYS[6] .. ':' .. task, 'attempts', 0, 'max_attempts', 0,
-    'status', 'Pending', 'idempotency_key', '', 'ready_at', due)
-  -- Scores in milliseconds: only lease-sync's promoter moves these, never apalis's fetch.
   redis.call('ZADD', KEYS[7], due, task)
   redis.call('HINCRBY', KEYS[4], 'retries', 1)
 else

@@ -1,8 +1,8 @@
 -- Claims a dead letter and queues it again with a fresh attempt budget, atomically: of two
 -- concurrent replays of one entry, exactly one finds it in the set.
--- KEYS[1] dead-letter zset  KEYS[2] delivery hash  KEYS[3] attempts list  KEYS[4] {q}:data
--- KEYS[5] {q}:meta (prefix)  KEYS[6] {q}:active
--- ARGV[1] delivery id  ARGV[2] new task id  ARGV[3] now (ms)  ARGV[4] actor
+-- KEYS[1] dead-letter zset  KEYS[2] delivery hash  KEYS[3] attempts list  KEYS[4] job data
+-- KEYS[5] ready list
+-- ARGV[1] delivery id  ARGV[2] new job id  ARGV[3] now (ms)  ARGV[4] actor
 -- Returns 1 when queued, 0 when the entry is not (or no longer) a dead letter.
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
@@ -17,7 +17,5 @@ redis.call('HDEL', KEYS[2], 'reason', 'dead_at')
 redis.call('HINCRBY', KEYS[2], 'replays', 1)
 redis.call('RPUSH', KEYS[3], cjson.encode({outcome = 'replayed', at = tonumber(ARGV[3]), by = ARGV[4]}))
 redis.call('HSET', KEYS[4], task, job)
-redis.call('HSET', KEYS[5] .. ':' .. task, 'attempts', 0, 'max_attempts', 0,
-  'status', 'Pending', 'idempotency_key', '', 'ready_at', ARGV[3])
-redis.call('RPUSH', KEYS[6], task)
+redis.call('RPUSH', KEYS[5], task)
 return 1

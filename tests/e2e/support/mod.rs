@@ -431,6 +431,11 @@ pub async fn fold_without_ingest_checks(
     id: &str,
     body: &[u8],
 ) -> lease_sync::queue::EnqueueOutcome {
+    fold_on(&app.queue(), id, body).await
+}
+
+/// Folds event `body` under `id` straight into `queue`, as ingest would after its checks.
+pub async fn fold_on(queue: &JobQueue, id: &str, body: &[u8]) -> lease_sync::queue::EnqueueOutcome {
     let event = lease_sync::event::parse_event(body, id).expect("valid event");
     let role = role();
     let target = lease_sync::queue::Target {
@@ -451,7 +456,7 @@ pub async fn fold_without_ingest_checks(
             )
         })
         .collect();
-    app.queue()
+    queue
         .enqueue_event(
             SOURCE,
             &event,

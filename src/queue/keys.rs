@@ -1,0 +1,246 @@
+//! Every Redis key name lease-sync uses, and nothing else builds one.
+//!
+//! Each key starts with the namespace as a Redis Cluster hash tag, `{namespace}:…`, so all of
+//! a deployment's keys live in one hash slot: every script can take every key it touches in
+//! `KEYS` and run on one node of a cluster, and `MULTI`/`EXEC` pipelines stay legal. There is
+//! no key outside the namespace.
+//!
+//! [`LegacyKeys`] names the layout of the releases before this one (no hash tag, apalis-redis's
+//! task keys), for the one-time migration in [`super::migrate`] only.
+
+/// Names of every key lease-sync uses, derived from the namespace.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    namespace: String,
+    /// `{namespace}`: the hash tag every key starts with.
+    tag: String,
+}
+
+impl Keys {
+    /// Keys under `namespace` (which config validation keeps free of braces).
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            tag: format!("{{{namespace}}}"),
+        }
+    }
+
+    /// The namespace (`[redis] namespace`).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The prefix every key starts with: `{namespace}`.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Job ids ready to run, oldest first (a list: pushed at the tail, fetched from the head).
+    pub fn ready(&self) -> String {
+        format!("{}:jobs:ready", self.tag)
+    }
+
+    /// Job ids waiting for their time (retries, deferrals, lease-window convergences), a
+    /// sorted set by due time in ms.
+    pub fn scheduled(&self) -> String {
+        format!("{}:jobs:scheduled", self.tag)
+    }
+
+    /// Job ids a worker holds, a sorted set by the time (ms) its hold lapses unless renewed.
+    pub fn in_flight(&self) -> String {
+        format!("{}:jobs:in-flight", self.tag)
+    }
+
+    /// The payload of every queued job (a hash: job id → [`super::Job`] JSON).
+    pub fn job_data(&self) -> String {
+        format!("{}:jobs:data", self.tag)
+    }
+
+    /// Which layout this namespace holds (a string: [`super::migrate::LAYOUT_VERSION`]).
+    pub fn layout(&self) -> String {
+        format!("{}:layout", self.tag)
+    }
+
+    /// The lock of the process migrating an older layout.
+    pub fn migration_lock(&self) -> String {
+        format!("{}:layout:migrating", self.tag)
+    }
+
+    /// Marker that `source` delivered `event_id`.
+    pub fn dedupe(&self, source: &str, event_id: &str) -> String {
+        format!("{}:dedupe:{source}:{event_id}", self.tag)
+    }
+
+    /// Prefix of the per-delivery ledger hashes (for a `SCAN` by tools).
+    pub fn delivery_prefix(&self) -> String {
+        format!("{}:delivery", self.tag)
+    }
+
+    /// Ledger hash of one delivery.
+    pub fn delivery(&self, delivery_id: &str) -> String {
+        format!("{}:{delivery_id}", self.delivery_prefix())
+    }
+
+    /// Attempt records of one delivery (a list of JSON objects).
+    pub fn attempts(&self, delivery_id: &str) -> String {
+        format!("{}:{delivery_id}:attempts", self.delivery_prefix())
+    }
+
+    /// Sorted set of dead-letter ids by dead-at (ms).
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dead-letters", self.tag)
+    }
+
+    /// Audit records of replays and purges (a list, newest first).
+    pub fn audit(&self) -> String {
+        format!("{}:audit", self.tag)
+    }
+
+    /// State of one resident in one building.
+    pub fn resident(&self, integration_id: &str, user_id: &str) -> String {
+        format!("{}:resident:{integration_id}:{user_id}", self.tag)
+    }
+
+    /// Set of users lease-sync holds state for in one building.
+    pub fn residents_index(&self, integration_id: &str) -> String {
+        format!("{}:residents:{integration_id}", self.tag)
+    }
+
+    /// Lock serializing calls for one resident.
+    pub fn resident_lock(&self, integration_id: &str, user_id: &str) -> String {
+        format!("{}:lock:{integration_id}:{user_id}", self.tag)
+    }
+
+    /// Scheduled convergences (lease window boundaries) by due time, for the pending count.
+    pub fn convergences(&self) -> String {
+        format!("{}:convergences", self.tag)
+    }
+
+    /// The OpenApp user an email maps to in `org_id`, by the email's digest.
+    pub fn identity(&self, org_id: &str, email_digest: &str) -> String {
+        format!("{}:identity:{org_id}:{email_digest}", self.tag)
+    }
+
+    /// The digests of the emails cached as mapping to `user_id` in `org_id` (a set), so the
+    /// mappings of a user OpenApp no longer knows can be dropped.
+    pub fn identity_of_user(&self, org_id: &str, user_id: &str) -> String {
+        format!("{}:identity-user:{org_id}:{user_id}", self.tag)
+    }
+
+    /// Unresolved people, by source and person.
+    pub fn conflicts(&self) -> String {
+        format!("{}:conflicts", self.tag)
+    }
+
+    /// The OpenApp user each person of `source` was last resolved to (a hash by person), so
+    /// a tenant who moved out — whose email Buildium's lease no longer carries — can lose
+    /// their door without one more read of Buildium.
+    pub fn person_users(&self, source: &str) -> String {
+        format!("{}:person-users:{source}", self.tag)
+    }
+
+    /// Grants of the shared request rate of `scope` (a sorted set by grant time, see
+    /// [`super::rate_limit`]).
+    pub fn rate_limit(&self, scope: &str) -> String {
+        format!("{}:rate-limit:{scope}", self.tag)
+    }
+
+    /// The claim of the process running `source`'s scheduled reconciliation this period;
+    /// `…:last-pull` and `…:last-full-pull` beside it.
+    pub fn reconcile_claim(&self, source: &str) -> String {
+        format!("{}:reconcile:{source}:claim", self.tag)
+    }
+
+    /// Lifetime counters.
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.tag)
+    }
+}
+
+/// Key names of the layout written before this release: no hash tag, and jobs in
+/// apalis-redis 1.0's keys under the queue `namespace:deliveries`. Read by the migration only.
+#[derive(Debug, Clone)]
+pub struct LegacyKeys {
+    namespace: String,
+}
+
+/// The key families of the legacy layout that keep their meaning: each `namespace:<family>…`
+/// key becomes `{namespace}:<family>…`.
+pub const LEGACY_FAMILIES: &[&str] = &[
+    "dedupe:",
+    "delivery:",
+    "dead-letters",
+    "audit",
+    "resident:",
+    "residents:",
+    "lock:",
+    "convergences",
+    "identity:",
+    "identity-user:",
+    "conflicts",
+    "person-users:",
+    "rate-limit:",
+    "reconcile:",
+    "stats",
+];
+
+impl LegacyKeys {
+    /// The legacy names under `namespace`.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// apalis-redis's queue name, `namespace:deliveries`, as registered in its global
+    /// `core:apalis:queues:list`.
+    pub fn queue(&self) -> String {
+        format!("{}:deliveries", self.namespace)
+    }
+
+    /// One of apalis-redis's keys of the queue: `active`, `scheduled`, `data`, `done`,
+    /// `dead`, `workers`, or a prefix (`inflight`, `meta`).
+    pub fn queue_key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.queue())
+    }
+
+    /// The index of worker names kept by the release before this one.
+    pub fn worker_names(&self) -> String {
+        format!("{}:worker-names", self.namespace)
+    }
+
+    /// apalis-redis's global registry of queues.
+    pub fn apalis_queues() -> &'static str {
+        "core:apalis:queues:list"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_carries_the_namespace_as_its_hash_tag() {
+        let keys = Keys::new("lease-sync");
+        for key in [
+            keys.ready(),
+            keys.scheduled(),
+            keys.in_flight(),
+            keys.job_data(),
+            keys.layout(),
+            keys.dedupe("s", "e"),
+            keys.delivery("d"),
+            keys.attempts("d"),
+            keys.resident("i", "u"),
+            keys.rate_limit("buildium:s"),
+            keys.stats(),
+        ] {
+            assert!(key.starts_with("{lease-sync}:"), "{key}");
+        }
+    }
+}
