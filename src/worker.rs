@@ -1003,10 +1003,22 @@ pub async fn run_workers(
             Some(Ok(())) | None => {
                 if shutdown.is_cancelled() {
                     info!(worker = %name, "worker stopped");
+                    failures = 0;
                 } else {
-                    warn!(worker = %name, "worker stopped on its own; starting a new one");
+                    // The backend ends its stream when a fetch fails (Redis away): back off
+                    // as after an error, so an outage is not a tight restart loop.
+                    if started_at.elapsed() > WORKER_HEALTHY_AFTER {
+                        failures = 0;
+                    }
+                    failures = failures.saturating_add(1);
+                    let delay = Duration::from_millis(250u64.saturating_mul(1 << failures.min(7)))
+                        .min(MAX_RESTART_DELAY);
+                    warn!(worker = %name, "worker stopped on its own; starting a new one in {delay:?}");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => {}
+                    }
                 }
-                failures = 0;
             }
             Some(Err(e)) => {
                 // A worker that ran a while before failing starts a fresh series of retries:

@@ -64,13 +64,14 @@ async fn migrate(args: StatsArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "layout {}: {} job(s) ready, {} scheduled, {} dropped; {} key(s) renamed, {} apalis-redis key(s) deleted",
+            "layout {}: {} job(s) ready, {} scheduled, {} dropped; {} key(s) renamed, {} apalis-redis key(s) deleted, {} key(s) left under their old name (the new one exists)",
             crate::queue::migrate::LAYOUT_VERSION,
             report.jobs_ready,
             report.jobs_scheduled,
             report.jobs_dropped,
             report.keys_renamed,
-            report.keys_deleted
+            report.keys_deleted,
+            report.keys_left
         );
     }
     Ok(ExitCode::SUCCESS)

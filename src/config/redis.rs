@@ -19,16 +19,24 @@ pub enum RedisMode {
     /// The primary that Redis Sentinel names `master_name`, asked from `sentinels`, and
     /// asked again after a failover.
     Sentinel,
+    /// A Redis Cluster reached through `nodes`; every key of a namespace lives in one hash
+    /// slot, so on one primary and its replicas.
+    Cluster,
 }
 
 /// `[redis]`: the queue's store.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `mode`: `standalone` (the default: `url` is the Redis) or `sentinel` (`sentinels`
-    /// name the primary of `master_name`; `url` then gives only the primary's password,
-    /// username and database). Redis Cluster is not supported yet.
+    /// `mode`: `standalone` (the default: `url` is the Redis), `sentinel` (`sentinels` name
+    /// the primary of `master_name`; `url` then gives only the primary's password, username
+    /// and database) or `cluster` (`nodes` are a Redis Cluster's seed nodes; `url` gives only
+    /// the password and username).
     pub mode: RedisMode,
+    /// `nodes`: for `mode = "cluster"`, some of the cluster's nodes (`redis://host:7000`, …),
+    /// from which the rest of the cluster is discovered. Redacted in output.
+    #[serde(serialize_with = "serialize_redacted_urls")]
+    pub nodes: Vec<String>,
     /// `sentinels`: for `mode = "sentinel"`, the Sentinel nodes (`redis://host:26379`, a
     /// password in the URL for a Sentinel that needs one). Redacted in output.
     #[serde(serialize_with = "serialize_redacted_urls")]
@@ -39,8 +47,9 @@ pub struct RedisSettings {
     /// `url`: `redis://[:password@]host:port[/db]`, `rediss://` for TLS, or `unix://`; a
     /// password in it is redacted in output.
     pub url: RedisUrl,
-    /// `namespace`: prefix of every key lease-sync writes, so deployments and tests can share
-    /// one Redis. Non-empty, without spaces.
+    /// `namespace`: every key lease-sync writes starts with it as a hash tag
+    /// (`{namespace}:…`), so deployments and tests can share one Redis and a deployment's keys
+    /// share one Redis Cluster slot. Non-empty, without spaces or braces.
     pub namespace: String,
     /// `connect_timeout_ms`: how long a (re)connect may take.
     #[serde(rename = "connect_timeout_ms", with = "PositiveMillis")]
@@ -66,6 +75,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             mode: RedisMode::Standalone,
+            nodes: Vec::new(),
             sentinels: Vec::new(),
             master_name: String::new(),
             url: RedisUrl::parse("redis://127.0.0.1:6379")
@@ -124,6 +134,24 @@ impl RedisSettings {
                     "redis.master_name",
                     "mode = \"sentinel\" needs the name the sentinels monitor the primary under",
                 ));
+            }
+        }
+        if self.mode == RedisMode::Cluster {
+            if self.nodes.is_empty() {
+                return Err(ConfigError::invalid(
+                    "redis.nodes",
+                    "mode = \"cluster\" needs some of the cluster's nodes (redis://host:7000, …)",
+                ));
+            }
+            for (i, node) in self.nodes.iter().enumerate() {
+                let parsed = Url::parse(node).ok();
+                if !parsed.is_some_and(|u| matches!(u.scheme(), "redis" | "rediss")) {
+                    // The value is not echoed: it may hold a password.
+                    return Err(ConfigError::invalid(
+                        format!("redis.nodes[{i}]"),
+                        "must be a redis:// or rediss:// URL",
+                    ));
+                }
             }
         }
         if self.wait_replicas > 0 && self.wait_timeout >= self.response_timeout {
@@ -283,12 +311,26 @@ mod tests {
             let msg = error_of(&good.replace(from, to));
             assert!(msg.contains(key), "{to}: {msg}");
         }
-        let cluster = Settings::from_toml_str(
-            &format!("{MINIMAL}\n[redis]\nmode = \"cluster\"\n"),
-            env(&[]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(cluster.contains("mode"), "{cluster}");
+    }
+
+    #[test]
+    fn cluster_mode_needs_its_nodes_and_hides_passwords() {
+        let msg = error_of(&format!("{MINIMAL}\n[redis]\nmode = \"cluster\"\n"));
+        assert!(msg.contains("redis.nodes"), "{msg}");
+        let msg = error_of(&format!(
+            "{MINIMAL}\n[redis]\nmode = \"cluster\"\nnodes = [\"10.0.0.5:7000\"]\n"
+        ));
+        assert!(msg.contains("redis.nodes[0]"), "{msg}");
+        let good = format!(
+            "{MINIMAL}\n[redis]\nmode = \"cluster\"\nnodes = [\"redis://:s3cret@10.0.0.5:7000\", \"redis://10.0.0.6:7000\"]\n"
+        );
+        let s = Settings::from_toml_str(&good, env(&[])).unwrap();
+        s.validate(Role::Serve).unwrap();
+        assert_eq!(s.redis.mode, super::RedisMode::Cluster);
+        let shown = s.to_redacted_toml();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("10.0.0.6:7000"),
+            "{shown}"
+        );
     }
 }

@@ -1,6 +1,8 @@
-//! The connection every part of lease-sync (apalis included) talks to Redis through: one
-//! address (`[redis] mode = "standalone"`), or the primary that Redis Sentinel names
-//! (`mode = "sentinel"`).
+//! The connection every part of lease-sync talks to Redis through: one address
+//! (`[redis] mode = "standalone"`), the primary that Redis Sentinel names (`mode =
+//! "sentinel"`), or a Redis Cluster (`mode = "cluster"`: redis-rs's cluster connection, which
+//! follows `MOVED`/`ASK` and failovers; every key of a namespace shares one hash slot, so each
+//! script and pipeline goes to one node).
 //!
 //! With Sentinel, the primary's address is asked from the sentinels on first use, and asked
 //! again after a connection error (the primary is gone) or a `READONLY` reply (the node was
@@ -36,6 +38,8 @@ enum Route {
     Direct(ConnectionManager),
     /// Wherever the sentinels say the primary is.
     Sentinel(Arc<SentinelRoute>),
+    /// A Redis Cluster; connects in the background on first use.
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 /// The connection to the primary last resolved.
@@ -98,8 +102,56 @@ impl RedisConnection {
                 }
                 Route::Sentinel(route)
             }
+            RedisMode::Cluster => {
+                let auth = info.redis_settings();
+                let mut builder = redis::cluster::ClusterClient::builder(
+                    settings.nodes.iter().map(String::as_str),
+                )
+                .connection_timeout(settings.connect_timeout)
+                .response_timeout(settings.response_timeout)
+                .retries(1);
+                if let Some(username) = auth.username() {
+                    builder = builder.username(username);
+                }
+                if let Some(password) = auth.password() {
+                    builder = builder.password(password);
+                }
+                let client = builder.build()?;
+                Route::Cluster(
+                    client.get_pending_async_connection_with_config(
+                        redis::cluster::ClusterConfig::new()
+                            .set_connection_timeout(settings.connect_timeout)
+                            .set_response_timeout(settings.response_timeout),
+                    ),
+                )
+            }
         };
         Ok(Self { route, db })
+    }
+
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.route, Route::Cluster(_))
+    }
+
+    /// Runs `cmd`, which names no key (`WAIT`, `SCAN`), on the primary holding `key`: in a
+    /// cluster it would otherwise go to any node. Elsewhere there is one primary.
+    pub async fn on_primary_of(&self, key: &str, cmd: &Cmd) -> RedisResult<Value> {
+        match &self.route {
+            Route::Cluster(conn) => {
+                use redis::cluster_routing::{
+                    Route as SlotRoute, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+                };
+                let route = SlotRoute::with_key(key, SlotAddr::Master);
+                conn.clone()
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await
+            }
+            _ => cmd.query_async(&mut self.clone()).await,
+        }
     }
 }
 
@@ -266,6 +318,7 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.route {
             Route::Direct(conn) => conn.req_packed_command(cmd),
+            Route::Cluster(conn) => conn.req_packed_command(cmd),
             Route::Sentinel(route) => {
                 let route = Arc::clone(route);
                 Box::pin(async move {
@@ -286,6 +339,7 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.route {
             Route::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Route::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
             Route::Sentinel(route) => {
                 let route = Arc::clone(route);
                 Box::pin(async move {

@@ -375,14 +375,14 @@ impl JobQueue {
         let mut found = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(500)
-                .query_async(&mut conn)
-                .await?;
+                .arg(500);
+            let (next, keys): (u64, Vec<String>) =
+                redis::from_redis_value(self.conn.on_primary_of(&pattern, &scan).await?)?;
             for key in keys.iter().filter(|k| !k.ends_with(":attempts")) {
                 let job: Option<String> = redis::cmd("HGET")
                     .arg(key)

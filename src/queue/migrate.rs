@@ -49,6 +49,9 @@ pub struct MigrationReport {
     pub keys_renamed: u64,
     /// apalis-redis keys deleted.
     pub keys_deleted: u64,
+    /// Keys left under their old name because their new name exists already (written by an
+    /// old process after the upgrade: never overwritten, see `queue migrate`).
+    pub keys_left: u64,
 }
 
 impl JobQueue {
@@ -134,6 +137,10 @@ impl JobQueue {
     /// documentation); run by [`Self::ensure_layout`], or by hand (`lease-sync queue migrate`)
     /// for what an old process wrote after the upgrade.
     pub async fn migrate_legacy(&self) -> Result<MigrationReport, QueueError> {
+        if self.conn.is_cluster() {
+            // No release before this one ran on a cluster: nothing to move.
+            return Ok(MigrationReport::default());
+        }
         let legacy = LegacyKeys::new(self.keys.namespace());
         let mut report = MigrationReport::default();
         self.migrate_jobs(&legacy, &mut report).await?;
@@ -273,29 +280,51 @@ impl JobQueue {
             let names = self.scan(&pattern).await?;
             for chunk in names.chunks(CHUNK) {
                 let mut pipe = redis::pipe();
+                let mut renamed = Vec::with_capacity(chunk.len());
                 for name in chunk {
                     let Some(rest) = name.strip_prefix(&old_prefix) else {
                         continue;
                     };
-                    pipe.cmd("RENAME")
+                    // Never over an existing key: a record written under the new name since
+                    // the upgrade may be newer than the one an old process left.
+                    pipe.cmd("RENAMENX")
                         .arg(name)
-                        .arg(format!("{new_prefix}{rest}"))
-                        .ignore();
+                        .arg(format!("{new_prefix}{rest}"));
+                    renamed.push(name);
                 }
-                if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-                    // A key that expired between the SCAN and the RENAME ("no such key").
-                    warn!("renaming a chunk of keys failed ({e}); renaming them one by one");
-                    for name in chunk {
-                        if let Some(rest) = name.strip_prefix(&old_prefix) {
-                            let _: Result<(), _> = redis::cmd("RENAME")
-                                .arg(name)
-                                .arg(format!("{new_prefix}{rest}"))
-                                .query_async(&mut conn)
-                                .await;
+                let answers: Vec<redis::RedisResult<i64>> = match pipe
+                    .query_async::<Vec<redis::Value>>(&mut conn)
+                    .await
+                {
+                    Ok(values) => values
+                        .into_iter()
+                        .map(|v| redis::from_redis_value::<i64>(v).map_err(Into::into))
+                        .collect(),
+                    Err(e) => {
+                        // A key that expired between the SCAN and the RENAMENX ("no such key")
+                        // fails the whole pipeline: rename one by one instead.
+                        warn!("renaming a chunk of keys failed ({e}); renaming them one by one");
+                        let mut answers = Vec::with_capacity(renamed.len());
+                        for name in &renamed {
+                            let rest = name.strip_prefix(&old_prefix).unwrap_or(name);
+                            answers.push(
+                                redis::cmd("RENAMENX")
+                                    .arg(name)
+                                    .arg(format!("{new_prefix}{rest}"))
+                                    .query_async(&mut conn)
+                                    .await,
+                            );
                         }
+                        answers
+                    }
+                };
+                for answer in answers {
+                    match answer {
+                        Ok(1) => report.keys_renamed += 1,
+                        Ok(_) => report.keys_left += 1,
+                        Err(_) => {} // gone (expired) meanwhile
                     }
                 }
-                report.keys_renamed += chunk.len() as u64;
             }
         }
         Ok(())

@@ -366,6 +366,12 @@ pub enum QueueError {
     },
 }
 
+impl From<redis::ParsingError> for QueueError {
+    fn from(e: redis::ParsingError) -> Self {
+        QueueError::Protocol(e.to_string())
+    }
+}
+
 /// Opens the connection `settings` describe (one address, or the primary Sentinel names),
 /// which reconnects on its own. Lazy: it connects on first use, so a process can start (and
 /// report not-ready) while Redis is down.
@@ -537,16 +543,15 @@ impl JobQueue {
         if replicas == 0 {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
-        let confirmed: u32 = redis::cmd("WAIT")
-            .arg(replicas)
-            .arg(
-                u64::try_from(timeout.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            )
-            .query_async(&mut conn)
-            .await?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        // On the primary that took the writes (in a cluster, the one holding the namespace).
+        let confirmed: u32 =
+            redis::from_redis_value(self.conn.on_primary_of(&self.keys.ready(), &wait).await?)?;
         if confirmed < replicas {
             return Err(QueueError::NotReplicated {
                 wanted: replicas,

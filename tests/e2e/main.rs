@@ -5,6 +5,7 @@ mod admin_api;
 mod buildium;
 mod buildium_client;
 mod cli;
+mod cluster;
 mod connections;
 mod convergence;
 mod delivery;

@@ -139,8 +139,8 @@ async fn data_written_by_the_release_before_the_layout_change_is_upgraded_in_pla
     app.stop().await;
 }
 
-/// `lease-sync queue migrate` upgrades by hand, and running it again (for what an old
-/// process wrote meanwhile) finds nothing more to move.
+/// `lease-sync queue migrate` upgrades by hand; running it again moves only what an old
+/// process wrote since, and never overwrites a key the new release has written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_migrate_upgrades_by_hand_and_again_moves_nothing() {
     let redis = lease_sync_testkit::RedisServer::start().await;
@@ -181,9 +181,48 @@ async fn queue_migrate_upgrades_by_hand_and_again_moves_nothing() {
         (&json!(3), &json!(2)),
         "{first}"
     );
-    let second = run().await;
+    let again = run().await;
     assert_eq!(
-        second,
-        json!({"jobs_ready": 0, "jobs_scheduled": 0, "jobs_dropped": 0, "keys_renamed": 0, "keys_deleted": 0})
+        again,
+        json!({"jobs_ready": 0, "jobs_scheduled": 0, "jobs_dropped": 0, "keys_renamed": 0, "keys_deleted": 0, "keys_left": 0})
+    );
+
+    // An old process still running writes a job, a dedupe marker and its counters.
+    let old = FIXTURE_NAMESPACE;
+    let _: () = ::redis::pipe()
+        .rpush(
+            format!("{old}:deliveries:active"),
+            "01JLATEJOB00000000000000000",
+        )
+        .hset(
+            format!("{old}:deliveries:data"),
+            "01JLATEJOB00000000000000000",
+            "{}",
+        )
+        .set(format!("{old}:dedupe:{SOURCE}:evt-late"), "sha256:00")
+        .hset(format!("{old}:stats"), "delivered", 99)
+        .query_async(&mut conn)
+        .await
+        .expect("redis");
+    let stragglers = run().await;
+    assert_eq!(
+        (
+            &stragglers["jobs_ready"],
+            &stragglers["keys_renamed"],
+            &stragglers["keys_left"]
+        ),
+        (&json!(1), &json!(1), &json!(1)),
+        "{stragglers}"
+    );
+    let keys = lease_sync::queue::Keys::new(FIXTURE_NAMESPACE);
+    let delivered: u64 = ::redis::cmd("HGET")
+        .arg(keys.stats())
+        .arg("delivered")
+        .query_async(&mut conn)
+        .await
+        .expect("redis");
+    assert_eq!(
+        delivered, 5,
+        "the new release's counters are not overwritten"
     );
 }

@@ -34,7 +34,7 @@ use std::net::{Ipv4Addr, TcpListener};
 pub use crate::config::{ConfigBuilder, toml_with_secrets, write_with_secrets};
 pub use crate::poll::{POLL, poll_until, wait_until};
 pub use crate::process::{OnDrop, Output, Process, ProcessBuilder, signal};
-pub use crate::redis::{Appendfsync, RedisOptions, RedisServer, SentinelServer};
+pub use crate::redis::{Appendfsync, RedisCluster, RedisOptions, RedisServer, SentinelServer};
 pub use crate::sandbox::{BuildiumServer, SandboxServer};
 
 /// A loopback port that was free a moment ago (bound to port 0, then released), for a child

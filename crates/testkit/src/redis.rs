@@ -69,6 +69,7 @@ pub struct RedisOptions {
     appendfsync: Appendfsync,
     start_limit: Duration,
     on_drop: OnDrop,
+    cluster: bool,
 }
 
 impl Default for RedisOptions {
@@ -80,6 +81,7 @@ impl Default for RedisOptions {
             appendfsync: Appendfsync::Always,
             start_limit: Duration::from_secs(10),
             on_drop: OnDrop::Kill,
+            cluster: false,
         }
     }
 }
@@ -108,6 +110,14 @@ impl RedisOptions {
         self
     }
 
+    /// Starts the server as a Redis Cluster node (`cluster-enabled yes`, its node file in
+    /// the data directory), to be joined into a cluster ([`RedisCluster`]).
+    #[must_use]
+    pub fn cluster_node(mut self) -> Self {
+        self.cluster = true;
+        self
+    }
+
     /// What dropping the [`RedisServer`] does to a server still running (default
     /// [`OnDrop::Kill`]; SIGKILL also ends a server stopped with [`RedisServer::pause`]).
     #[must_use]
@@ -126,6 +136,7 @@ impl RedisOptions {
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    cluster: bool,
     appendfsync: Appendfsync,
     start_limit: Duration,
     on_drop: OnDrop,
@@ -175,6 +186,7 @@ impl RedisServer {
         let mut server = Self {
             port: 0,
             dir,
+            cluster: options.cluster,
             appendfsync: options.appendfsync,
             start_limit: options.start_limit,
             on_drop: options.on_drop,
@@ -197,7 +209,14 @@ impl RedisServer {
     /// Starts the process on `self.port` and waits (bounded) until it answers PING.
     async fn spawn(&mut self) -> anyhow::Result<()> {
         self.process = None;
-        let mut process = ProcessBuilder::new("redis-server", binary(), self.dir.join("redis.log"))
+        let mut builder = ProcessBuilder::new("redis-server", binary(), self.dir.join("redis.log"));
+        if self.cluster {
+            builder = builder
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--cluster-config-file")
+                .arg(self.dir.join(format!("nodes-{}.conf", self.port)));
+        }
+        let mut process = builder
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", self.appendfsync.as_str()])
@@ -497,6 +516,75 @@ fn value_text(value: &redis::Value) -> String {
         redis::Value::VerbatimString { text, .. } => text.clone(),
         redis::Value::Okay => "OK".into(),
         other => format!("{other:?}"),
+    }
+}
+
+/// A Redis Cluster of three primaries (no replicas) on free loopback ports: three
+/// [`RedisServer`]s started as cluster nodes, joined with `redis-cli --cluster create`, ready
+/// once every node reports `cluster_state:ok`. Killed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts and joins the three nodes.
+    ///
+    /// # Errors
+    /// When a node does not start, `redis-cli` (Debian's `redis-tools`) is missing or fails,
+    /// or the cluster is not ready within 20 s.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut nodes = Vec::with_capacity(3);
+        for _ in 0..3 {
+            nodes.push(RedisServer::start_with(RedisOptions::default().cluster_node()).await?);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let cli = std::env::var_os("REDIS_CLI").map_or_else(|| "redis-cli".into(), PathBuf::from);
+        let output = tokio::process::Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .context("cannot run redis-cli (`apt-get install redis-tools`, or set REDIS_CLI)")?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let cluster = Self { nodes };
+        let ready = crate::poll_until(Duration::from_secs(20), || async {
+            for node in &cluster.nodes {
+                if !node
+                    .command(&["CLUSTER", "INFO"])
+                    .await
+                    .contains("cluster_state:ok")
+                {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        if ready.is_none() {
+            bail!("the cluster did not report cluster_state:ok within 20 s");
+        }
+        Ok(cluster)
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
     }
 }
 
