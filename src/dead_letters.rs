@@ -1,14 +1,13 @@
 //! Dead letters: deliveries that were given up, kept with everything an operator needs to
 //! understand them, and replayed or purged on request.
 //!
-//! Stored in Redis next to the queue: a sorted set of delivery ids by dead-at (ms), and for
-//! each id the ledger hash and attempt records the worker wrote (see [`crate::queue::ledger`]).
-//! Replay and purge are single Lua scripts, so concurrent operators cannot enqueue one entry
-//! twice; each writes an audit record.
+//! Stored in Redis next to the queue, read and written only through [`JobQueue`]: a sorted
+//! set of delivery ids by dead-at (ms), and for each id the ledger hash and attempt records
+//! the worker wrote (see [`crate::queue::ledger`]). Replay and purge are single Lua scripts,
+//! so concurrent operators cannot enqueue one entry twice; each writes an audit record.
 
 use std::time::Duration;
 
-use crate::queue::connection::RedisConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
@@ -16,12 +15,9 @@ use tracing::warn;
 use crate::config::DeadLetterSettings;
 use crate::event::EventType;
 use crate::queue::ledger::AttemptRecord;
-use crate::queue::{Job, JobQueue, Keys, QueueError, now_ms};
+use crate::queue::{Job, JobQueue, QueueError, job_id_ready_at, now_ms};
 use crate::retry::DeadReason;
 use crate::sources::buildium::webhook::Refresh;
-
-/// Most audit records kept.
-const AUDIT_KEEP: isize = 10_000;
 
 /// Ids read per round trip while filtering.
 const SCAN_BATCH: isize = 500;
@@ -233,16 +229,13 @@ pub struct AuditedLease {
 /// Access to the dead letters of one namespace. Cheap to clone.
 #[derive(Clone)]
 pub struct DeadLetters {
-    conn: RedisConnection,
-    keys: Keys,
-    replay: std::sync::Arc<redis::Script>,
-    purge: std::sync::Arc<redis::Script>,
+    queue: JobQueue,
 }
 
 impl std::fmt::Debug for DeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeadLetters")
-            .field("keys", &self.keys)
+            .field("keys", self.queue.keys())
             .finish_non_exhaustive()
     }
 }
@@ -251,10 +244,7 @@ impl DeadLetters {
     /// The dead letters next to `queue`.
     pub fn new(queue: &JobQueue) -> Self {
         Self {
-            conn: queue.connection(),
-            keys: queue.keys().clone(),
-            replay: std::sync::Arc::new(redis::Script::new(include_str!("queue/lua/replay.lua"))),
-            purge: std::sync::Arc::new(redis::Script::new(include_str!("queue/lua/purge.lua"))),
+            queue: queue.clone(),
         }
     }
 
@@ -302,34 +292,19 @@ impl DeadLetters {
         filter: &DeadLetterFilter,
         mut visit: impl FnMut(DeadLetterSummary) -> bool,
     ) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
         let (min, max) = filter.bounds(now_ms());
         let mut offset = 0isize;
         loop {
-            let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
-                .arg(self.keys.dead_letters())
-                .arg(max)
-                .arg(min)
-                .arg("LIMIT")
-                .arg(offset)
-                .arg(SCAN_BATCH)
-                .query_async(&mut conn)
+            let ids = self
+                .queue
+                .dead_letter_ids_page(min, max, offset, SCAN_BATCH)
                 .await?;
             if ids.is_empty() {
                 return Ok(());
             }
             offset += ids.len() as isize;
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.cmd("HGETALL").arg(self.keys.delivery(id));
-                pipe.cmd("LINDEX").arg(self.keys.attempts(id)).arg(-1);
-            }
-            let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-            for (id, pair) in ids.into_iter().zip(replies.chunks(2)) {
-                let hash: std::collections::HashMap<String, String> =
-                    redis::FromRedisValue::from_redis_value(pair[0].clone()).unwrap_or_default();
-                let last: Option<String> =
-                    redis::FromRedisValue::from_redis_value(pair[1].clone()).unwrap_or_default();
+            let records = self.queue.dead_letter_summaries_raw(&ids).await?;
+            for (id, (hash, last)) in ids.into_iter().zip(records) {
                 let Some(mut entry) = summary(&id, &hash) else {
                     warn!(dead_letter.id = %id, "dead letter without a readable record; skipped");
                     continue;
@@ -349,26 +324,9 @@ impl DeadLetters {
         if !is_delivery_id(id) {
             return Ok(None);
         }
-        let mut conn = self.conn.clone();
-        let (score, hash, log): (
-            Option<f64>,
-            std::collections::HashMap<String, String>,
-            Vec<String>,
-        ) = redis::pipe()
-            .cmd("ZSCORE")
-            .arg(self.keys.dead_letters())
-            .arg(id)
-            .cmd("HGETALL")
-            .arg(self.keys.delivery(id))
-            .cmd("LRANGE")
-            .arg(self.keys.attempts(id))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        if score.is_none() {
+        let Some((hash, log)) = self.queue.dead_letter_raw(id).await? else {
             return Ok(None);
-        }
+        };
         let Some(mut summary) = summary(id, &hash) else {
             return Ok(None);
         };
@@ -396,28 +354,17 @@ impl DeadLetters {
         if !is_delivery_id(id) {
             return Ok(ReplayOutcome::NotFound);
         }
-        let mut conn = self.conn.clone();
-        let claimed: i64 = self
-            .replay
-            .key(self.keys.dead_letters())
-            .key(self.keys.delivery(id))
-            .key(self.keys.attempts(id))
-            .key(self.keys.job_data())
-            .key(self.keys.ready())
-            .arg(id)
-            .arg(ulid::Ulid::new().to_string())
-            .arg(now_ms())
-            .arg(actor)
-            .invoke_async(&mut conn)
-            .await?;
-        if claimed == 1 {
+        let now = now_ms();
+        // The job id tells when the job became ready: the oldest ready job's age needs it.
+        let job_id = job_id_ready_at(now);
+        if self
+            .queue
+            .replay_dead_letter(id, &job_id, now, actor)
+            .await?
+        {
             return Ok(ReplayOutcome::Replayed);
         }
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(self.keys.delivery(id))
-            .query_async(&mut conn)
-            .await?;
-        Ok(if exists {
+        Ok(if self.queue.delivery_exists(id).await? {
             ReplayOutcome::NotDead
         } else {
             ReplayOutcome::NotFound
@@ -429,46 +376,22 @@ impl DeadLetters {
         if !is_delivery_id(id) {
             return Ok(false);
         }
-        let mut conn = self.conn.clone();
-        let removed: i64 = self
-            .purge
-            .key(self.keys.dead_letters())
-            .key(self.keys.delivery(id))
-            .key(self.keys.attempts(id))
-            .arg(id)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(removed == 1)
+        self.queue.purge_dead_letter(id).await
     }
 
     /// Enforces `[dead_letters]`: removes entries older than `max_age_days`, then the oldest
     /// beyond `max_entries`. Logs and counts what it removed.
     pub async fn trim(&self, settings: &DeadLetterSettings) -> Result<u64, QueueError> {
-        let mut conn = self.conn.clone();
         let age_ms = i64::try_from(settings.max_age.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms().saturating_sub(age_ms);
-        // Both read in one transaction: a purge between two separate reads could make the
-        // expired entries outnumber the total.
-        let (mut victims, total): (Vec<String>, u64) = redis::pipe()
-            .atomic()
-            .cmd("ZRANGEBYSCORE")
-            .arg(self.keys.dead_letters())
-            .arg("-inf")
-            .arg(cutoff)
-            .cmd("ZCARD")
-            .arg(self.keys.dead_letters())
-            .query_async(&mut conn)
-            .await?;
+        let (mut victims, total) = self.queue.dead_letters_expired_and_total(cutoff).await?;
         let excess = total
             .saturating_sub(victims.len() as u64)
             .saturating_sub(settings.max_entries);
         if excess > 0 {
-            let start = victims.len() as i64;
-            let oldest: Vec<String> = redis::cmd("ZRANGE")
-                .arg(self.keys.dead_letters())
-                .arg(start)
-                .arg(start + excess as i64 - 1)
-                .query_async(&mut conn)
+            let oldest = self
+                .queue
+                .oldest_dead_letter_ids(victims.len() as i64, excess as i64)
                 .await?;
             victims.extend(oldest);
         }
@@ -481,12 +404,7 @@ impl DeadLetters {
                 removed += 1;
             }
         }
-        let _: () = redis::cmd("HINCRBY")
-            .arg(self.keys.stats())
-            .arg("dead_letters_trimmed")
-            .arg(removed)
-            .query_async(&mut conn)
-            .await?;
+        self.queue.count_dead_letters_trimmed(removed).await?;
         warn!(
             trimmed = removed,
             max_entries = settings.max_entries,
@@ -498,32 +416,12 @@ impl DeadLetters {
 
     /// Appends an audit record (newest first, the last 10,000 kept).
     pub async fn audit(&self, record: &AuditRecord) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("LPUSH")
-            .arg(self.keys.audit())
-            .arg(serde_json::to_string(record)?)
-            .ignore()
-            .cmd("LTRIM")
-            .arg(self.keys.audit())
-            .arg(0)
-            .arg(AUDIT_KEEP - 1)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        self.queue.push_audit(&serde_json::to_string(record)?).await
     }
 
     /// The newest `limit` audit records.
     pub async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRecord>, QueueError> {
-        let mut conn = self.conn.clone();
-        let raw: Vec<String> = redis::cmd("LRANGE")
-            .arg(self.keys.audit())
-            .arg(0)
-            .arg(limit.saturating_sub(1) as isize)
-            .query_async(&mut conn)
-            .await?;
+        let raw = self.queue.recent_audit_raw(limit).await?;
         Ok(raw
             .iter()
             .filter_map(|r| serde_json::from_str(r).ok())

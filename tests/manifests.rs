@@ -1569,6 +1569,15 @@ fn only_the_outbound_module_knows_reqwest_and_only_http_knows_axum_and_hyper() {
     }
 }
 
+/// One module owns every Redis key and script (docs/ARCHITECTURE.md, "Redis layout"): no
+/// other library file uses the redis crate. (`config/mod.rs` re-exports its own `redis`
+/// settings module, which is not the crate.)
+#[test]
+fn only_the_queue_module_talks_to_redis() {
+    let found = files_mentioning("redis::", &["queue/", "config/mod.rs"]);
+    assert!(found.is_empty(), "the redis crate outside src/queue/: {found:?}");
+}
+
 /// The modules of `crate::…` a library file uses, outside comments.
 fn crate_modules_used(relative: &str) -> BTreeSet<String> {
     read(relative)

@@ -151,6 +151,16 @@ impl Keys {
         format!("{}:reconcile:{source}:claim", self.tag)
     }
 
+    /// When `source`'s last Buildium pull began (a string: unix seconds).
+    pub fn reconcile_last_pull(&self, source: &str) -> String {
+        format!("{}:last-pull", self.reconcile_claim(source))
+    }
+
+    /// When `source`'s last whole Buildium pull began (a string: unix seconds).
+    pub fn reconcile_last_full_pull(&self, source: &str) -> String {
+        format!("{}:last-full-pull", self.reconcile_claim(source))
+    }
+
     /// Lifetime counters.
     pub fn stats(&self) -> String {
         format!("{}:stats", self.tag)

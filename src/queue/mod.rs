@@ -28,12 +28,14 @@
 pub mod backend;
 pub mod conflicts;
 pub mod connection;
+mod dead_letter_store;
 pub mod identity;
 pub mod keys;
 pub mod ledger;
 pub mod migrate;
 pub mod poll;
 pub mod rate_limit;
+mod reconcile_claims;
 pub mod residents;
 
 use std::time::Duration;
@@ -410,6 +412,8 @@ struct Scripts {
     release: redis::Script,
     enqueue_jobs: redis::Script,
     person_resolved: redis::Script,
+    replay: redis::Script,
+    purge: redis::Script,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -441,6 +445,8 @@ impl JobQueue {
                 release: redis::Script::new(include_str!("lua/release.lua")),
                 enqueue_jobs: redis::Script::new(include_str!("lua/enqueue_jobs.lua")),
                 person_resolved: redis::Script::new(include_str!("lua/person_resolved.lua")),
+                replay: redis::Script::new(include_str!("lua/replay.lua")),
+                purge: redis::Script::new(include_str!("lua/purge.lua")),
             }),
         }
     }

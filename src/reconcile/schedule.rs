@@ -46,14 +46,6 @@ enum Truth {
     Buildium(std::sync::Arc<Refresher>),
 }
 
-/// Releases a claim only if it is still ours.
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
 /// A scheduled reconciliation, ready to run.
 struct Scheduled {
     reconciler: Reconciler,
@@ -63,7 +55,6 @@ struct Scheduled {
     every: Duration,
     apply: bool,
     prune_unmanaged: bool,
-    claim_key: String,
 }
 
 /// What one run did.
@@ -104,7 +95,6 @@ pub fn spawn(
     };
     let scheduled = Scheduled {
         reconciler: Reconciler::new(settings, queue.clone(), client),
-        claim_key: queue.keys().reconcile_claim(&source.name),
         queue,
         source,
         truth,
@@ -308,61 +298,28 @@ impl Scheduled {
     async fn pull_times(
         &self,
     ) -> Result<(Option<OffsetDateTime>, Option<OffsetDateTime>), QueueError> {
-        let mut conn = self.queue.connection();
-        let (pull, full): (Option<i64>, Option<i64>) = redis::pipe()
-            .cmd("GET")
-            .arg(format!("{}:last-pull", self.claim_key))
-            .cmd("GET")
-            .arg(format!("{}:last-full-pull", self.claim_key))
-            .query_async(&mut conn)
-            .await?;
+        let (pull, full) = self.queue.reconcile_pull_times(&self.source.name).await?;
         let at = |s: Option<i64>| s.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok());
         Ok((at(pull), at(full)))
     }
 
     async fn record_pull(&self, started: OffsetDateTime, full: bool) -> Result<(), QueueError> {
-        let mut conn = self.queue.connection();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(format!("{}:last-pull", self.claim_key))
-            .arg(started.unix_timestamp())
-            .ignore();
-        if full {
-            pipe.cmd("SET")
-                .arg(format!("{}:last-full-pull", self.claim_key))
-                .arg(started.unix_timestamp())
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        self.queue
+            .record_reconcile_pull(&self.source.name, started.unix_timestamp(), full)
+            .await
     }
 
     /// Claims the current period for this process: a key that lives for most of the period.
     async fn claim(&self) -> Result<Option<String>, QueueError> {
-        let token = ulid::Ulid::new().to_string();
-        let ttl_ms = u64::try_from(self.every.mul_f64(0.9).as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut conn = self.queue.connection();
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&self.claim_key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async(&mut conn)
-            .await?;
-        Ok(taken.map(|_| token))
+        self.queue
+            .claim_reconcile_period(&self.source.name, self.every.mul_f64(0.9))
+            .await
     }
 
     async fn release(&self, token: &str) -> Result<(), QueueError> {
-        let mut conn = self.queue.connection();
-        let _: i64 = redis::Script::new(RELEASE_SCRIPT)
-            .key(&self.claim_key)
-            .arg(token)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(())
+        self.queue
+            .release_reconcile_claim(&self.source.name, token)
+            .await
     }
 }
 

@@ -109,3 +109,118 @@ async fn a_three_primary_cluster_runs_ingest_workers_retries_and_dead_letters() 
     );
     app.stop().await;
 }
+
+/// Posts event `id` (lease `lease`) until lease-sync acknowledges it (202, or 200 for a retry
+/// it already has), as a sender retries a 503.
+async fn deliver(app: &TestApp, id: &str, lease: &str) {
+    let body = event_body("lease.signed", lease, &["user-1"]);
+    wait_until(&format!("{id} to be acknowledged"), LIMIT, || async {
+        let reply = post_event(app, id, body.clone()).await;
+        matches!(reply.status, 200 | 202).then_some(())
+    })
+    .await;
+}
+
+/// Index of the node that is a primary and holds keys, and of its replica.
+async fn namespace_primary_and_replica(cluster: &RedisCluster) -> (usize, usize) {
+    let mut primary = None;
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        let role = node.info_field("replication", "role").await;
+        if role == "master" && node.command(&["DBSIZE"]).await != "int(0)" {
+            primary = Some(i);
+        }
+    }
+    let primary = primary.expect("a primary holds the namespace");
+    let port = cluster.nodes()[primary].port().to_string();
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        if node.info_field("replication", "role").await == "slave"
+            && node.info_field("replication", "master_port").await == port
+        {
+            return (primary, i);
+        }
+    }
+    panic!("the namespace's primary has no replica");
+}
+
+/// With `wait_replicas = 1`, the primary holding the namespace is killed during traffic: the
+/// cluster promotes its replica, lease-sync follows, and every event acknowledged before,
+/// during and after is on the new primary. While the new primary has no replica yet, ingest
+/// refuses with 503 (nothing it acknowledges could be lost); once the old primary is back as
+/// a replica, the senders' retries are acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_namespace_primary_loses_no_acknowledged_event_with_wait_replicas() {
+    const EVENTS: usize = 10;
+    let mut cluster = RedisCluster::start_with_replicas(1)
+        .await
+        .expect("a cluster");
+    let openapp = FakeOpenApp::start().await;
+    let namespace = namespace();
+    let mut config = test_config(&cluster.urls()[0], &namespace, &openapp.base_url);
+    config.redis.mode = RedisMode::Cluster;
+    config.redis.nodes = cluster.urls();
+    config.redis.wait_replicas = 1;
+    config.redis.wait_timeout = Duration::from_millis(300);
+    let app = TestApp::start(&config, Role::Ingest).await;
+
+    let mut sent = Vec::new();
+    for i in 0..EVENTS {
+        let id = format!("evt-before-{i}");
+        deliver(&app, &id, &format!("L-{}", sent.len())).await;
+        sent.push(id);
+    }
+    let (primary, replica) = namespace_primary_and_replica(&cluster).await;
+    cluster.nodes_mut()[primary].kill9();
+
+    // Senders go on while the cluster fails over.
+    let during: Vec<String> = (0..EVENTS).map(|i| format!("evt-during-{i}")).collect();
+    let sender = {
+        let app_url = app.webhook_url(SOURCE);
+        let during = during.clone();
+        let first = sent.len();
+        tokio::spawn(async move {
+            for (i, id) in during.iter().enumerate() {
+                let body = event_body("lease.signed", &format!("L-{}", first + i), &["user-1"]);
+                wait_until(&format!("{id} to be acknowledged"), LIMIT * 2, || async {
+                    let reply =
+                        post(&app_url, &signed(SECRET, id, now(), &body), body.clone()).await;
+                    matches!(reply.status, 200 | 202).then_some(())
+                })
+                .await;
+            }
+        })
+    };
+    wait_until("the replica to be promoted", LIMIT, || async {
+        (cluster.nodes()[replica]
+            .info_field("replication", "role")
+            .await
+            == "master")
+            .then_some(())
+    })
+    .await;
+    // The old primary comes back as the new primary's replica: WAIT can be satisfied again.
+    cluster.nodes_mut()[primary].restart().await;
+    sender.await.expect("the sender finished");
+    sent.extend(during);
+    for i in 0..EVENTS {
+        let id = format!("evt-after-{i}");
+        deliver(&app, &id, &format!("L-{}", sent.len())).await;
+        sent.push(id);
+    }
+
+    let keys = lease_sync::queue::Keys::new(&namespace);
+    let new_primary = &cluster.nodes()[replica];
+    let mut lost = Vec::new();
+    for id in &sent {
+        if new_primary
+            .command(&["EXISTS", &keys.dedupe(SOURCE, id)])
+            .await
+            != "int(1)"
+        {
+            lost.push(id.clone());
+        }
+    }
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    let ready = new_primary.command(&["LLEN", &keys.ready()]).await;
+    assert_eq!(ready, format!("int({})", sent.len()), "one job per event");
+    app.stop().await;
+}

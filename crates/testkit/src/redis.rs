@@ -533,8 +533,17 @@ impl RedisCluster {
     /// When a node does not start, `redis-cli` (Debian's `redis-tools`) is missing or fails,
     /// or the cluster is not ready within 20 s.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut nodes = Vec::with_capacity(3);
-        for _ in 0..3 {
+        Self::start_with_replicas(0).await
+    }
+
+    /// Starts three primaries with `replicas` replicas each (`--cluster-replicas`), joined.
+    ///
+    /// # Errors
+    /// As [`RedisCluster::start`].
+    pub async fn start_with_replicas(replicas: usize) -> anyhow::Result<Self> {
+        let count = 3 * (1 + replicas);
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
             nodes.push(RedisServer::start_with(RedisOptions::default().cluster_node()).await?);
         }
         let addresses: Vec<String> = nodes
@@ -546,7 +555,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .await
             .context("cannot run redis-cli (`apt-get install redis-tools`, or set REDIS_CLI)")?;
@@ -585,6 +594,11 @@ impl RedisCluster {
     /// The nodes.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    /// The nodes, to kill or restart one.
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
     }
 }
 
