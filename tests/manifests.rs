@@ -1575,7 +1575,10 @@ fn only_the_outbound_module_knows_reqwest_and_only_http_knows_axum_and_hyper() {
 #[test]
 fn only_the_queue_module_talks_to_redis() {
     let found = files_mentioning("redis::", &["queue/", "config/mod.rs"]);
-    assert!(found.is_empty(), "the redis crate outside src/queue/: {found:?}");
+    assert!(
+        found.is_empty(),
+        "the redis crate outside src/queue/: {found:?}"
+    );
 }
 
 /// The modules of `crate::…` a library file uses, outside comments.

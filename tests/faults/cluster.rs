@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use lease_sync::config::{PropertySettings, Settings};
+use lease_sync::config::{PropertySettings, RedisMode, Settings};
 use lease_sync::queue::{JobQueue, connect};
 use lease_sync_sandbox::{Sandbox, SandboxOptions};
 use lease_sync_testkit::config::{count, standard_webhooks_source};
 use lease_sync_testkit::{
     Appendfsync, ConfigBuilder, Output, Process, ProcessBuilder, RedisOptions, RedisServer,
-    SandboxServer, free_port, write_with_secrets,
+    SandboxServer, SentinelServer, free_port, poll_until, write_with_secrets,
 };
 use tempfile::TempDir;
 
@@ -50,6 +50,9 @@ pub const BUILDINGS: [Building; 2] = [
 pub fn role(integration: &str) -> String {
     format!("virtual_access:integration:{integration}:resident")
 }
+
+/// The name the sentinels of the failover phase monitor the primary under.
+const MASTER: &str = "faults-primary";
 
 /// How long a lease-sync process may take to start or stop.
 const PROCESS_LIMIT: Duration = Duration::from_secs(30);
@@ -168,8 +171,10 @@ impl FakeOpenApp {
 
 /// Everything running.
 pub struct Cluster {
-    /// The redis-server.
+    /// The redis-server (after the failover phase, the one the sentinels name primary).
     pub redis: RedisServer,
+    /// The replica and the sentinels, once the failover phase set them up.
+    failover: Option<(RedisServer, Vec<SentinelServer>)>,
     /// The fake OpenApp.
     pub openapp: FakeOpenApp,
     /// Ports of the two ingest processes.
@@ -217,6 +222,7 @@ impl Cluster {
 
         let mut cluster = Self {
             redis,
+            failover: None,
             openapp,
             ingest_ports,
             queue,
@@ -305,6 +311,136 @@ impl Cluster {
         let replacement = self.spawn_ingest(slot).await;
         self.ingest[slot] = replacement;
         status
+    }
+
+    /// Adds a replica of Redis and three sentinels monitoring it, then restarts every
+    /// lease-sync process, one at a time, in `mode = "sentinel"` with `wait_replicas = 1`.
+    /// Returns what went wrong (an old process that did not exit 0).
+    pub async fn switch_to_sentinel(&mut self) -> Vec<String> {
+        let replica = RedisServer::start_with(
+            RedisOptions::default()
+                .dir(self.work.path().join("redis-replica"))
+                .start_limit(REDIS_START_LIMIT),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        replica
+            .command(&["REPLICAOF", "127.0.0.1", &self.redis.port().to_string()])
+            .await;
+        let synced = poll_until(REDIS_START_LIMIT, || async {
+            (replica
+                .info_field("replication", "master_link_status")
+                .await
+                == "up")
+                .then_some(())
+        })
+        .await;
+        assert!(
+            synced.is_some(),
+            "the replica did not sync within {REDIS_START_LIMIT:?}"
+        );
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            sentinels.push(
+                SentinelServer::start(self.redis.port(), MASTER)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e:#}")),
+            );
+        }
+        // A sentinel can promote only a replica it has discovered (from the primary's INFO,
+        // every 10 s at most).
+        let known = poll_until(Duration::from_secs(30), || async {
+            for sentinel in &sentinels {
+                let mut conn = sentinel.connection().await;
+                let replicas: Vec<std::collections::HashMap<String, String>> =
+                    redis::cmd("SENTINEL")
+                        .arg("REPLICAS")
+                        .arg(MASTER)
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                replicas
+                    .iter()
+                    .any(|r| r.get("port") == Some(&replica.port().to_string()))
+                    .then_some(())?;
+            }
+            Some(())
+        })
+        .await;
+        assert!(
+            known.is_some(),
+            "the sentinels did not discover the replica within 30 s"
+        );
+
+        let sentinel_urls: Vec<String> = sentinels.iter().map(SentinelServer::url).collect();
+        let namespace = self.queue.keys().namespace().to_owned();
+        let base = self.openapp.base_url.clone();
+        let rewrite = |path: &Path, port: u16| {
+            let mut settings = config(&self.redis.url(), &namespace, &base, port);
+            settings.redis.mode = RedisMode::Sentinel;
+            settings.redis.sentinels = sentinel_urls.clone();
+            settings.redis.master_name = MASTER.into();
+            settings.redis.wait_replicas = 1;
+            settings.redis.wait_timeout = Duration::from_millis(500);
+            write_with_secrets(&settings, path).unwrap_or_else(|e| panic!("{e:#}"));
+            settings
+        };
+        for slot in 0..2 {
+            rewrite(&self.ingest_configs[slot], self.ingest_ports[slot]);
+        }
+        let settings = rewrite(&self.worker_config, 0);
+        self.queue = JobQueue::new(
+            connect(&settings.redis).unwrap_or_else(|e| panic!("{e}")),
+            &namespace,
+        );
+        self.failover = Some((replica, sentinels));
+        let mut failures = Vec::new();
+        for slot in 0..2 {
+            let status = self.restart_ingest(slot).await;
+            if !status.success() {
+                failures.push(format!("ingest {slot} exited with {status} on SIGTERM"));
+            }
+            let status = self.replace_worker_gracefully(slot).await;
+            if !status.success() {
+                failures.push(format!("worker {slot} exited with {status} on SIGTERM"));
+            }
+        }
+        failures
+    }
+
+    /// `SENTINEL FAILOVER`, then waits until the sentinels name the replica primary; from
+    /// then on [`Cluster::redis`] is the new primary. Returns how long the sentinels took.
+    pub async fn sentinel_failover(&mut self) -> Duration {
+        let (replica, sentinels) = self
+            .failover
+            .as_mut()
+            .expect("switch_to_sentinel ran first");
+        let started = std::time::Instant::now();
+        let mut conn = sentinels[0].connection().await;
+        let _: () = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(MASTER)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("SENTINEL FAILOVER: {e}"));
+        let port = replica.port();
+        let promoted = poll_until(Duration::from_secs(60), || async {
+            let mut conn = sentinels[0].connection().await;
+            let addr: Vec<String> = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(MASTER)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (addr.get(1)?.parse::<u16>().ok()? == port).then_some(())
+        })
+        .await;
+        assert!(
+            promoted.is_some(),
+            "the sentinels did not promote the replica within 60 s"
+        );
+        std::mem::swap(&mut self.redis, replica);
+        started.elapsed()
     }
 
     /// Log tails of every lease-sync process, for failure messages.

@@ -33,6 +33,8 @@ pub enum Fault {
     WorkerRollingRestart,
     /// (h) Rolling restart of the ingest processes.
     IngestRollingRestart,
+    /// (i) Redis Sentinel failover to a replica, every process in sentinel mode.
+    SentinelFailover,
     /// The rest of the events, unpaced, no fault; ends with the final check.
     Tail,
     /// (b) again with `appendfsync everysec`: a measurement, not a promise.
@@ -41,7 +43,7 @@ pub enum Fault {
 
 impl Fault {
     /// The strict phases in the order they run (the everysec measurement comes after them).
-    pub const PLAN: [Fault; 10] = [
+    pub const PLAN: [Fault; 11] = [
         Fault::Baseline,
         Fault::WorkerKill,
         Fault::RedisKill,
@@ -51,6 +53,7 @@ impl Fault {
         Fault::OpenAppFaults,
         Fault::WorkerRollingRestart,
         Fault::IngestRollingRestart,
+        Fault::SentinelFailover,
         Fault::Tail,
     ];
 
@@ -66,6 +69,7 @@ impl Fault {
             Fault::OpenAppFaults => "f",
             Fault::WorkerRollingRestart => "g",
             Fault::IngestRollingRestart => "h",
+            Fault::SentinelFailover => "i",
             Fault::Tail => "tail",
             Fault::RedisKillEverysec => "b′",
         }
@@ -83,6 +87,9 @@ impl Fault {
             Fault::OpenAppFaults => "OpenApp 500 / 429 + Retry-After / slow / past timeout",
             Fault::WorkerRollingRestart => "rolling restart of the workers (SIGTERM)",
             Fault::IngestRollingRestart => "rolling restart of the ingest processes (SIGTERM)",
+            Fault::SentinelFailover => {
+                "Redis Sentinel failover to a replica (wait_replicas = 1) during traffic"
+            }
             Fault::Tail => "rest of the events, unpaced, no fault",
             Fault::RedisKillEverysec => "SIGKILL redis-server, restart (appendfsync everysec)",
         }
@@ -135,6 +142,7 @@ pub async fn inject(fault: Fault, target: Target<'_>) -> Injected {
         Fault::OpenAppFaults => openapp_faults(target).await,
         Fault::WorkerRollingRestart => worker_rolling_restarts(target).await,
         Fault::IngestRollingRestart => ingest_rolling_restarts(target).await,
+        Fault::SentinelFailover => sentinel_failover(target).await,
         Fault::Tail => tail(target).await,
         Fault::RedisKillEverysec => {
             // The sends held back for this phase, at three times the usual rate.
@@ -440,6 +448,29 @@ async fn worker_rolling_restarts(target: Target<'_>) -> Injected {
     Injected {
         repetitions: rounds * 2,
         notes: vec!["OpenApp replies held 300 ms during the restarts".into()],
+        failures,
+        ..Injected::default()
+    }
+}
+
+/// (i) A replica and three sentinels join; every process restarts (rolling) in sentinel mode
+/// with `wait_replicas = 1`; then `SENTINEL FAILOVER` while the sender runs. From here on the
+/// suite runs on the promoted replica, and the phase's checks find every event acknowledged
+/// before, during and after the failover there.
+async fn sentinel_failover(target: Target<'_>) -> Injected {
+    let Target { cluster, scale, .. } = target;
+    let started = Instant::now();
+    let failures = cluster.switch_to_sentinel().await;
+    let switched = started.elapsed();
+    let took = cluster.sentinel_failover().await;
+    pace_until(started + scale.fault.max(switched + took)).await;
+    Injected {
+        repetitions: 1,
+        notes: vec![format!(
+            "switched every process to sentinel mode (rolling restart) in {:.1} s; the sentinels promoted the replica {:.1} s after SENTINEL FAILOVER",
+            switched.as_secs_f64(),
+            took.as_secs_f64()
+        )],
         failures,
         ..Injected::default()
     }
