@@ -60,7 +60,7 @@ struct MetricsArgs {
     /// Jobs queued before scraping.
     #[arg(long, default_value_t = 100_000)]
     jobs: usize,
-    /// In-flight sets of workers that died without deregistering, one task each.
+    /// Jobs held in flight by workers that died (holds never renewed nor recovered).
     #[arg(long, default_value_t = 20)]
     dead_workers: usize,
     /// Scrapes measured, one after the other.

@@ -38,7 +38,7 @@ pub struct Options {
     pub work: PathBuf,
     /// Jobs queued before scraping.
     pub jobs: usize,
-    /// In-flight sets of dead workers (each holding one task) to count as well.
+    /// Jobs held in flight by workers that died, to count as well.
     pub dead_workers: usize,
     /// Scrapes measured.
     pub scrapes: usize,
@@ -51,7 +51,7 @@ pub struct Report {
     pub jobs: usize,
     /// Keys in Redis when scraping.
     pub redis_keys: u64,
-    /// Dead workers' in-flight sets.
+    /// Jobs held in flight by dead workers.
     pub dead_workers: usize,
     /// Scrapes measured.
     pub scrapes: usize,
@@ -228,7 +228,7 @@ pub fn write(report: &Report, out: &Path) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(report)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
-        "/metrics with {} jobs queued ({} Redis keys, {} dead workers' in-flight sets): \
+        "/metrics with {} jobs queued ({} Redis keys, {} jobs held by dead workers): \
          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} scrapes; reported ready {}, in flight {}",
         report.jobs,
         report.redis_keys,
