@@ -35,7 +35,10 @@ async fn data_written_by_the_release_before_the_layout_change_is_upgraded_in_pla
 
     // The upgrade itself, as the first process of this release runs it.
     let openapp = FakeOpenApp::start().await;
-    let settings = test_config(&redis.url(), FIXTURE_NAMESPACE, &openapp.base_url);
+    let mut settings = test_config(&redis.url(), FIXTURE_NAMESPACE, &openapp.base_url);
+    // The fixture's times are absolute (dead-at, due times): keep its dead letter whatever
+    // the day this runs.
+    settings.dead_letters.max_age = Duration::from_secs(100 * 365 * 86_400);
     let queue = lease_sync::queue::JobQueue::new(
         lease_sync::queue::connect(&settings.redis).expect("redis"),
         FIXTURE_NAMESPACE,
@@ -120,18 +123,21 @@ async fn data_written_by_the_release_before_the_layout_change_is_upgraded_in_pla
     assert_eq!(page.items.len(), 1);
 
     // This release runs the ready jobs, and a replayed dead letter.
-    let app = TestApp::start(&settings, Role::Serve).await;
     let dead_id = page.items[0].id.clone();
     assert_eq!(
         dead_letters.replay(&dead_id, "test").await.expect("redis"),
         lease_sync::dead_letters::ReplayOutcome::Replayed
     );
+    let app = TestApp::start(&settings, Role::Serve).await;
     let counts = wait_until("the upgraded jobs to run", LIMIT, || async {
         let c = app.queue().counts().await.ok()?;
         (c.ready == 0 && c.in_flight == 0 && c.done >= 9).then_some(c)
     })
     .await;
-    assert_eq!((counts.scheduled, counts.dead), (2, 0), "{counts:?}");
+    // The lease-window convergence (due 2099) stays scheduled; the retry was due an hour
+    // after the fixture was written, so it is still scheduled or already delivered.
+    assert!((1..=2).contains(&counts.scheduled), "{counts:?}");
+    assert_eq!(counts.dead, 0, "{counts:?}");
     let members = openapp.sandbox.members(INTEGRATION);
     for user in ["user-4", "user-6", "user-7"] {
         assert!(members.contains_key(user), "{user} has a door: {members:?}");
