@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-redis.sh
+scripts/ensure-promtool.sh
 cargo test --locked --all-targets "$@"
 cargo test --locked -p lease-sync-bench
 
