@@ -397,7 +397,9 @@ impl OpenAppClient {
         request: Request,
         limit: BodyLimit,
     ) -> Result<Response, CallError> {
-        use crate::telemetry::metrics::{OPENAPP_DURATION, OPENAPP_RESPONSES};
+        use crate::telemetry::metrics::{
+            OPENAPP_AUTH_FAILURES, OPENAPP_DURATION, OPENAPP_RESPONSES,
+        };
         let started = std::time::Instant::now();
         let result = self.http.send(request, limit).await;
         let class = match &result {
@@ -413,6 +415,13 @@ impl OpenAppClient {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(OPENAPP_RESPONSES, "operation" => operation, "class" => class)
             .increment(1);
+        if let Ok(response) = &result
+            && let status @ (401 | 403) = response.status.as_u16()
+        {
+            let status = if status == 401 { "401" } else { "403" };
+            metrics::counter!(OPENAPP_AUTH_FAILURES, "operation" => operation, "status" => status)
+                .increment(1);
+        }
         Ok(result?)
     }
 

@@ -128,6 +128,18 @@ impl Scheduled {
                 () = shutdown.cancelled() => break,
                 outcome = self.run_once() => outcome,
             };
+            let counted = match &outcome {
+                Ok(RunOutcome::Done) => "done",
+                Ok(RunOutcome::Skipped) => "skipped",
+                Err(RunError::Pull(pull::PullError::Empty(_))) => "empty",
+                Err(_) => "failed",
+            };
+            metrics::counter!(
+                crate::telemetry::metrics::RECONCILE_RUNS,
+                "source" => self.source.name.clone(),
+                "outcome" => counted
+            )
+            .increment(1);
             let wait = match outcome {
                 Ok(RunOutcome::Done | RunOutcome::Skipped) => self.every,
                 // Not a failure to hurry back for: a new account, or wrong property ids.

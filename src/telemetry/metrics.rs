@@ -27,6 +27,8 @@ pub const OPENAPP_DURATION: &str = "lease_sync_openapp_request_duration_seconds"
 /// OpenApp call results, by `operation` and `class` (`2xx`, `4xx`, `5xx`, `timeout`,
 /// `connect`, `io`).
 pub const OPENAPP_RESPONSES: &str = "lease_sync_openapp_responses_total";
+/// OpenApp answers 401 or 403: the API key or its roles need fixing.
+pub const OPENAPP_AUTH_FAILURES: &str = "lease_sync_openapp_auth_failures_total";
 /// Buildium API requests answered or failed, by `operation` (`get_lease`, `get_tenant`,
 /// `list_leases`) and `class` (`2xx`, `3xx`, `4xx`, `429`, `5xx`, `timeout`, `connect`, `io`,
 /// `body`).
@@ -48,6 +50,8 @@ pub const SCHEDULED_CONVERGENCES: &str = "lease_sync_scheduled_convergences";
 /// Differences reconciliation found between the source of truth and OpenApp, by `kind`
 /// (`add`, `remove`, `unmanaged`).
 pub const RECONCILE_DRIFT: &str = "lease_sync_reconcile_drift_total";
+/// Scheduled reconciliation runs (pulls), by source and outcome.
+pub const RECONCILE_RUNS: &str = "lease_sync_reconcile_runs_total";
 /// Whether the last scrape could read the queue from Redis (1) or not (0).
 pub const QUEUE_SCRAPE_OK: &str = "lease_sync_queue_scrape_ok";
 /// Open connections of a listener, by `listener` (`webhook`, `admin`).
@@ -132,6 +136,12 @@ pub const CATALOG: &[Metric] = &[
         help: "OpenApp call results by operation and class (2xx, 3xx, 4xx, 5xx, timeout, connect, io).",
     },
     Metric {
+        name: OPENAPP_AUTH_FAILURES,
+        kind: Kind::Counter,
+        labels: &["operation", "status"],
+        help: "OpenApp answers 401 or 403, by operation and status: the API key or its roles need fixing.",
+    },
+    Metric {
         name: BUILDIUM_REQUESTS,
         kind: Kind::Counter,
         labels: &["operation", "class"],
@@ -178,6 +188,12 @@ pub const CATALOG: &[Metric] = &[
         kind: Kind::Counter,
         labels: &["kind"],
         help: "Differences reconciliation found between the source of truth and OpenApp, by kind (add, remove, unmanaged).",
+    },
+    Metric {
+        name: RECONCILE_RUNS,
+        kind: Kind::Counter,
+        labels: &["source", "outcome"],
+        help: "Scheduled reconciliation runs by source and outcome (done, skipped: another process had the period, empty: the source listed nothing, failed).",
     },
     Metric {
         name: QUEUE_SCRAPE_OK,

@@ -330,5 +330,25 @@ async fn serve_reconciles_on_its_schedule_without_any_cli_call() {
         present(&openapp, "user-manual"),
         "unmanaged people are kept by default"
     );
+    // Each run is counted for alerting (lease_sync_reconcile_runs_total).
+    let text = reqwest::get(format!(
+        "http://{}/metrics",
+        app.admin_addr.expect("admin listens")
+    ))
+    .await
+    .expect("scrape")
+    .text()
+    .await
+    .expect("body");
+    let runs: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("lease_sync_reconcile_runs_total{")
+                && l.contains("outcome=\"done\"")
+                && l.contains(&format!("source=\"{SOURCE}\""))
+        })
+        .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .unwrap_or_else(|| panic!("no done runs of {SOURCE} in:\n{text}"));
+    assert!(runs >= 2.0, "{runs} runs done");
     app.stop().await;
 }

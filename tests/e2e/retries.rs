@@ -213,6 +213,25 @@ async fn unauthorized_and_forbidden_are_retried_and_counted_separately() {
     let (_, log) = wait_for_delivery(&app, "evt-auth", "delivered").await;
     assert_eq!(log.len(), 3);
     assert_eq!(app.queue().counts().await.unwrap().auth_failures, 2);
+    // And for alerting, per status (the recorder is shared by the tests of this binary, and
+    // only this one provokes 401/403).
+    let text = reqwest::get(format!(
+        "http://{}/metrics",
+        app.admin_addr.expect("admin listens")
+    ))
+    .await
+    .expect("scrape")
+    .text()
+    .await
+    .expect("body");
+    for status in ["401", "403"] {
+        let counted = text.lines().any(|l| {
+            l.starts_with("lease_sync_openapp_auth_failures_total{")
+                && l.contains(&format!("status=\"{status}\""))
+                && !l.ends_with(" 0")
+        });
+        assert!(counted, "no {status} counted in:\n{text}");
+    }
 }
 
 /// A worker SIGKILLed inside the call still uses up the attempt; a delivery whose call kills
