@@ -102,6 +102,15 @@ pub fn spawn(
         apply: r.apply,
         prune_unmanaged: r.prune_unmanaged,
     };
+    // Every outcome starts at 0, so an alert on failed runs works from the first one.
+    for outcome in ["done", "skipped", "empty", "failed"] {
+        metrics::counter!(
+            crate::telemetry::metrics::RECONCILE_RUNS,
+            "source" => scheduled.source.name.clone(),
+            "outcome" => outcome
+        )
+        .increment(0);
+    }
     Some(tokio::spawn(scheduled.run(shutdown)))
 }
 

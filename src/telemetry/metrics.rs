@@ -276,6 +276,12 @@ fn describe() {
         metrics::counter!(HTTP_CONNECTIONS_RECLAIMED, "listener" => listener).increment(0);
         metrics::counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener).increment(0);
     }
+    for operation in ["add", "remove", "list", "search"] {
+        for status in ["401", "403"] {
+            metrics::counter!(OPENAPP_AUTH_FAILURES, "operation" => operation, "status" => status)
+                .increment(0);
+        }
+    }
     for kind in ["add", "remove", "unmanaged"] {
         metrics::counter!(RECONCILE_DRIFT, "kind" => kind).increment(0);
     }

@@ -71,7 +71,20 @@ fn body_at(event_type: &str, lease: &str, user: &str, occurred_at: &str) -> Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_expose_every_documented_metric_and_move_as_the_pipeline_runs() {
-    let (_redis, openapp, app) = serve().await;
+    // A scheduled (dry-run) reconciliation from a file, for its run counter.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leases = dir.path().join("leases.csv");
+    std::fs::write(
+        &leases,
+        format!("lease_id,property_id,openapp_user_id,starts_at,ends_at\nL-m1,{PROPERTY},u-m1,,\n"),
+    )
+    .expect("write");
+    let (_redis, openapp, app) = serve_with(|c| {
+        c.reconcile.every = Some("1h".into());
+        c.reconcile.from = Some(leases.display().to_string());
+        c.reconcile.source = Some(SOURCE.into());
+    })
+    .await;
     let buildium = FakeBuildium::start(0).await;
     let (_, before) = scrape(&app).await;
     let source = format!("source=\"{SOURCE}\"");
