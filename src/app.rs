@@ -41,7 +41,8 @@ impl Application {
             warn!("configuration: {warning}");
         }
         let conn = connect(&settings.redis).context("cannot set up the Redis connection")?;
-        let queue = JobQueue::new(conn, &settings.redis.namespace);
+        let queue = JobQueue::new(conn, &settings.redis.namespace)
+            .with_history_limits((&settings.audit).into());
         let client = if role.runs_workers() {
             Some(
                 OpenAppClient::new(&settings.openapp)
@@ -147,6 +148,10 @@ impl Application {
                 workers: workers.as_ref().map(|_| status.clone()),
                 metrics: crate::telemetry::metrics::install(),
                 leases: crate::leases::Leases::new(&self.settings, self.queue.clone()),
+                integrations: crate::integrations::Integrations::new(
+                    &self.settings,
+                    self.queue.clone(),
+                ),
             };
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "admin API ready: http://{addr}/admin (OpenAPI at /admin/openapi.json)");

@@ -14,6 +14,8 @@ use tracing::warn;
 
 use crate::config::DeadLetterSettings;
 use crate::event::EventType;
+use crate::history::{HistoryEntry, HistoryEvent};
+use crate::queue::history::ResidentEntry;
 use crate::queue::ledger::AttemptRecord;
 use crate::queue::{Job, JobQueue, QueueError, job_id_ready_at, now_ms};
 use crate::retry::DeadReason;
@@ -357,11 +359,20 @@ impl DeadLetters {
         let now = now_ms();
         // The job id tells when the job became ready: the oldest ready job's age needs it.
         let job_id = job_id_ready_at(now);
+        let resident = self.queue.delivery_resident(id).await?;
         if self
             .queue
             .replay_dead_letter(id, &job_id, now, actor)
             .await?
         {
+            self.record_history(
+                resident,
+                HistoryEvent::Replayed {
+                    delivery_id: id.to_owned(),
+                    by: actor.to_owned(),
+                },
+            )
+            .await;
             return Ok(ReplayOutcome::Replayed);
         }
         Ok(if self.queue.delivery_exists(id).await? {
@@ -371,12 +382,41 @@ impl DeadLetters {
         })
     }
 
-    /// Deletes one entry; false if it was not a dead letter.
-    pub async fn purge(&self, id: &str) -> Result<bool, QueueError> {
+    /// Deletes one entry, as `actor`; false if it was not a dead letter. Does not write an
+    /// audit record; see [`Self::audit`].
+    pub async fn purge(&self, id: &str, actor: &str) -> Result<bool, QueueError> {
         if !is_delivery_id(id) {
             return Ok(false);
         }
-        self.queue.purge_dead_letter(id).await
+        let resident = self.queue.delivery_resident(id).await?;
+        let purged = self.queue.purge_dead_letter(id).await?;
+        if purged {
+            self.record_history(
+                resident,
+                HistoryEvent::Purged {
+                    delivery_id: id.to_owned(),
+                    by: actor.to_owned(),
+                },
+            )
+            .await;
+        }
+        Ok(purged)
+    }
+
+    /// Writes `event` into the history of `resident` (a convergence's), if any. A failure is
+    /// logged: the replay or purge it describes already happened.
+    async fn record_history(&self, resident: Option<(String, String)>, event: HistoryEvent) {
+        let Some((integration_id, user_id)) = resident else {
+            return;
+        };
+        let entry = ResidentEntry {
+            integration_id: &integration_id,
+            user_id: &user_id,
+            entry: HistoryEntry::new(now_ms(), event),
+        };
+        if let Err(e) = self.queue.append_history(&[entry]).await {
+            warn!(error = %e, "a dead letter was replayed or purged but the resident's history could not be written");
+        }
     }
 
     /// Enforces `[dead_letters]`: removes entries older than `max_age_days`, then the oldest
@@ -400,7 +440,8 @@ impl DeadLetters {
         }
         let mut removed = 0;
         for id in &victims {
-            if self.purge(id).await? {
+            // The limits, not an operator: no history entry.
+            if self.queue.purge_dead_letter(id).await? {
                 removed += 1;
             }
         }

@@ -201,7 +201,7 @@ impl Leases {
             );
             match self
                 .queue
-                .forget_lease(source, &reset, &[job], self.limits)
+                .forget_lease(source, &reset, &[job], self.limits, actor)
                 .await
             {
                 Ok(EnqueueOutcome::Queued { jobs: 1.., .. }) => {

@@ -10,11 +10,14 @@
 //! * [`signature`]: webhook signature schemes (pure).
 //! * [`http`]: the webhook listener (the only axum code).
 //! * [`resident`]: resident state and the version order of lease events (pure).
+//! * [`personal`]: personal data masked for display (pure).
+//! * [`history`]: each resident's history (pure): what was done about them, and why.
 //! * [`access`]: when access starts and ends for calendar dates in a property's time zone.
 //! * [`identity`]: emails resolved to OpenApp users, and conflicts.
 //! * [`refresh`]: reading a Buildium lease again and folding what it says.
 //! * [`resolve`]: native events naming residents by email, resolved and then folded.
 //! * [`sources`]: kinds of senders (Buildium: its webhook events and leases).
+//! * [`integrations`]: operator actions on one OpenApp integration (pause, resume).
 //! * [`leases`]: operator actions on one lease (find its holders, reset it).
 //! * [`reconcile`]: comparing a file of active leases with OpenApp, and applying the plan.
 //! * [`queue`]: delivery jobs in Redis, in apalis-redis's layout.
@@ -38,11 +41,14 @@ pub mod config;
 pub mod dead_letters;
 pub mod event;
 pub mod fd_limit;
+pub mod history;
 pub mod http;
 pub mod identity;
+pub mod integrations;
 pub mod leases;
 pub mod openapp;
 pub mod outbound;
+pub mod personal;
 pub mod queue;
 pub mod reconcile;
 pub mod refresh;

@@ -207,6 +207,60 @@ impl ResidentState {
         }
     }
 
+    /// Why [`Self::desired`] says what it says at `now`, for a person: the lease that grants
+    /// access and until when, or the lease that ended it.
+    pub fn explain(&self, now: i64) -> String {
+        let when = |ms: i64| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| format!("{ms} ms"))
+        };
+        if let Some((id, lease)) = self.leases.iter().find(|(_, l)| l.grants_access(now)) {
+            return match lease.ends_at {
+                Some(end) => format!(
+                    "lease {id} of {} grants access until {}",
+                    lease.source,
+                    when(end)
+                ),
+                None => format!("lease {id} of {} grants access, open-ended", lease.source),
+            };
+        }
+        let upcoming = self
+            .leases
+            .iter()
+            .filter_map(|(id, l)| {
+                l.starts_at
+                    .filter(|s| *s > now && l.state == LeaseState::Active)
+                    .map(|s| (id, s))
+            })
+            .min_by_key(|(_, s)| *s);
+        let ended = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.state == LeaseState::Ended || l.ends_at.is_some_and(|e| e <= now))
+            .max_by_key(|(_, l)| l.ends_at.unwrap_or(l.occurred_at));
+        let mut why = match ended {
+            Some((id, l)) => format!(
+                "no lease grants access now; lease {id} of {} ended {}",
+                l.source,
+                when(l.ends_at.unwrap_or(l.occurred_at))
+            ),
+            None if self.leases.is_empty() => "no lease on record".to_owned(),
+            None => "no lease grants access now".to_owned(),
+        };
+        if let Some((id, start)) = upcoming {
+            why += &format!("; lease {id} grants access from {}", when(start));
+        }
+        if self.desired(now) == Desired::Untouched {
+            why += "; lease-sync never added this person, so it leaves their access alone";
+        }
+        why
+    }
+
     /// The next moment after `now` at which [`Self::desired`] may change: the earliest future
     /// `starts_at` or `ends_at` of any lease.
     pub fn next_transition(&self, now: i64) -> Option<i64> {

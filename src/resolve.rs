@@ -17,10 +17,14 @@ use tracing::{debug, warn};
 
 use crate::config::{PropertySettings, Settings, SourceSettings};
 use crate::event::{EventType, LeaseEvent, Resident, ResidentByEmail};
+use crate::history::{HistoryEntry, HistoryEvent};
 use crate::identity::{ConflictReason, Resolved, Resolver, email_digest};
 use crate::openapp::OpenAppClient;
 use crate::queue::conflicts::Conflict;
-use crate::queue::{DeliveryJob, EnqueueLimits, EnqueueOutcome, JobQueue, ResolveJob, Target};
+use crate::queue::history::ResidentEntry;
+use crate::queue::{
+    DeliveryJob, EnqueueLimits, EnqueueOutcome, JobQueue, ResolveJob, Target, now_ms,
+};
 use crate::refresh::{RefreshError, Refreshed};
 
 /// The conflict key of a person known by email: a digest, never the email itself.
@@ -76,6 +80,7 @@ impl EventResolver {
             })?;
         let mut done = Refreshed::default();
         let mut residents = event.residents.clone();
+        let mut matched: Vec<(String, &str)> = Vec::new();
         for person in &event.residents_by_email {
             let resolved = self
                 .resolver
@@ -89,6 +94,7 @@ impl EventResolver {
             match resolved {
                 Resolved::User(user_id) => {
                     self.queue.resolve_conflict(&source.name, &key).await?;
+                    matched.push((user_id.clone(), &person.email));
                     if !residents.iter().any(|r| r.openapp_user_id == user_id) {
                         residents.push(Resident {
                             openapp_user_id: user_id,
@@ -102,6 +108,23 @@ impl EventResolver {
                         .await?;
                 }
             }
+        }
+        let entries: Vec<ResidentEntry<'_>> = matched
+            .iter()
+            .map(|(user_id, email)| ResidentEntry {
+                integration_id: &property.integration_id,
+                user_id,
+                entry: HistoryEntry::new(
+                    now_ms(),
+                    HistoryEvent::IdentityResolved {
+                        source: source.name.clone(),
+                        email: (*email).to_owned(),
+                    },
+                ),
+            })
+            .collect();
+        if let Err(e) = self.queue.append_history(&entries).await {
+            warn!(error = %e, "emails were resolved but the residents' history could not be written");
         }
         let resolved = LeaseEvent {
             residents,

@@ -21,9 +21,12 @@ use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 
 use crate::config::{DeadLetterSettings, Settings};
 use crate::dead_letters::DeadLetters;
+use crate::history::{HistoryEntry, HistoryEvent};
 use crate::openapp::{CallError, CallOutcome, OpenAppClient};
 use crate::queue::backend::{Holdings, QueueBackend};
-use crate::queue::ledger::{AttemptRecord, Begin, Claim, Finish, Finished, SucceededCall};
+use crate::queue::ledger::{
+    AttemptHistory, AttemptRecord, Begin, Claim, Finish, Finished, SucceededCall,
+};
 use crate::queue::residents::ResidentLock;
 use crate::queue::{DeliveryJob, Job, JobQueue, QueueError, RefreshJob, ResolveJob, now_ms};
 use crate::refresh::{RefreshError, Refreshed, Refresher};
@@ -106,6 +109,9 @@ struct Convergence {
     action: Action,
     result: Result<CallOutcome, CallError>,
     state: Option<ResidentState>,
+    /// What the state said, and how long the call took (none when no call was made).
+    desired: Desired,
+    latency: Option<Duration>,
 }
 
 /// Whether a resident's lock is still held when an attempt ends.
@@ -334,6 +340,14 @@ impl Deliverer {
                 debug!("skipping a superseded run of this delivery");
                 return Ok(());
             }
+            Claim::Held => {
+                debug!(
+                    "integration {} is paused: convergence held until it is resumed",
+                    job.integration_id
+                );
+                count_job("held", "");
+                return Ok(());
+            }
             Claim::DeadLettered { reason, attempts } => {
                 error!(
                     dead_letter.id = %job.delivery_id,
@@ -383,6 +397,8 @@ impl Deliverer {
                     action: Action::None,
                     result: Ok(CallOutcome::AlreadyDone(0)),
                     state: None,
+                    desired: Desired::Untouched,
+                    latency: None,
                 };
                 let finished = self
                     .finish(job, task_id, attempt, convergence, lock, None)
@@ -402,7 +418,9 @@ impl Deliverer {
                 .as_ref()
                 .map_or(Desired::Untouched, |s| s.desired(now_ms()));
             let version = state.as_ref().map_or(0, |s| s.version);
+            let started = Instant::now();
             let (action, result) = self.apply(job, desired).await;
+            let latency = (action != Action::None).then(|| started.elapsed());
             // Serialized per resident, but events keep arriving: if one changed the state
             // during the call, converge again to the newer truth.
             let applied = result.is_ok().then(|| SucceededCall {
@@ -421,6 +439,8 @@ impl Deliverer {
                 action,
                 result,
                 state,
+                desired,
+                latency,
             };
             match self
                 .finish(job, task_id, attempt, convergence, lock, applied.as_ref())
@@ -451,6 +471,8 @@ impl Deliverer {
             action,
             result,
             state,
+            desired,
+            latency,
         } = convergence;
         let class = classify(&result);
         let decision = self.policy.decide(attempt, class, &mut rand::rng());
@@ -482,6 +504,18 @@ impl Deliverer {
             },
             Decision::DeadLetter(reason) => Finish::DeadLetter(reason),
         };
+        let entry = attempt_entry(
+            job,
+            attempt,
+            AttemptFacts {
+                action,
+                desired,
+                reason: state.as_ref().map(|s| s.explain(now_ms())),
+                latency,
+            },
+            &record,
+            &finish,
+        );
         match self
             .queue
             .finish_attempt(
@@ -492,6 +526,11 @@ impl Deliverer {
                 auth_failure,
                 Some(lock),
                 applied.as_ref(),
+                Some(AttemptHistory {
+                    integration_id: &job.integration_id,
+                    user_id: &job.user_id,
+                    entry: &entry,
+                }),
             )
             .await?
         {
@@ -646,6 +685,7 @@ impl Deliverer {
                 auth_failure,
                 None,
                 None,
+                None,
             )
             .await?
             == Finished::Stale
@@ -740,6 +780,57 @@ fn attempt_record(result: &Result<CallOutcome, CallError>, decision: &Decision) 
         record.backoff_cap_ms = Some(millis(*cap));
     }
     record
+}
+
+/// What a convergence attempt did, beyond its ledger record.
+struct AttemptFacts {
+    action: Action,
+    desired: Desired,
+    reason: Option<String>,
+    latency: Option<Duration>,
+}
+
+/// The resident's history entry of one attempt: the decision, the call, what followed.
+fn attempt_entry(
+    job: &DeliveryJob,
+    attempt: u32,
+    facts: AttemptFacts,
+    record: &AttemptRecord,
+    finish: &Finish,
+) -> HistoryEntry {
+    let (outcome, retry_at, dead_reason) = match finish {
+        Finish::Delivered => ("delivered", None, None),
+        Finish::Retry { due_ms } => ("retry", Some(*due_ms), None),
+        Finish::DeadLetter(reason) => ("dead", None, Some(reason.as_str().to_owned())),
+    };
+    HistoryEntry::new(
+        now_ms(),
+        HistoryEvent::Attempt {
+            delivery_id: job.delivery_id.clone(),
+            attempt,
+            desired: match facts.desired {
+                Desired::Present => "present",
+                Desired::Absent => "absent",
+                Desired::Untouched => "untouched",
+            }
+            .to_owned(),
+            reason: facts.reason,
+            method: match facts.action {
+                Action::Add => Some("POST".to_owned()),
+                Action::Remove => Some("DELETE".to_owned()),
+                Action::None => None,
+            },
+            status: record.status,
+            request_id: record.request_id.clone(),
+            latency_ms: facts.latency.map(millis),
+            outcome: outcome.to_owned(),
+            retry_at,
+            dead_reason,
+            error: record.error.clone(),
+            error_code: record.error_code.clone(),
+            message: record.message.clone(),
+        },
+    )
 }
 
 fn log_outcome(
@@ -926,6 +1017,7 @@ pub async fn run_workers(
 
     let maintenance = tokio::spawn(maintain(
         queue.clone(),
+        crate::integrations::Integrations::new(settings, queue.clone()),
         settings.dead_letters.clone(),
         poll_interval,
         shutdown.clone(),
@@ -1042,9 +1134,11 @@ pub async fn run_workers(
 }
 
 /// Every poll interval, promotes due retries and recovers jobs whose hold lapsed; every
-/// [`HOUSEKEEPING_EVERY`], enforces the dead-letter limits.
+/// [`HOUSEKEEPING_EVERY`], enforces the dead-letter limits and releases jobs still held for
+/// integrations that are no longer paused (a resume that failed half-way).
 async fn maintain(
     queue: JobQueue,
+    integrations: crate::integrations::Integrations,
     limits: DeadLetterSettings,
     every: Duration,
     shutdown: CancellationToken,
@@ -1077,6 +1171,14 @@ async fn maintain(
         last_housekeeping = Some(Instant::now());
         if let Err(e) = dead_letters.trim(&limits).await {
             debug!("dead-letter trim failed: {e}");
+        }
+        match integrations.release_unpaused().await {
+            Ok(0) => {}
+            Ok(released) => warn!(
+                released,
+                "released convergences still held for integrations that are not paused"
+            ),
+            Err(e) => debug!("releasing held jobs failed: {e}"),
         }
     }
 }

@@ -203,7 +203,8 @@ pub(super) async fn open_queue(config: &ConfigArg) -> anyhow::Result<JobQueue> {
     let settings = load(config, Role::Operate)?;
     let url = redis_location(settings.redis.url.expose());
     let conn = connect(&settings.redis).explain(format!("cannot use Redis at {url}"))?;
-    let queue = JobQueue::new(conn, &settings.redis.namespace);
+    let queue = JobQueue::new(conn, &settings.redis.namespace)
+        .with_history_limits((&settings.audit).into());
     let limit = settings
         .redis
         .connect_timeout
@@ -460,7 +461,7 @@ async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     let (mut purged, mut skipped) = (Vec::new(), 0usize);
     let mut failure = None;
     for id in &ids {
-        match dls.purge(id).await {
+        match dls.purge(id, &actor).await {
             Ok(true) => purged.push(id.clone()),
             Ok(false) => {
                 skipped += 1;

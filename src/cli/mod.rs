@@ -6,6 +6,7 @@ mod admin;
 mod conflicts;
 mod dead_letters;
 mod healthcheck;
+mod integrations;
 mod leases;
 mod queue_stats;
 mod reconcile;
@@ -52,8 +53,11 @@ pub enum Command {
     /// Compare a file of a source's active leases with OpenApp and lease-sync's state; print
     /// the plan, and with --apply enqueue the changes.
     Reconcile(reconcile::ReconcileArgs),
-    /// Inspect what lease-sync knows about residents.
+    /// Inspect what lease-sync knows about residents, and their history.
     Residents(residents::ResidentsArgs),
+    /// List, pause and resume OpenApp integrations (buildings): a paused one's OpenApp calls
+    /// are held until it is resumed.
+    Integrations(integrations::IntegrationsArgs),
     /// People a source names who have no OpenApp user yet (no email, no user, several).
     Conflicts(conflicts::ConflictsArgs),
     /// Inspect lease-sync's record of one lease, or reset it (forget it and converge its
@@ -161,6 +165,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Queue(args) => queue_stats::run(args).await,
         Command::Reconcile(args) => reconcile::run(args).await,
         Command::Residents(args) => residents::run(args).await,
+        Command::Integrations(args) => integrations::run(args).await,
         Command::Conflicts(args) => conflicts::run(args).await,
         Command::Leases(args) => leases::run(args).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,

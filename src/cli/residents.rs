@@ -1,4 +1,5 @@
-//! `lease-sync residents show`: what lease-sync knows about one person in one building.
+//! `lease-sync residents show|history`: what lease-sync knows about one person in one
+//! building, and what it did about them.
 
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use serde_json::json;
 
 use super::ConfigArg;
 use super::dead_letters::{Explain as _, open_queue, timestamp};
+use crate::history::HistoryEntry;
 use crate::queue::now_ms;
 use crate::resident::{Desired, LeaseState, ResidentState};
 
@@ -24,6 +26,32 @@ pub struct ResidentsArgs {
 enum ResidentsCommand {
     /// Print a resident's leases, access windows, desired and last applied state.
     Show(ShowArgs),
+    /// Print a resident's history, newest first: events folded, emails resolved, OpenApp
+    /// calls with the decision they carried out, retries, dead letters, replays, pauses.
+    History(HistoryArgs),
+}
+
+/// Arguments of `residents history`.
+#[derive(Debug, clap::Args)]
+struct HistoryArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// OpenApp integration id (the building).
+    #[arg(long, value_name = "ID")]
+    integration: String,
+    /// OpenApp user id.
+    #[arg(long, value_name = "ID")]
+    user: String,
+    /// Most entries to print (newest first).
+    #[arg(long, default_value_t = 100, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    limit: u16,
+    /// Show emails in full (personal data; masked by default).
+    #[arg(long)]
+    show_emails: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `residents show`.
@@ -46,7 +74,50 @@ struct ShowArgs {
 pub(super) async fn run(args: ResidentsArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ResidentsCommand::Show(args) => show(args).await,
+        ResidentsCommand::History(args) => history(args).await,
     }
+}
+
+async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let queue = open_queue(&args.config).await?;
+    let entries = queue
+        .history(&args.integration, &args.user, usize::from(args.limit))
+        .await
+        .explain("cannot read the resident's history")?;
+    let entries: Vec<HistoryEntry> = if args.show_emails {
+        entries
+    } else {
+        entries.into_iter().map(HistoryEntry::masked).collect()
+    };
+    if args.json {
+        let value = json!({
+            "integration_id": args.integration,
+            "user_id": args.user,
+            "entries": entries,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        println!(
+            "no history for user {} in integration {} (nothing recorded, or older than [audit] max_age_days)",
+            args.user, args.integration
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "history of user {} in integration {}, newest first\n",
+        args.user, args.integration
+    );
+    for entry in &entries {
+        println!(
+            "{}  {:<17} {}",
+            timestamp(entry.at),
+            entry.kind(),
+            entry.describe()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {

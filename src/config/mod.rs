@@ -28,6 +28,7 @@
 
 mod admin;
 mod admin_tokens;
+mod audit;
 mod buildium;
 mod connections;
 mod dead_letters;
@@ -59,6 +60,7 @@ pub use self::admin::{AdminSettings, MIN_ADMIN_TOKEN_LEN};
 pub use self::admin_tokens::{
     AdminToken, EXPIRY_WARNING, InvalidToken, SHA256_PREFIX, TokenDigest, TokenScope, hash_token,
 };
+pub use self::audit::AuditSettings;
 pub use self::buildium::BuildiumSettings;
 pub use self::connections::{
     ADMIN_CONNECTIONS, CONNECTION_SPARE, ConnectionCaps, MIN_CONNECTIONS, RESERVED_FDS,
@@ -170,6 +172,8 @@ pub struct Settings {
     pub retry: RetrySettings,
     /// `[dead_letters]`: where given-up deliveries are kept.
     pub dead_letters: DeadLetterSettings,
+    /// `[audit]`: how much of each resident's history is kept.
+    pub audit: AuditSettings,
     /// `[admin]`: the operators' admin API.
     pub admin: AdminSettings,
     /// `[log]`: log output.

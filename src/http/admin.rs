@@ -19,6 +19,7 @@ mod error;
 mod handlers;
 mod observability;
 mod openapi;
+mod residents;
 
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// Lease lookups and resets.
     pub leases: crate::leases::Leases,
+    /// Paused integrations.
+    pub integrations: crate::integrations::Integrations,
 }
 
 /// The admin routes.
@@ -75,6 +78,23 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/conflicts", get(handlers::list_conflicts))
         .route("/admin/queue", get(handlers::queue_counts))
         .route("/admin/audit", get(handlers::recent_audit))
+        .route(
+            "/admin/residents/{integration_id}/{user_id}",
+            get(residents::get_resident),
+        )
+        .route(
+            "/admin/residents/{integration_id}/{user_id}/history",
+            get(residents::resident_history),
+        )
+        .route("/admin/integrations", get(residents::list_integrations))
+        .route(
+            "/admin/integrations/{id}/pause",
+            post(residents::pause_integration),
+        )
+        .route(
+            "/admin/integrations/{id}/resume",
+            post(residents::resume_integration),
+        )
         .route_layer(from_fn_with_state(state.clone(), auth::require_bearer));
     Router::new()
         .route("/admin/openapi.json", get(openapi::openapi_json))

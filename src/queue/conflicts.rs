@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::personal::{initials, mask_email};
+
 use super::{JobQueue, QueueError, now_ms};
 use crate::identity::ConflictReason;
 
@@ -46,15 +48,6 @@ impl Conflict {
         self.name = self.name.as_deref().map(initials);
         self
     }
-}
-
-/// `A. L.` for `Ada Lovelace`: a name as shown unless asked for in full.
-pub fn initials(name: &str) -> String {
-    name.split_whitespace()
-        .filter_map(|w| w.chars().next())
-        .map(|c| format!("{c}."))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Records `conflict` (as first seen now, or as seen again: `first_seen` and `times` kept
@@ -158,28 +151,4 @@ impl JobQueue {
 /// The hash field of one person: source and person joined by a separator neither holds.
 fn field(source: &str, person: &str) -> String {
     format!("{source}\u{1f}{person}")
-}
-
-/// `a***@example.com`: an email as shown unless asked for in full.
-pub fn mask_email(email: &str) -> String {
-    match email.split_once('@') {
-        Some((local, domain)) => {
-            let first: String = local.chars().take(1).collect();
-            format!("{first}***@{domain}")
-        }
-        None => "***".to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emails_are_masked_to_their_first_letter_and_domain() {
-        assert_eq!(mask_email("ada.lovelace@example.com"), "a***@example.com");
-        assert_eq!(mask_email("x@y"), "x***@y");
-        assert_eq!(mask_email("not an email"), "***");
-        assert_eq!(mask_email(""), "***");
-    }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{JobQueue, QueueError};
+use super::{Job, JobQueue, QueueError};
 
 /// Most audit records kept; older ones are trimmed as new ones arrive.
 const AUDIT_KEEP: isize = 10_000;
@@ -108,6 +108,25 @@ impl JobQueue {
             .invoke_async(&mut conn)
             .await?;
         Ok(claimed == 1)
+    }
+
+    /// The resident (integration, user) of delivery `id` when it is a convergence.
+    pub async fn delivery_resident(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, String)>, QueueError> {
+        let mut conn = self.conn.clone();
+        let job: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.delivery(id))
+            .arg("job")
+            .query_async(&mut conn)
+            .await?;
+        Ok(
+            match job.and_then(|j| serde_json::from_str::<Job>(&j).ok()) {
+                Some(Job::Converge(job)) => Some((job.integration_id, job.user_id)),
+                _ => None,
+            },
+        )
     }
 
     /// Whether delivery `id` has a ledger hash at all: tells an entry that is not dead from

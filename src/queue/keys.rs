@@ -161,6 +161,29 @@ impl Keys {
         format!("{}:last-full-pull", self.reconcile_claim(source))
     }
 
+    /// History of one resident in one building (a sorted set of JSON entries by time in
+    /// ms, see [`crate::history`]).
+    pub fn history(&self, integration_id: &str, user_id: &str) -> String {
+        format!("{}:history:{integration_id}:{user_id}", self.tag)
+    }
+
+    /// History of one integration itself (pauses and resumes), shown within each of its
+    /// residents' histories. The `~` cannot start a user id, so it never meets
+    /// [`Self::history`].
+    pub fn integration_history(&self, integration_id: &str) -> String {
+        format!("{}:history:{integration_id}:~integration", self.tag)
+    }
+
+    /// Paused integrations (a hash: integration id → JSON of who paused it and when).
+    pub fn paused(&self) -> String {
+        format!("{}:paused", self.tag)
+    }
+
+    /// Convergence job ids held while `integration_id` is paused (a list, oldest first).
+    pub fn held(&self, integration_id: &str) -> String {
+        format!("{}:jobs:held:{integration_id}", self.tag)
+    }
+
     /// Lifetime counters.
     pub fn stats(&self) -> String {
         format!("{}:stats", self.tag)
@@ -248,6 +271,10 @@ mod tests {
             keys.attempts("d"),
             keys.resident("i", "u"),
             keys.rate_limit("buildium:s"),
+            keys.history("i", "u"),
+            keys.integration_history("i"),
+            keys.paused(),
+            keys.held("i"),
             keys.stats(),
         ] {
             assert!(key.starts_with("{lease-sync}:"), "{key}");

@@ -113,6 +113,20 @@ pub enum Claim {
         /// Attempts made.
         attempts: u32,
     },
+    /// The resident's integration is paused: the job was moved to its held list (released
+    /// on resume). Nothing counted, no lock taken.
+    Held,
+}
+
+/// The history entry of an attempt, for [`JobQueue::finish_attempt`].
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptHistory<'a> {
+    /// The resident's building.
+    pub integration_id: &'a str,
+    /// The resident.
+    pub user_id: &'a str,
+    /// The entry; the script sets its outcome to `superseded` or `stale` when it comes to that.
+    pub entry: &'a crate::history::HistoryEntry,
 }
 
 /// A convergence's call that succeeded, recorded with the attempt's outcome
@@ -228,12 +242,18 @@ impl JobQueue {
             .key(self.keys.job_data())
             .key(&lock_key)
             .key(self.keys.resident(&job.integration_id, &job.user_id))
+            .key(self.keys.history(&job.integration_id, &job.user_id))
+            .key(self.keys.paused())
+            .key(self.keys.held(&job.integration_id))
             .arg(task_id)
             .arg(max_attempts)
             .arg(now_ms())
             .arg(&job.delivery_id)
             .arg(&token)
             .arg(u64::try_from(lock_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(&job.integration_id)
+            .arg(self.history_limits.max_entries)
+            .arg(self.history_limits.max_age_ms())
             .invoke_async(&mut conn)
             .await?;
         let attempts = u32::try_from(n).unwrap_or(0);
@@ -250,6 +270,7 @@ impl JobQueue {
                 lock_remaining_ms: u64::try_from(n).unwrap_or(0),
             }),
             "stale" => Ok(Claim::Stale),
+            "held" => Ok(Claim::Held),
             "dead" => Ok(Claim::DeadLettered {
                 reason: dead_reason(&reason)?,
                 attempts,
@@ -263,7 +284,8 @@ impl JobQueue {
     /// Records how the attempt of `task_id` of delivery `delivery_id` ended (`result`) and
     /// carries out `finish`, in one step; also releases `release`, a resident lock, if given
     /// and still ours (stale task or not). With `applied`, first records what a convergence's
-    /// call made OpenApp show, and stops there if an event moved the state meanwhile.
+    /// call made OpenApp show, and stops there if an event moved the state meanwhile. With
+    /// `history`, the attempt's entry goes into the resident's history in the same step.
     #[expect(
         clippy::too_many_arguments,
         reason = "one script takes the whole outcome of an attempt; a struct would only rename them"
@@ -277,6 +299,7 @@ impl JobQueue {
         auth_failure: bool,
         release: Option<&ResidentLock>,
         applied: Option<&SucceededCall<'_>>,
+        history: Option<AttemptHistory<'_>>,
     ) -> Result<Finished, QueueError> {
         let (kind, retry_task, due, reason) = match finish {
             Finish::Delivered => ("delivered", String::new(), 0, ""),
@@ -306,6 +329,16 @@ impl JobQueue {
             .arg(if auth_failure { "1" } else { "0" })
             .arg(DELIVERED_RETENTION_SECS)
             .arg(release.map_or("", |lock| lock.token.as_str()));
+        match history {
+            Some(history) => invocation
+                .key(self.keys.history(history.integration_id, history.user_id))
+                .arg(serde_json::to_string(history.entry)?),
+            // No history to write: any key will do.
+            None => invocation.key(self.keys.stats()).arg(""),
+        };
+        invocation
+            .arg(self.history_limits.max_entries)
+            .arg(self.history_limits.max_age_ms());
         if let Some(applied) = applied {
             invocation
                 .key(self.keys.resident(applied.integration_id, applied.user_id))

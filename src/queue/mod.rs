@@ -29,10 +29,12 @@ pub mod backend;
 pub mod conflicts;
 pub mod connection;
 mod dead_letter_store;
+pub mod history;
 pub mod identity;
 pub mod keys;
 pub mod ledger;
 pub mod migrate;
+pub mod pause;
 pub mod poll;
 pub mod rate_limit;
 mod reconcile_claims;
@@ -48,6 +50,7 @@ use self::connection::RedisConnection;
 pub use self::keys::Keys;
 use crate::config::RedisSettings;
 use crate::event::{EventType, LeaseEvent};
+use crate::history::{HistoryEntry, HistoryEvent};
 use crate::sources::buildium::webhook::Refresh;
 
 /// How long a process waits for another one that is migrating the layout.
@@ -341,6 +344,10 @@ pub struct QueueCounts {
     pub stale_events: u64,
     /// Jobs put off because another worker was converging the same resident.
     pub deferred: u64,
+    /// Convergences held because their integration is paused.
+    pub held: u64,
+    /// Integrations paused now.
+    pub paused_integrations: u64,
 }
 
 /// Errors talking to the queue.
@@ -387,6 +394,15 @@ pub fn connect(settings: &RedisSettings) -> Result<RedisConnection, QueueError> 
     Ok(RedisConnection::open(settings, config)?)
 }
 
+/// What a fold does to each resident's lease record.
+#[derive(Clone, Copy)]
+enum Fold<'a> {
+    /// Records what the event (or a source's lease) says.
+    Record(&'a crate::resident::LeaseRecord),
+    /// Forgets the source's record of the lease (an operator's reset, by `actor`).
+    Forget { actor: &'a str },
+}
+
 /// Handle on the delivery queue. Cheap to clone.
 #[derive(Clone)]
 pub struct JobQueue {
@@ -396,6 +412,8 @@ pub struct JobQueue {
     /// Set once this process has seen the namespace in this release's layout
     /// ([`JobQueue::ensure_layout`]); nothing is written to the queue before.
     layout: std::sync::Arc<tokio::sync::OnceCell<()>>,
+    /// How much of each resident's history is kept (`[audit]`).
+    history_limits: history::HistoryLimits,
 }
 
 struct Scripts {
@@ -414,6 +432,13 @@ struct Scripts {
     person_resolved: redis::Script,
     replay: redis::Script,
     purge: redis::Script,
+    history_append: redis::Script,
+    release_held: redis::Script,
+}
+
+/// A script that writes resident histories: `body` after the shared `append_history`.
+fn with_history(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{}\n{body}", include_str!("lua/history.lua")))
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -432,10 +457,10 @@ impl JobQueue {
             layout: std::sync::Arc::default(),
             keys: Keys::new(namespace),
             scripts: std::sync::Arc::new(Scripts {
-                enqueue: redis::Script::new(include_str!("lua/enqueue.lua")),
+                enqueue: with_history(include_str!("lua/enqueue.lua")),
                 promote: redis::Script::new(include_str!("lua/promote.lua")),
-                begin: redis::Script::new(include_str!("lua/begin_attempt.lua")),
-                finish: redis::Script::new(include_str!("lua/finish_attempt.lua")),
+                begin: with_history(include_str!("lua/begin_attempt.lua")),
+                finish: with_history(include_str!("lua/finish_attempt.lua")),
                 defer: redis::Script::new(include_str!("lua/defer.lua")),
                 extend_lock: redis::Script::new(residents::EXTEND_SCRIPT),
                 unlock: redis::Script::new(residents::UNLOCK_SCRIPT),
@@ -447,7 +472,10 @@ impl JobQueue {
                 person_resolved: redis::Script::new(include_str!("lua/person_resolved.lua")),
                 replay: redis::Script::new(include_str!("lua/replay.lua")),
                 purge: redis::Script::new(include_str!("lua/purge.lua")),
+                history_append: with_history(include_str!("lua/history_append.lua")),
+                release_held: redis::Script::new(include_str!("lua/release_held.lua")),
             }),
+            history_limits: history::HistoryLimits::default(),
         }
     }
 
@@ -486,8 +514,15 @@ impl JobQueue {
         limits: EnqueueLimits,
     ) -> Result<EnqueueOutcome, QueueError> {
         let record = crate::resident::LeaseRecord::from_event(event, source);
-        self.fold(source, &event.id, event, Some(&record), jobs, limits)
-            .await
+        self.fold(
+            source,
+            &event.id,
+            event,
+            Fold::Record(&record),
+            jobs,
+            limits,
+        )
+        .await
     }
 
     /// Queues `jobs` (none of which folds anything at ingest, e.g. refreshes) for the event
@@ -580,8 +615,15 @@ impl JobQueue {
     ) -> Result<EnqueueOutcome, QueueError> {
         let record = crate::resident::LeaseRecord::from_event(event, source);
         let dedupe_id = format!("{}#resolved", event.id);
-        self.fold(source, &dedupe_id, event, Some(&record), jobs, limits)
-            .await
+        self.fold(
+            source,
+            &dedupe_id,
+            event,
+            Fold::Record(&record),
+            jobs,
+            limits,
+        )
+        .await
     }
 
     /// Folds `record` (what a source's lease says about one resident, e.g. a Buildium tenant)
@@ -599,7 +641,7 @@ impl JobQueue {
             source,
             &event.id,
             event,
-            Some(record),
+            Fold::Record(record),
             std::slice::from_ref(job),
             limits,
         )
@@ -607,27 +649,35 @@ impl JobQueue {
     }
 
     /// Forgets what `source`'s events recorded about lease `lease_id` for each resident
-    /// `jobs` names (an operator's reset), and queues a convergence job for each resident
-    /// that held such a record. `reset` is the synthetic event standing for the reset: its
-    /// id must be new. All jobs must be for one building.
+    /// `jobs` names (an operator's reset, by `actor`), and queues a convergence job for each
+    /// resident that held such a record. `reset` is the synthetic event standing for the
+    /// reset: its id must be new. All jobs must be for one building.
     pub async fn forget_lease(
         &self,
         source: &str,
         reset: &LeaseEvent,
         jobs: &[DeliveryJob],
         limits: EnqueueLimits,
+        actor: &str,
     ) -> Result<EnqueueOutcome, QueueError> {
-        self.fold(source, &reset.id, reset, None, jobs, limits)
-            .await
+        self.fold(
+            source,
+            &reset.id,
+            reset,
+            Fold::Forget { actor },
+            jobs,
+            limits,
+        )
+        .await
     }
 
-    /// The enqueue script: `record` folded in, or, when `None`, the lease forgotten.
+    /// The enqueue script: a record folded in, or a lease forgotten.
     async fn fold(
         &self,
         source: &str,
         dedupe_id: &str,
         event: &LeaseEvent,
-        record: Option<&crate::resident::LeaseRecord>,
+        fold: Fold<'_>,
         jobs: &[DeliveryJob],
         limits: EnqueueLimits,
     ) -> Result<EnqueueOutcome, QueueError> {
@@ -643,6 +693,33 @@ impl JobQueue {
             .map_err(|_| QueueError::Timeout(limits.timeout))??;
         let now = now_ms();
         let event_json = serde_json::to_vec(event)?;
+        let record = match fold {
+            Fold::Record(record) => Some(record),
+            Fold::Forget { .. } => None,
+        };
+        // The history entry of each resident: the same but for the convergence queued.
+        let entry = |outcome: &str, delivery_id: Option<&str>| {
+            let what = match fold {
+                Fold::Record(record) => HistoryEvent::Folded {
+                    source: source.to_owned(),
+                    event_id: event.id.clone(),
+                    lease_id: event.lease.id.clone(),
+                    event_type: event.event_type.as_str().to_owned(),
+                    outcome: outcome.to_owned(),
+                    delivery_id: delivery_id.map(str::to_owned),
+                    starts_at: record.starts_at,
+                    ends_at: record.ends_at,
+                },
+                Fold::Forget { actor } => HistoryEvent::LeaseReset {
+                    source: source.to_owned(),
+                    lease_id: event.lease.id.clone(),
+                    outcome: outcome.to_owned(),
+                    delivery_id: delivery_id.map(str::to_owned),
+                    by: Some(actor.to_owned()),
+                },
+            };
+            serde_json::to_string(&HistoryEntry::new(now, what))
+        };
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation
             .key(self.keys.dedupe(source, dedupe_id))
@@ -660,14 +737,19 @@ impl JobQueue {
             })
             .arg(event_digest(&event_json))
             .arg(crate::resident::future_cutoff(now, limits.max_clock_skew))
-            .arg(source);
+            .arg(source)
+            .arg(self.history_limits.max_entries)
+            .arg(self.history_limits.max_age_ms())
+            .arg(entry("stale", None)?);
         for job in jobs {
             invocation
                 .key(self.keys.resident(&job.integration_id, &job.user_id))
                 .key(self.keys.delivery(&job.delivery_id))
+                .key(self.keys.history(&job.integration_id, &job.user_id))
                 .arg(job_id_ready_at(now))
                 .arg(serde_json::to_vec(job)?)
-                .arg(&job.user_id);
+                .arg(&job.user_id)
+                .arg(entry("changed", Some(&job.delivery_id))?);
         }
         let mut conn = self.conn.clone();
         let (queued, stale, overridden): (i64, i64, i64) =
@@ -762,7 +844,12 @@ impl JobQueue {
             .filter(|_| ready > 0)
             .map(|at| (now_ms() - at).max(0) as f64 / 1000.0);
         let stat = |i: usize| stats.get(i).copied().flatten().unwrap_or_default();
+        let paused = self.paused().await?;
+        let ids: Vec<&str> = paused.keys().map(String::as_str).collect();
+        let held = self.held_counts(&ids).await?.iter().sum();
         Ok(QueueCounts {
+            held,
+            paused_integrations: paused.len() as u64,
             ready,
             scheduled,
             in_flight,

@@ -563,6 +563,10 @@ impl Refresher {
                         self.queue
                             .person_resolved(&source.settings.name, &person, &user_id)
                             .await?;
+                        if let Some(email) = &email {
+                            self.identity_history(source, property, &user_id, email)
+                                .await;
+                        }
                     }
                     done.folded += 1;
                     done.jobs += self
@@ -574,6 +578,31 @@ impl Refresher {
         }
         self.end_in_other_buildings(source, property, &facts, &resolved_users, done)
             .await
+    }
+
+    /// Records in the resident's history that a tenant's `email` was matched to `user_id`. A
+    /// failure is logged: the resolution stands.
+    async fn identity_history(
+        &self,
+        source: &BuildiumSource,
+        property: &PropertySettings,
+        user_id: &str,
+        email: &str,
+    ) {
+        let entry = crate::queue::history::ResidentEntry {
+            integration_id: &property.integration_id,
+            user_id,
+            entry: crate::history::HistoryEntry::new(
+                crate::queue::now_ms(),
+                crate::history::HistoryEvent::IdentityResolved {
+                    source: source.settings.name.clone(),
+                    email: email.to_owned(),
+                },
+            ),
+        };
+        if let Err(e) = self.queue.append_history(&[entry]).await {
+            warn!(error = %e, "a tenant was resolved but the resident's history could not be written");
+        }
     }
 
     /// A lease moved to a unit of another mapped building (its `PropertyId` changed): its

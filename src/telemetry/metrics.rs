@@ -19,7 +19,7 @@ pub const INGEST_DURATION: &str = "lease_sync_ingest_duration_seconds";
 pub const STALE_EVENTS: &str = "lease_sync_stale_events_total";
 /// Lease records dated beyond their source's clock skew that an event replaced, by `source`.
 pub const FUTURE_VERSIONS_OVERRIDDEN: &str = "lease_sync_future_versions_overridden_total";
-/// Job attempts by `outcome` (`converged`, `retried`, `dead_lettered`, `deferred`) and
+/// Job attempts by `outcome` (`converged`, `retried`, `dead_lettered`, `deferred`, `held`) and
 /// `reason` (the dead-letter reason, empty otherwise).
 pub const JOBS: &str = "lease_sync_jobs_total";
 /// OpenApp call latency, by `operation` (`add`, `remove`, `list`).
@@ -37,8 +37,8 @@ pub const BUILDIUM_REQUESTS: &str = "lease_sync_buildium_requests_total";
 pub const BUILDIUM_DURATION: &str = "lease_sync_buildium_request_duration_seconds";
 /// Time a Buildium request waited for a slot of the rate shared by every worker process.
 pub const BUILDIUM_RATE_LIMIT_WAIT: &str = "lease_sync_buildium_rate_limit_wait_seconds";
-/// Jobs in the queue by `state` (`ready`, `scheduled`, `in_flight`, `dead`), read from
-/// Redis at scrape time.
+/// Jobs in the queue by `state` (`ready`, `scheduled`, `in_flight`, `dead`, `held`), read
+/// from Redis at scrape time.
 pub const QUEUE_JOBS: &str = "lease_sync_queue_jobs";
 /// Age of the oldest ready job, 0 when none is waiting; read at scrape time.
 pub const QUEUE_OLDEST_READY_AGE: &str = "lease_sync_queue_oldest_ready_age_seconds";
@@ -47,6 +47,8 @@ pub const QUEUE_OLDEST_READY_AGE: &str = "lease_sync_queue_oldest_ready_age_seco
 pub const CONFLICTS: &str = "lease_sync_conflicts";
 /// Scheduled convergences (lease windows opening or closing) still to come.
 pub const SCHEDULED_CONVERGENCES: &str = "lease_sync_scheduled_convergences";
+/// OpenApp integrations paused by an operator (their convergences held); read at scrape time.
+pub const INTEGRATIONS_PAUSED: &str = "lease_sync_integrations_paused";
 /// Differences reconciliation found between the source of truth and OpenApp, by `kind`
 /// (`add`, `remove`, `unmanaged`).
 pub const RECONCILE_DRIFT: &str = "lease_sync_reconcile_drift_total";
@@ -121,7 +123,7 @@ pub const CATALOG: &[Metric] = &[
         name: JOBS,
         kind: Kind::Counter,
         labels: &["outcome", "reason"],
-        help: "Delivery job runs by outcome (converged, retried, dead_lettered, deferred) and dead-letter reason.",
+        help: "Delivery job runs by outcome (converged, retried, dead_lettered, deferred, held: its integration is paused) and dead-letter reason.",
     },
     Metric {
         name: OPENAPP_DURATION,
@@ -163,7 +165,7 @@ pub const CATALOG: &[Metric] = &[
         name: QUEUE_JOBS,
         kind: Kind::Gauge,
         labels: &["state"],
-        help: "Jobs in the queue by state (ready, scheduled, in_flight, dead), read from Redis at scrape time.",
+        help: "Jobs in the queue by state (ready, scheduled, in_flight, dead, held: waiting for a paused integration), read from Redis at scrape time.",
     },
     Metric {
         name: QUEUE_OLDEST_READY_AGE,
@@ -182,6 +184,12 @@ pub const CATALOG: &[Metric] = &[
         kind: Kind::Gauge,
         labels: &[],
         help: "Scheduled convergences (lease windows opening or closing) still to come, read at scrape time.",
+    },
+    Metric {
+        name: INTEGRATIONS_PAUSED,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "OpenApp integrations paused by an operator (their convergences held until resumed), read from Redis at scrape time.",
     },
     Metric {
         name: RECONCILE_DRIFT,
@@ -291,6 +299,7 @@ fn describe() {
         ("resolved", ""),
         ("retried", ""),
         ("deferred", ""),
+        ("held", ""),
         ("dead_lettered", "permanent"),
         ("dead_lettered", "exhausted"),
         ("dead_lettered", "crash_loop"),

@@ -163,6 +163,27 @@ async fn every_endpoint_refuses_a_missing_or_wrong_token() {
         (Method::GET, "/audit".to_owned(), None),
         (Method::POST, "/leases/acme-pms/L-1/reset".to_owned(), None),
         (Method::GET, "/conflicts".to_owned(), None),
+        (
+            Method::GET,
+            format!("/residents/{INTEGRATION}/user-a"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/residents/{INTEGRATION}/user-a/history"),
+            None,
+        ),
+        (Method::GET, "/integrations".to_owned(), None),
+        (
+            Method::POST,
+            format!("/integrations/{INTEGRATION}/pause"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/integrations/{INTEGRATION}/resume"),
+            None,
+        ),
     ];
     for (method, path, body) in &endpoints {
         for header in &bad_headers {
@@ -229,6 +250,11 @@ async fn the_openapi_document_is_public_and_lists_every_endpoint() {
         ("/admin/audit", "get"),
         ("/admin/leases/{source}/{lease_id}/reset", "post"),
         ("/admin/conflicts", "get"),
+        ("/admin/residents/{integration_id}/{user_id}", "get"),
+        ("/admin/residents/{integration_id}/{user_id}/history", "get"),
+        ("/admin/integrations", "get"),
+        ("/admin/integrations/{id}/pause", "post"),
+        ("/admin/integrations/{id}/resume", "post"),
         ("/admin/openapi.json", "get"),
     ];
     for (path, method) in expected {
@@ -999,6 +1025,16 @@ async fn a_read_token_reads_but_may_not_replay_or_purge() {
             Some(r#"{"filter": {}, "dry_run": true}"#),
         ),
         (Method::POST, "/leases/acme-pms/L-1/reset".to_owned(), None),
+        (
+            Method::POST,
+            format!("/integrations/{INTEGRATION}/pause"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/integrations/{INTEGRATION}/resume"),
+            None,
+        ),
     ] {
         let reply = as_token(&app, VIEWER_TOKEN, method.clone(), &path, body).await;
         assert_refused(

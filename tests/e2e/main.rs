@@ -13,6 +13,7 @@ mod hardening;
 mod identity;
 mod ingest;
 mod observability;
+mod operations;
 mod operator_cli;
 mod reconcile;
 mod replication;

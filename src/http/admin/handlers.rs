@@ -216,7 +216,7 @@ pub(super) async fn get_dead_letter(
 }
 
 /// The `show_emails` query parameter: absent or `false`, or `true`.
-fn show_emails(value: Option<String>) -> Result<bool, AdminError> {
+pub(super) fn show_emails(value: Option<String>) -> Result<bool, AdminError> {
     match present(value).as_deref() {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
@@ -355,7 +355,7 @@ pub(super) async fn purge_dead_letter(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, AdminError> {
     let id = delivery_id(id)?;
-    if !state.dead_letters.purge(&id).await? {
+    if !state.dead_letters.purge(&id, actor.as_str()).await? {
         return Err(no_dead_letter(&id).into());
     }
     info!(dead_letter.id = %id, actor = actor.as_str(), "dead letter purged");
@@ -607,7 +607,7 @@ fn delivery_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiErr
 
 /// A query string that does not even split into the known parameters (an unknown or
 /// repeated parameter): serde's message names the parameter.
-fn query_rejection(rejection: QueryRejection) -> ApiError {
+pub(super) fn query_rejection(rejection: QueryRejection) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "invalid_query",
@@ -638,7 +638,7 @@ fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
 }
 
 /// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
-fn parse_limit(value: Option<String>) -> Result<usize, ApiError> {
+pub(super) fn parse_limit(value: Option<String>) -> Result<usize, ApiError> {
     let limit = parse_param("limit", value, |v| {
         v.parse::<usize>()
             .ok()

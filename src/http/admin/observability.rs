@@ -13,7 +13,8 @@ use super::AdminState;
 use crate::identity::ConflictReason;
 use crate::queue::now_ms;
 use crate::telemetry::metrics::{
-    CONFLICTS, QUEUE_JOBS, QUEUE_OLDEST_READY_AGE, QUEUE_SCRAPE_OK, SCHEDULED_CONVERGENCES,
+    CONFLICTS, INTEGRATIONS_PAUSED, QUEUE_JOBS, QUEUE_OLDEST_READY_AGE, QUEUE_SCRAPE_OK,
+    SCHEDULED_CONVERGENCES,
 };
 
 /// `GET /metrics`: refreshes the queue gauges from Redis, then renders every metric. A Redis
@@ -38,11 +39,13 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
                 ("scheduled", c.scheduled),
                 ("in_flight", c.in_flight),
                 ("dead", c.dead),
+                ("held", c.held),
             ] {
                 metrics::gauge!(QUEUE_JOBS, "state" => queue_state).set(n as f64);
             }
             metrics::gauge!(QUEUE_OLDEST_READY_AGE).set(c.oldest_ready_age_secs.unwrap_or(0.0));
             metrics::gauge!(SCHEDULED_CONVERGENCES).set(*pending as f64);
+            metrics::gauge!(INTEGRATIONS_PAUSED).set(c.paused_integrations as f64);
             metrics::gauge!(QUEUE_SCRAPE_OK).set(1.0);
         }
         _ => metrics::gauge!(QUEUE_SCRAPE_OK).set(0.0),

@@ -15,9 +15,10 @@ use utoipa::{Modify, OpenApi};
 
 pub(super) use self::schemas::{
     AuditRecordDoc, ConflictDoc, DeadLetterDoc, DeadLetterFilterDoc, DeadReasonDoc, ErrorBody,
-    EventTypeDoc, PageDoc, QueueCountsDoc, ResetReportDoc,
+    EventTypeDoc, HistoryDoc, IntegrationStatusDoc, PageDoc, PauseChangeDoc, QueueCountsDoc,
+    ResetReportDoc, ResidentDoc,
 };
-use super::handlers;
+use super::{handlers, residents};
 
 /// Name of the bearer security scheme in the document.
 const BEARER: &str = "bearer";
@@ -30,7 +31,7 @@ static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(AdminApi::op
 #[openapi(
     info(
         title = "lease-sync admin API",
-        description = "Dead letters, lease resets and queue stats for operators. Every endpoint except this \
+        description = "Dead letters, lease resets, resident histories, paused integrations and queue stats for operators. Every endpoint except this \
             document requires `Authorization: Bearer <token>` with one of the `[admin] tokens`; \
             a token with the `read` scope may only use `GET`. \
             Errors are `{\"error\": code, \"message\": sentence}`."
@@ -46,15 +47,21 @@ static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(AdminApi::op
         handlers::recent_audit,
         handlers::reset_lease,
         handlers::list_conflicts,
+        residents::get_resident,
+        residents::resident_history,
+        residents::list_integrations,
+        residents::pause_integration,
+        residents::resume_integration,
     ),
     components(schemas(ErrorBody, EventTypeDoc, DeadReasonDoc)),
     modifiers(&CommonResponses),
     tags(
         (name = "dead letters", description = "Deliveries that were given up: list, inspect, replay, purge."),
         (name = "leases", description = "lease-sync's record of one lease: reset it."),
-        (name = "residents", description = "People without an OpenApp user (conflicts)."),
+        (name = "residents", description = "One resident's state and history; people without an OpenApp user (conflicts)."),
+        (name = "integrations", description = "OpenApp integrations (buildings): list, pause, resume."),
         (name = "queue", description = "Queue depths and counters."),
-        (name = "audit", description = "Who replayed, purged or reset what."),
+        (name = "audit", description = "Who replayed, purged, reset, paused or resumed what."),
         (name = "meta", description = "This document."),
     )
 )]
@@ -491,6 +498,91 @@ mod schemas {
         stale_events: u64,
         /// Jobs put off because another worker was converging the same resident.
         deferred: u64,
+        /// Convergences held because their integration is paused.
+        held: u64,
+        /// Integrations paused now.
+        paused_integrations: u64,
+    }
+
+    /// What lease-sync knows about one resident now.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = Resident)]
+    pub(crate) struct ResidentDoc {
+        /// The state: `{integration_id, user_id, version, leases: {<lease id>: LeaseRecord},
+        /// applied: {present, version, at} | null, managed, next_check}`.
+        #[schema(value_type = Object)]
+        state: serde_json::Value,
+        /// What OpenApp should show now: `present`, `absent` or `untouched`.
+        desired: String,
+        /// Why, for a person.
+        reason: String,
+        /// When that may next change (ms since the epoch), if it may.
+        next_transition: Option<i64>,
+        /// Whether the resident's integration is paused (their convergences are held).
+        integration_paused: bool,
+    }
+
+    /// One resident's history, newest first.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = History)]
+    pub(crate) struct HistoryDoc {
+        /// The integration.
+        integration_id: String,
+        /// The user.
+        user_id: String,
+        /// The entries, newest first. Each has `at` (ms since the epoch) and `kind`:
+        /// `folded` {source, event_id, lease_id, event_type, outcome (changed, stale,
+        /// overrode_future), delivery_id?, starts_at?, ends_at?}; `lease_reset` {source,
+        /// lease_id, outcome, delivery_id?, by}; `identity_resolved` {source, email};
+        /// `attempt` {delivery_id, attempt, desired (present, absent, untouched), reason?,
+        /// method? (POST, DELETE), status?, request_id?, latency_ms?, outcome (delivered,
+        /// retry, dead, superseded, stale), retry_at?, dead_reason?, error?, error_code?,
+        /// message?}; `dead_lettered` {delivery_id, reason, attempts}; `held` {delivery_id};
+        /// `replayed` and `purged` {delivery_id, by}; `paused` {by}; `resumed` {by, released}.
+        #[schema(value_type = Vec<Object>)]
+        entries: Vec<serde_json::Value>,
+    }
+
+    /// Who paused an integration, and when.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = PauseRecord)]
+    pub(crate) struct PauseRecordDoc {
+        /// Who: the token's name, `token:<fingerprint>` or `cli:<user>@<host>`.
+        by: String,
+        /// When (ms since the epoch).
+        at: i64,
+    }
+
+    /// One integration and whether it is paused.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = IntegrationStatus)]
+    pub(crate) struct IntegrationStatusDoc {
+        /// The OpenApp integration id.
+        integration_id: String,
+        /// Its OpenApp organisation (empty when no longer configured).
+        org_id: String,
+        /// The buildings mapped to it, as `<source>/<property id>`.
+        properties: Vec<String>,
+        /// Who paused it and when; absent while it is not paused.
+        paused: Option<PauseRecordDoc>,
+        /// Convergences held while it is paused.
+        held_jobs: u64,
+    }
+
+    /// What a pause or resume did.
+    #[derive(Serialize, ToSchema)]
+    #[schema(as = PauseChange)]
+    pub(crate) struct PauseChangeDoc {
+        /// The integration.
+        integration_id: String,
+        /// Whether it is paused now.
+        paused: bool,
+        /// Whether this call changed that (false: it already was so).
+        changed: bool,
+        /// On resume: held convergences released to the ready list.
+        released: u64,
+        /// Convergences still held.
+        held_jobs: u64,
     }
 }
 
@@ -659,6 +751,19 @@ mod tests {
         }
     }
 
+    fn integration_status() -> crate::integrations::IntegrationStatus {
+        crate::integrations::IntegrationStatus {
+            integration_id: "i".into(),
+            org_id: "o".into(),
+            properties: vec!["acme/P-1".into()],
+            paused: Some(crate::queue::pause::PauseRecord {
+                by: "cli:ops".into(),
+                at: 1,
+            }),
+            held_jobs: 2,
+        }
+    }
+
     #[test]
     fn every_mirror_documents_exactly_what_its_type_serializes() {
         let counts = QueueCounts {
@@ -697,6 +802,21 @@ mod tests {
             ("QueueCounts", serialized(&counts)),
             ("ResetReport", serialized(&reset_report())),
             ("Conflict", serialized(&conflict())),
+            ("IntegrationStatus", serialized(&integration_status())),
+            (
+                "PauseRecord",
+                serialized(integration_status().paused.as_ref().unwrap()),
+            ),
+            (
+                "PauseChange",
+                serialized(&crate::integrations::PauseChange {
+                    integration_id: "i".into(),
+                    paused: true,
+                    changed: true,
+                    released: 0,
+                    held_jobs: 2,
+                }),
+            ),
             ("LeaseHolder", serialized(&reset_report().residents[0])),
             (
                 "LeaseRecord",
@@ -724,7 +844,7 @@ mod tests {
             "bearer"
         );
         let paths = document["paths"].as_object().cloned().unwrap_or_default();
-        assert_eq!(paths.len(), 9, "{:?}", paths.keys());
+        assert_eq!(paths.len(), 14, "{:?}", paths.keys());
         for (path, item) in &paths {
             for (method, operation) in item.as_object().into_iter().flatten() {
                 let secured = operation.get("security").is_some();

@@ -3,15 +3,31 @@
 -- claiming a job is one round trip.
 -- KEYS[1] delivery hash  KEYS[2] its attempts list  KEYS[3] dead-letter zset  KEYS[4] stats hash
 -- KEYS[5] in-flight set  KEYS[6] job data hash
--- KEYS[7] resident lock, KEYS[8] resident hash (convergences only)
+-- KEYS[7] resident lock, KEYS[8] resident hash, KEYS[9] the resident's history, KEYS[10] the
+-- paused integrations hash, KEYS[11] the integration's held list (convergences only)
 -- ARGV[1] job id  ARGV[2] max attempts  ARGV[3] now (ms)  ARGV[4] delivery id
--- ARGV[5] lock token, ARGV[6] lock ttl (ms) (convergences only)
+-- ARGV[5] lock token, ARGV[6] lock ttl (ms), ARGV[7] integration id, ARGV[8] history: most
+-- entries, ARGV[9] its max age (ms) (convergences only)
+-- A convergence of a paused integration is held instead: it leaves the in-flight set for the
+-- held list (its payload stays), nothing is counted and no lock taken: {'held', 0, '', {}}.
 -- Returns {'run', n, ''} | {'stale', 0, ''} | {'dead', attempts, reason}; with the lock keys
 -- a fourth element, the resident hash (HGETALL) for 'run' and empty otherwise, and
 -- {'busy', ms the lock still lives, '', {}} when another worker holds the resident (nothing
 -- counted). The lock is released again unless the answer is 'run'. With 'stale' and 'dead'
 -- the job ends here: it leaves the in-flight set and its payload is dropped.
 local locking = #KEYS >= 8
+local function history(entry)
+  if locking then
+    entry.at = tonumber(ARGV[3])
+    append_history(KEYS[9], ARGV[3], cjson.encode(entry), ARGV[8], ARGV[9])
+  end
+end
+if locking and redis.call('HEXISTS', KEYS[10], ARGV[7]) == 1 then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('RPUSH', KEYS[11], ARGV[1])
+  history({kind = 'held', delivery_id = ARGV[4]})
+  return {'held', 0, '', {}}
+end
 if locking and not redis.call('SET', KEYS[7], ARGV[5], 'NX', 'PX', ARGV[6]) then
   return {'busy', redis.call('PTTL', KEYS[7]), '', {}}
 end
@@ -56,6 +72,7 @@ if made >= max then
   redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', reason, 'dead_at', now, 'current_task', '')
   redis.call('ZADD', KEYS[3], now, ARGV[4])
   redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
+  history({kind = 'dead_lettered', delivery_id = ARGV[4], reason = reason, attempts = made})
   return answer('dead', made, reason)
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)

@@ -4,7 +4,8 @@
 -- is removed from each resident that holds one from ARGV[8], and each is converged again.
 -- KEYS[1] dedupe marker  KEYS[2] job data hash  KEYS[3] ready list  KEYS[4] stats hash
 -- KEYS[5] the building's residents index (a set of user ids)
--- KEYS[6..] pairs, one per resident: resident hash, the ledger hash of its new delivery
+-- KEYS[6..] triples, one per resident: resident hash, the ledger hash of its new delivery,
+-- the resident's history
 -- ARGV[1] dedupe ttl (s)  ARGV[2] now (ms)  ARGV[3] event JSON  ARGV[4] lease id
 -- ARGV[5] lease record JSON, or '' to forget the lease
 -- ARGV[6] digest of the event ('sha256:<hex>'), kept in the dedupe marker
@@ -12,7 +13,11 @@
 --         running ahead (or by an event accepted before such events were refused) and
 --         never outranks an incoming event
 -- ARGV[8] source (whose records a reset forgets)
--- ARGV[9..] triples, one per resident (same order as the key pairs): job id, job JSON, user id
+-- ARGV[9] history: most entries per resident  ARGV[10] its max age (ms)
+-- ARGV[11] the history entry of a resident the event did not change (JSON)
+-- ARGV[12..] quadruples, one per resident (same order as the key triples): job id, job JSON,
+-- user id, the history entry if the event changes the resident (JSON; its `outcome` is set to
+-- 'overrode_future' when it replaces a record dated in the future)
 -- Returns {queued, stale, overridden}: overridden counts future-dated records replaced;
 -- {-1, 0, 0} for a duplicate event, {-2, 0, 0} for another event under a known id.
 if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'EX', ARGV[1]) then
@@ -35,10 +40,10 @@ end
 local field = 'lease:' .. ARGV[4]
 local queued, stale, overridden = 0, 0, 0
 local k = 6
-for i = 9, #ARGV, 3 do
-  local task, job, user = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local resident, ledger = KEYS[k], KEYS[k + 1]
-  k = k + 2
+for i = 12, #ARGV, 4 do
+  local task, job, user, entry = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local resident, ledger, history = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  k = k + 3
   local raw = redis.call('HGET', resident, field)
   local recorded = raw and cjson.decode(raw) or nil
   local changes
@@ -49,12 +54,16 @@ for i = 9, #ARGV, 3 do
   elseif recorded.occurred_at > cutoff then
     changes = true
     overridden = overridden + 1
+    local e = cjson.decode(entry)
+    e.outcome = 'overrode_future'
+    entry = cjson.encode(e)
   else
     changes = newer(incoming, recorded)
   end
   if not changes then
     -- Older than (or the same as) what this lease already says, or nothing to forget.
     stale = stale + 1
+    append_history(history, ARGV[2], ARGV[11], ARGV[9], ARGV[10])
   else
     if forget then
       redis.call('HDEL', resident, field)
@@ -68,6 +77,7 @@ for i = 9, #ARGV, 3 do
       'current_task', task, 'status', 'pending', 'replays', 0)
     redis.call('HSET', KEYS[2], task, job)
     redis.call('RPUSH', KEYS[3], task)
+    append_history(history, ARGV[2], entry, ARGV[9], ARGV[10])
     queued = queued + 1
   end
 end

@@ -8,21 +8,35 @@
 -- ARGV[10] seconds a delivered record is kept for inspection
 -- KEYS[8] the resident lock  ARGV[11] its token: released here if still ours ('' = keep it),
 -- which saves the worker a round trip; stale or not, like the separate unlock it replaces.
--- A convergence whose call succeeded also passes KEYS[9] the resident hash and KEYS[10] the
--- integration's residents index, ARGV[12] what OpenApp was made to show ('present', 'absent',
--- or 'check': no call was needed), ARGV[13] the state version the call was made for, ARGV[14]
--- the user id, ARGV[15] '1' to finish even if the state moved. That is recorded first; if an
+-- KEYS[9] the resident's history  ARGV[12] the attempt's history entry (JSON; '' for none);
+-- its outcome becomes 'superseded' or 'stale' when the answer is 'moved' or 'stale'
+-- ARGV[13] history: most entries  ARGV[14] its max age (ms)
+-- A convergence whose call succeeded also passes KEYS[10] the resident hash and KEYS[11] the
+-- integration's residents index, ARGV[15] what OpenApp was made to show ('present', 'absent',
+-- or 'check': no call was needed), ARGV[16] the state version the call was made for, ARGV[17]
+-- the user id, ARGV[18] '1' to finish even if the state moved. That is recorded first; if an
 -- event moved the state during the call, nothing else happens (the lock stays held) and the
 -- answer is 'moved': the worker converges again.
-if ARGV[12] and ARGV[12] ~= '' then
-  if ARGV[12] ~= 'check' then
-    redis.call('HSET', KEYS[9], 'applied', ARGV[12], 'applied_version', ARGV[13], 'applied_at', ARGV[2])
-    if ARGV[12] == 'present' then
-      redis.call('HSET', KEYS[9], 'managed', '1')
-      redis.call('SADD', KEYS[10], ARGV[14])
+local function history(outcome)
+  if ARGV[12] == '' then return end
+  local entry = ARGV[12]
+  if outcome then
+    local e = cjson.decode(entry)
+    e.outcome = outcome
+    entry = cjson.encode(e)
+  end
+  append_history(KEYS[9], ARGV[2], entry, ARGV[13], ARGV[14])
+end
+if ARGV[15] and ARGV[15] ~= '' then
+  if ARGV[15] ~= 'check' then
+    redis.call('HSET', KEYS[10], 'applied', ARGV[15], 'applied_version', ARGV[16], 'applied_at', ARGV[2])
+    if ARGV[15] == 'present' then
+      redis.call('HSET', KEYS[10], 'managed', '1')
+      redis.call('SADD', KEYS[11], ARGV[17])
     end
   end
-  if (redis.call('HGET', KEYS[9], 'version') or '0') ~= ARGV[13] and ARGV[15] ~= '1' then
+  if (redis.call('HGET', KEYS[10], 'version') or '0') ~= ARGV[16] and ARGV[18] ~= '1' then
+    history('superseded')
     return 'moved'
   end
 end
@@ -32,8 +46,10 @@ end
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then
+  history('stale')
   return 'stale'
 end
+history(nil)
 local now = tonumber(ARGV[2])
 local kind = ARGV[3]
 local last = redis.call('LINDEX', KEYS[2], -1)
@@ -52,21 +68,21 @@ if kind == 'delivered' then
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[2], ARGV[10])
   redis.call('HINCRBY', KEYS[4], 'delivered', 1)
-  -- A lease window opening or closing later needs a convergence then: KEYS[11] the new
-  -- delivery's hash, KEYS[12] the convergences index (due by task, for the pending gauge),
-  -- ARGV[16] due (ms), ARGV[17] its task id, ARGV[18] its job JSON. Skipped when one is
+  -- A lease window opening or closing later needs a convergence then: KEYS[12] the new
+  -- delivery's hash, KEYS[13] the convergences index (due by task, for the pending gauge),
+  -- ARGV[19] due (ms), ARGV[20] its task id, ARGV[21] its job JSON. Skipped when one is
   -- already due no later than that.
-  if ARGV[16] and ARGV[16] ~= '' then
-    local due = tonumber(ARGV[16])
-    local pending = tonumber(redis.call('HGET', KEYS[9], 'next_check') or '0')
+  if ARGV[19] and ARGV[19] ~= '' then
+    local due = tonumber(ARGV[19])
+    local pending = tonumber(redis.call('HGET', KEYS[10], 'next_check') or '0')
     if not (pending > now and pending <= due) then
-      local task = ARGV[17]
-      redis.call('HSET', KEYS[9], 'next_check', due)
-      redis.call('HSET', KEYS[11], 'job', ARGV[18], 'event', '{}', 'first_seen', now,
+      local task = ARGV[20]
+      redis.call('HSET', KEYS[10], 'next_check', due)
+      redis.call('HSET', KEYS[12], 'job', ARGV[21], 'event', '{}', 'first_seen', now,
         'attempts', 0, 'current_task', task, 'status', 'pending', 'replays', 0)
-      redis.call('HSET', KEYS[5], task, ARGV[18])
+      redis.call('HSET', KEYS[5], task, ARGV[21])
       redis.call('ZADD', KEYS[7], due, task)
-      redis.call('ZADD', KEYS[12], due, task)
+      redis.call('ZADD', KEYS[13], due, task)
       return 'delivered+scheduled'
     end
   end

@@ -1,0 +1,8 @@
+-- Appends one entry to each of several histories (operator actions: replays, purges,
+-- pauses; identities resolved).
+-- KEYS[1..n] history sorted sets
+-- ARGV[1] max entries  ARGV[2] max age (ms)  ARGV[3..n+2] at (ms), entry JSON pairs, one per key
+for i = 1, #KEYS do
+  append_history(KEYS[i], ARGV[2 * i + 1], ARGV[2 * i + 2], ARGV[1], ARGV[2])
+end
+return #KEYS
