@@ -32,6 +32,16 @@ pub enum CallOutcome {
     AlreadyDone(u16),
 }
 
+/// A successful call's outcome and OpenApp's request id for it (`X-Request-Id`, or
+/// `X-Correlation-Id`), for the resident's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    /// What the call did.
+    pub outcome: CallOutcome,
+    /// OpenApp's id of the request, if it sent one.
+    pub request_id: Option<String>,
+}
+
 /// How a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -222,17 +232,18 @@ impl OpenAppClient {
         integration_id: &str,
         user_id: &str,
         role: &str,
-    ) -> Result<CallOutcome, CallError> {
+    ) -> Result<Answered, CallError> {
         let url = self.url(&["integrations", integration_id, "building-users"]);
         let request = Request::new(Method::POST, url)
             .headers(self.headers(org_id))
             .json(&AddBuildingUserPayload { user_id, role });
         let response = self.send("add", request, ERROR_BODY).await?;
-        match response.status {
-            s if s.is_success() => Ok(CallOutcome::Applied(s.as_u16())),
-            StatusCode::CONFLICT => Ok(CallOutcome::AlreadyDone(409)),
-            _ => Err(status_error(&response)),
-        }
+        let outcome = match response.status {
+            s if s.is_success() => CallOutcome::Applied(s.as_u16()),
+            StatusCode::CONFLICT => CallOutcome::AlreadyDone(409),
+            _ => return Err(status_error(&response)),
+        };
+        Ok(answered(&response, outcome))
     }
 
     /// `DELETE /integrations/{integration_id}/building-users/{user_id}`.
@@ -242,15 +253,16 @@ impl OpenAppClient {
         org_id: &str,
         integration_id: &str,
         user_id: &str,
-    ) -> Result<CallOutcome, CallError> {
+    ) -> Result<Answered, CallError> {
         let url = self.url(&["integrations", integration_id, "building-users", user_id]);
         let request = Request::new(Method::DELETE, url).headers(self.headers(org_id));
         let response = self.send("remove", request, ERROR_BODY).await?;
-        match response.status {
-            s if s.is_success() => Ok(CallOutcome::Applied(s.as_u16())),
-            StatusCode::NOT_FOUND => Ok(CallOutcome::AlreadyDone(404)),
-            _ => Err(status_error(&response)),
-        }
+        let outcome = match response.status {
+            s if s.is_success() => CallOutcome::Applied(s.as_u16()),
+            StatusCode::NOT_FOUND => CallOutcome::AlreadyDone(404),
+            _ => return Err(status_error(&response)),
+        };
+        Ok(answered(&response, outcome))
     }
 
     /// Whether the integration exists for `org_id`: `GET /integrations/{id}/building-users`
@@ -459,6 +471,15 @@ fn auth_header(
     // Keeps the key out of reqwest's and hyper's debug output.
     value.set_sensitive(true);
     Ok((name, value))
+}
+
+/// `outcome` with the request id `response` carries.
+fn answered(response: &Response, outcome: CallOutcome) -> Answered {
+    let header = |name: &str| response.header(name).map(|v| clean(v, 128));
+    Answered {
+        outcome,
+        request_id: header("x-request-id").or_else(|| header("x-correlation-id")),
+    }
 }
 
 /// The [`CallError::Status`] of an answer that is not success for its operation: its status,

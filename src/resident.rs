@@ -317,6 +317,39 @@ mod tests {
     }
 
     #[test]
+    fn explain_names_the_lease_that_grants_or_ended_access() {
+        let mut state = ResidentState {
+            integration_id: "i".into(),
+            user_id: "u".into(),
+            version: 1,
+            leases: BTreeMap::new(),
+            applied: None,
+            managed: false,
+            next_check: None,
+        };
+        assert!(state.explain(0).contains("no lease on record"));
+        assert!(state.explain(0).contains("never added"));
+        let mut signed = record(LeaseState::Active, 1_000, "e1");
+        signed.ends_at = Some(1_800_000_000_000);
+        state.leases.insert("L-1".into(), signed);
+        let why = state.explain(2_000);
+        assert!(
+            why.starts_with("lease L-1 of s grants access until 2027-01-15T08:00:00Z"),
+            "{why}"
+        );
+        state
+            .leases
+            .insert("L-1".into(), record(LeaseState::Ended, 5_000, "e2"));
+        state.managed = true;
+        let why = state.explain(6_000);
+        assert!(
+            why.contains("lease L-1 of s ended 1970-01-01T00:00:05Z"),
+            "{why}"
+        );
+        assert!(!why.contains("never added"), "{why}");
+    }
+
+    #[test]
     fn newer_events_win_and_ended_wins_ties() {
         let signed = record(LeaseState::Active, 10, "a");
         let ended = record(LeaseState::Ended, 10, "b");

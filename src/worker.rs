@@ -22,7 +22,7 @@ use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 use crate::config::{DeadLetterSettings, Settings};
 use crate::dead_letters::DeadLetters;
 use crate::history::{HistoryEntry, HistoryEvent};
-use crate::openapp::{CallError, CallOutcome, OpenAppClient};
+use crate::openapp::{Answered, CallError, CallOutcome, OpenAppClient};
 use crate::queue::backend::{Holdings, QueueBackend};
 use crate::queue::ledger::{
     AttemptHistory, AttemptRecord, Begin, Claim, Finish, Finished, SucceededCall,
@@ -112,6 +112,8 @@ struct Convergence {
     /// What the state said, and how long the call took (none when no call was made).
     desired: Desired,
     latency: Option<Duration>,
+    /// OpenApp's request id of a successful call (a failed one carries its own).
+    request_id: Option<String>,
 }
 
 /// Whether a resident's lock is still held when an attempt ends.
@@ -172,11 +174,17 @@ impl Deliverer {
         &self,
         job: &DeliveryJob,
         desired: Desired,
-    ) -> (Action, Result<CallOutcome, CallError>) {
+    ) -> (Action, Result<Answered, CallError>) {
         match desired {
             Desired::Present => (Action::Add, self.add(job).await),
             Desired::Absent => (Action::Remove, self.remove(job).await),
-            Desired::Untouched => (Action::None, Ok(CallOutcome::AlreadyDone(0))),
+            Desired::Untouched => (
+                Action::None,
+                Ok(Answered {
+                    outcome: CallOutcome::AlreadyDone(0),
+                    request_id: None,
+                }),
+            ),
         }
     }
 
@@ -184,7 +192,7 @@ impl Deliverer {
     /// the user (deleted since an email was resolved to them): the cached emails of that user
     /// are dropped and, for a source whose lease can be read again, the lease is refreshed so
     /// its tenants are resolved anew. The add itself fails for good with `user_not_found`.
-    async fn add(&self, job: &DeliveryJob) -> Result<CallOutcome, CallError> {
+    async fn add(&self, job: &DeliveryJob) -> Result<Answered, CallError> {
         let result = self
             .client
             .add_building_user(&job.org_id, &job.integration_id, &job.user_id, &job.role)
@@ -264,12 +272,13 @@ impl Deliverer {
         Ok(true)
     }
 
-    async fn remove(&self, job: &DeliveryJob) -> Result<CallOutcome, CallError> {
-        let outcome = self
+    async fn remove(&self, job: &DeliveryJob) -> Result<Answered, CallError> {
+        let answered = self
             .client
             .remove_building_user(&job.org_id, &job.integration_id, &job.user_id)
             .await?;
-        if outcome == CallOutcome::AlreadyDone(404) && !self.integration_known(job).await? {
+        if answered.outcome == CallOutcome::AlreadyDone(404) && !self.integration_known(job).await?
+        {
             return Err(CallError::Status {
                 status: 404,
                 message: Some(format!(
@@ -277,11 +286,11 @@ impl Deliverer {
                     job.integration_id, job.org_id
                 )),
                 error_code: Some("integration_not_found".into()),
-                request_id: None,
+                request_id: answered.request_id,
                 retry_after: None,
             });
         }
-        Ok(outcome)
+        Ok(answered)
     }
 
     async fn integration_known(&self, job: &DeliveryJob) -> Result<bool, CallError> {
@@ -399,6 +408,7 @@ impl Deliverer {
                     state: None,
                     desired: Desired::Untouched,
                     latency: None,
+                    request_id: None,
                 };
                 let finished = self
                     .finish(job, task_id, attempt, convergence, lock, None)
@@ -419,8 +429,12 @@ impl Deliverer {
                 .map_or(Desired::Untouched, |s| s.desired(now_ms()));
             let version = state.as_ref().map_or(0, |s| s.version);
             let started = Instant::now();
-            let (action, result) = self.apply(job, desired).await;
+            let (action, answer) = self.apply(job, desired).await;
             let latency = (action != Action::None).then(|| started.elapsed());
+            let (result, request_id) = match answer {
+                Ok(answered) => (Ok(answered.outcome), answered.request_id),
+                Err(e) => (Err(e), None),
+            };
             // Serialized per resident, but events keep arriving: if one changed the state
             // during the call, converge again to the newer truth.
             let applied = result.is_ok().then(|| SucceededCall {
@@ -441,6 +455,7 @@ impl Deliverer {
                 state,
                 desired,
                 latency,
+                request_id,
             };
             match self
                 .finish(job, task_id, attempt, convergence, lock, applied.as_ref())
@@ -473,11 +488,15 @@ impl Deliverer {
             state,
             desired,
             latency,
+            request_id,
         } = convergence;
         let class = classify(&result);
         let decision = self.policy.decide(attempt, class, &mut rand::rng());
         let mut record = attempt_record(&result, &decision);
         record.action = Some(action.as_str().to_owned());
+        if record.request_id.is_none() {
+            record.request_id = request_id;
+        }
         if action == Action::None {
             record.status = None;
         }

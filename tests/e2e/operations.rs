@@ -141,6 +141,23 @@ async fn a_residents_history_says_what_was_done_to_their_door_and_why() {
     assert_eq!(added["attempt"], 2);
     assert_eq!(added["status"], 201);
     assert_eq!(added["outcome"], "delivered");
+    // Each call's request id is OpenApp's, failed or not.
+    let request_ids: Vec<String> = openapp
+        .sandbox
+        .calls()
+        .iter()
+        .filter(|c| c.user_id.as_deref() == Some("user-h"))
+        .map(|c| c.request_id.clone())
+        .collect();
+    for entry in [failed, added, &history[0]] {
+        let id = entry["request_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{entry}"));
+        assert!(
+            request_ids.iter().any(|r| r == id),
+            "{id} not in {request_ids:?}"
+        );
+    }
 
     let ended = &history[1];
     assert_eq!(ended["event_type"], "lease.ended");
@@ -530,4 +547,70 @@ async fn the_cli_pauses_resumes_and_reads_history() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_replays_and_purges_show_in_the_history() {
+    let (_redis, openapp, app) = serve().await;
+    for _ in 0..2 {
+        openapp.sandbox.push_fault(Fault::Status {
+            status: 400,
+            retry_after: None,
+        });
+    }
+    let reply = post_event(
+        &app,
+        "evt-d1",
+        event_body("lease.signed", "L-D", &["user-d", "user-e"]),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    wait_until("two dead letters", LIMIT, || async {
+        (app.queue().counts().await.ok()?.dead == 2).then_some(())
+    })
+    .await;
+    let dead_of = |user: &'static str| {
+        let app = &app;
+        async move {
+            let h = entries(&admin(app, Method::GET, &history_path(user)).await);
+            let dead = h
+                .iter()
+                .find(|e| e["kind"] == "attempt" && e["outcome"] == "dead")
+                .cloned()
+                .unwrap_or_else(|| panic!("no dead attempt: {h:#?}"));
+            assert_eq!(dead["dead_reason"], "permanent");
+            assert_eq!(dead["status"], 400);
+            dead["delivery_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let replayed = dead_of("user-d").await;
+    let purged = dead_of("user-e").await;
+
+    let reply = admin(
+        &app,
+        Method::POST,
+        &format!("/dead-letters/{replayed}/replay"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = admin(&app, Method::DELETE, &format!("/dead-letters/{purged}")).await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    wait_drained(&app.queue(), LIMIT).await;
+
+    let history = entries(&admin(&app, Method::GET, &history_path("user-d")).await);
+    assert_eq!(
+        kinds(&history)[..3],
+        ["attempt", "replayed", "attempt"],
+        "{history:#?}"
+    );
+    assert_eq!(history[0]["outcome"], "delivered");
+    assert_eq!(history[1]["delivery_id"], replayed.as_str());
+    assert!(
+        history[1]["by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("token:"))
+    );
+    let history = entries(&admin(&app, Method::GET, &history_path("user-e")).await);
+    assert_eq!(kinds(&history)[..2], ["purged", "attempt"], "{history:#?}");
+    assert_eq!(history[0]["delivery_id"], purged.as_str());
 }
