@@ -92,6 +92,56 @@ impl Integrations {
         }
     }
 
+    /// The configured integrations' ids with their organisations.
+    pub fn configured(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.configured
+            .iter()
+            .map(|(id, (org, _))| (id.as_str(), org.as_str()))
+    }
+
+    /// The names of the sources that map a building to an integration, sorted.
+    pub fn sources(&self) -> Vec<String> {
+        let mut sources: Vec<String> = self
+            .configured
+            .values()
+            .flat_map(|(_, properties)| properties.iter())
+            .filter_map(|p| p.split_once('/').map(|(source, _)| source.to_owned()))
+            .collect();
+        sources.sort();
+        sources.dedup();
+        sources
+    }
+
+    /// The residents `email` was resolved to (from the identity cache), as (integration,
+    /// user) pairs of every configured integration in the organisation that knows it.
+    pub async fn residents_by_email(
+        &self,
+        email: &str,
+    ) -> Result<Vec<(String, String)>, QueueError> {
+        let Some(email) = crate::event::normalize_email(email) else {
+            return Ok(Vec::new());
+        };
+        let digest = crate::identity::email_digest(&email);
+        let mut found = Vec::new();
+        let mut orgs: Vec<&str> = self
+            .configured
+            .values()
+            .map(|(org, _)| org.as_str())
+            .collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        for org in orgs {
+            if let Some(user) = self.queue.cached_identity(org, &digest).await? {
+                for (integration, (integration_org, _)) in &self.configured {
+                    if integration_org == org {
+                        found.push((integration.clone(), user.clone()));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Whether `integration_id` is configured.
     pub fn is_configured(&self, integration_id: &str) -> bool {
         self.configured.contains_key(integration_id)

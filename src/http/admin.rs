@@ -15,6 +15,7 @@
 //! [`ApiError`]: super::ApiError
 
 mod auth;
+mod console;
 mod error;
 mod handlers;
 mod observability;
@@ -102,6 +103,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(crate::http::health::healthz))
         .route("/readyz", get(observability::readyz))
         .merge(protected)
+        .merge(console::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

@@ -274,6 +274,7 @@ pub(super) async fn receive(
     let _entered = span.enter();
     match &result {
         Ok(accepted) => {
+            state.note_event(&source_name);
             let jobs = match accepted {
                 Accepted::Queued { jobs, .. } => Some(*jobs),
                 Accepted::Duplicate { .. } | Accepted::Ignored { .. } => None,

@@ -82,6 +82,9 @@ pub struct AppState {
     /// `[redis] wait_replicas` and `wait_timeout_ms`: replicas that must hold an event before
     /// it is acknowledged (0: none).
     wait_replicas: (u32, Duration),
+    /// When this process last recorded each source's latest webhook in Redis (for the
+    /// console's overview): at most once a second per source, off the request's path.
+    last_events: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
 }
 
 impl AppState {
@@ -106,7 +109,39 @@ impl AppState {
             http: Arc::new(settings.http.clone()),
             workers,
             wait_replicas: (settings.redis.wait_replicas, settings.redis.wait_timeout),
+            last_events: Arc::default(),
         })
+    }
+
+    /// Records, at most once a second per source and without delaying the answer, that
+    /// `source` (a configured one) just sent a webhook that was accepted.
+    fn note_event(&self, source: &str) {
+        let due = {
+            let mut last = self
+                .last_events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            match last.get(source) {
+                Some(at) if now.duration_since(*at) < Duration::from_secs(1) => false,
+                _ => {
+                    last.insert(source.to_owned(), now);
+                    true
+                }
+            }
+        };
+        if due {
+            let queue = self.queue.clone();
+            let source = source.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = queue
+                    .record_last_event(&source, crate::queue::now_ms())
+                    .await
+                {
+                    tracing::debug!("could not record the source's last webhook: {e}");
+                }
+            });
+        }
     }
 
     fn enqueue_timeout(&self) -> Duration {

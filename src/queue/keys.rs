@@ -184,6 +184,17 @@ impl Keys {
         format!("{}:jobs:held:{integration_id}", self.tag)
     }
 
+    /// One web console session, by the SHA-256 (hex) of its cookie's value: the cookie itself
+    /// is never stored.
+    pub fn console_session(&self, session_digest: &str) -> String {
+        format!("{}:console:session:{session_digest}", self.tag)
+    }
+
+    /// When each source's last webhook was accepted (a hash: source → ms), for the console.
+    pub fn last_events(&self) -> String {
+        format!("{}:sources:last-event", self.tag)
+    }
+
     /// Lifetime counters.
     pub fn stats(&self) -> String {
         format!("{}:stats", self.tag)
@@ -275,6 +286,8 @@ mod tests {
             keys.integration_history("i"),
             keys.paused(),
             keys.held("i"),
+            keys.console_session("d"),
+            keys.last_events(),
             keys.stats(),
         ] {
             assert!(key.starts_with("{lease-sync}:"), "{key}");

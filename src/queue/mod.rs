@@ -28,6 +28,7 @@
 pub mod backend;
 pub mod conflicts;
 pub mod connection;
+mod console;
 mod dead_letter_store;
 pub mod history;
 pub mod identity;

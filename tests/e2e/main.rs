@@ -7,6 +7,7 @@ mod buildium_client;
 mod cli;
 mod cluster;
 mod connections;
+mod console;
 mod convergence;
 mod delivery;
 mod hardening;

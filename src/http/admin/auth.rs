@@ -52,10 +52,34 @@ impl Actor {
         ))
     }
 
+    /// The identity of a console session, which signed in as this actor (checked against the
+    /// configured tokens on every request).
+    pub(super) fn from_session(actor: &str) -> Self {
+        Self(actor.to_owned())
+    }
+
     /// The identity as written in audit records and logs.
     pub(super) fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// What signing in to the web console with a token gives: who, and what they may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Grant {
+    /// Who, as audit records name them.
+    pub(super) actor: Actor,
+    /// `admin` or `read`.
+    pub(super) scope: TokenScope,
+}
+
+/// Why a console sign-in failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SignInRefused {
+    /// Not a configured token.
+    Unknown,
+    /// A configured token past its `not_after`.
+    Expired,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Actor {
@@ -139,6 +163,39 @@ impl AcceptedTokens {
             return Err(Refusal::InsufficientScope(accepted.actor.clone()));
         }
         Ok(accepted.actor.clone())
+    }
+}
+
+impl AcceptedTokens {
+    /// Signs in to the console with `presented`: who it is and what it may do, if it is a
+    /// configured, current token. Compared like a bearer token (constant time).
+    pub(super) fn sign_in(
+        &self,
+        presented: &str,
+        now: OffsetDateTime,
+    ) -> Result<Grant, SignInRefused> {
+        let accepted = self.find(presented.trim()).ok_or(SignInRefused::Unknown)?;
+        if accepted.not_after.is_some_and(|not_after| now > not_after) {
+            return Err(SignInRefused::Expired);
+        }
+        Ok(Grant {
+            actor: accepted.actor.clone(),
+            scope: accepted.scope,
+        })
+    }
+
+    /// What a console session signed in as `actor` may still do at `now`: the scope of the
+    /// configured token with that identity, unless it is gone from the configuration or past
+    /// its `not_after` (the session then ends).
+    pub(super) fn still_valid(&self, actor: &str, now: OffsetDateTime) -> Option<Grant> {
+        let accepted = self.0.iter().find(|a| a.actor.as_str() == actor)?;
+        if accepted.not_after.is_some_and(|not_after| now > not_after) {
+            return None;
+        }
+        Some(Grant {
+            actor: accepted.actor.clone(),
+            scope: accepted.scope,
+        })
     }
 }
 

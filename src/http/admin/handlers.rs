@@ -499,17 +499,21 @@ pub(super) async fn list_conflicts(
 }
 
 /// What a bulk replay did.
-struct BulkRun {
+pub(super) struct BulkRun {
     /// Ids queued again, in the order they were matched.
-    replayed: Vec<String>,
+    pub(super) replayed: Vec<String>,
     /// Matches that were no longer dead letters.
-    skipped: usize,
+    pub(super) skipped: usize,
     /// The Redis failure that stopped the run early, if one did.
-    failure: Option<QueueError>,
+    pub(super) failure: Option<QueueError>,
 }
 
 /// Replays `ids` a batch at a time, stopping after the first batch in which Redis failed.
-async fn replay_all(dead_letters: &DeadLetters, ids: &[String], actor: &Actor) -> BulkRun {
+pub(super) async fn replay_all(
+    dead_letters: &DeadLetters,
+    ids: &[String],
+    actor: &Actor,
+) -> BulkRun {
     let mut run = BulkRun {
         replayed: Vec::new(),
         skipped: 0,
@@ -540,7 +544,7 @@ async fn replay_all(dead_letters: &DeadLetters, ids: &[String], actor: &Actor) -
 
 /// Appends an audit record. A failure is logged, not answered: the replay or purge already
 /// happened, and an error would invite a retry that finds nothing left to do.
-async fn write_audit(
+pub(super) async fn write_audit(
     dead_letters: &DeadLetters,
     actor: &Actor,
     action: &str,
