@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the full test suite: unit tests of every default workspace member (lease-sync,
 # crates/sandbox, the OpenApp emulator, and crates/testkit) and end-to-end tests against real redis-server
-# processes the tests start themselves on free loopback ports (never 6379), the quick start's
+# processes the tests start themselves on free loopback ports (never 6379) — the web console's
+# among them in headless Chromium (installed when missing) —, the quick start's
 # smoke mode as a new user runs it (its cargo build included, so the binary is found wherever
 # CARGO_TARGET_DIR puts it; free ports, a temporary state directory), then the benchmark
 # harness end to end in its short mode (bench/run.sh --short: tiny counts, results not
@@ -10,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-redis.sh
 scripts/ensure-promtool.sh
+scripts/ensure-chromium.sh
 cargo test --locked --all-targets "$@"
 cargo test --locked -p lease-sync-bench
 
