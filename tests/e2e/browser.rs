@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::key::Key;
-use hyper_util::client::legacy::connect::HttpConnector;
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use lease_sync_sandbox::Fault;
 use serde_json::json;
 
