@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn times_read_for_people() {
-        assert_eq!(when(1_795_342_500_000), "2026-11-22 08:55:00Z");
+        assert_eq!(when(1_795_342_500_000), "2026-11-22 10:15:00Z");
         assert_eq!(ago(0, 30_000), "30 s ago");
         assert_eq!(ago(0, 7_200_000), "2 h ago");
         assert_eq!(ago(10_000_000_000, 0), "in 115 days");
