@@ -98,6 +98,8 @@ fn describe(c: &QueueCounts) -> String {
         ("ready", c.ready.to_string()),
         ("scheduled", c.scheduled.to_string()),
         ("in flight", c.in_flight.to_string()),
+        ("held (paused)", c.held.to_string()),
+        ("paused integrations", c.paused_integrations.to_string()),
         ("dead letters", c.dead.to_string()),
         ("oldest ready age", oldest),
     ];
@@ -153,8 +155,12 @@ mod tests {
         let text = describe(&QueueCounts {
             dead: 2,
             auth_failures: 3,
+            held: 4,
+            paused_integrations: 1,
             ..QueueCounts::default()
         });
+        assert!(text.contains("held (paused)             4"), "{text}");
+        assert!(text.contains("paused integrations       1"), "{text}");
         assert!(text.contains("oldest ready age          -"), "{text}");
         assert!(text.contains("OpenApp 401/403           3"), "{text}");
         assert!(text.contains("dead letters              2"), "{text}");
@@ -171,7 +177,7 @@ mod tests {
             ..QueueCounts::default()
         });
         let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
-        assert_eq!(rows.len(), 13, "{text}");
+        assert_eq!(rows.len(), 15, "{text}");
         let mut columns = std::collections::BTreeSet::new();
         for row in rows {
             // The value is the text after the last run of two or more spaces.
