@@ -40,12 +40,10 @@ pub enum HistoryEvent {
         /// The convergence queued, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delivery_id: Option<String>,
-        /// Start of access the event grants (ms), if it says.
+        /// What folded it when not a webhook: `refresh` (the lease read back from its source),
+        /// `reconcile` (a pull or a file of active leases).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        starts_at: Option<i64>,
-        /// End of access it grants (ms), if it says.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        ends_at: Option<i64>,
+        trigger: Option<String>,
     },
     /// An operator reset a lease: what its source said about it was forgotten.
     LeaseReset {
@@ -199,7 +197,7 @@ impl HistoryEntry {
                 event_type,
                 outcome,
                 delivery_id,
-                ..
+                trigger,
             } => {
                 let what = match outcome.as_str() {
                     "changed" => format!(
@@ -212,8 +210,11 @@ impl HistoryEntry {
                     ),
                     _ => "older than what the lease already says: no change".to_owned(),
                 };
+                let via = trigger
+                    .as_deref()
+                    .map_or_else(String::new, |t| format!(" by {t}"));
                 format!(
-                    "{event_type} for lease {lease_id} from {source} (event {event_id}): {what}"
+                    "{event_type} for lease {lease_id} from {source}{via} (event {event_id}): {what}"
                 )
             }
             HistoryEvent::LeaseReset {

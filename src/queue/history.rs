@@ -101,7 +101,8 @@ impl JobQueue {
             let mut invocation = self.scripts.history_append.prepare_invoke();
             invocation
                 .arg(self.history_limits.max_entries)
-                .arg(self.history_limits.max_age_ms());
+                .arg(self.history_limits.max_age_ms())
+                .arg(now_ms());
             for (key, entry) in chunk {
                 invocation
                     .key(key)

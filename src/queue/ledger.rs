@@ -254,6 +254,10 @@ impl JobQueue {
             .arg(&job.integration_id)
             .arg(self.history_limits.max_entries)
             .arg(self.history_limits.max_age_ms())
+            .arg(match super::fold_history_entry(job) {
+                Some(entry) => serde_json::to_string(&entry)?,
+                None => String::new(),
+            })
             .invoke_async(&mut conn)
             .await?;
         let attempts = u32::try_from(n).unwrap_or(0);

@@ -395,6 +395,32 @@ pub fn connect(settings: &RedisSettings) -> Result<RedisConnection, QueueError> 
     Ok(RedisConnection::open(settings, config)?)
 }
 
+/// The history entry of the fold that queued convergence `job`, written when the convergence
+/// is first held or attempted (`begin_attempt.lua`): dated when the job was made (its delivery
+/// id is a ULID of that moment), the same each time. `None` for convergences no fold queued
+/// (lease-window boundaries) and for resets, which ingest records itself.
+pub fn fold_history_entry(job: &DeliveryJob) -> Option<HistoryEntry> {
+    let trigger = job.trigger.as_deref();
+    if matches!(trigger, Some("schedule" | crate::leases::RESET_TRIGGER)) {
+        return None;
+    }
+    let at = ulid::Ulid::from_string(&job.delivery_id)
+        .ok()
+        .and_then(|id| i64::try_from(id.timestamp_ms()).ok())?;
+    Some(HistoryEntry::new(
+        at,
+        HistoryEvent::Folded {
+            source: job.source.clone(),
+            event_id: job.event_id.clone(),
+            lease_id: job.lease_id.clone(),
+            event_type: job.event_type.as_str().to_owned(),
+            outcome: "changed".to_owned(),
+            delivery_id: Some(job.delivery_id.clone()),
+            trigger: trigger.map(str::to_owned),
+        },
+    ))
+}
+
 /// What a fold does to each resident's lease record.
 #[derive(Clone, Copy)]
 enum Fold<'a> {
@@ -698,18 +724,19 @@ impl JobQueue {
             Fold::Record(record) => Some(record),
             Fold::Forget { .. } => None,
         };
-        // The history entry of each resident: the same but for the convergence queued.
+        // The history entries of this fold: one for a resident it leaves as it was; for a
+        // reset, one for each resident it changes. A fold that changes a resident is recorded
+        // when its convergence first runs (`fold_history_entry`), so it costs ingest nothing.
         let entry = |outcome: &str, delivery_id: Option<&str>| {
             let what = match fold {
-                Fold::Record(record) => HistoryEvent::Folded {
+                Fold::Record(_) => HistoryEvent::Folded {
                     source: source.to_owned(),
                     event_id: event.id.clone(),
                     lease_id: event.lease.id.clone(),
                     event_type: event.event_type.as_str().to_owned(),
                     outcome: outcome.to_owned(),
                     delivery_id: delivery_id.map(str::to_owned),
-                    starts_at: record.starts_at,
-                    ends_at: record.ends_at,
+                    trigger: None,
                 },
                 Fold::Forget { actor } => HistoryEvent::LeaseReset {
                     source: source.to_owned(),
@@ -750,7 +777,10 @@ impl JobQueue {
                 .arg(job_id_ready_at(now))
                 .arg(serde_json::to_vec(job)?)
                 .arg(&job.user_id)
-                .arg(entry("changed", Some(&job.delivery_id))?);
+                .arg(match fold {
+                    Fold::Forget { .. } => entry("changed", Some(&job.delivery_id))?,
+                    Fold::Record(_) => String::new(),
+                });
         }
         let mut conn = self.conn.clone();
         let (queued, stale, overridden): (i64, i64, i64) =

@@ -95,17 +95,36 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
 }
 
-/// The text of the page's `h1`.
-async fn heading(browser: &Client) -> String {
-    browser
-        .wait()
-        .at_most(LIMIT)
-        .for_element(Locator::Css("h1"))
-        .await
-        .expect("a heading")
-        .text()
-        .await
-        .expect("heading text")
+/// Waits (bounded) until the page's `h1` reads `expected`: a click that navigates returns
+/// before the next page is there.
+async fn expect_heading(browser: &Client, expected: &str) {
+    wait_until(&format!("the page headed `{expected}`"), LIMIT, || async {
+        let h1 = browser.find(Locator::Css("h1")).await.ok()?;
+        (h1.text().await.ok()? == expected).then_some(())
+    })
+    .await;
+}
+
+/// Waits (bounded) until the page's text contains `needle`.
+async fn expect_text(browser: &Client, needle: &str) {
+    wait_until(&format!("the page to say `{needle}`"), LIMIT, || async {
+        let body = browser.find(Locator::Css("body")).await.ok()?;
+        body.text().await.ok()?.contains(needle).then_some(())
+    })
+    .await;
+}
+
+/// Waits (bounded) until the address contains `needle`.
+async fn expect_url(browser: &Client, needle: &str) {
+    wait_until(
+        &format!("the address to contain `{needle}`"),
+        LIMIT,
+        || async {
+            let url = browser.current_url().await.ok()?;
+            url.as_str().contains(needle).then_some(())
+        },
+    )
+    .await;
 }
 
 /// The page's text (what a person reads).
@@ -157,7 +176,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .goto(&format!("{base}/console"))
         .await
         .expect("open");
-    assert_eq!(heading(&browser).await, "Sign in");
+    expect_heading(&browser, "Sign in").await;
     screenshot(&browser, "sign-in").await;
     let focused = browser.active_element().await.expect("focus");
     assert_eq!(
@@ -173,13 +192,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .send_keys(&format!("{ADMIN_TOKEN}{}", char::from(Key::Enter)))
         .await
         .expect("type the token");
-    browser
-        .wait()
-        .at_most(LIMIT)
-        .for_url(&url::Url::parse(&format!("{base}/console")).expect("url"))
-        .await
-        .expect("the overview");
-    assert_eq!(heading(&browser).await, "Overview");
+    expect_heading(&browser, "Overview").await;
     let overview = text(&browser).await;
     assert!(overview.contains("Signed in as"), "{overview}");
     assert!(overview.contains(SOURCE), "{overview}");
@@ -200,7 +213,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("click");
-    assert_eq!(heading(&browser).await, "Dead letters");
+    expect_heading(&browser, "Dead letters").await;
     browser
         .find(Locator::Css("#f-reason"))
         .await
@@ -222,14 +235,8 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("click");
-    browser
-        .wait()
-        .at_most(LIMIT)
-        .for_element(Locator::Css("table"))
-        .await
-        .expect("the list");
-    let url = browser.current_url().await.expect("url");
-    assert!(url.as_str().contains("reason=permanent"), "{url}");
+    expect_url(&browser, "reason=permanent").await;
+    expect_heading(&browser, "Dead letters").await;
     let rows = browser
         .find_all(Locator::Css("tbody tr"))
         .await
@@ -243,7 +250,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("open it");
-    assert_eq!(heading(&browser).await, "Dead letter");
+    expect_heading(&browser, "Dead letter").await;
     assert!(text(&browser).await.contains("Attempt timeline"));
     screenshot(&browser, "dead-letter").await;
     browser
@@ -253,13 +260,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("replay");
-    browser
-        .wait()
-        .at_most(LIMIT)
-        .for_element(Locator::Css("[role=status]"))
-        .await
-        .expect("a notice");
-    assert!(text(&browser).await.contains("Dead letter replayed"));
+    expect_text(&browser, "Dead letter replayed").await;
     wait_until("the replayed add to be delivered", LIMIT, || async {
         let posts = openapp
             .sandbox
@@ -279,7 +280,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("click");
-    assert_eq!(heading(&browser).await, "Integrations");
+    expect_heading(&browser, "Integrations").await;
     browser
         .find(Locator::Css(&format!(
             "button[aria-label='Pause {INTEGRATION}']"
@@ -289,13 +290,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("pause");
-    browser
-        .wait()
-        .at_most(LIMIT)
-        .for_element(Locator::Css("[role=status]"))
-        .await
-        .expect("a notice");
-    assert!(text(&browser).await.contains("Integration paused"));
+    expect_text(&browser, "Integration paused").await;
     assert_eq!(
         app.queue()
             .counts()
@@ -314,13 +309,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("resume");
-    browser
-        .wait()
-        .at_most(LIMIT)
-        .for_element(Locator::Css("[role=status]"))
-        .await
-        .expect("a notice");
-    assert!(text(&browser).await.contains("Integration resumed"));
+    expect_text(&browser, "Integration resumed").await;
     assert_eq!(
         app.queue()
             .counts()
@@ -361,10 +350,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("open");
-    assert_eq!(
-        heading(&browser).await,
-        format!("Resident user-b2 in {INTEGRATION}")
-    );
+    expect_heading(&browser, &format!("Resident user-b2 in {INTEGRATION}")).await;
     let page = text(&browser).await;
     for needle in [
         "present (a building user)",
@@ -384,7 +370,7 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("click");
-    assert_eq!(heading(&browser).await, "Conflicts");
+    expect_heading(&browser, "Conflicts").await;
     screenshot(&browser, "conflicts").await;
 
     // Sign out.
@@ -395,6 +381,6 @@ async fn an_operator_signs_in_filters_and_replays_dead_letters_pauses_a_building
         .click()
         .await
         .expect("click");
-    assert_eq!(heading(&browser).await, "Sign in");
+    expect_heading(&browser, "Sign in").await;
     browser.close().await.expect("close");
 }

@@ -12,7 +12,7 @@ use lease_sync_sandbox::buildium::{
     BuildiumOptions, BuildiumSandbox, LeaseUpdate, MoveOut, NewLease, NewTenant, TenantStatus,
 };
 use lease_sync_testkit::BuildiumServer;
-use time::{Date, Duration as Days, OffsetDateTime};
+use time::{Date, Duration as Days};
 
 use crate::support::*;
 
@@ -129,8 +129,19 @@ impl Loop {
     }
 }
 
+/// Today in the property's time zone (New York), where Buildium's dates are: a move-out
+/// "yesterday" by UTC's calendar is still today in New York for five hours after midnight UTC.
 fn today() -> Date {
-    OffsetDateTime::now_utc().date()
+    let local = jiff::Timestamp::now()
+        .in_tz("America/New_York")
+        .expect("time zone database")
+        .date();
+    Date::from_calendar_date(
+        i32::from(local.year()),
+        time::Month::try_from(u8::try_from(local.month()).expect("month")).expect("month"),
+        u8::try_from(local.day()).expect("day"),
+    )
+    .expect("a date")
 }
 
 /// A Fixed lease of property 23 that started 30 days ago and ends in a year.

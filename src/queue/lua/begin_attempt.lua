@@ -7,7 +7,9 @@
 -- paused integrations hash, KEYS[11] the integration's held list (convergences only)
 -- ARGV[1] job id  ARGV[2] max attempts  ARGV[3] now (ms)  ARGV[4] delivery id
 -- ARGV[5] lock token, ARGV[6] lock ttl (ms), ARGV[7] integration id, ARGV[8] history: most
--- entries, ARGV[9] its max age (ms) (convergences only)
+-- entries, ARGV[9] its max age (ms), ARGV[10] the history entry of the fold that queued the
+-- convergence ('' for none), written when it is held and when its first attempt begins; the
+-- same entry each time, so writing it again changes nothing (convergences only)
 -- A convergence of a paused integration is held instead: it leaves the in-flight set for the
 -- held list (its payload stays), nothing is counted and no lock taken: {'held', 0, '', {}}.
 -- Returns {'run', n, ''} | {'stale', 0, ''} | {'dead', attempts, reason}; with the lock keys
@@ -19,12 +21,22 @@ local locking = #KEYS >= 8
 local function history(entry)
   if locking then
     entry.at = tonumber(ARGV[3])
-    append_history(KEYS[9], ARGV[3], cjson.encode(entry), ARGV[8], ARGV[9])
+    append_history(KEYS[9], ARGV[3], cjson.encode(entry), ARGV[8], ARGV[9], ARGV[3])
   end
+end
+local function record_fold()
+  if not locking or not ARGV[10] or ARGV[10] == '' then return end
+  local entry = ARGV[10]
+  if redis.call('HEXISTS', KEYS[1], 'overrode') == 1 then
+    entry = string.gsub(entry, '"outcome":"changed"', '"outcome":"overrode_future"', 1)
+  end
+  local at = cjson.decode(entry).at
+  append_history(KEYS[9], at, entry, ARGV[8], ARGV[9], ARGV[3])
 end
 if locking and redis.call('HEXISTS', KEYS[10], ARGV[7]) == 1 then
   redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('RPUSH', KEYS[11], ARGV[1])
+  record_fold()
   history({kind = 'held', delivery_id = ARGV[4]})
   return {'held', 0, '', {}}
 end
@@ -76,5 +88,6 @@ if made >= max then
   return answer('dead', made, reason)
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if n == 1 then record_fold() end
 redis.call('RPUSH', KEYS[2], cjson.encode({attempt = n, task = ARGV[1], started_at = now, outcome = 'started'}))
 return answer('run', n, '')

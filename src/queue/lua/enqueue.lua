@@ -16,8 +16,11 @@
 -- ARGV[9] history: most entries per resident  ARGV[10] its max age (ms)
 -- ARGV[11] the history entry of a resident the event did not change (JSON)
 -- ARGV[12..] quadruples, one per resident (same order as the key triples): job id, job JSON,
--- user id, the history entry if the event changes the resident (JSON; its `outcome` is set to
--- 'overrode_future' when it replaces a record dated in the future)
+-- user id, and for a reset the history entry of a resident it changes (JSON). A fold that
+-- changes a resident writes no history here: its entry is written when its convergence first
+-- runs (begin_attempt.lua), from the job, so ingest writes nothing more per resident than
+-- before (one more key per event cost a third of ingest's rate under appendfsync always).
+-- A fold that replaced a record dated in the future marks its ledger hash `overrode`.
 -- Returns {queued, stale, overridden}: overridden counts future-dated records replaced;
 -- {-1, 0, 0} for a duplicate event, {-2, 0, 0} for another event under a known id.
 if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'EX', ARGV[1]) then
@@ -47,6 +50,7 @@ for i = 12, #ARGV, 4 do
   local raw = redis.call('HGET', resident, field)
   local recorded = raw and cjson.decode(raw) or nil
   local changes
+  local overrode = false
   if forget then
     changes = recorded ~= nil and recorded.source == ARGV[8]
   elseif recorded == nil then
@@ -54,16 +58,14 @@ for i = 12, #ARGV, 4 do
   elseif recorded.occurred_at > cutoff then
     changes = true
     overridden = overridden + 1
-    local e = cjson.decode(entry)
-    e.outcome = 'overrode_future'
-    entry = cjson.encode(e)
+    overrode = true
   else
     changes = newer(incoming, recorded)
   end
   if not changes then
     -- Older than (or the same as) what this lease already says, or nothing to forget.
     stale = stale + 1
-    append_history(history, ARGV[2], ARGV[11], ARGV[9], ARGV[10])
+    append_history(history, ARGV[2], ARGV[11], ARGV[9], ARGV[10], ARGV[2])
   else
     if forget then
       redis.call('HDEL', resident, field)
@@ -75,9 +77,14 @@ for i = 12, #ARGV, 4 do
     redis.call('HSET', ledger,
       'job', job, 'event', ARGV[3], 'first_seen', ARGV[2], 'attempts', 0,
       'current_task', task, 'status', 'pending', 'replays', 0)
+    if overrode then
+      redis.call('HSET', ledger, 'overrode', 1)
+    end
     redis.call('HSET', KEYS[2], task, job)
     redis.call('RPUSH', KEYS[3], task)
-    append_history(history, ARGV[2], entry, ARGV[9], ARGV[10])
+    if forget then
+      append_history(history, ARGV[2], entry, ARGV[9], ARGV[10], ARGV[2])
+    end
     queued = queued + 1
   end
 end

@@ -25,7 +25,7 @@ local function history(outcome)
     e.outcome = outcome
     entry = cjson.encode(e)
   end
-  append_history(KEYS[9], ARGV[2], entry, ARGV[13], ARGV[14])
+  append_history(KEYS[9], ARGV[2], entry, ARGV[13], ARGV[14], ARGV[2])
 end
 if ARGV[15] and ARGV[15] ~= '' then
   if ARGV[15] ~= 'check' then
