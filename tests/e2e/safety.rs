@@ -154,6 +154,18 @@ async fn future_dated_state_written_before_the_check_heals_with_the_next_event()
         (Some(1), Some(0))
     );
     wait_presence(&openapp, "u-open", false).await;
+    // The resident's history says the move-out replaced a record dated in the future.
+    let history = app
+        .queue()
+        .history(INTEGRATION, "u-open", 20)
+        .await
+        .expect("redis");
+    let fold = history
+        .iter()
+        .map(|e| serde_json::to_value(e).expect("json"))
+        .find(|e| e["kind"] == "folded" && e["event_id"] == "evt-move-out")
+        .unwrap_or_else(|| panic!("no fold of the move-out in {history:#?}"));
+    assert_eq!(fold["outcome"], "overrode_future", "{fold}");
 
     // Locked out: ended "in 9999" (access ended long ago), then signed again for real.
     let mut ended: Value =
