@@ -156,6 +156,12 @@ impl Keys {
         format!("{}:last-pull", self.reconcile_claim(source))
     }
 
+    /// When `source`'s last reconciliation from a file ended well (a string: unix seconds). A key
+    /// of its own, so that switching a source to Buildium never shortens its first pull.
+    pub fn reconcile_last_file_run(&self, source: &str) -> String {
+        format!("{}:last-file-run", self.reconcile_claim(source))
+    }
+
     /// When `source`'s last whole Buildium pull began (a string: unix seconds).
     pub fn reconcile_last_full_pull(&self, source: &str) -> String {
         format!("{}:last-full-pull", self.reconcile_claim(source))

@@ -65,6 +65,26 @@ impl JobQueue {
             .await?)
     }
 
+    /// Records that a reconciliation of `source` from a file ended well at `at` (unix seconds).
+    pub async fn record_file_reconcile(&self, source: &str, at: i64) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.reconcile_last_file_run(source))
+            .arg(at)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// When `source`'s last reconciliation from a file ended well (unix seconds), if ever.
+    pub async fn last_file_reconcile(&self, source: &str) -> Result<Option<i64>, QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("GET")
+            .arg(self.keys.reconcile_last_file_run(source))
+            .query_async(&mut conn)
+            .await?)
+    }
+
     /// Records that a Buildium pull of `source` began at `started` (unix seconds), and with
     /// `full`, that it was a whole one.
     pub async fn record_reconcile_pull(

@@ -187,6 +187,19 @@ impl Scheduled {
         {
             warn!("could not give back the reconciliation claim (it expires on its own): {e}");
         }
+        // For the console's overview (Buildium pulls keep their own times).
+        if result.is_ok()
+            && matches!(self.truth, Truth::File(_))
+            && let Err(e) = self
+                .queue
+                .record_file_reconcile(
+                    &self.source.name,
+                    OffsetDateTime::now_utc().unix_timestamp(),
+                )
+                .await
+        {
+            warn!("could not record when the reconciliation ran: {e}");
+        }
         result.map(|()| RunOutcome::Done)
     }
 

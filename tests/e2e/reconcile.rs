@@ -350,5 +350,13 @@ async fn serve_reconciles_on_its_schedule_without_any_cli_call() {
         .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
         .unwrap_or_else(|| panic!("no done runs of {SOURCE} in:\n{text}"));
     assert!(runs >= 2.0, "{runs} runs done");
+    // The console's overview shows when it last ran.
+    let last = app
+        .queue()
+        .last_file_reconcile(SOURCE)
+        .await
+        .expect("redis")
+        .expect("a run was recorded");
+    assert!((now() - last).abs() < 300, "{last}");
     app.stop().await;
 }

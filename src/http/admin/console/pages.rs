@@ -106,9 +106,13 @@ pub(super) async fn overview(State(state): State<AdminState>, session: Session) 
     };
     let mut pulls = Vec::new();
     for source in state.integrations.sources() {
-        match state.queue.reconcile_pull_times(&source).await {
-            Ok((last, full)) => pulls.push((source, last, full)),
-            Err(_) => return unavailable(Some(&session)),
+        match (
+            state.queue.reconcile_pull_times(&source).await,
+            state.queue.last_file_reconcile(&source).await,
+        ) {
+            // A source reconciled from a file has no whole pull of its own.
+            (Ok((last, full)), Ok(file)) => pulls.push((source, last.or(file), full.or(file))),
+            _ => return unavailable(Some(&session)),
         }
     }
     let paused: Vec<_> = integrations.iter().filter(|i| i.paused.is_some()).collect();
@@ -139,7 +143,7 @@ pub(super) async fn overview(State(state): State<AdminState>, session: Session) 
         }
         h2 { "Sources" }
         table {
-            caption.muted { "Last webhook accepted and last scheduled pull, per source" }
+            caption.muted { "Last webhook accepted, and last scheduled pull or reconciliation from a file, per source" }
             thead { tr { th scope="col" { "Source" } th scope="col" { "Last webhook" } th scope="col" { "Last pull" } th scope="col" { "Last whole pull" } } }
             tbody {
                 @for (source, last, full) in &pulls {
