@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::batch::ScriptCall;
 use super::residents::ResidentLock;
 use super::{DeliveryJob, Job, JobQueue, QueueError, now_ms};
 use crate::resident::ResidentState;
@@ -228,19 +229,16 @@ impl JobQueue {
         max_attempts: u32,
         lock_ttl: Duration,
     ) -> Result<Claim, QueueError> {
-        let mut conn = self.conn.clone();
         let lock_key = self.keys.resident_lock(&job.integration_id, &job.user_id);
         let token = ulid::Ulid::new().to_string();
-        let (kind, n, reason, hash): (String, i64, String, HashMap<String, String>) = self
-            .scripts
-            .begin
-            .key(self.keys.delivery(&job.delivery_id))
+        let mut call = ScriptCall::default();
+        call.key(self.keys.delivery(&job.delivery_id))
             .key(self.keys.attempts(&job.delivery_id))
             .key(self.keys.dead_letters())
             .key(self.keys.stats())
             .key(self.keys.in_flight())
             .key(self.keys.job_data())
-            .key(&lock_key)
+            .key(lock_key.as_str())
             .key(self.keys.resident(&job.integration_id, &job.user_id))
             .key(self.keys.history(&job.integration_id, &job.user_id))
             .key(self.keys.paused())
@@ -257,9 +255,9 @@ impl JobQueue {
             .arg(match super::fold_history_entry(job) {
                 Some(entry) => serde_json::to_string(&entry)?,
                 None => String::new(),
-            })
-            .invoke_async(&mut conn)
-            .await?;
+            });
+        let (kind, n, reason, hash): (String, i64, String, HashMap<String, String>) =
+            redis::from_redis_value(self.claim_batcher().call(call).await?)?;
         let attempts = u32::try_from(n).unwrap_or(0);
         match kind.as_str() {
             "run" => Ok(Claim::Run {
@@ -310,8 +308,7 @@ impl JobQueue {
             Finish::Retry { due_ms } => ("retry", super::job_id_ready_at(*due_ms), *due_ms, ""),
             Finish::DeadLetter(reason) => ("dead", String::new(), 0, reason.as_str()),
         };
-        let mut conn = self.conn.clone();
-        let mut invocation = self.scripts.finish.prepare_invoke();
+        let mut invocation = ScriptCall::default();
         invocation
             .key(self.keys.delivery(delivery_id))
             .key(self.keys.attempts(delivery_id))
@@ -367,7 +364,8 @@ impl JobQueue {
                     .arg(serde_json::to_string(&scheduled)?);
             }
         }
-        let answer: String = invocation.invoke_async(&mut conn).await?;
+        let answer: String =
+            redis::from_redis_value(self.finish_batcher().call(invocation).await?)?;
         Ok(match answer.as_str() {
             "stale" => Finished::Stale,
             "moved" => Finished::StateMoved,

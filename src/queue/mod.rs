@@ -26,6 +26,7 @@
 //! worker process ([`rate_limit`]).
 
 pub mod backend;
+pub mod batch;
 pub mod conflicts;
 pub mod connection;
 mod console;
@@ -441,13 +442,23 @@ pub struct JobQueue {
     layout: std::sync::Arc<tokio::sync::OnceCell<()>>,
     /// How much of each resident's history is kept (`[audit]`).
     history_limits: history::HistoryLimits,
+    /// The batchers of the scripts a worker runs for every job, started on first use.
+    batchers: std::sync::Arc<Batchers>,
+}
+
+/// Claims and finishes sent in batches ([`batch`]).
+#[derive(Default)]
+struct Batchers {
+    claim: std::sync::OnceLock<batch::ScriptBatcher>,
+    finish: std::sync::OnceLock<batch::ScriptBatcher>,
 }
 
 struct Scripts {
     enqueue: redis::Script,
     promote: redis::Script,
     begin: redis::Script,
-    finish: redis::Script,
+    begin_batch: redis::Script,
+    finish_batch: redis::Script,
     defer: redis::Script,
     extend_lock: redis::Script,
     unlock: redis::Script,
@@ -487,7 +498,14 @@ impl JobQueue {
                 enqueue: with_history(include_str!("lua/enqueue.lua")),
                 promote: redis::Script::new(include_str!("lua/promote.lua")),
                 begin: with_history(include_str!("lua/begin_attempt.lua")),
-                finish: with_history(include_str!("lua/finish_attempt.lua")),
+                begin_batch: batch::batch_script(
+                    include_str!("lua/history.lua"),
+                    include_str!("lua/begin_attempt.lua"),
+                ),
+                finish_batch: batch::batch_script(
+                    include_str!("lua/history.lua"),
+                    include_str!("lua/finish_attempt.lua"),
+                ),
                 defer: redis::Script::new(include_str!("lua/defer.lua")),
                 extend_lock: redis::Script::new(residents::EXTEND_SCRIPT),
                 unlock: redis::Script::new(residents::UNLOCK_SCRIPT),
@@ -503,7 +521,22 @@ impl JobQueue {
                 release_held: redis::Script::new(include_str!("lua/release_held.lua")),
             }),
             history_limits: history::HistoryLimits::default(),
+            batchers: std::sync::Arc::default(),
         }
+    }
+
+    /// Claims of convergences, in batches.
+    fn claim_batcher(&self) -> &batch::ScriptBatcher {
+        self.batchers.claim.get_or_init(|| {
+            batch::ScriptBatcher::spawn(self.conn.clone(), self.scripts.begin_batch.clone())
+        })
+    }
+
+    /// Finishes of attempts, in batches.
+    fn finish_batcher(&self) -> &batch::ScriptBatcher {
+        self.batchers.finish.get_or_init(|| {
+            batch::ScriptBatcher::spawn(self.conn.clone(), self.scripts.finish_batch.clone())
+        })
     }
 
     /// Makes sure the namespace is in this release's layout, migrating an earlier one first

@@ -2,6 +2,7 @@
 //! and the real binary where processes matter (kill -9, separate roles, signals, CLI).
 
 mod admin_api;
+mod batching;
 mod browser;
 mod buildium;
 mod buildium_client;

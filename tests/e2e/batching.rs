@@ -1,0 +1,69 @@
+//! Script calls sent in batches (`lease_sync::queue::batch`), as the worker sends its claims
+//! and finishes: against a real redis-server.
+
+use std::time::Duration;
+
+use lease_sync::queue::batch::{ScriptBatcher, ScriptCall, batch_script};
+
+use crate::support::*;
+
+/// Calls sent at once go out as a few script calls, each call answered on its own; a call
+/// that fails (a Redis error inside the script) fails alone, and the others take effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_script_calls_and_a_failing_call_fails_alone() {
+    const CALLS: usize = 30;
+    const FAILING: usize = 7;
+    let redis = RedisServer::start().await;
+    let config = test_config(&redis.url(), &namespace(), "http://127.0.0.1:1");
+    let conn = lease_sync::queue::connect(&config.redis).expect("a connection");
+    let body = r"
+if ARGV[1] == 'boom' then return redis.call('NO-SUCH-COMMAND') end
+redis.call('INCR', KEYS[1])
+return {ARGV[1], #KEYS, #ARGV}";
+    let batcher = ScriptBatcher::spawn(conn, batch_script("", body));
+    let calls = (0..CALLS).map(|i| {
+        let mut call = ScriptCall::default();
+        call.key("{t}:count")
+            .arg(if i == FAILING {
+                "boom".to_owned()
+            } else {
+                format!("call-{i}")
+            })
+            .arg(i);
+        batcher.call(call)
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(calls))
+        .await
+        .expect("every call answered");
+
+    for (i, answer) in answers.into_iter().enumerate() {
+        if i == FAILING {
+            let e = answer.expect_err("the failing call fails");
+            assert!(e.to_string().contains("Unknown Redis command"), "{e}");
+            continue;
+        }
+        let (arg, keys, args): (String, i64, i64) =
+            ::redis::from_redis_value(answer.expect("an answer")).expect("its own answer");
+        assert_eq!((arg, keys, args), (format!("call-{i}"), 1, 2));
+    }
+    assert_eq!(
+        redis.command(&["GET", "{t}:count"]).await,
+        (CALLS - 1).to_string(),
+        "every call but the failing one took effect"
+    );
+    // At most two batches are in flight; the rest wait and go out together.
+    let stats = redis.command(&["INFO", "commandstats"]).await;
+    let script_calls: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split(['=', ','])
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum();
+    assert!(
+        (1..=10).contains(&script_calls),
+        "{CALLS} calls took {script_calls} script calls:\n{stats}"
+    );
+}
