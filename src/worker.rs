@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use apalis::layers::WorkerBuilderExt as _;
 use apalis::prelude::{BackendExt as _, BoxDynError, Data, TaskId, WorkerBuilder};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 
 use crate::config::{DeadLetterSettings, Settings};
@@ -84,6 +85,26 @@ pub struct Deliverer {
     refreshable_sources: std::collections::HashSet<String>,
     /// The dedupe window for the refreshes queued that way.
     dedupe_ttl: Duration,
+    /// `worker.concurrency` permits: OpenApp calls in flight in this process never exceed it,
+    /// even though a convergence frees its worker slot before its outcome is recorded.
+    calls: Arc<tokio::sync::Semaphore>,
+}
+
+/// Frees the worker slot of a convergence once its OpenApp call returned: recording the
+/// outcome in Redis (an `appendfsync always` write) then overlaps the next job's claim and
+/// call instead of holding the slot. The job stays held (and its hold renewed) until it is
+/// recorded, so a worker that dies meanwhile loses nothing: the attempt is recovered and its
+/// record marked crashed, as for a death during the call.
+#[derive(Debug, Default)]
+pub struct SlotRelease(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl SlotRelease {
+    /// Lets the slot go; later calls do nothing.
+    fn release(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Most convergence rounds in one attempt when the state keeps changing during the calls;
@@ -164,6 +185,9 @@ impl Deliverer {
                 .map(|s| s.name.clone())
                 .collect(),
             dedupe_ttl: settings.http.dedupe_ttl,
+            calls: Arc::new(tokio::sync::Semaphore::new(
+                settings.worker.concurrency.get(),
+            )),
         }
     }
 
@@ -320,8 +344,15 @@ impl Deliverer {
     /// worker holds the resident, the job is put off briefly without using an attempt.
     /// `Ok` whenever the ledger took the outcome; `Err` only when Redis failed, so apalis runs
     /// the task again.
-    pub async fn run(&self, job: &DeliveryJob, task_id: &str) -> Result<(), BoxDynError> {
+    /// `slot` is released once the first call returned ([`SlotRelease`]).
+    pub async fn run(
+        &self,
+        job: &DeliveryJob,
+        task_id: &str,
+        slot: &mut SlotRelease,
+    ) -> Result<(), BoxDynError> {
         // One round trip: the resident's lock, the attempt counted, the state read under it.
+        let claimed_at = Instant::now();
         let claim = self
             .queue
             .claim_convergence(job, task_id, self.policy.max_attempts, self.lock_ttl)
@@ -371,7 +402,7 @@ impl Deliverer {
         };
         Span::current().record("attempt", attempt);
         let result = self
-            .converge_and_finish(job, task_id, attempt, &lock, state)
+            .converge_and_finish(job, task_id, attempt, (&lock, claimed_at), state, slot)
             .await;
         // Usually the finish script released the lock already; otherwise release it here.
         if !matches!(result, Ok(LockAfter::Released))
@@ -384,37 +415,26 @@ impl Deliverer {
 
     /// Makes OpenApp show what the resident's state says, in rounds, and records the outcome:
     /// when an event changed the state during a call, it converges again (at most
-    /// [`MAX_ROUNDS`] rounds). Starts from `state`, read with the lock. A successful call is
-    /// recorded by the same script that finishes the attempt, which first checks that the
-    /// state did not move: a happy-path round is one round trip.
+    /// [`MAX_ROUNDS`] rounds). Starts from `state`, read with the lock (taken at `claimed_at`).
+    /// A successful call is recorded by the same script that finishes the attempt, which
+    /// first checks that the state did not move: a happy-path round is one round trip.
+    ///
+    /// A call first waits for one of the process's `worker.concurrency` call permits: jobs are
+    /// claimed ahead of them (`worker.claim_ahead`). If that wait aged the lock, it is
+    /// extended before the call (and before every later round).
     async fn converge_and_finish(
         &self,
         job: &DeliveryJob,
         task_id: &str,
         attempt: u32,
-        lock: &ResidentLock,
+        (lock, claimed_at): (&ResidentLock, Instant),
         state: Option<ResidentState>,
+        slot: &mut SlotRelease,
     ) -> Result<LockAfter, BoxDynError> {
         let mut locked_state = Some(state);
         let mut round = 0;
         loop {
             round += 1;
-            if round > 1 && !self.queue.extend_resident_lock(lock, self.lock_ttl).await? {
-                // Another worker has the resident now and converges it to the same state.
-                debug!("resident lock lost between rounds; leaving the rest to its holder");
-                let convergence = Convergence {
-                    action: Action::None,
-                    result: Ok(CallOutcome::AlreadyDone(0)),
-                    state: None,
-                    desired: Desired::Untouched,
-                    latency: None,
-                    request_id: None,
-                };
-                let finished = self
-                    .finish(job, task_id, attempt, convergence, lock, None)
-                    .await?;
-                return Ok(finished.unwrap_or(LockAfter::Held));
-            }
             // The first round uses the state read with the lock; later ones read it again.
             let state = match locked_state.take() {
                 Some(state) => state,
@@ -428,9 +448,34 @@ impl Deliverer {
                 .as_ref()
                 .map_or(Desired::Untouched, |s| s.desired(now_ms()));
             let version = state.as_ref().map_or(0, |s| s.version);
+            // Never closed: an error would only mean no limit.
+            let permit = match desired {
+                Desired::Untouched => None,
+                Desired::Present | Desired::Absent => self.calls.acquire().await.ok(),
+            };
+            let aged = round > 1 || claimed_at.elapsed() > self.lock_ttl / 4;
+            if aged && !self.queue.extend_resident_lock(lock, self.lock_ttl).await? {
+                drop(permit);
+                // Another worker has the resident now and converges it to the same state.
+                debug!("resident lock lost before a call; leaving the rest to its holder");
+                let convergence = Convergence {
+                    action: Action::None,
+                    result: Ok(CallOutcome::AlreadyDone(0)),
+                    state: None,
+                    desired: Desired::Untouched,
+                    latency: None,
+                    request_id: None,
+                };
+                let finished = self
+                    .finish(job, task_id, attempt, convergence, lock, None)
+                    .await?;
+                return Ok(finished.unwrap_or(LockAfter::Held));
+            }
             let started = Instant::now();
             let (action, answer) = self.apply(job, desired).await;
             let latency = (action != Action::None).then(|| started.elapsed());
+            drop(permit);
+            slot.release();
             let (result, request_id) = match answer {
                 Ok(answered) => (Ok(answered.outcome), answered.request_id),
                 Err(e) => (Err(e), None),
@@ -660,7 +705,11 @@ impl Deliverer {
             }
         };
         Span::current().record("attempt", attempt);
+        // Its calls (Buildium, OpenApp's user search) count against the process's
+        // `worker.concurrency`, like a convergence's; never closed.
+        let permit = self.calls.acquire().await.ok();
         let result = work.await;
+        drop(permit);
         let class = match &result {
             Ok(_) => CallClass::Success,
             Err(e) if e.is_retryable() => CallClass::Transient {
@@ -934,21 +983,65 @@ struct Handlers {
     resolver: EventResolver,
 }
 
+/// Jobs of one worker that freed their slot ([`SlotRelease`]) and are still being recorded:
+/// tracked so a graceful stop waits for them, and bounded so recording cannot fall behind
+/// the calls without limit.
+#[derive(Debug, Clone)]
+struct Finishing {
+    tasks: TaskTracker,
+    /// Jobs in progress, in a slot or being recorded: twice `worker.concurrency`.
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Finishing {
+    fn new(concurrency: usize) -> Self {
+        Self {
+            tasks: TaskTracker::new(),
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrency.saturating_mul(2))),
+        }
+    }
+}
+
+/// Runs `job` in a task of its own and returns when the job is done or has freed its slot,
+/// whichever comes first.
 async fn handle_job(
     job: Job,
     task_id: TaskId,
     handlers: Data<Arc<Handlers>>,
     holdings: Data<Holdings>,
+    finishing: Data<Finishing>,
 ) -> Result<(), BoxDynError> {
     let task_id = task_id.to_string();
-    let result = run_job(&job, &task_id, &handlers).await;
-    // Ended in Redis by the scripts (or, after a Redis failure, left to lapse and be
-    // recovered): no more renewals either way.
-    holdings.done(&task_id);
-    result
+    // Never closed: an error would only mean no bound.
+    let permit = finishing.permits.clone().acquire_owned().await.ok();
+    let (tx, freed) = tokio::sync::oneshot::channel();
+    let handlers = Arc::clone(&handlers);
+    let holdings = Holdings::clone(&holdings);
+    let mut run = finishing.tasks.spawn(async move {
+        let mut slot = SlotRelease(Some(tx));
+        let result = run_job(&job, &task_id, &handlers, &mut slot).await;
+        // Ended in Redis by the scripts (or, after a Redis failure, left to lapse and be
+        // recovered): no more renewals either way.
+        holdings.done(&task_id);
+        drop(permit);
+        if let (None, Err(e)) = (&slot.0, &result) {
+            // Nobody awaits this result any more.
+            warn!(delivery.id = %job.delivery_id(), "could not record a job's outcome: {e}; it runs again once its hold lapses");
+        }
+        result
+    });
+    tokio::select! {
+        joined = &mut run => joined.unwrap_or_else(|e| Err(Box::new(e))),
+        Ok(()) = freed => Ok(()),
+    }
 }
 
-async fn run_job(job: &Job, task_id: &str, handlers: &Handlers) -> Result<(), BoxDynError> {
+async fn run_job(
+    job: &Job,
+    task_id: &str,
+    handlers: &Handlers,
+    slot: &mut SlotRelease,
+) -> Result<(), BoxDynError> {
     let lease_id = match &job {
         Job::Converge(c) => c.lease_id.clone(),
         Job::Resolve(r) => r.event.lease.id.clone(),
@@ -971,7 +1064,7 @@ async fn run_job(job: &Job, task_id: &str, handlers: &Handlers) -> Result<(), Bo
     // the ledger marks the attempt crashed, and a persistent panic ends as a crash_loop dead letter.
     let run = std::panic::AssertUnwindSafe(async {
         match job {
-            Job::Converge(c) => handlers.deliverer.run(c, task_id).await,
+            Job::Converge(c) => handlers.deliverer.run(c, task_id, slot).await,
             Job::Refresh(r) => {
                 handlers
                     .deliverer
@@ -1059,6 +1152,9 @@ pub async fn run_workers(
         }
         let name = unique_worker_name();
         let holdings = Holdings::new();
+        // Convergences are claimed ahead of the call slots; `calls` bounds the calls.
+        let in_progress = worker_settings.jobs_in_progress();
+        let finishing = Finishing::new(in_progress);
         let hold = worker_settings.orphan_window();
         let renewal = tokio::spawn(holdings.clone().renew_every(
             queue.clone(),
@@ -1076,7 +1172,8 @@ pub async fn run_workers(
             .backend(backend)
             .data(handlers.clone())
             .data(holdings.clone())
-            .concurrency(worker_settings.concurrency.get())
+            .data(finishing.clone())
+            .concurrency(in_progress)
             .build(handle_job);
 
         info!(worker = %name, concurrency = worker_settings.concurrency, "worker starting");
@@ -1088,11 +1185,13 @@ pub async fn run_workers(
             Ok::<(), std::io::Error>(())
         });
         tokio::pin!(run);
+        let grace = worker_settings.shutdown_timeout;
+        let mut deadline = None;
         let result = tokio::select! {
             result = &mut run => Some(result),
             () = shutdown.cancelled() => {
                 // The signal also reaches the worker itself; give its in-flight jobs time.
-                let grace = worker_settings.shutdown_timeout;
+                deadline = Some(tokio::time::Instant::now() + grace);
                 match tokio::time::timeout(grace, &mut run).await {
                     Ok(result) => Some(result),
                     Err(_) => {
@@ -1102,6 +1201,15 @@ pub async fn run_workers(
                 }
             }
         };
+        // Jobs that freed their slot may still be recording their outcome.
+        finishing.tasks.close();
+        let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + grace);
+        if tokio::time::timeout_at(deadline, finishing.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(worker = %name, "outcomes still being recorded after {grace:?}; returning those jobs to the queue");
+        }
         status.running.store(false, Ordering::SeqCst);
         renewal.abort();
         // Jobs still held (their handlers were cut off at the grace period, or never

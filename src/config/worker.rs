@@ -12,9 +12,16 @@ use super::{ConfigError, OpenAppSettings};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
-    /// `concurrency`: jobs one process runs at once.
+    /// `concurrency`: calls (OpenApp, Buildium) one process makes at once; each job makes
+    /// one at a time.
     #[serde(with = "Count")]
     pub concurrency: NonZeroUsize,
+    /// `claim_ahead`: jobs one process claims beyond its `concurrency` calls — the attempt
+    /// counted, the resident locked and read — so that Redis's writes, each waiting for an
+    /// fsync under `appendfsync always`, overlap the calls instead of coming between them.
+    /// A process that dies marks the attempt of every job it had claimed crashed, up to
+    /// `concurrency + claim_ahead` of them. 0 claims a job only when a call can start.
+    pub claim_ahead: usize,
     /// `poll_interval_ms`: how often an idle worker looks for new or due jobs. apalis-redis
     /// never wakes a worker on push, so this bounds pick-up latency.
     #[serde(rename = "poll_interval_ms", with = "PositiveMillis")]
@@ -36,10 +43,14 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
 }
 
+/// Most `worker.claim_ahead`.
+pub const MAX_CLAIM_AHEAD: usize = 1024;
+
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: const { NonZeroUsize::new(16).unwrap() },
+            claim_ahead: 48,
             poll_interval: Duration::from_millis(250),
             heartbeat: Duration::from_secs(10),
             missed_heartbeats: const { NonZeroUsize::new(3).unwrap() },
@@ -50,6 +61,11 @@ impl Default for WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// Jobs one process has at once: `concurrency + claim_ahead`.
+    pub fn jobs_in_progress(&self) -> usize {
+        self.concurrency.get().saturating_add(self.claim_ahead)
+    }
+
     /// Time after which a silent worker's jobs are taken over.
     pub fn orphan_window(&self) -> Duration {
         let missed = u32::try_from(self.missed_heartbeats.get()).unwrap_or(u32::MAX);
@@ -59,6 +75,15 @@ impl WorkerSettings {
     /// Checks that the heartbeat window covers two OpenApp calls: a job still running when
     /// its worker looks dead would be run twice, by two workers.
     pub fn validate(&self, openapp: &OpenAppSettings) -> Result<(), ConfigError> {
+        if self.claim_ahead > MAX_CLAIM_AHEAD {
+            return Err(ConfigError::invalid(
+                "worker.claim_ahead",
+                format!(
+                    "{} is more than {MAX_CLAIM_AHEAD}: every job claimed ahead is an attempt a crash counts",
+                    self.claim_ahead
+                ),
+            ));
+        }
         if openapp.timeout.saturating_mul(2) > self.orphan_window() {
             return Err(ConfigError::invalid(
                 "worker.missed_heartbeats",
@@ -88,6 +113,21 @@ mod tests {
                 .to_string()
                 .contains("missed_heartbeats")
         );
+    }
+
+    #[test]
+    fn claim_ahead_defaults_to_48_and_is_bounded() {
+        let s = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
+        assert_eq!(s.worker.claim_ahead, 48);
+        assert_eq!(s.worker.jobs_in_progress(), 64);
+        let text = format!("{MINIMAL}\n[worker]\nclaim_ahead = 0\n");
+        let s = Settings::from_toml_str(&text, env(&[])).unwrap();
+        assert_eq!(s.worker.jobs_in_progress(), 16);
+        s.validate(Role::Work).expect("0 is allowed");
+        let text = format!("{MINIMAL}\n[worker]\nclaim_ahead = 1025\n");
+        let s = Settings::from_toml_str(&text, env(&[])).unwrap();
+        let e = s.validate(Role::Work).unwrap_err().to_string();
+        assert!(e.contains("worker.claim_ahead"), "{e}");
     }
 
     #[test]

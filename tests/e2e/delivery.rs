@@ -340,3 +340,53 @@ async fn x_api_key_auth_sends_the_key_in_its_own_header() {
     assert_eq!(calls[0].x_api_key.as_deref(), Some(API_KEY));
     assert_eq!(calls[0].authorization, None);
 }
+
+/// A convergence frees its worker slot once its OpenApp call returned and records the
+/// outcome while the next job runs; OpenApp still never has more calls from one process at
+/// once than `worker.concurrency`, and every outcome is recorded (each job delivered once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapp_never_has_more_calls_at_once_than_the_concurrency() {
+    const JOBS: usize = 40;
+    let (_redis, openapp, app) =
+        serve_with(|s| s.worker.concurrency = std::num::NonZeroUsize::new(3).expect("3")).await;
+    openapp
+        .sandbox
+        .set_faults(lease_sync_sandbox::FaultOptions {
+            delay: Duration::from_millis(20),
+            ..lease_sync_sandbox::FaultOptions::default()
+        });
+    let posts = (0..JOBS).map(|i| {
+        let app = &app;
+        async move {
+            let user = format!("user-{i}");
+            post_event(
+                app,
+                &format!("evt-{i}"),
+                event_body("lease.signed", &format!("L-{i}"), &[user.as_str()]),
+            )
+            .await
+        }
+    });
+    for reply in futures::future::join_all(posts).await {
+        assert_eq!(reply.status, 202, "{reply:?}");
+    }
+    wait_until("every resident to be added", LIMIT, || async {
+        (openapp.sandbox.members(INTEGRATION).len() == JOBS).then_some(())
+    })
+    .await;
+    let counts = wait_drained(&app.queue(), LIMIT).await;
+    assert_eq!(counts.done, JOBS as u64, "{counts:?}");
+    assert_eq!(counts.retries + counts.dead_lettered, 0, "{counts:?}");
+    let posts = openapp
+        .sandbox
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST")
+        .count();
+    assert_eq!(posts, JOBS, "one call per job");
+    let most = openapp.sandbox.max_in_flight();
+    assert!(
+        (2..=3).contains(&most),
+        "OpenApp had {most} calls at once; the concurrency is 3"
+    );
+}

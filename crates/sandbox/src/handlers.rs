@@ -66,7 +66,17 @@ pub(super) fn router(sandbox: Sandbox) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Outermost, so that every response (rejections included) gets an id.
         .layer(middleware::from_fn(assign_request_id))
+        .layer(middleware::from_fn_with_state(
+            sandbox.clone(),
+            count_in_flight,
+        ))
         .with_state(sandbox)
+}
+
+/// Counts the requests being answered at once, for [`Sandbox::max_in_flight`].
+async fn count_in_flight(State(sandbox): State<Sandbox>, request: Request, next: Next) -> Response {
+    let _in_flight = sandbox.enter_call();
+    next.run(request).await
 }
 
 async fn assign_request_id(mut request: Request, next: Next) -> Response {

@@ -317,6 +317,20 @@ struct Shared {
     /// Total number of calls ever recorded (not capped), so that
     /// [`Sandbox::wait_for_calls`] can wait without polling.
     recorded: watch::Sender<usize>,
+    /// Requests being answered now, and the most ever at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// One request being answered; counted out when dropped.
+pub(crate) struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 struct State {
@@ -392,6 +406,8 @@ impl Sandbox {
                     calls_recorded: 0,
                 }),
                 recorded: watch::Sender::new(0),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
+                max_in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         for (org, user) in users {
@@ -436,6 +452,22 @@ impl Sandbox {
                 drop(release);
             })
             .await
+    }
+
+    /// The most requests (any route) this sandbox was answering at once.
+    #[must_use]
+    pub fn max_in_flight(&self) -> usize {
+        self.shared
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts a request in until the guard is dropped.
+    pub(crate) fn enter_call(&self) -> InFlight<'_> {
+        use std::sync::atomic::Ordering;
+        let now = self.shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(&self.shared)
     }
 
     /// All recorded calls, oldest first (at most [`MAX_RECORDED_CALLS`]),
