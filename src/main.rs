@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use lease_sync_sandbox::SandboxArgs;
 use lease_sync_sandbox::buildium::BuildiumArgs;
 
+/// mimalloc instead of the system allocator: a worker spent about a quarter of its CPU in
+/// glibc's malloc and free (measured with `perf` during the 0 ms drain; BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keeps residents of shared buildings in sync with OpenApp, driven by signed lease webhooks.
 #[derive(Debug, Parser)]
 #[command(name = "lease-sync", version, about, long_about = None)]
