@@ -390,3 +390,103 @@ async fn openapp_never_has_more_calls_at_once_than_the_concurrency() {
         "OpenApp had {most} calls at once; the concurrency is 3"
     );
 }
+
+/// Jobs claimed ahead of the call slots wait for a call permit holding their resident's lock.
+/// A lock that expired during that wait may belong to someone else by then: the job must not
+/// call. Here every lock that expires is taken by the test (as another worker would take it),
+/// and OpenApp never gets a call for a resident whose lock the test holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_lock_expired_while_claimed_ahead_makes_no_call() {
+    const USERS: usize = 5;
+    let (redis, openapp, app) = serve_with(|s| {
+        // One call at a time, the other four jobs claimed ahead of it.
+        s.worker.concurrency = std::num::NonZeroUsize::new(1).expect("1");
+        s.worker.claim_ahead = USERS - 1;
+        // Locks live 2 × 2 s + 2 s = 6 s; the fifth job waits for four calls of 1.9 s.
+        s.openapp.timeout = Duration::from_secs(2);
+        s.worker.missed_heartbeats = std::num::NonZeroUsize::new(5).expect("5");
+    })
+    .await;
+    for _ in 0..USERS - 1 {
+        openapp.sandbox.push_fault_for(
+            axum::http::Method::POST,
+            Fault::Delay(Duration::from_millis(1_900)),
+        );
+    }
+    let users: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
+    let posts = users.iter().enumerate().map(|(i, user)| {
+        let app = &app;
+        async move {
+            post_event(
+                app,
+                &format!("evt-{i}"),
+                event_body("lease.signed", &format!("L-{i}"), &[user.as_str()]),
+            )
+            .await
+        }
+    });
+    for reply in futures::future::join_all(posts).await {
+        assert_eq!(reply.status, 202, "{reply:?}");
+    }
+    let keys = lease_sync::queue::Keys::new(&app.settings.redis.namespace);
+    let locks: Vec<String> = users
+        .iter()
+        .map(|u| keys.resident_lock(INTEGRATION, u))
+        .collect();
+    wait_until(
+        "every job to be claimed (its resident locked)",
+        LIMIT,
+        || async {
+            for lock in &locks {
+                if redis.command(&["EXISTS", lock]).await != "int(1)" {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+
+    // Take every lock that comes free while its resident has had no call, until every job ended.
+    let taken = std::sync::Mutex::new(Vec::<String>::new());
+    let queue = app.queue();
+    wait_until("every job to end", LIMIT * 2, || async {
+        let called: Vec<String> = openapp.sandbox.calls().iter().map(called_user).collect();
+        for (user, lock) in users.iter().zip(&locks) {
+            let skip = taken.lock().expect("not poisoned").contains(user) || called.contains(user);
+            if !skip
+                && redis
+                    .command(&["SET", lock, "the-test", "NX", "PX", "60000"])
+                    .await
+                    == "OK"
+            {
+                taken.lock().expect("not poisoned").push(user.clone());
+            }
+        }
+        let counts = queue.counts().await.ok()?;
+        (counts.done == USERS as u64 && counts.in_flight == 0).then_some(())
+    })
+    .await;
+
+    let taken = taken.into_inner().expect("not poisoned");
+    assert!(
+        !taken.is_empty(),
+        "the last job waits 7.6 s for its call and its lock lives 6 s: the test takes it"
+    );
+    for call in openapp.sandbox.calls() {
+        let user = called_user(&call);
+        assert!(
+            !taken.contains(&user),
+            "{} for {user} while the test held that resident's lock (taken: {taken:?})",
+            call.method
+        );
+    }
+}
+
+/// The user a recorded call was about: the path's for a DELETE, the body's for a POST.
+fn called_user(call: &lease_sync_sandbox::RecordedCall) -> String {
+    call.user_id
+        .clone()
+        .or_else(|| call.body.as_ref()?["user_id"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
