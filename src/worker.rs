@@ -580,6 +580,11 @@ impl Deliverer {
             &record,
             &finish,
         );
+        // Later attempts' claims wrote it already (and so may this attempt's earlier rounds:
+        // the same entry again changes nothing).
+        let fold = (attempt == 1)
+            .then(|| crate::queue::fold_history_entry(job))
+            .flatten();
         match self
             .queue
             .finish_attempt(
@@ -594,6 +599,7 @@ impl Deliverer {
                     integration_id: &job.integration_id,
                     user_id: &job.user_id,
                     entry: &entry,
+                    fold: fold.as_ref(),
                 }),
             )
             .await?

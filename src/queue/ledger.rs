@@ -128,6 +128,9 @@ pub struct AttemptHistory<'a> {
     pub user_id: &'a str,
     /// The entry; the script sets its outcome to `superseded` or `stale` when it comes to that.
     pub entry: &'a crate::history::HistoryEntry,
+    /// On a convergence's first attempt, the fold that queued it ([`super::fold_history_entry`]),
+    /// written with the attempt's entry: a happy-path job appends to the history once.
+    pub fold: Option<&'a crate::history::HistoryEntry>,
 }
 
 /// A convergence's call that succeeded, recorded with the attempt's outcome
@@ -330,7 +333,7 @@ impl JobQueue {
             .arg(if auth_failure { "1" } else { "0" })
             .arg(DELIVERED_RETENTION_SECS)
             .arg(release.map_or("", |lock| lock.token.as_str()));
-        match history {
+        match &history {
             Some(history) => invocation
                 .key(self.keys.history(history.integration_id, history.user_id))
                 .arg(serde_json::to_string(history.entry)?),
@@ -340,6 +343,10 @@ impl JobQueue {
         invocation
             .arg(self.history_limits.max_entries)
             .arg(self.history_limits.max_age_ms());
+        match history.as_ref().and_then(|h| h.fold) {
+            Some(fold) => invocation.arg(fold.at).arg(serde_json::to_string(fold)?),
+            None => invocation.arg("").arg(""),
+        };
         if let Some(applied) = applied {
             invocation
                 .key(self.keys.resident(applied.integration_id, applied.user_id))

@@ -396,8 +396,9 @@ pub fn connect(settings: &RedisSettings) -> Result<RedisConnection, QueueError> 
     Ok(RedisConnection::open(settings, config)?)
 }
 
-/// The history entry of the fold that queued convergence `job`, written when the convergence
-/// is first held or attempted (`begin_attempt.lua`): dated when the job was made (its delivery
+/// The history entry of the fold that queued convergence `job`, written with the outcome of
+/// its first attempt (`finish_attempt.lua`), or when it is held or a later attempt begins
+/// (`begin_attempt.lua`): dated when the job was made (its delivery
 /// id is a ULID of that moment), the same each time. `None` for convergences no fold queued
 /// (lease-window boundaries) and for resets, which ingest records itself.
 pub fn fold_history_entry(job: &DeliveryJob) -> Option<HistoryEntry> {

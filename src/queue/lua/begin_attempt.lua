@@ -8,8 +8,10 @@
 -- ARGV[1] job id  ARGV[2] max attempts  ARGV[3] now (ms)  ARGV[4] delivery id
 -- ARGV[5] lock token, ARGV[6] lock ttl (ms), ARGV[7] integration id, ARGV[8] history: most
 -- entries, ARGV[9] its max age (ms), ARGV[10] the history entry of the fold that queued the
--- convergence ('' for none), written when it is held and when its first attempt begins; the
--- same entry each time, so writing it again changes nothing (convergences only)
+-- convergence ('' for none), written here when it is held and when a later attempt begins
+-- (the first attempt's finish writes it with its outcome, finish_attempt.lua, so a happy-path
+-- job appends to the history once); the same entry each time, so writing it again changes
+-- nothing (convergences only)
 -- A convergence of a paused integration is held instead: it leaves the in-flight set for the
 -- held list (its payload stays), nothing is counted and no lock taken: {'held', 0, '', {}}.
 -- Returns {'run', n, ''} | {'stale', 0, ''} | {'dead', attempts, reason}; with the lock keys
@@ -88,6 +90,6 @@ if made >= max then
   return answer('dead', made, reason)
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if n == 1 then record_fold() end
+if n > 1 then record_fold() end
 redis.call('RPUSH', KEYS[2], cjson.encode({attempt = n, task = ARGV[1], started_at = now, outcome = 'started'}))
 return answer('run', n, '')

@@ -11,10 +11,13 @@
 -- KEYS[9] the resident's history  ARGV[12] the attempt's history entry (JSON; '' for none);
 -- its outcome becomes 'superseded' or 'stale' when the answer is 'moved' or 'stale'
 -- ARGV[13] history: most entries  ARGV[14] its max age (ms)
+-- ARGV[15] the time (ms) and ARGV[16] the history entry of the fold that queued the
+-- convergence, on its first attempt ('' otherwise): written with the attempt's entry, as
+-- `overrode_future` if the fold replaced a future-dated record (the ledger says `overrode`)
 -- A convergence whose call succeeded also passes KEYS[10] the resident hash and KEYS[11] the
--- integration's residents index, ARGV[15] what OpenApp was made to show ('present', 'absent',
--- or 'check': no call was needed), ARGV[16] the state version the call was made for, ARGV[17]
--- the user id, ARGV[18] '1' to finish even if the state moved. That is recorded first; if an
+-- integration's residents index, ARGV[17] what OpenApp was made to show ('present', 'absent',
+-- or 'check': no call was needed), ARGV[18] the state version the call was made for, ARGV[19]
+-- the user id, ARGV[20] '1' to finish even if the state moved. That is recorded first; if an
 -- event moved the state during the call, nothing else happens (the lock stays held) and the
 -- answer is 'moved': the worker converges again.
 local function history(outcome)
@@ -25,17 +28,25 @@ local function history(outcome)
     e.outcome = outcome
     entry = cjson.encode(e)
   end
-  append_history(KEYS[9], ARGV[2], entry, ARGV[13], ARGV[14], ARGV[2])
+  local fold = ARGV[16]
+  if fold == '' then
+    append_history(KEYS[9], ARGV[2], entry, ARGV[13], ARGV[14], ARGV[2])
+    return
+  end
+  if redis.call('HEXISTS', KEYS[1], 'overrode') == 1 then
+    fold = string.gsub(fold, '"outcome":"changed"', '"outcome":"overrode_future"', 1)
+  end
+  append_history(KEYS[9], ARGV[2], entry, ARGV[13], ARGV[14], ARGV[2], ARGV[15], fold)
 end
-if ARGV[15] and ARGV[15] ~= '' then
-  if ARGV[15] ~= 'check' then
-    redis.call('HSET', KEYS[10], 'applied', ARGV[15], 'applied_version', ARGV[16], 'applied_at', ARGV[2])
-    if ARGV[15] == 'present' then
+if ARGV[17] and ARGV[17] ~= '' then
+  if ARGV[17] ~= 'check' then
+    redis.call('HSET', KEYS[10], 'applied', ARGV[17], 'applied_version', ARGV[18], 'applied_at', ARGV[2])
+    if ARGV[17] == 'present' then
       redis.call('HSET', KEYS[10], 'managed', '1')
-      redis.call('SADD', KEYS[11], ARGV[17])
+      redis.call('SADD', KEYS[11], ARGV[19])
     end
   end
-  if (redis.call('HGET', KEYS[10], 'version') or '0') ~= ARGV[16] and ARGV[18] ~= '1' then
+  if (redis.call('HGET', KEYS[10], 'version') or '0') ~= ARGV[18] and ARGV[20] ~= '1' then
     history('superseded')
     return 'moved'
   end
@@ -70,17 +81,17 @@ if kind == 'delivered' then
   redis.call('HINCRBY', KEYS[4], 'delivered', 1)
   -- A lease window opening or closing later needs a convergence then: KEYS[12] the new
   -- delivery's hash, KEYS[13] the convergences index (due by task, for the pending gauge),
-  -- ARGV[19] due (ms), ARGV[20] its task id, ARGV[21] its job JSON. Skipped when one is
+  -- ARGV[21] due (ms), ARGV[22] its task id, ARGV[23] its job JSON. Skipped when one is
   -- already due no later than that.
-  if ARGV[19] and ARGV[19] ~= '' then
-    local due = tonumber(ARGV[19])
+  if ARGV[21] and ARGV[21] ~= '' then
+    local due = tonumber(ARGV[21])
     local pending = tonumber(redis.call('HGET', KEYS[10], 'next_check') or '0')
     if not (pending > now and pending <= due) then
-      local task = ARGV[20]
+      local task = ARGV[22]
       redis.call('HSET', KEYS[10], 'next_check', due)
-      redis.call('HSET', KEYS[12], 'job', ARGV[21], 'event', '{}', 'first_seen', now,
+      redis.call('HSET', KEYS[12], 'job', ARGV[23], 'event', '{}', 'first_seen', now,
         'attempts', 0, 'current_task', task, 'status', 'pending', 'replays', 0)
-      redis.call('HSET', KEYS[5], task, ARGV[21])
+      redis.call('HSET', KEYS[5], task, ARGV[23])
       redis.call('ZADD', KEYS[7], due, task)
       redis.call('ZADD', KEYS[13], due, task)
       return 'delivered+scheduled'
