@@ -362,7 +362,8 @@ impl Deliverer {
                 attempt,
                 lock,
                 state,
-            } => (attempt, lock, state),
+                started_at,
+            } => ((attempt, started_at), lock, state),
             Claim::Busy { lock_remaining_ms } => {
                 // Usually a call of a few milliseconds; after a crash, the lock's expiry.
                 let wait = i64::try_from(lock_remaining_ms)
@@ -400,7 +401,7 @@ impl Deliverer {
                 return Ok(());
             }
         };
-        Span::current().record("attempt", attempt);
+        Span::current().record("attempt", attempt.0);
         let result = self
             .converge_and_finish(job, task_id, attempt, (&lock, claimed_at), state, slot)
             .await;
@@ -426,7 +427,7 @@ impl Deliverer {
         &self,
         job: &DeliveryJob,
         task_id: &str,
-        attempt: u32,
+        attempt: (u32, i64),
         (lock, claimed_at): (&ResidentLock, Instant),
         state: Option<ResidentState>,
         slot: &mut SlotRelease,
@@ -522,7 +523,7 @@ impl Deliverer {
         &self,
         job: &DeliveryJob,
         task_id: &str,
-        attempt: u32,
+        (attempt, started_at): (u32, i64),
         convergence: Convergence,
         lock: &ResidentLock,
         applied: Option<&SucceededCall<'_>>,
@@ -538,6 +539,9 @@ impl Deliverer {
         let class = classify(&result);
         let decision = self.policy.decide(attempt, class, &mut rand::rng());
         let mut record = attempt_record(&result, &decision);
+        record.attempt = Some(attempt);
+        record.task = Some(task_id.to_owned());
+        record.started_at = Some(started_at);
         record.action = Some(action.as_str().to_owned());
         if record.request_id.is_none() {
             record.request_id = request_id;
@@ -689,12 +693,12 @@ impl Deliverer {
         what: &str,
         work: impl std::future::Future<Output = Result<Refreshed, RefreshError>>,
     ) -> Result<(), BoxDynError> {
-        let attempt = match self
+        let (attempt, started_at) = match self
             .queue
             .begin_attempt(delivery_id, task_id, self.policy.max_attempts)
             .await?
         {
-            Begin::Run(n) => n,
+            Begin::Run(n, started_at) => (n, started_at),
             Begin::Stale => {
                 debug!("skipping a superseded run of this {}", kind.as_str());
                 return Ok(());
@@ -725,6 +729,9 @@ impl Deliverer {
         };
         let decision = self.policy.decide(attempt, class, &mut rand::rng());
         let mut record = AttemptRecord {
+            attempt: Some(attempt),
+            task: Some(task_id.to_owned()),
+            started_at: Some(started_at),
             action: Some(kind.as_str().into()),
             ..AttemptRecord::default()
         };

@@ -75,8 +75,9 @@ pub struct AttemptRecord {
 /// What [`JobQueue::begin_attempt`] allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begin {
-    /// Make the call; this is attempt number `.0`.
-    Run(u32),
+    /// Make the call; this is attempt number `.0`, counted as started at `.1` (ms since the
+    /// epoch): [`JobQueue::finish_attempt`] writes the whole record from those.
+    Run(u32, i64),
     /// This task is not the delivery's current one: skip it.
     Stale,
     /// The budget was already used up by crashed attempts: now a dead letter.
@@ -99,6 +100,8 @@ pub enum Claim {
         lock: ResidentLock,
         /// The resident's state, read under the lock.
         state: Option<ResidentState>,
+        /// When the attempt was counted as started (ms since the epoch).
+        started_at: i64,
     },
     /// Another worker holds the resident; its lock lives this much longer. Nothing counted.
     Busy {
@@ -193,6 +196,7 @@ impl JobQueue {
         max_attempts: u32,
     ) -> Result<Begin, QueueError> {
         let mut conn = self.conn.clone();
+        let now = now_ms();
         let (kind, attempts, reason): (String, u32, String) = self
             .scripts
             .begin
@@ -204,12 +208,12 @@ impl JobQueue {
             .key(self.keys.job_data())
             .arg(task_id)
             .arg(max_attempts)
-            .arg(now_ms())
+            .arg(now)
             .arg(delivery_id)
             .invoke_async(&mut conn)
             .await?;
         match kind.as_str() {
-            "run" => Ok(Begin::Run(attempts)),
+            "run" => Ok(Begin::Run(attempts, now)),
             "stale" => Ok(Begin::Stale),
             "dead" => Ok(Begin::DeadLettered {
                 reason: dead_reason(&reason)?,
@@ -234,6 +238,7 @@ impl JobQueue {
     ) -> Result<Claim, QueueError> {
         let lock_key = self.keys.resident_lock(&job.integration_id, &job.user_id);
         let token = ulid::Ulid::new().to_string();
+        let now = now_ms();
         let mut call = ScriptCall::default();
         call.key(self.keys.delivery(&job.delivery_id))
             .key(self.keys.attempts(&job.delivery_id))
@@ -248,7 +253,7 @@ impl JobQueue {
             .key(self.keys.held(&job.integration_id))
             .arg(task_id)
             .arg(max_attempts)
-            .arg(now_ms())
+            .arg(now)
             .arg(&job.delivery_id)
             .arg(&token)
             .arg(u64::try_from(lock_ttl.as_millis()).unwrap_or(u64::MAX))
@@ -270,6 +275,7 @@ impl JobQueue {
                     token,
                 },
                 state: super::residents::parse_resident(&job.integration_id, &job.user_id, &hash)?,
+                started_at: now,
             }),
             "busy" => Ok(Claim::Busy {
                 lock_remaining_ms: u64::try_from(n).unwrap_or(0),
@@ -286,8 +292,10 @@ impl JobQueue {
         }
     }
 
-    /// Records how the attempt of `task_id` of delivery `delivery_id` ended (`result`) and
-    /// carries out `finish`, in one step; also releases `release`, a resident lock, if given
+    /// Records how the attempt of `task_id` of delivery `delivery_id` ended and carries out
+    /// `finish`, in one step. `result` is the attempt's whole record — its number, task and
+    /// start included ([`Begin::Run`], [`Claim::Run`]); its outcome and end are set here — and
+    /// replaces the `started` record the claim wrote; also releases `release`, a resident lock, if given
     /// and still ours (stale task or not). With `applied`, first records what a convergence's
     /// call made OpenApp show, and stops there if an event moved the state meanwhile. With
     /// `history`, the attempt's entry goes into the resident's history in the same step.
@@ -311,6 +319,12 @@ impl JobQueue {
             Finish::Retry { due_ms } => ("retry", super::job_id_ready_at(*due_ms), *due_ms, ""),
             Finish::DeadLetter(reason) => ("dead", String::new(), 0, reason.as_str()),
         };
+        let now = now_ms();
+        let record = AttemptRecord {
+            outcome: kind.to_owned(),
+            finished_at: Some(now),
+            ..result.clone()
+        };
         let mut invocation = ScriptCall::default();
         invocation
             .key(self.keys.delivery(delivery_id))
@@ -323,9 +337,9 @@ impl JobQueue {
             // Without a lock to release the script leaves this key alone; any key will do.
             .key(release.map_or_else(|| self.keys.delivery(delivery_id), |lock| lock.key.clone()))
             .arg(task_id)
-            .arg(now_ms())
+            .arg(now)
             .arg(kind)
-            .arg(serde_json::to_string(result)?)
+            .arg(serde_json::to_string(&record)?)
             .arg(delivery_id)
             .arg(retry_task)
             .arg(due)

@@ -3,7 +3,8 @@
 -- KEYS[5] job data hash  KEYS[6] in-flight set  KEYS[7] scheduled set
 -- ARGV[1] job id (it ends here, whatever the outcome but 'moved': it leaves the in-flight
 -- set and its payload is dropped)  ARGV[2] now (ms)  ARGV[3] kind: delivered | retry | dead
--- ARGV[4] attempt result JSON (merged into the attempt record)  ARGV[5] delivery id
+-- ARGV[4] the attempt's whole record (JSON; written over the `started` record the claim
+-- pushed, without reading it)  ARGV[5] delivery id
 -- ARGV[6] retry task id  ARGV[7] retry due (ms)  ARGV[8] dead reason  ARGV[9] '1' if 401/403
 -- ARGV[10] seconds a delivered record is kept for inspection
 -- KEYS[8] the resident lock  ARGV[11] its token: released here if still ours ('' = keep it),
@@ -63,14 +64,8 @@ end
 history(nil)
 local now = tonumber(ARGV[2])
 local kind = ARGV[3]
-local last = redis.call('LINDEX', KEYS[2], -1)
-if last then
-  local record = cjson.decode(last)
-  for k, v in pairs(cjson.decode(ARGV[4])) do record[k] = v end
-  record.outcome = kind
-  record.finished_at = now
-  redis.call('LSET', KEYS[2], -1, cjson.encode(record))
-end
+-- No attempts list (it expired, or was purged meanwhile): nothing to write over.
+redis.pcall('LSET', KEYS[2], -1, ARGV[4])
 if ARGV[9] == '1' then
   redis.call('HINCRBY', KEYS[4], 'auth_failures', 1)
 end
