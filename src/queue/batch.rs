@@ -28,6 +28,49 @@ const MAX_IN_FLIGHT: usize = 2;
 /// Most calls in one batch.
 const MAX_BATCH: usize = 64;
 
+/// Helpers the attempt scripts share, as run alone (one script call per call):
+/// `hexists_shared(key, field)` is `HEXISTS` as a boolean, and `count(key, field)` adds 1 to a
+/// counter at once.
+pub const ONE_CALL_HELPERS: &str = r"
+local function hexists_shared(key, field)
+  return redis.call('HEXISTS', key, field) == 1
+end
+local function count(key, field)
+  redis.call('HINCRBY', key, field, 1)
+end
+";
+
+/// The same helpers within a batch, where they save commands (each costs Redis more in the
+/// calling than in the command): `hexists_shared` asks once per key and field for the whole
+/// batch — only for fields no call of the batch writes, such as the paused integrations — and
+/// `count` adds up the batch's increments, which the driver writes at the end, one `HINCRBY`
+/// per counter (whether or not the call that counted failed later, as its other writes stay).
+const BATCH_HELPERS: &str = r"
+local hexists_seen = {}
+local function hexists_shared(key, field)
+  local fields = hexists_seen[key]
+  if not fields then
+    fields = {}
+    hexists_seen[key] = fields
+  end
+  local seen = fields[field]
+  if seen == nil then
+    seen = redis.call('HEXISTS', key, field) == 1
+    fields[field] = seen
+  end
+  return seen
+end
+local counted = {}
+local function count(key, field)
+  local fields = counted[key]
+  if not fields then
+    fields = {}
+    counted[key] = fields
+  end
+  fields[field] = (fields[field] or 0) + 1
+end
+";
+
 /// Runs the calls of the batch script one by one (see the module documentation).
 const DRIVER: &str = r"
 local n = tonumber(ARGV[1])
@@ -48,14 +91,20 @@ for i = 1, n do
     out[i] = {0, tostring(answer)}
   end
 end
+for key, fields in pairs(counted) do
+  for field, by in pairs(fields) do
+    redis.call('HINCRBY', key, field, by)
+  end
+end
 return out
 ";
 
-/// The batch version of a script: `prelude` (shared helper functions), then `body` as a
-/// function of its own `KEYS` and `ARGV`, then the driver.
+/// The batch version of a script: the batch's helpers (see [`ONE_CALL_HELPERS`]), `prelude`
+/// (more shared functions), then `body` as a function of its own `KEYS` and `ARGV`, then the
+/// driver.
 pub fn batch_script(prelude: &str, body: &str) -> redis::Script {
     redis::Script::new(&format!(
-        "{prelude}\nlocal function run_one(KEYS, ARGV)\n{body}\nend\n{DRIVER}"
+        "{BATCH_HELPERS}\n{prelude}\nlocal function run_one(KEYS, ARGV)\n{body}\nend\n{DRIVER}"
     ))
 }
 

@@ -238,6 +238,9 @@ impl JobQueue {
     ) -> Result<Claim, QueueError> {
         let lock_key = self.keys.resident_lock(&job.integration_id, &job.user_id);
         let token = ulid::Ulid::new().to_string();
+        let ttl_ms = u64::try_from(lock_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let now = now_ms();
         let mut call = ScriptCall::default();
         call.key(self.keys.delivery(&job.delivery_id))
@@ -256,7 +259,7 @@ impl JobQueue {
             .arg(now)
             .arg(&job.delivery_id)
             .arg(&token)
-            .arg(u64::try_from(lock_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(ttl_ms)
             .arg(&job.integration_id)
             .arg(self.history_limits.max_entries)
             .arg(self.history_limits.max_age_ms())
@@ -273,6 +276,7 @@ impl JobQueue {
                 lock: ResidentLock {
                     key: lock_key,
                     token,
+                    ttl_ms,
                 },
                 state: super::residents::parse_resident(&job.integration_id, &job.user_id, &hash)?,
                 started_at: now,
@@ -385,6 +389,8 @@ impl JobQueue {
                     .arg(serde_json::to_string(&scheduled)?);
             }
         }
+        // Always the last argument, after the optional ones.
+        invocation.arg(release.map_or(0, |lock| lock.ttl_ms));
         let answer: String =
             redis::from_redis_value(self.finish_batcher().call(invocation).await?)?;
         Ok(match answer.as_str() {

@@ -498,7 +498,12 @@ impl JobQueue {
             scripts: std::sync::Arc::new(Scripts {
                 enqueue: with_history(include_str!("lua/enqueue.lua")),
                 promote: redis::Script::new(include_str!("lua/promote.lua")),
-                begin: with_history(include_str!("lua/begin_attempt.lua")),
+                begin: redis::Script::new(&format!(
+                    "{}\n{}\n{}",
+                    batch::ONE_CALL_HELPERS,
+                    include_str!("lua/history.lua"),
+                    include_str!("lua/begin_attempt.lua")
+                )),
                 begin_batch: batch::batch_script(
                     include_str!("lua/history.lua"),
                     include_str!("lua/begin_attempt.lua"),

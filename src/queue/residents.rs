@@ -33,6 +33,9 @@ return 0
 pub struct ResidentLock {
     pub(super) key: String,
     pub(super) token: String,
+    /// The time to live it was taken with (ms): a finish that finds another holder's lock
+    /// puts it back with this one (`finish_attempt.lua`).
+    pub(super) ttl_ms: u64,
 }
 
 impl JobQueue {

@@ -67,3 +67,66 @@ return {ARGV[1], #KEYS, #ARGV}";
         "{CALLS} calls took {script_calls} script calls:\n{stats}"
     );
 }
+
+/// The helpers a batch gives its calls: `count` adds up the calls' increments and the batch
+/// writes each counter once (one `HINCRBY` per counter and script call), a failing call's
+/// count included (its other writes stay too); `hexists_shared` asks Redis once per key and
+/// field for the whole batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_writes_each_counter_once_and_asks_a_shared_field_once() {
+    const CALLS: usize = 40;
+    let redis = RedisServer::start().await;
+    redis.command(&["HSET", "{t}:paused", "int-1", "x"]).await;
+    let config = test_config(&redis.url(), &namespace(), "http://127.0.0.1:1");
+    let conn = lease_sync::queue::connect(&config.redis).expect("a connection");
+    let body = r"
+count(KEYS[1], 'calls')
+if ARGV[1] == 'boom' then return redis.call('NO-SUCH-COMMAND') end
+if hexists_shared(KEYS[2], 'int-1') then count(KEYS[1], 'paused') end
+if hexists_shared(KEYS[2], 'int-2') then count(KEYS[1], 'wrong') end
+return 1";
+    let batcher = ScriptBatcher::spawn(conn, batch_script("", body));
+    let calls = (0..CALLS).map(|i| {
+        let mut call = ScriptCall::default();
+        call.key("{t}:stats")
+            .key("{t}:paused")
+            .arg(if i == 3 { "boom" } else { "ok" });
+        batcher.call(call)
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(calls))
+        .await
+        .expect("every call answered");
+    assert_eq!(answers.iter().filter(|a| a.is_err()).count(), 1);
+
+    assert_eq!(
+        redis.command(&["HGET", "{t}:stats", "calls"]).await,
+        CALLS.to_string()
+    );
+    assert_eq!(
+        redis.command(&["HGET", "{t}:stats", "paused"]).await,
+        (CALLS - 1).to_string()
+    );
+    assert_eq!(
+        redis.command(&["HEXISTS", "{t}:stats", "wrong"]).await,
+        "int(0)"
+    );
+    let stats = redis.command(&["INFO", "commandstats"]).await;
+    let calls_of = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+            .and_then(|l| l.split(['=', ',']).nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let script_calls = calls_of("evalsha") + calls_of("eval");
+    // Two counters per script call at most; two fields asked per script call at most.
+    assert!(
+        calls_of("hincrby") <= 2 * script_calls && calls_of("hexists") <= 2 * script_calls,
+        "{CALLS} calls in {script_calls} script calls:\n{stats}"
+    );
+    // At most two batches are in flight; the rest wait and go out together.
+    assert!(
+        (1..=10).contains(&script_calls),
+        "{CALLS} calls took {script_calls} script calls"
+    );
+}

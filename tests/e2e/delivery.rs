@@ -481,6 +481,20 @@ async fn a_job_whose_lock_expired_while_claimed_ahead_makes_no_call() {
             call.method
         );
     }
+    // The job's finish releases its lock only if still its own: the test's stay, with a time
+    // to live.
+    for (user, lock) in users.iter().zip(&locks) {
+        if taken.contains(user) {
+            assert_eq!(redis.command(&["GET", lock]).await, "the-test", "{user}");
+            let ttl = redis.command(&["PTTL", lock]).await;
+            let ms: i64 = ttl
+                .trim_start_matches("int(")
+                .trim_end_matches(')')
+                .parse()
+                .unwrap_or_else(|_| panic!("PTTL answered {ttl}"));
+            assert!(ms > 0, "{user}'s lock lost its time to live: {ttl}");
+        }
+    }
 }
 
 /// The user a recorded call was about: the path's for a DELETE, the body's for a POST.

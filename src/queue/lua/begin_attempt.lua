@@ -12,6 +12,11 @@
 -- (the first attempt's finish writes it with its outcome, finish_attempt.lua, so a happy-path
 -- job appends to the history once); the same entry each time, so writing it again changes
 -- nothing (convergences only)
+-- The delivery's `open` field says whether its last attempt record may still read `started`
+-- ('1' from here until the finish writes the record, '0' after); only then is the record
+-- read, to mark it crashed. A delivery written before the field existed has none and is
+-- checked every time. `hexists_shared` and `count` come from the prelude (batch.rs): within a
+-- batch the pause check is made once per integration and the counters are added once.
 -- A convergence of a paused integration is held instead: it leaves the in-flight set for the
 -- held list (its payload stays), nothing is counted and no lock taken: {'held', 0, '', {}}.
 -- Returns {'run', n, ''} | {'stale', 0, ''} | {'dead', attempts, reason}; with the lock keys
@@ -35,7 +40,7 @@ local function record_fold()
   local at = cjson.decode(entry).at
   append_history(KEYS[9], at, entry, ARGV[8], ARGV[9], ARGV[3])
 end
-if locking and redis.call('HEXISTS', KEYS[10], ARGV[7]) == 1 then
+if locking and hexists_shared(KEYS[10], ARGV[7]) then
   redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('RPUSH', KEYS[11], ARGV[1])
   record_fold()
@@ -55,13 +60,14 @@ local function answer(kind, n, reason)
   if redis.call('GET', KEYS[7]) == ARGV[5] then redis.call('DEL', KEYS[7]) end
   return {kind, n, reason, {}}
 end
-if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then
+local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'attempts', 'open')
+if ledger[1] ~= ARGV[1] then
   -- Finished, replayed or superseded by a retry: a duplicate run of an old task.
-  redis.call('HINCRBY', KEYS[4], 'stale_tasks', 1)
+  count(KEYS[4], 'stale_tasks')
   return answer('stale', 0, '')
 end
 local now = tonumber(ARGV[3])
-local last = redis.call('LINDEX', KEYS[2], -1)
+local last = ledger[3] ~= '0' and redis.call('LINDEX', KEYS[2], -1)
 if last then
   local record = cjson.decode(last)
   if record.outcome == 'started' then
@@ -73,7 +79,7 @@ if last then
   end
 end
 local max = tonumber(ARGV[2])
-local made = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local made = tonumber(ledger[2] or '0')
 if made >= max then
   -- Budget used up by crashes: the last min(3, max) attempts all crashed → crash_loop.
   local k = math.min(3, max)
@@ -83,13 +89,15 @@ if made >= max then
   end
   local reason = 'exhausted'
   if crashes == k then reason = 'crash_loop' end
-  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', reason, 'dead_at', now, 'current_task', '')
+  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', reason, 'dead_at', now, 'current_task', '',
+    'open', 0)
   redis.call('ZADD', KEYS[3], now, ARGV[4])
-  redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
+  count(KEYS[4], 'dead_lettered')
   history({kind = 'dead_lettered', delivery_id = ARGV[4], reason = reason, attempts = made})
   return answer('dead', made, reason)
 end
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local n = made + 1
+redis.call('HSET', KEYS[1], 'attempts', n, 'open', 1)
 if n > 1 then record_fold() end
 redis.call('RPUSH', KEYS[2], cjson.encode({attempt = n, task = ARGV[1], started_at = now, outcome = 'started'}))
 return answer('run', n, '')

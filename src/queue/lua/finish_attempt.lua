@@ -9,6 +9,8 @@
 -- ARGV[10] seconds a delivered record is kept for inspection
 -- KEYS[8] the resident lock  ARGV[11] its token: released here if still ours ('' = keep it),
 -- which saves the worker a round trip; stale or not, like the separate unlock it replaces.
+-- The last ARGV (after the optional ones below) is the lock's time to live (ms): a lock found
+-- to be another holder's (ours expired and was taken) is put back with it.
 -- KEYS[9] the resident's history  ARGV[12] the attempt's history entry (JSON; '' for none);
 -- its outcome becomes 'superseded' or 'stale' when the answer is 'moved' or 'stale'
 -- ARGV[13] history: most entries  ARGV[14] its max age (ms)
@@ -21,6 +23,8 @@
 -- the user id, ARGV[20] '1' to finish even if the state moved. That is recorded first; if an
 -- event moved the state during the call, nothing else happens (the lock stays held) and the
 -- answer is 'moved': the worker converges again.
+-- `count` comes from the prelude (batch.rs): within a batch each counter is added once.
+local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'overrode')
 local function history(outcome)
   if ARGV[12] == '' then return end
   local entry = ARGV[12]
@@ -34,30 +38,34 @@ local function history(outcome)
     append_history(KEYS[9], ARGV[2], entry, ARGV[13], ARGV[14], ARGV[2])
     return
   end
-  if redis.call('HEXISTS', KEYS[1], 'overrode') == 1 then
+  if ledger[2] then
     fold = string.gsub(fold, '"outcome":"changed"', '"outcome":"overrode_future"', 1)
   end
   append_history(KEYS[9], ARGV[2], entry, ARGV[13], ARGV[14], ARGV[2], ARGV[15], fold)
 end
-if ARGV[17] and ARGV[17] ~= '' then
-  if ARGV[17] ~= 'check' then
+if KEYS[10] then
+  if ARGV[17] == 'present' then
+    redis.call('HSET', KEYS[10], 'applied', ARGV[17], 'applied_version', ARGV[18], 'applied_at', ARGV[2],
+      'managed', '1')
+    redis.call('SADD', KEYS[11], ARGV[19])
+  elseif ARGV[17] ~= 'check' then
     redis.call('HSET', KEYS[10], 'applied', ARGV[17], 'applied_version', ARGV[18], 'applied_at', ARGV[2])
-    if ARGV[17] == 'present' then
-      redis.call('HSET', KEYS[10], 'managed', '1')
-      redis.call('SADD', KEYS[11], ARGV[19])
-    end
   end
   if (redis.call('HGET', KEYS[10], 'version') or '0') ~= ARGV[18] and ARGV[20] ~= '1' then
     history('superseded')
     return 'moved'
   end
 end
-if ARGV[11] ~= '' and redis.call('GET', KEYS[8]) == ARGV[11] then
-  redis.call('DEL', KEYS[8])
+if ARGV[11] ~= '' then
+  -- One command in the common case (the lock is ours); another holder's lock is put back.
+  local holder = redis.call('GETDEL', KEYS[8])
+  if holder and holder ~= ARGV[11] then
+    redis.call('SET', KEYS[8], holder, 'PX', ARGV[#ARGV])
+  end
 end
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
-if redis.call('HGET', KEYS[1], 'current_task') ~= ARGV[1] then
+if ledger[1] ~= ARGV[1] then
   history('stale')
   return 'stale'
 end
@@ -67,25 +75,26 @@ local kind = ARGV[3]
 -- No attempts list (it expired, or was purged meanwhile): nothing to write over.
 redis.pcall('LSET', KEYS[2], -1, ARGV[4])
 if ARGV[9] == '1' then
-  redis.call('HINCRBY', KEYS[4], 'auth_failures', 1)
+  count(KEYS[4], 'auth_failures')
 end
 if kind == 'delivered' then
-  redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', now, 'current_task', '')
+  redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', now, 'current_task', '',
+    'open', 0)
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[2], ARGV[10])
-  redis.call('HINCRBY', KEYS[4], 'delivered', 1)
+  count(KEYS[4], 'delivered')
   -- A lease window opening or closing later needs a convergence then: KEYS[12] the new
   -- delivery's hash, KEYS[13] the convergences index (due by task, for the pending gauge),
   -- ARGV[21] due (ms), ARGV[22] its task id, ARGV[23] its job JSON. Skipped when one is
   -- already due no later than that.
-  if ARGV[21] and ARGV[21] ~= '' then
+  if KEYS[12] then
     local due = tonumber(ARGV[21])
     local pending = tonumber(redis.call('HGET', KEYS[10], 'next_check') or '0')
     if not (pending > now and pending <= due) then
       local task = ARGV[22]
       redis.call('HSET', KEYS[10], 'next_check', due)
       redis.call('HSET', KEYS[12], 'job', ARGV[23], 'event', '{}', 'first_seen', now,
-        'attempts', 0, 'current_task', task, 'status', 'pending', 'replays', 0)
+        'attempts', 0, 'open', 0, 'current_task', task, 'status', 'pending', 'replays', 0)
       redis.call('HSET', KEYS[5], task, ARGV[23])
       redis.call('ZADD', KEYS[7], due, task)
       redis.call('ZADD', KEYS[13], due, task)
@@ -95,13 +104,14 @@ if kind == 'delivered' then
 elseif kind == 'retry' then
   local task = ARGV[6]
   local due = ARGV[7]
-  redis.call('HSET', KEYS[1], 'current_task', task)
+  redis.call('HSET', KEYS[1], 'current_task', task, 'open', 0)
   redis.call('HSET', KEYS[5], task, redis.call('HGET', KEYS[1], 'job'))
   redis.call('ZADD', KEYS[7], due, task)
-  redis.call('HINCRBY', KEYS[4], 'retries', 1)
+  count(KEYS[4], 'retries')
 else
-  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', ARGV[8], 'dead_at', now, 'current_task', '')
+  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', ARGV[8], 'dead_at', now, 'current_task', '',
+    'open', 0)
   redis.call('ZADD', KEYS[3], now, ARGV[5])
-  redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
+  count(KEYS[4], 'dead_lettered')
 end
 return kind

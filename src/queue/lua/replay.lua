@@ -12,7 +12,7 @@ if not job then
   return 0
 end
 local task = ARGV[2]
-redis.call('HSET', KEYS[2], 'status', 'pending', 'attempts', 0, 'current_task', task)
+redis.call('HSET', KEYS[2], 'status', 'pending', 'attempts', 0, 'open', 0, 'current_task', task)
 redis.call('HDEL', KEYS[2], 'reason', 'dead_at')
 redis.call('HINCRBY', KEYS[2], 'replays', 1)
 redis.call('RPUSH', KEYS[3], cjson.encode({outcome = 'replayed', at = tonumber(ARGV[3]), by = ARGV[4]}))
