@@ -232,3 +232,56 @@ async fn queue_migrate_upgrades_by_hand_and_again_moves_nothing() {
         "the new release's counters are not overwritten"
     );
 }
+
+/// A ledger written by a release before the ledger's `open` field, whose worker died during
+/// an attempt, still has that attempt marked `crashed` when the job runs again: without the
+/// field the claim reads the last attempt record every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_left_open_by_a_release_without_the_open_field_is_marked_crashed() {
+    let redis = lease_sync_testkit::RedisServer::start().await;
+    let openapp = FakeOpenApp::start().await;
+    let settings = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    let ingest = TestApp::start(&settings, Role::Ingest).await;
+    let reply = post_event(
+        &ingest,
+        "evt-1",
+        event_body("lease.signed", "L-1", &["user-1"]),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let queue = ingest.queue();
+    let deliveries = queue.deliveries_of("evt-1").await.expect("redis");
+    let [delivery] = deliveries.as_slice() else {
+        panic!("one delivery: {deliveries:?}")
+    };
+    ingest.stop().await;
+
+    // As such a release leaves it: attempt 1 counted and started, no `open` field.
+    let keys = lease_sync::queue::Keys::new(&settings.redis.namespace);
+    let ledger = keys.delivery(delivery);
+    let task = redis.command(&["HGET", &ledger, "current_task"]).await;
+    redis.command(&["HDEL", &ledger, "open"]).await;
+    redis.command(&["HSET", &ledger, "attempts", "1"]).await;
+    let started = json!({"attempt": 1, "task": task, "started_at": 1, "outcome": "started"});
+    redis
+        .command(&["RPUSH", &keys.attempts(delivery), &started.to_string()])
+        .await;
+
+    let worker = TestApp::start(&settings, Role::Work).await;
+    let (status, records) = wait_until("the delivery to be delivered", LIMIT, || async {
+        let (status, records) = queue.delivery_log(delivery).await.ok()??;
+        (status == "delivered").then_some((status, records))
+    })
+    .await;
+    let outcomes: Vec<(Option<u32>, &str)> = records
+        .iter()
+        .map(|r| (r.attempt, r.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [(Some(1), "crashed"), (Some(2), "delivered")],
+        "{status}: {records:?}"
+    );
+    assert_eq!(redis.command(&["HGET", &ledger, "open"]).await, "0");
+    worker.stop().await;
+}
