@@ -299,8 +299,8 @@ impl JobQueue {
     /// Records how the attempt of `task_id` of delivery `delivery_id` ended and carries out
     /// `finish`, in one step. `result` is the attempt's whole record — its number, task and
     /// start included ([`Begin::Run`], [`Claim::Run`]); its outcome and end are set here — and
-    /// replaces the `started` record the claim wrote; also releases `release`, a resident lock, if given
-    /// and still ours (stale task or not). With `applied`, first records what a convergence's
+    /// is added to the delivery's attempt log (the claim only marked the attempt open); also
+    /// releases `release`, a resident lock, if given and still ours (stale task or not). With `applied`, first records what a convergence's
     /// call made OpenApp show, and stops there if an event moved the state meanwhile. With
     /// `history`, the attempt's entry goes into the resident's history in the same step.
     #[expect(
@@ -404,16 +404,18 @@ impl JobQueue {
 
 impl JobQueue {
     /// The ledger of one delivery: its status (`pending`, `delivered`, `dead`) and every
-    /// attempt record, oldest first. `None` when unknown (or expired after delivery).
+    /// attempt record, oldest first, ending with a `started` record for an attempt in
+    /// progress (the ledger marks it open: no record is written until it ends). `None` when
+    /// unknown (or expired after delivery).
     pub async fn delivery_log(
         &self,
         delivery_id: &str,
     ) -> Result<Option<(String, Vec<AttemptRecord>)>, QueueError> {
         let mut conn = self.conn.clone();
-        let (status, log): (Option<String>, Vec<String>) = redis::pipe()
-            .cmd("HGET")
+        let ((status, attempts, started_at, task), log): (LedgerHead, Vec<String>) = redis::pipe()
+            .cmd("HMGET")
             .arg(self.keys.delivery(delivery_id))
-            .arg("status")
+            .arg(&["status", "attempts", "started_at", "current_task"])
             .cmd("LRANGE")
             .arg(self.keys.attempts(delivery_id))
             .arg(0)
@@ -421,12 +423,14 @@ impl JobQueue {
             .query_async(&mut conn)
             .await?;
         Ok(status.map(|s| {
-            (
-                s,
-                log.iter()
-                    .filter_map(|r| serde_json::from_str(r).ok())
-                    .collect(),
-            )
+            let mut records: Vec<AttemptRecord> = log
+                .iter()
+                .filter_map(|r| serde_json::from_str(r).ok())
+                .collect();
+            if let Some(open) = open_attempt(attempts, started_at, task) {
+                records.push(open);
+            }
+            (s, records)
         }))
     }
 
@@ -465,9 +469,51 @@ impl JobQueue {
     }
 }
 
+/// What [`JobQueue::delivery_log`] reads of a ledger: status, attempts, `started_at` and the
+/// current job.
+type LedgerHead = (Option<String>, Option<u32>, Option<i64>, Option<String>);
+
+/// The record of the attempt a ledger marks open (`started_at` set, not `0`), as `started`.
+fn open_attempt(
+    attempts: Option<u32>,
+    started_at: Option<i64>,
+    task: Option<String>,
+) -> Option<AttemptRecord> {
+    let started_at = started_at.filter(|&at| at != 0)?;
+    Some(AttemptRecord {
+        attempt: attempts,
+        outcome: "started".into(),
+        started_at: Some(started_at),
+        task: task.filter(|t| !t.is_empty()),
+        ..AttemptRecord::default()
+    })
+}
+
 /// The dead-letter reason a script answered.
 fn dead_reason(reason: &str) -> Result<DeadReason, QueueError> {
     reason
         .parse()
         .map_err(|e: crate::retry::UnknownDeadReason| QueueError::Protocol(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_the_ledger_marks_open_reads_as_started() {
+        let open = open_attempt(Some(3), Some(1_764_000_000_000), Some("t-3".into()))
+            .expect("an open attempt");
+        assert_eq!(
+            (open.attempt, open.outcome.as_str(), open.started_at),
+            (Some(3), "started", Some(1_764_000_000_000))
+        );
+        assert_eq!(open.task.as_deref(), Some("t-3"));
+        // `0` or no field: nothing in progress.
+        assert_eq!(open_attempt(Some(3), Some(0), Some("t".into())), None);
+        assert_eq!(open_attempt(Some(3), None, None), None);
+        // A finished delivery keeps no current task.
+        let open = open_attempt(Some(1), Some(5), Some(String::new())).expect("open");
+        assert_eq!(open.task, None);
+    }
 }

@@ -293,6 +293,48 @@ async fn history_is_capped_by_count_and_by_age() {
     assert_eq!(stored, 1, "the old entry was deleted, not only hidden");
 }
 
+/// A resident's first convergence creates their history with two entries at once (the fold
+/// and the attempt). That write skips the count and the trim a history that existed needs,
+/// but the limits still hold, and the history expires like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_history_keeps_its_limits_and_expires() {
+    let (_redis, _openapp, app) = serve_with(|s| s.audit.max_entries_per_resident = 1).await;
+    let reply = post_event(
+        &app,
+        "evt-first",
+        event_body("lease.signed", "L-1", &["user-first"]),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    wait_drained(&app.queue(), LIMIT).await;
+    let history = entries(&admin(&app, Method::GET, &history_path("user-first")).await);
+    assert_eq!(
+        kinds(&history),
+        ["attempt"],
+        "the newer of the two: {history:#?}"
+    );
+    let mut conn = redis::Client::open(app.settings.redis.url.expose())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = app.queue().keys().history(INTEGRATION, "user-first");
+    let (stored, ttl): (u64, i64) = redis::pipe()
+        .cmd("ZCARD")
+        .arg(&key)
+        .cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("redis");
+    assert_eq!(stored, 1, "trimmed, not only hidden");
+    let max_age_ms = i64::try_from(app.settings.audit.max_age.as_millis()).expect("fits");
+    assert!(
+        ttl > max_age_ms - 60_000 && ttl <= max_age_ms,
+        "a new history expires after max_age_days: PTTL {ttl}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_integration_holds_its_calls_until_resumed() {
     let mut reader = AdminToken::new(READER_TOKEN);

@@ -276,6 +276,17 @@ async fn a_call_that_always_kills_its_worker_ends_as_crash_loop() {
         log.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
         ["crashed", "crashed", "crashed"]
     );
+    // Each crashed record is the attempt the ledger had marked open: its number and start.
+    assert_eq!(
+        log.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)]
+    );
+    assert!(
+        log.iter().all(|r| r
+            .started_at
+            .is_some_and(|s| r.finished_at.is_some_and(|f| f >= s))),
+        "{log:#?}"
+    );
     let entry = ingest.dead_letters().get(&id).await.unwrap().unwrap();
     assert_eq!(entry.summary.reason, DeadReason::CrashLoop);
     assert_eq!(entry.summary.attempts, 3);

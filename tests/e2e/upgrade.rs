@@ -238,6 +238,18 @@ async fn queue_migrate_upgrades_by_hand_and_again_moves_nothing() {
 /// field the claim reads the last attempt record every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_left_open_by_a_release_without_the_open_field_is_marked_crashed() {
+    attempt_left_open_by_an_older_release_is_marked_crashed(None).await;
+}
+
+/// Releases from `open` to 2026-12-04 pushed a `started` record at each claim and set `open`
+/// to `1`; one whose worker died mid-call leaves both. The claim marks that record `crashed`
+/// in place, and the attempts that follow are recorded the new way (no placeholder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_left_open_by_a_release_with_started_records_is_marked_crashed() {
+    attempt_left_open_by_an_older_release_is_marked_crashed(Some("1")).await;
+}
+
+async fn attempt_left_open_by_an_older_release_is_marked_crashed(open: Option<&str>) {
     let redis = lease_sync_testkit::RedisServer::start().await;
     let openapp = FakeOpenApp::start().await;
     let settings = test_config(&redis.url(), &namespace(), &openapp.base_url);
@@ -256,11 +268,14 @@ async fn an_attempt_left_open_by_a_release_without_the_open_field_is_marked_cras
     };
     ingest.stop().await;
 
-    // As such a release leaves it: attempt 1 counted and started, no `open` field.
+    // As such a release leaves it: attempt 1 counted and started, `open` as it wrote it.
     let keys = lease_sync::queue::Keys::new(&settings.redis.namespace);
     let ledger = keys.delivery(delivery);
     let task = redis.command(&["HGET", &ledger, "current_task"]).await;
-    redis.command(&["HDEL", &ledger, "open"]).await;
+    match open {
+        Some(open) => redis.command(&["HSET", &ledger, "open", open]).await,
+        None => redis.command(&["HDEL", &ledger, "open"]).await,
+    };
     redis.command(&["HSET", &ledger, "attempts", "1"]).await;
     let started = json!({"attempt": 1, "task": task, "started_at": 1, "outcome": "started"});
     redis
@@ -283,5 +298,6 @@ async fn an_attempt_left_open_by_a_release_without_the_open_field_is_marked_cras
         "{status}: {records:?}"
     );
     assert_eq!(redis.command(&["HGET", &ledger, "open"]).await, "0");
+    assert_eq!(redis.command(&["HGET", &ledger, "started_at"]).await, "0");
     worker.stop().await;
 }

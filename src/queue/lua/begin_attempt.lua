@@ -12,10 +12,13 @@
 -- (the first attempt's finish writes it with its outcome, finish_attempt.lua, so a happy-path
 -- job appends to the history once); the same entry each time, so writing it again changes
 -- nothing (convergences only)
--- The delivery's `open` field says whether its last attempt record may still read `started`
--- ('1' from here until the finish writes the record, '0' after); only then is the record
--- read, to mark it crashed. A delivery written before the field existed has none and is
--- checked every time. `hexists_shared` and `count` come from the prelude (batch.rs): within a
+-- No record is written here: the delivery's `started_at` field holds the start (ms) of its
+-- last attempt (number `attempts`) from here until the finish pushes that attempt's whole
+-- record ('0' or absent: none open), which saves a write per job. A claim that finds one
+-- still open pushes it as `crashed`: its worker died. Releases before 2026-12-04 pushed a
+-- `started` record here instead; the `open` field says whether the last record may be one of
+-- those ('1', or absent on a delivery written before the field existed: checked each time;
+-- '0': not), to be marked crashed in place. `hexists_shared` and `count` come from the prelude (batch.rs): within a
 -- batch the pause check is made once per integration and the counters are added once.
 -- A convergence of a paused integration is held instead: it leaves the in-flight set for the
 -- held list (its payload stays), nothing is counted and no lock taken: {'held', 0, '', {}}.
@@ -60,7 +63,7 @@ local function answer(kind, n, reason)
   if redis.call('GET', KEYS[7]) == ARGV[5] then redis.call('DEL', KEYS[7]) end
   return {kind, n, reason, {}}
 end
-local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'attempts', 'open')
+local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'attempts', 'open', 'started_at')
 if ledger[1] ~= ARGV[1] then
   -- Finished, replayed or superseded by a retry: a duplicate run of an old task.
   count(KEYS[4], 'stale_tasks')
@@ -78,6 +81,12 @@ if last then
     redis.call('LSET', KEYS[2], -1, cjson.encode(record))
   end
 end
+if ledger[4] and ledger[4] ~= '0' then
+  -- The previous attempt never reported back: its worker died.
+  redis.call('RPUSH', KEYS[2], cjson.encode({attempt = tonumber(ledger[2] or '0'), task = ARGV[1],
+    started_at = tonumber(ledger[4]), outcome = 'crashed', finished_at = now,
+    message = 'the worker stopped during this attempt (killed, crashed or shut down)'}))
+end
 local max = tonumber(ARGV[2])
 local made = tonumber(ledger[2] or '0')
 if made >= max then
@@ -89,15 +98,14 @@ if made >= max then
   end
   local reason = 'exhausted'
   if crashes == k then reason = 'crash_loop' end
-  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', reason, 'dead_at', now, 'current_task', '',
-    'open', 0)
+  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', reason, 'dead_at', ARGV[3], 'current_task', '',
+    'open', '0', 'started_at', '0')
   redis.call('ZADD', KEYS[3], now, ARGV[4])
   count(KEYS[4], 'dead_lettered')
   history({kind = 'dead_lettered', delivery_id = ARGV[4], reason = reason, attempts = made})
   return answer('dead', made, reason)
 end
 local n = made + 1
-redis.call('HSET', KEYS[1], 'attempts', n, 'open', 1)
+redis.call('HSET', KEYS[1], 'attempts', n, 'open', '0', 'started_at', ARGV[3])
 if n > 1 then record_fold() end
-redis.call('RPUSH', KEYS[2], cjson.encode({attempt = n, task = ARGV[1], started_at = now, outcome = 'started'}))
 return answer('run', n, '')

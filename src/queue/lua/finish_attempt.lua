@@ -3,8 +3,8 @@
 -- KEYS[5] job data hash  KEYS[6] in-flight set  KEYS[7] scheduled set
 -- ARGV[1] job id (it ends here, whatever the outcome but 'moved': it leaves the in-flight
 -- set and its payload is dropped)  ARGV[2] now (ms)  ARGV[3] kind: delivered | retry | dead
--- ARGV[4] the attempt's whole record (JSON; written over the `started` record the claim
--- pushed, without reading it)  ARGV[5] delivery id
+-- ARGV[4] the attempt's whole record (JSON; pushed to the attempts list, which the claim left
+-- without one: the ledger's `started_at` marked the attempt open)  ARGV[5] delivery id
 -- ARGV[6] retry task id  ARGV[7] retry due (ms)  ARGV[8] dead reason  ARGV[9] '1' if 401/403
 -- ARGV[10] seconds a delivered record is kept for inspection
 -- KEYS[8] the resident lock  ARGV[11] its token: released here if still ours ('' = keep it),
@@ -24,7 +24,7 @@
 -- event moved the state during the call, nothing else happens (the lock stays held) and the
 -- answer is 'moved': the worker converges again.
 -- `count` comes from the prelude (batch.rs): within a batch each counter is added once.
-local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'overrode')
+local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'overrode', 'open')
 local function history(outcome)
   if ARGV[12] == '' then return end
   local entry = ARGV[12]
@@ -72,14 +72,19 @@ end
 history(nil)
 local now = tonumber(ARGV[2])
 local kind = ARGV[3]
--- No attempts list (it expired, or was purged meanwhile): nothing to write over.
-redis.pcall('LSET', KEYS[2], -1, ARGV[4])
+if ledger[3] == '0' then
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+else
+  -- Claimed by a release that pushed a `started` record (no `open` = '0' in the ledger):
+  -- the record replaces it. No list (it expired, or was purged): nothing to write over.
+  redis.pcall('LSET', KEYS[2], -1, ARGV[4])
+end
 if ARGV[9] == '1' then
   count(KEYS[4], 'auth_failures')
 end
 if kind == 'delivered' then
-  redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', now, 'current_task', '',
-    'open', 0)
+  redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', ARGV[2], 'current_task', '',
+    'open', '0', 'started_at', '0')
   redis.call('EXPIRE', KEYS[1], ARGV[10])
   redis.call('EXPIRE', KEYS[2], ARGV[10])
   count(KEYS[4], 'delivered')
@@ -92,26 +97,26 @@ if kind == 'delivered' then
     local pending = tonumber(redis.call('HGET', KEYS[10], 'next_check') or '0')
     if not (pending > now and pending <= due) then
       local task = ARGV[22]
-      redis.call('HSET', KEYS[10], 'next_check', due)
-      redis.call('HSET', KEYS[12], 'job', ARGV[23], 'event', '{}', 'first_seen', now,
-        'attempts', 0, 'open', 0, 'current_task', task, 'status', 'pending', 'replays', 0)
+      redis.call('HSET', KEYS[10], 'next_check', ARGV[21])
+      redis.call('HSET', KEYS[12], 'job', ARGV[23], 'event', '{}', 'first_seen', ARGV[2],
+        'attempts', '0', 'open', '0', 'current_task', task, 'status', 'pending', 'replays', 0)
       redis.call('HSET', KEYS[5], task, ARGV[23])
-      redis.call('ZADD', KEYS[7], due, task)
-      redis.call('ZADD', KEYS[13], due, task)
+      redis.call('ZADD', KEYS[7], ARGV[21], task)
+      redis.call('ZADD', KEYS[13], ARGV[21], task)
       return 'delivered+scheduled'
     end
   end
 elseif kind == 'retry' then
   local task = ARGV[6]
   local due = ARGV[7]
-  redis.call('HSET', KEYS[1], 'current_task', task, 'open', 0)
+  redis.call('HSET', KEYS[1], 'current_task', task, 'open', '0', 'started_at', '0')
   redis.call('HSET', KEYS[5], task, redis.call('HGET', KEYS[1], 'job'))
   redis.call('ZADD', KEYS[7], due, task)
   count(KEYS[4], 'retries')
 else
-  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', ARGV[8], 'dead_at', now, 'current_task', '',
-    'open', 0)
-  redis.call('ZADD', KEYS[3], now, ARGV[5])
+  redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', ARGV[8], 'dead_at', ARGV[2], 'current_task', '',
+    'open', '0', 'started_at', '0')
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[5])
   count(KEYS[4], 'dead_lettered')
 end
 return kind

@@ -6,23 +6,39 @@
 -- (as of `now`, the caller's clock) removed — reads hide them meanwhile — so most appends write
 -- nothing but the entries (each write costs an fsync under appendfsync always, and every
 -- command here runs for every job).
+-- A history that did not exist (a resident's first convergence, the common case while a
+-- building is being loaded) needs no count and no trim unless what was just added already
+-- breaks a limit, which is checked here without asking Redis: one command fewer per entry
+-- written costs two fewer commands per job on that path.
+-- Times and limits go to Redis as the strings they came in: a Lua number passed to
+-- `redis.call` is formatted with `%.17g`, which showed in Redis's profile.
 -- A cap of 0 entries records nothing.
 local function append_history(key, at, entry, max_entries, max_age_ms, now, at2, entry2)
-  max_entries = tonumber(max_entries)
-  max_age_ms = tonumber(max_age_ms)
-  if max_entries <= 0 or max_age_ms <= 0 then return end
-  if entry2 then
-    redis.call('ZADD', key, tonumber(at), entry, tonumber(at2), entry2)
-  else
-    redis.call('ZADD', key, tonumber(at), entry)
-  end
-  if redis.call('ZCARD', key) > max_entries then
-    redis.call('ZREMRANGEBYRANK', key, 0, -(max_entries + 1))
-  end
+  local cap, age = tonumber(max_entries), tonumber(max_age_ms)
+  if cap <= 0 or age <= 0 then return end
   local ttl = redis.call('PTTL', key)
-  if ttl < 0 or ttl < max_age_ms - 86400000 then
+  if entry2 then
+    redis.call('ZADD', key, at, entry, at2, entry2)
+  else
+    redis.call('ZADD', key, at, entry)
+  end
+  local oldest = tonumber(now) - age
+  if ttl == -2 then
+    if cap < (entry2 and 2 or 1) then
+      redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
+    end
+    if tonumber(at) < oldest or (entry2 and tonumber(at2) < oldest) then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', oldest))
+    end
+    redis.call('PEXPIRE', key, max_age_ms)
+    return
+  end
+  if redis.call('ZCARD', key) > cap then
+    redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
+  end
+  if ttl < 0 or ttl < age - 86400000 then
     -- Removing nothing is not replicated: only a real trim costs a write.
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', tonumber(now) - max_age_ms))
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', oldest))
     redis.call('PEXPIRE', key, max_age_ms)
   end
 end
