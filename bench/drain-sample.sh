@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Redis's cost per job in the 0 ms drain, sampled from Redis itself: one single run of the
+# harness (no scrapes), with `INFO all` read twice, 5 s apart, while the worker drains. Prints
+# the drain rate and, per job between the two readings: commands run inside scripts, script
+# time (`INFO commandstats`), Redis CPU (`used_cpu_*`), AOF bytes appended and forks (an AOF
+# rewrite in the window makes the AOF figure meaningless). For comparing two builds, run it
+# alternately on each (BENCHMARKS.md, "What each change bought"); a single run moves by ±15 %.
+#
+# usage: bench/drain-sample.sh [LEASE_SYNC_BINARY]   (default: target/release/lease-sync)
+# Needs redis-cli (Debian's redis-tools) and a release build of lease-sync-bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=$(realpath "${1:-target/release/lease-sync}")
+bench=${CARGO_TARGET_DIR:-target}/release/lease-sync-bench
+work=$(mktemp -d "${TMPDIR:-/tmp}/lease-sync-drain-sample.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+"$bench" run --runs 1 --scrape-every 0 --lease-sync "$bin" --out "$work/out" \
+  --work "$work/run" --keep-work >"$work/run.log" 2>&1 &
+harness=$!
+
+# The worker process starts with the drain phase; the run's Redis logs its port.
+for _ in $(seq 1 1200); do
+  pgrep -f "$bin work" >/dev/null && break
+  kill -0 "$harness" 2>/dev/null || { cat "$work/run.log"; exit 1; }
+  sleep 0.5
+done
+port=$(grep -o 'port=[0-9]*' "$work/run/run-1/redis/redis.log" | head -1 | cut -d= -f2)
+sleep 1
+redis-cli -p "$port" INFO all >"$work/info.1"
+sleep 5
+redis-cli -p "$port" INFO all >"$work/info.2"
+wait "$harness"
+
+python3 - "$work/info.1" "$work/info.2" <<'PY'
+import re, sys
+
+def load(path):
+    calls, fields = {}, {}
+    for line in open(path):
+        m = re.match(r"cmdstat_(\w+):calls=(\d+),usec=(\d+)", line)
+        if m:
+            calls[m[1]] = (int(m[2]), int(m[3]))
+        if ":" in line:
+            k, v = line.strip().split(":", 1)
+            fields[k] = v
+    return calls, fields
+
+(c1, f1), (c2, f2) = load(sys.argv[1]), load(sys.argv[2])
+# Every finished job leaves the in-flight set with one ZREM.
+jobs = c2["zrem"][0] - c1.get("zrem", (0, 0))[0]
+if jobs <= 0:
+    sys.exit("no job finished between the two readings")
+inner = sum(c2[k][0] - c1.get(k, (0, 0))[0] for k in c2 if k not in ("evalsha", "eval", "info"))
+script_us = (c2["evalsha"][1] - c1.get("evalsha", (0, 0))[1]) / jobs
+cpu = lambda f: float(f["used_cpu_sys"]) + float(f["used_cpu_user"])
+cpu_us = (cpu(f2) - cpu(f1)) * 1e6 / jobs
+aof = (int(f2["aof_current_size"]) - int(f1["aof_current_size"])) / jobs
+forks = int(f2["total_forks"]) - int(f1["total_forks"])
+print(f"jobs {jobs}  commands/job {inner / jobs:.2f}  script µs/job {script_us:.1f}  "
+      f"Redis CPU µs/job {cpu_us:.1f}  AOF B/job {aof:.0f}  forks {forks}")
+PY
+grep -o 'drain 0 ms → .*jobs/s' "$work/run.log"
