@@ -97,6 +97,12 @@ struct RunArgs {
     /// Redis `appendfsync`: `always` (what production must run) or `everysec`.
     #[arg(long, default_value = "always")]
     appendfsync: String,
+    /// A Redis setting for every Redis of the run (the yardstick's too), `NAME VALUE`, applied
+    /// with `CONFIG SET` once it answers; repeatable. A diagnostic: the results record it, and
+    /// the default is Redis's own configuration with the `appendfsync` above, e.g.
+    /// `--redis-config 'auto-aof-rewrite-percentage 0'` measures without AOF rewrites.
+    #[arg(long = "redis-config", value_name = "NAME VALUE")]
+    redis_config: Vec<String>,
     /// The Grafana dashboard to render.
     #[arg(long, default_value = "deploy/grafana/lease-sync.json")]
     dashboard: PathBuf,
@@ -435,6 +441,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         warmup_events: if short { 20 } else { 200 },
         concurrency: args.concurrency,
         appendfsync,
+        redis_config: args
+            .redis_config
+            .iter()
+            .map(|setting| suite::parse_redis_setting(setting))
+            .collect::<anyhow::Result<_>>()?,
         body_bytes: 1024,
         scrape_every: Duration::from_secs_f64(args.scrape_every.max(0.0)),
     };

@@ -40,6 +40,10 @@ pub struct Machine {
 pub struct Setup {
     /// `appendfsync` of every Redis in the run.
     pub appendfsync: String,
+    /// Other settings of every Redis in the run (`--redis-config`), `NAME VALUE`; none by
+    /// default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redis_config: Vec<String>,
     /// `worker.concurrency`.
     pub concurrency: usize,
     /// `worker.batch_size`.
@@ -566,7 +570,15 @@ pub fn chart(results: &Results) -> String {
 "##,
         n = results.runs.len(),
         nproc = results.machine.nproc,
-        fsync = results.setup.appendfsync,
+        fsync = if results.setup.redis_config.is_empty() {
+            results.setup.appendfsync.clone()
+        } else {
+            format!(
+                "{} ({})",
+                results.setup.appendfsync,
+                results.setup.redis_config.join(", ")
+            )
+        },
         build = results.machine.build,
     );
     // Left: measured ÷ target for the three throughput targets.

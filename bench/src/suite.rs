@@ -65,6 +65,8 @@ pub struct Options {
     pub concurrency: usize,
     /// `appendfsync` of Redis.
     pub appendfsync: Appendfsync,
+    /// Other Redis settings (name, value), set on every Redis of the run (`--redis-config`).
+    pub redis_config: Vec<(String, String)>,
     /// Body size of every event.
     pub body_bytes: usize,
     /// Scrape interval.
@@ -79,6 +81,11 @@ const POLL_INTERVAL_MS: u64 = 250;
 pub fn setup(opts: &Options, fixed_rate: f64) -> Setup {
     Setup {
         appendfsync: opts.appendfsync.to_string(),
+        redis_config: opts
+            .redis_config
+            .iter()
+            .map(|(name, value)| format!("{name} {value}"))
+            .collect(),
         concurrency: opts.concurrency,
         batch_size: BATCH_SIZE,
         poll_interval_ms: POLL_INTERVAL_MS,
@@ -184,6 +191,7 @@ pub async fn wait_quiet(below: f64, limit: Duration) -> f64 {
 pub async fn yardstick(opts: &Options, index: usize) -> anyhow::Result<Yardstick> {
     let dir = opts.work.join(format!("yardstick-{index}"));
     let mut redis = start_redis(&dir, opts.appendfsync).await?;
+    configure_redis(&redis, &opts.redis_config).await?;
     let output = tokio::time::timeout(
         Duration::from_secs(600),
         tokio::process::Command::new("redis-benchmark")
@@ -370,6 +378,39 @@ pub async fn start_redis(dir: &Path, appendfsync: Appendfsync) -> anyhow::Result
     .await
 }
 
+/// `NAME VALUE` (or `NAME=VALUE`) of `--redis-config`.
+pub fn parse_redis_setting(setting: &str) -> anyhow::Result<(String, String)> {
+    let (name, value) = setting
+        .trim()
+        .split_once([' ', '='])
+        .with_context(|| format!("--redis-config `{setting}`: expected `NAME VALUE`"))?;
+    anyhow::ensure!(
+        !name.is_empty() && !value.trim().is_empty(),
+        "--redis-config `{setting}`: expected `NAME VALUE`"
+    );
+    Ok((name.to_owned(), value.trim().to_owned()))
+}
+
+/// Applies `settings` to `redis` with `CONFIG SET`.
+async fn configure_redis(redis: &RedisServer, settings: &[(String, String)]) -> anyhow::Result<()> {
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let mut conn = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    for (name, value) in settings {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .with_context(|| format!("CONFIG SET {name} {value}"))?;
+    }
+    Ok(())
+}
+
 /// Whether a stopped process exited by itself (on SIGTERM) with status 0.
 fn clean_exit(status: Option<std::process::ExitStatus>) -> bool {
     status.is_some_and(|s| s.success())
@@ -539,6 +580,7 @@ pub async fn run_once(
     let dir = opts.work.join(format!("run-{index}"));
     std::fs::create_dir_all(&dir)?;
     let redis = start_redis(&dir.join("redis"), opts.appendfsync).await?;
+    configure_redis(&redis, &opts.redis_config).await?;
     let redis_conn = redis::Client::open(redis.url())?
         .get_multiplexed_async_connection()
         .await
@@ -850,6 +892,21 @@ mod tests {
     use lease_sync::config::Role;
 
     use super::*;
+
+    #[test]
+    fn a_redis_setting_is_a_name_and_a_value() {
+        let parsed = |s: &str| parse_redis_setting(s).ok();
+        let pair = |n: &str, v: &str| Some((n.to_owned(), v.to_owned()));
+        assert_eq!(
+            parsed("auto-aof-rewrite-percentage 0"),
+            pair("auto-aof-rewrite-percentage", "0")
+        );
+        assert_eq!(parsed("hz=50"), pair("hz", "50"));
+        assert_eq!(parsed("save 3600 1"), pair("save", "3600 1"));
+        assert_eq!(parsed("hz"), None);
+        assert_eq!(parsed("hz "), None);
+        assert_eq!(parsed(""), None);
+    }
 
     #[test]
     fn the_written_config_loads_and_serves_both_roles() {
