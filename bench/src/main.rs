@@ -478,7 +478,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.out.join("latest.json"),
         serde_json::to_string_pretty(&results)? + "\n",
     )?;
-    let table = report::markdown(&results);
+    // The `/metrics` measurement is a command of its own (`metrics`); its latest report,
+    // if `--out` holds one, goes into the table.
+    let metrics: Option<metrics_scale::Report> =
+        std::fs::read_to_string(args.out.join("metrics").join("metrics.json"))
+            .ok()
+            .and_then(|json| serde_json::from_str(&json).ok());
+    let table = report::markdown(&results, metrics.as_ref());
     std::fs::write(args.out.join("table.md"), &table)?;
     std::fs::write(args.out.join("chart.svg"), report::chart(&results))?;
     if !html.html.is_empty() {

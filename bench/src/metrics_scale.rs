@@ -45,7 +45,7 @@ pub struct Options {
 }
 
 /// Scrape times, in milliseconds.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Jobs queued.
     pub jobs: usize,

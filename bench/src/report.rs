@@ -427,8 +427,10 @@ fn verdict(t: &Target) -> &'static str {
     if t.pass { "**pass**" } else { "**miss**" }
 }
 
-/// The results as Markdown: the main table, then resources.
-pub fn markdown(results: &Results) -> String {
+/// The results as Markdown: the main table, then resources. `metrics` is the latest
+/// `lease-sync-bench metrics` report (`/metrics` with 100,000 jobs queued), measured
+/// separately; its row is left out without one.
+pub fn markdown(results: &Results, metrics: Option<&crate::metrics_scale::Report>) -> String {
     let s = &results.summary;
     let runs = &results.runs;
     let y = &results.yardstick;
@@ -513,9 +515,75 @@ pub fn markdown(results: &Results) -> String {
         t[4].threshold,
         verdict(&t[4])
     );
+    if let Some(m) = metrics {
+        let _ = writeln!(
+            out,
+            "| `/metrics` with {} jobs queued, p50 / p99 / max of {} scrapes (ms; `lease-sync-bench metrics`, measured separately) | | {:.2} / {:.2} / {:.2} | — | ≤ 10 ms | {} |",
+            m.jobs,
+            m.scrapes,
+            m.p50_ms,
+            m.p99_ms,
+            m.max_ms,
+            if m.max_ms <= 10.0 {
+                "**pass**"
+            } else {
+                "**miss**"
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "\n| resources (median of runs) | ingest, fixed rate | ingest, max rate | worker, 0 ms | worker, 50 ms |\n|---|---|---|---|---|"
+    );
+    // `evalsha` calls are script calls, each one round trip; every other command ran inside
+    // a script.
+    let script_calls = |calls: &BTreeMap<String, f64>| calls.get("evalsha").copied().unwrap_or(0.0);
+    let commands = |calls: &BTreeMap<String, f64>| {
+        calls
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "evalsha" | "eval" | "info"))
+            .map(|(_, per)| per)
+            .sum::<f64>()
+    };
+    let _ = writeln!(
+        out,
+        "| Redis script calls (round trips) per event / job: a job's claim and finish are one each, batched with other jobs' | {:.2} | {:.2} | {:.2} | {:.2} |",
+        median(
+            runs.iter()
+                .map(|r| script_calls(&r.ingest_fixed.redis_calls_per_event))
+        ),
+        median(
+            runs.iter()
+                .map(|r| script_calls(&r.ingest_max.redis_calls_per_event))
+        ),
+        median(
+            runs.iter()
+                .map(|r| script_calls(&r.drain_0ms.redis_calls_per_job))
+        ),
+        median(
+            runs.iter()
+                .map(|r| script_calls(&r.drain_50ms.redis_calls_per_job))
+        ),
+    );
+    let _ = writeln!(
+        out,
+        "| Redis commands per event / job, those inside scripts included | {:.1} | {:.1} | {:.1} | {:.1} |",
+        median(
+            runs.iter()
+                .map(|r| commands(&r.ingest_fixed.redis_calls_per_event))
+        ),
+        median(
+            runs.iter()
+                .map(|r| commands(&r.ingest_max.redis_calls_per_event))
+        ),
+        median(
+            runs.iter()
+                .map(|r| commands(&r.drain_0ms.redis_calls_per_job))
+        ),
+        median(
+            runs.iter()
+                .map(|r| commands(&r.drain_50ms.redis_calls_per_job))
+        ),
     );
     let _ = writeln!(
         out,
