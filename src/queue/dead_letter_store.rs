@@ -33,7 +33,8 @@ impl JobQueue {
     }
 
     /// For each of `ids`, in order, its ledger hash (empty if missing) and its last attempt
-    /// record as stored (JSON), in one round trip: what a listing shows of each entry.
+    /// record as stored (JSON; in the hash or the list, [`super::ledger::ledger_records`]), in
+    /// one round trip: what a listing shows of each entry.
     pub async fn dead_letter_summaries_raw(
         &self,
         ids: &[String],
@@ -54,12 +55,14 @@ impl JobQueue {
                     redis::FromRedisValue::from_redis_value(pair[0].clone()).unwrap_or_default();
                 let last: Option<String> =
                     redis::FromRedisValue::from_redis_value(pair[1].clone()).unwrap_or_default();
+                let last = super::ledger::ledger_records(&hash, last.into_iter().collect()).pop();
                 (hash, last)
             })
             .collect())
     }
 
-    /// The ledger hash and every attempt record (JSON, oldest first) of dead letter `id`;
+    /// The ledger hash and every attempt record (JSON, oldest first,
+    /// [`super::ledger::ledger_records`]) of dead letter `id`;
     /// `None` if `id` is not in the dead-letter set. One round trip.
     pub async fn dead_letter_raw(
         &self,
@@ -78,7 +81,10 @@ impl JobQueue {
             .arg(-1)
             .query_async(&mut conn)
             .await?;
-        Ok(score.map(|_| (hash, log)))
+        Ok(score.map(|_| {
+            let log = super::ledger::ledger_records(&hash, log);
+            (hash, log)
+        }))
     }
 
     /// Replays dead letter `id` (`lua/replay.lua`): takes it out of the dead-letter set and

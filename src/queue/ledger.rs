@@ -404,7 +404,7 @@ impl JobQueue {
 
 impl JobQueue {
     /// The ledger of one delivery: its status (`pending`, `delivered`, `dead`) and every
-    /// attempt record, oldest first, ending with a `started` record for an attempt in
+    /// attempt record ([`ledger_records`]), oldest first, ending with a `started` record for an attempt in
     /// progress (the ledger marks it open: no record is written until it ends). `None` when
     /// unknown (or expired after delivery).
     pub async fn delivery_log(
@@ -412,26 +412,29 @@ impl JobQueue {
         delivery_id: &str,
     ) -> Result<Option<(String, Vec<AttemptRecord>)>, QueueError> {
         let mut conn = self.conn.clone();
-        let ((status, attempts, started_at, task), log): (LedgerHead, Vec<String>) = redis::pipe()
-            .cmd("HMGET")
+        let (hash, list): (HashMap<String, String>, Vec<String>) = redis::pipe()
+            .cmd("HGETALL")
             .arg(self.keys.delivery(delivery_id))
-            .arg(&["status", "attempts", "started_at", "current_task"])
             .cmd("LRANGE")
             .arg(self.keys.attempts(delivery_id))
             .arg(0)
             .arg(-1)
             .query_async(&mut conn)
             .await?;
-        Ok(status.map(|s| {
-            let mut records: Vec<AttemptRecord> = log
-                .iter()
-                .filter_map(|r| serde_json::from_str(r).ok())
-                .collect();
-            if let Some(open) = open_attempt(attempts, started_at, task) {
-                records.push(open);
-            }
-            (s, records)
-        }))
+        let Some(status) = hash.get("status").cloned() else {
+            return Ok(None);
+        };
+        let open = open_attempt(
+            hash.get("attempts").and_then(|v| v.parse().ok()),
+            hash.get("started_at").and_then(|v| v.parse().ok()),
+            hash.get("current_task").cloned(),
+        );
+        let mut records: Vec<AttemptRecord> = ledger_records(&hash, list)
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect();
+        records.extend(open);
+        Ok(Some((status, records)))
     }
 
     /// Ids of the deliveries of one event that are still in the ledger (for tests and tools).
@@ -469,9 +472,36 @@ impl JobQueue {
     }
 }
 
-/// What [`JobQueue::delivery_log`] reads of a ledger: status, attempts, `started_at` and the
-/// current job.
-type LedgerHead = (Option<String>, Option<u32>, Option<i64>, Option<String>);
+/// The attempt records of a delivery (JSON), oldest first, from its ledger `hash` and its
+/// attempts `list`. A delivery queued by this release keeps them in its hash (`record:1` ..
+/// `record:<records>`, `lua/finish_attempt.lua`), one queued by an earlier release in its
+/// list. Both hold some only when workers of two releases ran its attempts during a rolling
+/// upgrade; they are then put in time order. A record that does not parse stays where it is
+/// in its own store's order.
+pub(crate) fn ledger_records(hash: &HashMap<String, String>, list: Vec<String>) -> Vec<String> {
+    let count = hash
+        .get("records")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let in_hash = (1..=count).filter_map(|i| hash.get(&format!("record:{i}")).cloned());
+    if list.is_empty() {
+        return in_hash.collect();
+    }
+    let mut records = list;
+    let from_list = records.len();
+    records.extend(in_hash);
+    if records.len() > from_list && from_list > 0 {
+        // When each record happened; a stable sort keeps each store's order among equals.
+        let at = |r: &String| {
+            serde_json::from_str::<AttemptRecord>(r)
+                .ok()
+                .and_then(|r| r.started_at.or(r.at).or(r.finished_at))
+                .unwrap_or(i64::MIN)
+        };
+        records.sort_by_key(at);
+    }
+    records
+}
 
 /// The record of the attempt a ledger marks open (`started_at` set, not `0`), as `started`.
 fn open_attempt(
@@ -499,6 +529,60 @@ fn dead_reason(reason: &str) -> Result<DeadReason, QueueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(attempt: u32, outcome: &str, started_at: i64) -> String {
+        serde_json::to_string(&AttemptRecord {
+            attempt: Some(attempt),
+            outcome: outcome.into(),
+            started_at: Some(started_at),
+            ..AttemptRecord::default()
+        })
+        .expect("json")
+    }
+
+    fn ledger(records: &[String]) -> HashMap<String, String> {
+        let mut hash: HashMap<String, String> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("record:{}", i + 1), r.clone()))
+            .collect();
+        hash.insert("records".into(), records.len().to_string());
+        hash.insert("status".into(), "pending".into());
+        hash
+    }
+
+    #[test]
+    fn records_come_from_the_ledger_hash_or_the_list_in_time_order() {
+        let (a, b, c) = (
+            record(1, "retry", 10),
+            record(2, "crashed", 20),
+            record(3, "delivered", 30),
+        );
+        // This release: the hash only, by number (not by field order).
+        assert_eq!(
+            ledger_records(&ledger(&[a.clone(), b.clone(), c.clone()]), vec![]),
+            [a.clone(), b.clone(), c.clone()]
+        );
+        // An earlier release: the list only, as stored.
+        let mut old = ledger(&[]);
+        old.remove("records");
+        assert_eq!(
+            ledger_records(&old, vec![c.clone(), a.clone()]),
+            [c.clone(), a.clone()],
+            "one store's order is kept"
+        );
+        // Both (a rolling upgrade): by time.
+        assert_eq!(
+            ledger_records(&ledger(&[a.clone(), c.clone()]), vec![b.clone()]),
+            [a.clone(), b.clone(), c]
+        );
+        // A count beyond the fields present, or one that does not parse, loses nothing else.
+        let mut hash = ledger(std::slice::from_ref(&a));
+        hash.insert("records".into(), "3".into());
+        assert_eq!(ledger_records(&hash, vec![]), [a]);
+        hash.insert("records".into(), "x".into());
+        assert_eq!(ledger_records(&hash, vec![b.clone()]), [b]);
+    }
 
     #[test]
     fn an_attempt_the_ledger_marks_open_reads_as_started() {

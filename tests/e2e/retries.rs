@@ -33,7 +33,7 @@ async fn wait_for_delivery(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_503s_then_201_is_delivered_on_attempt_4_after_growing_jittered_waits() {
-    let (_redis, openapp, app) = serve_with(|c| c.retry.base = Duration::from_millis(300)).await;
+    let (redis, openapp, app) = serve_with(|c| c.retry.base = Duration::from_millis(300)).await;
     for _ in 0..3 {
         openapp.sandbox.push_fault(Fault::Status {
             status: 503,
@@ -46,11 +46,23 @@ async fn three_503s_then_201_is_delivered_on_attempt_4_after_growing_jittered_wa
         event_body("lease.signed", "L-1", &["user-1"]),
     )
     .await;
-    let (_, log) = wait_for_delivery(&app, "evt-503", "delivered").await;
+    let (id, log) = wait_for_delivery(&app, "evt-503", "delivered").await;
 
     let outcomes: Vec<&str> = log.iter().map(|r| r.outcome.as_str()).collect();
     assert_eq!(outcomes, ["retry", "retry", "retry", "delivered"]);
     assert_eq!(log[3].attempt, Some(4));
+    // The records are kept in the ledger hash, which expires: no second key per delivery.
+    let keys = app.queue().keys().clone();
+    let ledger = keys.delivery(&id);
+    assert_eq!(redis.command(&["HGET", &ledger, "records"]).await, "4");
+    assert_eq!(
+        redis.command(&["EXISTS", &keys.attempts(&id)]).await,
+        "int(0)"
+    );
+    assert!(
+        redis.command(&["TTL", &ledger]).await != "int(-1)",
+        "a delivered ledger expires"
+    );
     assert_eq!(
         log.iter().map(|r| r.status).collect::<Vec<_>>(),
         [Some(503), Some(503), Some(503), Some(201)]

@@ -276,6 +276,8 @@ async fn attempt_left_open_by_an_older_release_is_marked_crashed(open: Option<&s
         Some(open) => redis.command(&["HSET", &ledger, "open", open]).await,
         None => redis.command(&["HDEL", &ledger, "open"]).await,
     };
+    // Those releases kept every record in the attempts list.
+    redis.command(&["HDEL", &ledger, "records"]).await;
     redis.command(&["HSET", &ledger, "attempts", "1"]).await;
     let started = json!({"attempt": 1, "task": task, "started_at": 1, "outcome": "started"});
     redis
@@ -300,4 +302,139 @@ async fn attempt_left_open_by_an_older_release_is_marked_crashed(open: Option<&s
     assert_eq!(redis.command(&["HGET", &ledger, "open"]).await, "0");
     assert_eq!(redis.command(&["HGET", &ledger, "started_at"]).await, "0");
     worker.stop().await;
+}
+
+/// Releases before attempt records moved into the ledger hash kept them in a list next to it
+/// (and wrote no `records` field). Such a delivery, queued and tried once by that release,
+/// goes on keeping its records in its list after the upgrade, and the list expires with the
+/// ledger once delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_tried_by_the_release_with_attempt_lists_keeps_its_list() {
+    let (redis, _openapp, settings, ingest, delivery) = one_queued_delivery().await;
+    let keys = lease_sync::queue::Keys::new(&settings.redis.namespace);
+    let ledger = keys.delivery(&delivery);
+    redis.command(&["HDEL", &ledger, "records"]).await;
+    retried_once_by_an_older_worker(&redis, &keys, &delivery).await;
+
+    let worker = TestApp::start(&settings, Role::Work).await;
+    let records = delivered_log(&ingest.queue(), &delivery).await;
+    assert_eq!(
+        records,
+        [
+            (Some(1), "retry".to_owned()),
+            (Some(2), "delivered".to_owned())
+        ]
+    );
+    assert_eq!(
+        redis.command(&["LLEN", &keys.attempts(&delivery)]).await,
+        "int(2)",
+        "both records in the list"
+    );
+    assert_eq!(
+        redis.command(&["HEXISTS", &ledger, "record:1"]).await,
+        "int(0)"
+    );
+    assert_expires(&redis, &keys.attempts(&delivery)).await;
+    assert_expires(&redis, &ledger).await;
+    worker.stop().await;
+}
+
+/// During a rolling upgrade, a worker of the release with attempt lists may record an attempt
+/// of a delivery queued by this release (it pushes to the list; this release writes to the
+/// ledger hash). The log shows both stores' records in time order, and the list expires with
+/// the ledger: it is not left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_recorded_in_a_list_during_a_rolling_upgrade_is_shown_and_expires() {
+    let (redis, _openapp, settings, ingest, delivery) = one_queued_delivery().await;
+    let keys = lease_sync::queue::Keys::new(&settings.redis.namespace);
+    let ledger = keys.delivery(&delivery);
+    assert_eq!(redis.command(&["HGET", &ledger, "records"]).await, "0");
+    retried_once_by_an_older_worker(&redis, &keys, &delivery).await;
+
+    let worker = TestApp::start(&settings, Role::Work).await;
+    let records = delivered_log(&ingest.queue(), &delivery).await;
+    assert_eq!(
+        records,
+        [
+            (Some(1), "retry".to_owned()),
+            (Some(2), "delivered".to_owned())
+        ]
+    );
+    assert_eq!(redis.command(&["HGET", &ledger, "records"]).await, "1");
+    assert_expires(&redis, &keys.attempts(&delivery)).await;
+    assert_expires(&redis, &ledger).await;
+    worker.stop().await;
+}
+
+/// One convergence queued through ingest, with its delivery id.
+async fn one_queued_delivery() -> (
+    lease_sync_testkit::RedisServer,
+    FakeOpenApp,
+    lease_sync::config::Settings,
+    TestApp,
+    String,
+) {
+    let redis = lease_sync_testkit::RedisServer::start().await;
+    let openapp = FakeOpenApp::start().await;
+    let settings = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    let ingest = TestApp::start(&settings, Role::Ingest).await;
+    let reply = post_event(
+        &ingest,
+        "evt-1",
+        event_body("lease.signed", "L-1", &["user-1"]),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let deliveries = ingest.queue().deliveries_of("evt-1").await.expect("redis");
+    let [delivery] = deliveries.as_slice() else {
+        panic!("one delivery: {deliveries:?}")
+    };
+    let delivery = delivery.clone();
+    (redis, openapp, settings, ingest, delivery)
+}
+
+/// What a worker of the release with attempt lists leaves after attempt 1 of `delivery` got
+/// a 503: the attempt counted and its record in the list. (That release queued the retry as a
+/// new job; here the queued job stays current, which the next claim cannot tell apart.)
+async fn retried_once_by_an_older_worker(
+    redis: &lease_sync_testkit::RedisServer,
+    keys: &lease_sync::queue::Keys,
+    delivery: &str,
+) {
+    let ledger = keys.delivery(delivery);
+    let task = redis.command(&["HGET", &ledger, "current_task"]).await;
+    let started_at = lease_sync::queue::now_ms() - 2_000;
+    let record = json!({"attempt": 1, "task": task, "started_at": started_at,
+        "finished_at": started_at + 10, "outcome": "retry", "status": 503});
+    redis.command(&["HSET", &ledger, "attempts", "1"]).await;
+    redis
+        .command(&["RPUSH", &keys.attempts(delivery), &record.to_string()])
+        .await;
+}
+
+/// Waits for `delivery` to be delivered; its records' attempt numbers and outcomes.
+async fn delivered_log(
+    queue: &lease_sync::queue::JobQueue,
+    delivery: &str,
+) -> Vec<(Option<u32>, String)> {
+    let records = wait_until("the delivery to be delivered", LIMIT, || async {
+        let (status, records) = queue.delivery_log(delivery).await.ok()??;
+        (status == "delivered").then_some(records)
+    })
+    .await;
+    records
+        .into_iter()
+        .map(|r| (r.attempt, r.outcome))
+        .collect()
+}
+
+/// `key` exists and expires.
+async fn assert_expires(redis: &lease_sync_testkit::RedisServer, key: &str) {
+    let ttl = redis.command(&["PTTL", key]).await;
+    let ms: i64 = ttl
+        .strip_prefix("int(")
+        .and_then(|t| t.strip_suffix(')'))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("PTTL {key}: {ttl}"));
+    assert!(ms > 0, "{key} does not expire (PTTL {ms})");
 }

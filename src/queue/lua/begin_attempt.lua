@@ -1,8 +1,8 @@
 -- Counts an attempt before the OpenApp call, so a worker that dies mid-call still uses one.
 -- A convergence also takes its resident's lock and reads the resident's state here, so that
 -- claiming a job is one round trip.
--- KEYS[1] delivery hash  KEYS[2] its attempts list  KEYS[3] dead-letter zset  KEYS[4] stats hash
--- KEYS[5] in-flight set  KEYS[6] job data hash
+-- KEYS[1] delivery hash  KEYS[2] its attempts list (records of a delivery without `records`)
+-- KEYS[3] dead-letter zset  KEYS[4] stats hash  KEYS[5] in-flight set  KEYS[6] job data hash
 -- KEYS[7] resident lock, KEYS[8] resident hash, KEYS[9] the resident's history, KEYS[10] the
 -- paused integrations hash, KEYS[11] the integration's held list (convergences only)
 -- ARGV[1] job id  ARGV[2] max attempts  ARGV[3] now (ms)  ARGV[4] delivery id
@@ -13,12 +13,14 @@
 -- job appends to the history once); the same entry each time, so writing it again changes
 -- nothing (convergences only)
 -- No record is written here: the delivery's `started_at` field holds the start (ms) of its
--- last attempt (number `attempts`) from here until the finish pushes that attempt's whole
+-- last attempt (number `attempts`) from here until the finish writes that attempt's whole
 -- record ('0' or absent: none open), which saves a write per job. A claim that finds one
--- still open pushes it as `crashed`: its worker died. Releases before 2026-12-04 pushed a
--- `started` record here instead; the `open` field says whether the last record may be one of
--- those ('1', or absent on a delivery written before the field existed: checked each time;
--- '0': not), to be marked crashed in place. `hexists_shared` and `count` come from the prelude (batch.rs): within a
+-- still open records it as `crashed`: its worker died. Where records go: a delivery with a
+-- `records` field (queued by this release) keeps them in its hash as `record:1` ..
+-- `record:<records>`; one without (queued by an earlier release) in its attempts list.
+-- Releases before 2026-12-04 pushed a `started` record here instead; the `open` field says
+-- whether the last list record may be one of those ('1', or absent on a delivery written
+-- before the field existed: checked each time; '0': not), to be marked crashed in place. `hexists_shared` and `count` come from the prelude (batch.rs): within a
 -- batch the pause check is made once per integration and the counters are added once.
 -- A convergence of a paused integration is held instead: it leaves the in-flight set for the
 -- held list (its payload stays), nothing is counted and no lock taken: {'held', 0, '', {}}.
@@ -63,14 +65,16 @@ local function answer(kind, n, reason)
   if redis.call('GET', KEYS[7]) == ARGV[5] then redis.call('DEL', KEYS[7]) end
   return {kind, n, reason, {}}
 end
-local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'attempts', 'open', 'started_at')
+local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'attempts', 'open', 'started_at', 'records')
 if ledger[1] ~= ARGV[1] then
   -- Finished, replayed or superseded by a retry: a duplicate run of an old task.
   count(KEYS[4], 'stale_tasks')
   return answer('stale', 0, '')
 end
 local now = tonumber(ARGV[3])
-local last = ledger[3] ~= '0' and redis.call('LINDEX', KEYS[2], -1)
+local in_hash = ledger[5]
+local records = tonumber(ledger[5] or '0')
+local last = not in_hash and ledger[3] ~= '0' and redis.call('LINDEX', KEYS[2], -1)
 if last then
   local record = cjson.decode(last)
   if record.outcome == 'started' then
@@ -83,9 +87,31 @@ if last then
 end
 if ledger[4] and ledger[4] ~= '0' then
   -- The previous attempt never reported back: its worker died.
-  redis.call('RPUSH', KEYS[2], cjson.encode({attempt = tonumber(ledger[2] or '0'), task = ARGV[1],
+  local crashed = cjson.encode({attempt = tonumber(ledger[2] or '0'), task = ARGV[1],
     started_at = tonumber(ledger[4]), outcome = 'crashed', finished_at = now,
-    message = 'the worker stopped during this attempt (killed, crashed or shut down)'}))
+    message = 'the worker stopped during this attempt (killed, crashed or shut down)'})
+  if in_hash then
+    records = records + 1
+    redis.call('HSET', KEYS[1], 'record:' .. records, crashed, 'records', records)
+  else
+    redis.call('RPUSH', KEYS[2], crashed)
+  end
+end
+-- The last k attempt records, oldest first.
+local function last_records(k)
+  if not in_hash then
+    return redis.call('LRANGE', KEYS[2], -k, -1)
+  end
+  local fields = {}
+  for i = math.max(1, records - k + 1), records do
+    fields[#fields + 1] = 'record:' .. i
+  end
+  if #fields == 0 then return {} end
+  local found = {}
+  for _, r in ipairs(redis.call('HMGET', KEYS[1], unpack(fields))) do
+    if r then found[#found + 1] = r end
+  end
+  return found
 end
 local max = tonumber(ARGV[2])
 local made = tonumber(ledger[2] or '0')
@@ -93,7 +119,7 @@ if made >= max then
   -- Budget used up by crashes: the last min(3, max) attempts all crashed → crash_loop.
   local k = math.min(3, max)
   local crashes = 0
-  for _, r in ipairs(redis.call('LRANGE', KEYS[2], -k, -1)) do
+  for _, r in ipairs(last_records(k)) do
     if cjson.decode(r).outcome == 'crashed' then crashes = crashes + 1 end
   end
   local reason = 'exhausted'

@@ -76,7 +76,7 @@ for i = 12, #ARGV, 4 do
     redis.call('SADD', KEYS[5], user)
     redis.call('HSET', ledger,
       'job', job, 'event', ARGV[3], 'first_seen', ARGV[2], 'attempts', 0, 'open', 0,
-      'current_task', task, 'status', 'pending', 'replays', 0)
+      'current_task', task, 'status', 'pending', 'replays', 0, 'records', 0)
     if overrode then
       redis.call('HSET', ledger, 'overrode', 1)
     end

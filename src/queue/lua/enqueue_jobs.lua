@@ -20,7 +20,7 @@ for i = 5, #ARGV, 2 do
   local task, job = ARGV[i], ARGV[i + 1]
   redis.call('HSET', KEYS[k],
     'job', job, 'event', ARGV[3], 'first_seen', ARGV[2], 'attempts', 0, 'open', 0,
-    'current_task', task, 'status', 'pending', 'replays', 0)
+    'current_task', task, 'status', 'pending', 'replays', 0, 'records', 0)
   k = k + 1
   redis.call('HSET', KEYS[2], task, job)
   redis.call('RPUSH', KEYS[3], task)

@@ -3,8 +3,11 @@
 -- KEYS[5] job data hash  KEYS[6] in-flight set  KEYS[7] scheduled set
 -- ARGV[1] job id (it ends here, whatever the outcome but 'moved': it leaves the in-flight
 -- set and its payload is dropped)  ARGV[2] now (ms)  ARGV[3] kind: delivered | retry | dead
--- ARGV[4] the attempt's whole record (JSON; pushed to the attempts list, which the claim left
--- without one: the ledger's `started_at` marked the attempt open)  ARGV[5] delivery id
+-- ARGV[4] the attempt's whole record (JSON; the claim wrote none: the ledger's `started_at`
+-- marked the attempt open). It goes into the ledger hash as `record:<n>` with `records` = n,
+-- in the same HSET that closes the attempt, when the ledger has a `records` field (queued by
+-- this release: one key per delivery instead of two, two writes fewer per job); else to the
+-- attempts list of a delivery queued by an earlier release.  ARGV[5] delivery id
 -- ARGV[6] retry task id  ARGV[7] retry due (ms)  ARGV[8] dead reason  ARGV[9] '1' if 401/403
 -- ARGV[10] seconds a delivered record is kept for inspection
 -- KEYS[8] the resident lock  ARGV[11] its token: released here if still ours ('' = keep it),
@@ -24,7 +27,7 @@
 -- event moved the state during the call, nothing else happens (the lock stays held) and the
 -- answer is 'moved': the worker converges again.
 -- `count` comes from the prelude (batch.rs): within a batch each counter is added once.
-local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'overrode', 'open')
+local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'overrode', 'open', 'records', 'attempts', 'replays')
 local function history(outcome)
   if ARGV[12] == '' then return end
   local entry = ARGV[12]
@@ -72,7 +75,12 @@ end
 history(nil)
 local now = tonumber(ARGV[2])
 local kind = ARGV[3]
-if ledger[3] == '0' then
+-- The record's fields, written with the ledger's other fields below.
+local record = {}
+if ledger[4] then
+  local n = tonumber(ledger[4]) + 1
+  record = {'record:' .. n, ARGV[4], 'records', n}
+elseif ledger[3] == '0' then
   redis.call('RPUSH', KEYS[2], ARGV[4])
 else
   -- Claimed by a release that pushed a `started` record (no `open` = '0' in the ledger):
@@ -84,9 +92,15 @@ if ARGV[9] == '1' then
 end
 if kind == 'delivered' then
   redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', ARGV[2], 'current_task', '',
-    'open', '0', 'started_at', '0')
+    'open', '0', 'started_at', '0', unpack(record))
   redis.call('EXPIRE', KEYS[1], ARGV[10])
-  redis.call('EXPIRE', KEYS[2], ARGV[10])
+  -- A list expires with its ledger. A delivery that keeps its records in its hash has none,
+  -- unless a worker of an earlier release recorded an attempt of it during a rolling upgrade,
+  -- which needs an attempt before this one or a replay: on the first attempt of a delivery
+  -- never replayed (the happy path) there is no list to expire.
+  if not ledger[4] or ledger[5] ~= '1' or (ledger[6] and ledger[6] ~= '0') then
+    redis.call('EXPIRE', KEYS[2], ARGV[10])
+  end
   count(KEYS[4], 'delivered')
   -- A lease window opening or closing later needs a convergence then: KEYS[12] the new
   -- delivery's hash, KEYS[13] the convergences index (due by task, for the pending gauge),
@@ -99,7 +113,8 @@ if kind == 'delivered' then
       local task = ARGV[22]
       redis.call('HSET', KEYS[10], 'next_check', ARGV[21])
       redis.call('HSET', KEYS[12], 'job', ARGV[23], 'event', '{}', 'first_seen', ARGV[2],
-        'attempts', '0', 'open', '0', 'current_task', task, 'status', 'pending', 'replays', 0)
+        'attempts', '0', 'open', '0', 'current_task', task, 'status', 'pending', 'replays', 0,
+        'records', 0)
       redis.call('HSET', KEYS[5], task, ARGV[23])
       redis.call('ZADD', KEYS[7], ARGV[21], task)
       redis.call('ZADD', KEYS[13], ARGV[21], task)
@@ -109,13 +124,13 @@ if kind == 'delivered' then
 elseif kind == 'retry' then
   local task = ARGV[6]
   local due = ARGV[7]
-  redis.call('HSET', KEYS[1], 'current_task', task, 'open', '0', 'started_at', '0')
+  redis.call('HSET', KEYS[1], 'current_task', task, 'open', '0', 'started_at', '0', unpack(record))
   redis.call('HSET', KEYS[5], task, redis.call('HGET', KEYS[1], 'job'))
   redis.call('ZADD', KEYS[7], due, task)
   count(KEYS[4], 'retries')
 else
   redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', ARGV[8], 'dead_at', ARGV[2], 'current_task', '',
-    'open', '0', 'started_at', '0')
+    'open', '0', 'started_at', '0', unpack(record))
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[5])
   count(KEYS[4], 'dead_lettered')
 end
