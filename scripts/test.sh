@@ -6,7 +6,8 @@
 # smoke mode as a new user runs it (its cargo build included, so the binary is found wherever
 # CARGO_TARGET_DIR puts it; free ports, a temporary state directory), then the benchmark
 # harness end to end in its short mode (bench/run.sh --short: tiny counts, results not
-# asserted; it reuses the debug binaries the tests just built).
+# asserted; it reuses the debug binaries the tests just built), and the Redis ceiling benchmark
+# in its short mode (bench/redis-ceiling.sh --short: every layout runs, its jobs all counted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-redis.sh
@@ -37,3 +38,4 @@ env -u LEASE_SYNC_BIN QUICKSTART_SMOKE=1 QUICKSTART_DIR="$quickstart_dir" REDIS_
   scripts/quickstart.sh
 
 bench/run.sh --short
+bench/redis-ceiling.sh --short
