@@ -72,11 +72,16 @@ start_redis() {
     if redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
       --appendfsync always --save '' --daemonize yes --logfile "$dir/redis.log" >/dev/null; then
       for _ in $(seq 1 100); do
-        redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+        # Ours, not another server that took the port meanwhile: it runs in our directory.
+        if redis-cli -p "$port" ping >/dev/null 2>&1; then
+          [ "$(redis-cli -p "$port" CONFIG GET dir | tail -1)" = "$(cd "$dir" && pwd -P)" ] && return 0
+          break
+        fi
         sleep 0.05
       done
     fi
   done
+  port=
   echo "error: could not start redis-server" >&2
   exit 1
 }
