@@ -10,7 +10,8 @@
 # calls of 6 (about what the worker's batches carry) from 16 connections (the worker's
 # concurrency). Layouts alternate within each run, so a slow moment of the machine falls on
 # all of them. Prints, per layout and run: jobs/s, its ratio to RPOP, Redis CPU and script
-# time per job, AOF bytes per job and the AOF rewrites during the run.
+# time per job, AOF bytes per job and the AOF rewrites during the run, and the costliest
+# commands inside the scripts (`INFO commandstats`).
 #
 # usage: bench/redis-ceiling.sh [--runs N] [--short] [LAYOUT ...]
 #   layouts (job.lua): lists, records-in-hash (this release; the default with lists),
@@ -139,7 +140,13 @@ for run in $(seq 1 "$runs"); do
     persistence=$(info persistence)
     aof1=$(field aof_current_size <<<"$persistence")
     rewrites=$(($(field aof_rewrites <<<"$persistence") - rewrites0))
-    script_usec=$(info commandstats | sed -n 's/^cmdstat_evalsha:calls=[0-9]*,usec=\([0-9]*\).*/\1/p')
+    commandstats=$(info commandstats)
+    script_usec=$(sed -n 's/^cmdstat_evalsha:calls=[0-9]*,usec=\([0-9]*\).*/\1/p' <<<"$commandstats")
+    # The commands the scripts ran, costliest first: µs per job (calls per job).
+    costliest=$(sed -n 's/^cmdstat_\([a-z]*\):calls=\([0-9]*\),usec=\([0-9]*\).*/\1 \2 \3/p' <<<"$commandstats" |
+      awk -v n="$jobs" '$1 != "evalsha" && $1 != "config" && $1 != "info" {
+          printf "%.2f %s %.2f (%.1f)\n", $3 / n, $1, $3 / n, $2 / n }' |
+      sort -rn | head -6 | cut -d' ' -f2- | paste -sd' ' | sed 's/ (/(/g; s/) /), /g')
     ticks=$(getconf CLK_TCK)
     awk -v layout="$layout" -v rps="$rps" -v per="$per_call" -v rpop="$rpop" -v n="$jobs" \
       -v cpu=$((cpu1 - cpu0)) -v hz="$ticks" -v us="$script_usec" -v aof=$((aof1 - aof0)) \
@@ -148,6 +155,7 @@ for run in $(seq 1 "$runs"); do
         bytes = rw == 0 ? sprintf("%5d", aof / n) : "  n/a"
         printf "  %-16s %7d jobs/s = %.2f × RPOP   Redis CPU %5.1f µs/job   script %5.1f µs/job   AOF %s B/job   rewrites %d\n",
           layout, rps * per, rps * per / rpop, cpu * 1e6 / hz / n, us / n, bytes, rw }'
+    echo "                     costliest commands, µs per job (calls per job): $costliest"
     stop_redis
   done
 done
