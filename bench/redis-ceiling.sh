@@ -13,9 +13,11 @@
 # time per job, AOF bytes per job and the AOF rewrites during the run, and the costliest
 # commands inside the scripts (`INFO commandstats`).
 #
-# usage: bench/redis-ceiling.sh [--runs N] [--short] [LAYOUT ...]
+# usage: bench/redis-ceiling.sh [--runs N] [--connections C] [--jobs-per-call J] [--short] [LAYOUT ...]
 #   layouts (job.lua): lists, records-in-hash (this release; the default with lists),
 #   lock-in-hash, three-writes
+#   --connections (16), --jobs-per-call (6): at most C × J jobs reach Redis per turn of its
+#   event loop, and each turn ends with one fsync
 #   --short: 1,200 jobs, one run, every layout: checks that each works (CI), in seconds
 # Fails if a layout's script failed (the jobs it counted fall short).
 # Needs redis-server, redis-cli and redis-benchmark (Debian: redis-server, redis-tools).
@@ -24,12 +26,22 @@ cd "$(dirname "$0")/redis-ceiling"
 
 runs=3
 jobs=120000
+per_call=6
+connections=16
 yardstick_requests=200000
 layouts=()
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --runs)
       runs="$2"
+      shift
+      ;;
+    --connections)
+      connections="$2"
+      shift
+      ;;
+    --jobs-per-call)
+      per_call="$2"
       shift
       ;;
     --short)
@@ -52,8 +64,6 @@ for layout in "${layouts[@]}"; do
       ;;
   esac
 done
-per_call=6
-connections=16
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/lease-sync-redis-ceiling.XXXXXX")
 port=
@@ -105,6 +115,7 @@ record='{"attempt":1,"outcome":"delivered","started_at":1796385818372,"finished_
 fold='{"at":1796385817798,"kind":"folded","source":"bench","event_id":"evt_r1f_107","lease_id":"L-r1f-107","event_type":"lease.signed","outcome":"changed","delivery_id":"01M90F0H66W0NR20ND82NZCEKD"}'
 
 echo "redis: $(redis-server --version)"
+echo "jobs per script call: $per_call, connections: $connections"
 for run in $(seq 1 "$runs"); do
   start_redis "yardstick-$run"
   # As bench/run.sh measures it: RPOP right after LPUSH, so each pops a 1 KB value (a write).
