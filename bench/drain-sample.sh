@@ -6,17 +6,20 @@
 # rewrite in the window makes the AOF figure meaningless). For comparing two builds, run it
 # alternately on each (BENCHMARKS.md, "What each change bought"); a single run moves by ±15 %.
 #
-# usage: bench/drain-sample.sh [LEASE_SYNC_BINARY]   (default: target/release/lease-sync)
+# usage: bench/drain-sample.sh [LEASE_SYNC_BINARY [HARNESS_ARGS ...]]
+#   (default binary: target/release/lease-sync; HARNESS_ARGS go to `lease-sync-bench run`,
+#   e.g. --concurrency 32)
 # Needs redis-cli (Debian's redis-tools) and a release build of lease-sync-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/release/lease-sync}")
+shift || true
 bench=${CARGO_TARGET_DIR:-target}/release/lease-sync-bench
 work=$(mktemp -d "${TMPDIR:-/tmp}/lease-sync-drain-sample.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 "$bench" run --runs 1 --scrape-every 0 --lease-sync "$bin" --out "$work/out" \
-  --work "$work/run" --keep-work >"$work/run.log" 2>&1 &
+  --work "$work/run" --keep-work "$@" >"$work/run.log" 2>&1 &
 harness=$!
 
 # The worker process starts with the drain phase; the run's Redis logs its port.
@@ -57,7 +60,8 @@ cpu = lambda f: float(f["used_cpu_sys"]) + float(f["used_cpu_user"])
 cpu_us = (cpu(f2) - cpu(f1)) * 1e6 / jobs
 aof = (int(f2["aof_current_size"]) - int(f1["aof_current_size"])) / jobs
 forks = int(f2["total_forks"]) - int(f1["total_forks"])
-print(f"jobs {jobs}  commands/job {inner / jobs:.2f}  script µs/job {script_us:.1f}  "
+calls = c2["evalsha"][0] - c1.get("evalsha", (0, 0))[0]
+print(f"jobs {jobs}  script calls/job {calls / jobs:.3f}  commands/job {inner / jobs:.2f}  script µs/job {script_us:.1f}  "
       f"Redis CPU µs/job {cpu_us:.1f}  AOF B/job {aof:.0f}  forks {forks}")
 PY
 grep -o 'drain 0 ms → .*jobs/s' "$work/run.log"
