@@ -3,7 +3,9 @@
 # harness (no scrapes), with `INFO all` read twice, 5 s apart, while the worker drains. Prints
 # the drain rate and, per job between the two readings: commands run inside scripts, script
 # time (`INFO commandstats`), Redis CPU (`used_cpu_*`), AOF bytes appended and forks (an AOF
-# rewrite in the window makes the AOF figure meaningless). For comparing two builds, run it
+# rewrite in the window makes the AOF figure meaningless); then the CPU per job of the worker
+# and of the OpenApp sandbox (`/proc/PID/stat`) and the machine's idle share over the same
+# window, which say whether the machine, not Redis, ran out of CPU. For comparing two builds, run it
 # alternately on each (BENCHMARKS.md, "What each change bought"); a single run moves by ±15 %.
 #
 # usage: bench/drain-sample.sh [LEASE_SYNC_BINARY [HARNESS_ARGS ...]]
@@ -29,13 +31,19 @@ for _ in $(seq 1 1200); do
   sleep 0.5
 done
 port=$(grep -o 'port=[0-9]*' "$work/run/run-1/redis/redis.log" | head -1 | cut -d= -f2)
+worker=$(pgrep -f "$bin work" | head -1)
+sandbox=$(pgrep -f "$bin sandbox-openapp" | head -1 || true)
+# utime + stime of a process, in clock ticks (0 once it is gone).
+ticks() { [ -n "$1" ] && awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 sleep 1
 redis-cli -p "$port" INFO all >"$work/info.1"
+echo "$(ticks "$worker") $(ticks "$sandbox") $(head -1 /proc/stat)" >"$work/procs.1"
 sleep 5
 redis-cli -p "$port" INFO all >"$work/info.2"
+echo "$(ticks "$worker") $(ticks "$sandbox") $(head -1 /proc/stat)" >"$work/procs.2"
 wait "$harness"
 
-python3 - "$work/info.1" "$work/info.2" <<'PY'
+python3 - "$work/info.1" "$work/info.2" "$work/procs.1" "$work/procs.2" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 
 def load(path):
@@ -63,5 +71,13 @@ forks = int(f2["total_forks"]) - int(f1["total_forks"])
 calls = c2["evalsha"][0] - c1.get("evalsha", (0, 0))[0]
 print(f"jobs {jobs}  script calls/job {calls / jobs:.3f}  commands/job {inner / jobs:.2f}  script µs/job {script_us:.1f}  "
       f"Redis CPU µs/job {cpu_us:.1f}  AOF B/job {aof:.0f}  forks {forks}")
+# Worker and sandbox CPU per job, and the machine's idle share, over the same window.
+(w1, s1, *m1), (w2, s2, *m2) = (
+    [int(x) for x in open(p).read().split() if x.isdigit()] for p in sys.argv[3:5])
+tick_us = 1e6 / int(sys.argv[5])
+busy = [b - a for a, b in zip(m1, m2)]
+idle = (busy[3] + busy[4]) / sum(busy) if sum(busy) else 0.0
+print(f"worker CPU µs/job {(w2 - w1) * tick_us / jobs:.1f}  sandbox CPU µs/job {(s2 - s1) * tick_us / jobs:.1f}  "
+      f"machine idle+iowait {idle:.0%}")
 PY
 grep -o 'drain 0 ms → .*jobs/s' "$work/run.log"
