@@ -28,6 +28,7 @@ use crate::queue::backend::{Holdings, QueueBackend};
 use crate::queue::ledger::{
     AttemptHistory, AttemptRecord, Begin, Claim, Finish, Finished, SucceededCall,
 };
+use crate::queue::pace::Pace;
 use crate::queue::residents::ResidentLock;
 use crate::queue::{DeliveryJob, Job, JobQueue, QueueError, RefreshJob, ResolveJob, now_ms};
 use crate::refresh::{RefreshError, Refreshed, Refresher};
@@ -1023,7 +1024,10 @@ async fn handle_job(
     handlers: Data<Arc<Handlers>>,
     holdings: Data<Holdings>,
     finishing: Data<Finishing>,
+    pace: Data<Pace>,
 ) -> Result<(), BoxDynError> {
+    // Lets go of the job's place in the pace when this returns: its call returned or it ended.
+    let _slot = pace.slot();
     let task_id = task_id.to_string();
     // Never closed: an error would only mean no bound.
     let permit = finishing.permits.clone().acquire_owned().await.ok();
@@ -1174,9 +1178,15 @@ pub async fn run_workers(
             worker_settings.heartbeat,
             hold,
         ));
+        let pace = Pace::new(
+            worker_settings.concurrency.get(),
+            worker_settings.claim_ahead,
+        );
+        let pacing = tokio::spawn(pace.clone().run());
         let backend = QueueBackend::new(
             queue.clone(),
             holdings.clone(),
+            pace.clone(),
             worker_settings.batch_size.get(),
             hold,
         )
@@ -1186,6 +1196,7 @@ pub async fn run_workers(
             .data(handlers.clone())
             .data(holdings.clone())
             .data(finishing.clone())
+            .data(pace)
             .concurrency(in_progress)
             .build(handle_job);
 
@@ -1225,6 +1236,7 @@ pub async fn run_workers(
         }
         status.running.store(false, Ordering::SeqCst);
         renewal.abort();
+        pacing.abort();
         // Jobs still held (their handlers were cut off at the grace period, or never
         // started) go back now instead of when their holds lapse.
         let held = holdings.snapshot();

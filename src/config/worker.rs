@@ -16,11 +16,13 @@ pub struct WorkerSettings {
     /// one at a time.
     #[serde(with = "Count")]
     pub concurrency: NonZeroUsize,
-    /// `claim_ahead`: jobs one process claims beyond its `concurrency` calls — the attempt
-    /// counted, the resident locked and read — so that Redis's writes, each waiting for an
-    /// fsync under `appendfsync always`, overlap the calls instead of coming between them.
-    /// A process that dies marks the attempt of every job it had claimed crashed, up to
-    /// `concurrency + claim_ahead` of them. 0 claims a job only when a call can start.
+    /// `claim_ahead`: most jobs one process takes and claims beyond its `concurrency` calls
+    /// — the attempt counted, the resident locked and read — so that Redis's writes, each
+    /// waiting for an fsync under `appendfsync always`, overlap the calls instead of coming
+    /// between them. How many it takes follows the calls' pace ([`crate::queue::pace`]): what
+    /// its jobs get through in 25 ms, at least `concurrency` (and 16), at most `claim_ahead`. A process
+    /// that dies marks the attempt of every job it had claimed crashed: that many plus
+    /// `concurrency`. 0 claims a job only when a call can start.
     pub claim_ahead: usize,
     /// `poll_interval_ms`: how often an idle worker looks for new or due jobs. apalis-redis
     /// never wakes a worker on push, so this bounds pick-up latency.
@@ -50,7 +52,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: const { NonZeroUsize::new(16).unwrap() },
-            claim_ahead: 48,
+            claim_ahead: 256,
             poll_interval: Duration::from_millis(250),
             heartbeat: Duration::from_secs(10),
             missed_heartbeats: const { NonZeroUsize::new(3).unwrap() },
@@ -61,7 +63,8 @@ impl Default for WorkerSettings {
 }
 
 impl WorkerSettings {
-    /// Jobs one process has at once: `concurrency + claim_ahead`.
+    /// Most jobs one process has at once: `concurrency + claim_ahead` (fewer at a slow pace,
+    /// [`crate::queue::pace`]).
     pub fn jobs_in_progress(&self) -> usize {
         self.concurrency.get().saturating_add(self.claim_ahead)
     }
@@ -116,10 +119,10 @@ mod tests {
     }
 
     #[test]
-    fn claim_ahead_defaults_to_48_and_is_bounded() {
+    fn claim_ahead_defaults_to_256_and_is_bounded() {
         let s = Settings::from_toml_str(MINIMAL, env(&[])).unwrap();
-        assert_eq!(s.worker.claim_ahead, 48);
-        assert_eq!(s.worker.jobs_in_progress(), 64);
+        assert_eq!(s.worker.claim_ahead, 256);
+        assert_eq!(s.worker.jobs_in_progress(), 272);
         let text = format!("{MINIMAL}\n[worker]\nclaim_ahead = 0\n");
         let s = Settings::from_toml_str(&text, env(&[])).unwrap();
         assert_eq!(s.worker.jobs_in_progress(), 16);

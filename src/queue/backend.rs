@@ -28,6 +28,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tracing::{debug, error};
 
+use super::pace::Pace;
 use super::{FetchedJob, Job, JobQueue, QueueError, now_ms};
 
 /// The job ids one worker holds (fetched and not yet finished), so their holds can be renewed
@@ -86,10 +87,12 @@ fn hold_until(hold: Duration) -> i64 {
     now_ms().saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// apalis's view of the queue for one worker: fetches in batches, hands out jobs one by one.
+/// apalis's view of the queue for one worker: fetches in batches, no more than its [`Pace`]
+/// allows, and hands out jobs one by one.
 pub struct QueueBackend {
     queue: JobQueue,
     holdings: Holdings,
+    pace: Pace,
     batch: usize,
     hold: Duration,
     buffer: VecDeque<Task<Job>>,
@@ -109,12 +112,20 @@ impl std::fmt::Debug for QueueBackend {
 }
 
 impl QueueBackend {
-    /// A backend fetching up to `batch` jobs at a time from `queue`, holding each for `hold`
-    /// (renewed through `holdings` while the worker has it).
-    pub fn new(queue: JobQueue, holdings: Holdings, batch: usize, hold: Duration) -> Self {
+    /// A backend fetching up to `batch` jobs at a time from `queue` (fewer when `pace` has
+    /// less room), holding each for `hold` (renewed through `holdings` while the worker has
+    /// it). Each job handed out must let go of its place in `pace` ([`Pace::slot`]).
+    pub fn new(
+        queue: JobQueue,
+        holdings: Holdings,
+        pace: Pace,
+        batch: usize,
+        hold: Duration,
+    ) -> Self {
         Self {
             queue,
             holdings,
+            pace,
             batch: batch.max(1),
             hold,
             buffer: VecDeque::new(),
@@ -149,11 +160,24 @@ impl Backend for QueueBackend {
         if let Some(task) = self.buffer.pop_front() {
             return Poll::Ready(Some(Ok(task)));
         }
-        let fetch = self.fetching.get_or_insert_with(|| {
+        if self.fetching.is_none() {
+            let mut size = self.pace.fetch_size(self.batch);
+            if size == 0 {
+                // Woken when a job lets go (or the pace allows more); checked again after
+                // registering, so a let-go in between is not missed.
+                self.pace.wake_on_room(cx.waker());
+                size = self.pace.fetch_size(self.batch);
+                if size == 0 {
+                    return Poll::Pending;
+                }
+            }
             let queue = self.queue.clone();
-            let (batch, hold) = (self.batch, self.hold);
-            async move { queue.fetch(batch, hold_until(hold)).await }.boxed()
-        });
+            let (batch, hold) = (size, self.hold);
+            self.fetching = Some(async move { queue.fetch(batch, hold_until(hold)).await }.boxed());
+        }
+        let Some(fetch) = self.fetching.as_mut() else {
+            return Poll::Pending;
+        };
         let fetched = match fetch.poll_unpin(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(result) => result,
@@ -165,6 +189,7 @@ impl Backend for QueueBackend {
                 Poll::Ready(Some(Err(e)))
             }
             Ok(jobs) => {
+                self.pace.took(jobs.len());
                 for (id, job) in jobs {
                     self.holdings.add(&id);
                     match job {
@@ -179,6 +204,7 @@ impl Backend for QueueBackend {
                             // upgrade) instead of being lost.
                             error!(job.id = %id, "cannot read a queued job: {e}; leaving it for another worker");
                             self.holdings.done(&id);
+                            self.pace.let_go();
                         }
                     }
                 }
@@ -207,6 +233,7 @@ impl Backend for QueueBackend {
             }
             for id in &ids {
                 self.holdings.done(id);
+                self.pace.let_go();
             }
             let queue = self.queue.clone();
             self.closing = Some(async move { queue.release(&ids).await }.boxed());

@@ -36,6 +36,7 @@ pub mod identity;
 pub mod keys;
 pub mod ledger;
 pub mod migrate;
+pub mod pace;
 pub mod pause;
 pub mod poll;
 pub mod rate_limit;

@@ -391,6 +391,62 @@ async fn openapp_never_has_more_calls_at_once_than_the_concurrency() {
     );
 }
 
+/// Against a slow OpenApp a worker takes few jobs beyond its calls, whatever `claim_ahead`
+/// allows: what its calls get through in 25 ms, at least 16. The rest stay in the queue for
+/// other workers and count no crashed attempt if this one dies. Before the pace, this worker
+/// held a whole fetch (50 jobs) at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_against_a_slow_openapp_takes_few_jobs_ahead_of_its_calls() {
+    const JOBS: usize = 60;
+    let (redis, openapp, app) = serve_with(|s| {
+        s.worker.concurrency = std::num::NonZeroUsize::new(2).expect("2");
+        s.worker.claim_ahead = 256;
+    })
+    .await;
+    // 2 calls of 50 ms: 40 jobs a second, 1 in 25 ms, so the least, 16, ahead.
+    openapp
+        .sandbox
+        .set_faults(lease_sync_sandbox::FaultOptions {
+            delay: Duration::from_millis(50),
+            ..lease_sync_sandbox::FaultOptions::default()
+        });
+    let posts = (0..JOBS).map(|i| {
+        let app = &app;
+        async move {
+            let user = format!("user-{i}");
+            post_event(
+                app,
+                &format!("evt-{i}"),
+                event_body("lease.signed", &format!("L-{i}"), &[user.as_str()]),
+            )
+            .await
+        }
+    });
+    for reply in futures::future::join_all(posts).await {
+        assert_eq!(reply.status, 202, "{reply:?}");
+    }
+    let in_flight = app.queue().keys().in_flight();
+    let most = std::sync::atomic::AtomicU64::new(0);
+    wait_until("every resident to be added", LIMIT, || async {
+        let held = redis.command(&["ZCARD", &in_flight]).await;
+        let held: u64 = held
+            .trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '(')
+            .trim_end_matches(')')
+            .parse()
+            .expect("a count");
+        most.fetch_max(held, std::sync::atomic::Ordering::SeqCst);
+        (openapp.sandbox.members(INTEGRATION).len() == JOBS).then_some(())
+    })
+    .await;
+    let counts = wait_drained(&app.queue(), LIMIT).await;
+    assert_eq!(counts.done, JOBS as u64, "{counts:?}");
+    let most = most.into_inner();
+    assert!(
+        (3..=18).contains(&most),
+        "the worker held {most} jobs at once; 2 calls and 16 ahead allow 18"
+    );
+}
+
 /// Jobs claimed ahead of the call slots wait for a call permit holding their resident's lock.
 /// A lock that expired during that wait may belong to someone else by then: the job must not
 /// call. Here every lock that expires is taken by the test (as another worker would take it),
@@ -488,7 +544,7 @@ async fn a_job_whose_lock_expired_while_claimed_ahead_makes_no_call() {
             assert_eq!(redis.command(&["GET", lock]).await, "the-test", "{user}");
             let ttl = redis.command(&["PTTL", lock]).await;
             let ms: i64 = ttl
-                .trim_start_matches("int(")
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '(')
                 .trim_end_matches(')')
                 .parse()
                 .unwrap_or_else(|_| panic!("PTTL answered {ttl}"));
