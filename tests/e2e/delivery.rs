@@ -455,9 +455,11 @@ async fn a_worker_against_a_slow_openapp_takes_few_jobs_ahead_of_its_calls() {
 async fn a_job_whose_lock_expired_while_claimed_ahead_makes_no_call() {
     const USERS: usize = 5;
     let (redis, openapp, app) = serve_with(|s| {
-        // One call at a time, the other four jobs claimed ahead of it.
+        // One call at a time, the other four jobs claimed ahead of it. `claim_ahead` leaves
+        // room beyond the five, so the pace never holds one back until a call ends (it fetches
+        // once there is room for half of the jobs ahead): all five are claimed at once.
         s.worker.concurrency = std::num::NonZeroUsize::new(1).expect("1");
-        s.worker.claim_ahead = USERS - 1;
+        s.worker.claim_ahead = 2 * USERS;
         // Locks live 2 × 2 s + 2 s = 6 s; the fifth job waits for four calls of 1.9 s.
         s.openapp.timeout = Duration::from_secs(2);
         s.worker.missed_heartbeats = std::num::NonZeroUsize::new(5).expect("5");
