@@ -1182,7 +1182,13 @@ pub async fn run_workers(
             worker_settings.concurrency.get(),
             worker_settings.claim_ahead,
         );
-        let pacing = tokio::spawn(pace.clone().run());
+        let pacing = tokio::spawn(pace.clone().run(|ahead, taken| {
+            #[expect(clippy::cast_precision_loss, reason = "job counts stay far below 2^52")]
+            {
+                metrics::gauge!(crate::telemetry::metrics::WORKER_JOBS_AHEAD).set(ahead as f64);
+                metrics::gauge!(crate::telemetry::metrics::WORKER_JOBS_TAKEN).set(taken as f64);
+            }
+        }));
         let backend = QueueBackend::new(
             queue.clone(),
             holdings.clone(),

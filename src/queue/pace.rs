@@ -130,8 +130,8 @@ impl Pace {
     }
 
     /// Follows the pace of the worker's jobs until dropped: every [`TICK`], sets how many
-    /// jobs it may take ahead ([`ahead_for`]).
-    pub async fn run(self) {
+    /// jobs it may take ahead ([`ahead_for`]), then tells `observe` that and the jobs taken.
+    pub async fn run(self, mut observe: impl FnMut(usize, usize)) {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rate = 0.0_f64;
@@ -154,6 +154,7 @@ impl Pace {
             if ahead > before {
                 self.inner.waiting.wake();
             }
+            observe(ahead, self.taken());
         }
     }
 }
@@ -265,7 +266,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_jobs_ahead_follow_the_pace() {
         let pace = Pace::new(16, 256);
-        let run = tokio::spawn(pace.clone().run());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let observed = Arc::clone(&seen);
+        let run = tokio::spawn(pace.clone().run(move |ahead, _| {
+            observed.store(ahead, Ordering::SeqCst);
+        }));
         assert_eq!(pace.ahead(), 16);
         // 100 jobs let go of every 10 ms: 10,000 a second, 250 in 25 ms.
         for _ in 0..60 {
@@ -276,6 +281,11 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(pace.ahead() > 200, "{}", pace.ahead());
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            pace.ahead(),
+            "observed each tick"
+        );
         // Then nothing: back to the least.
         for _ in 0..60 {
             tokio::time::advance(TICK).await;

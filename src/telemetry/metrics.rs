@@ -56,6 +56,11 @@ pub const RECONCILE_DRIFT: &str = "lease_sync_reconcile_drift_total";
 pub const RECONCILE_RUNS: &str = "lease_sync_reconcile_runs_total";
 /// Whether the last scrape could read the queue from Redis (1) or not (0).
 pub const QUEUE_SCRAPE_OK: &str = "lease_sync_queue_scrape_ok";
+/// Jobs a worker process may take beyond its calls now, following their pace
+/// ([`crate::queue::pace`]).
+pub const WORKER_JOBS_AHEAD: &str = "lease_sync_worker_jobs_ahead";
+/// Jobs a worker process fetched and has not let go of.
+pub const WORKER_JOBS_TAKEN: &str = "lease_sync_worker_jobs_taken";
 /// Open connections of a listener, by `listener` (`webhook`, `admin`).
 pub const HTTP_CONNECTIONS: &str = "lease_sync_http_connections";
 /// The connection cap of a listener, by `listener`.
@@ -208,6 +213,18 @@ pub const CATALOG: &[Metric] = &[
         kind: Kind::Gauge,
         labels: &[],
         help: "1 when the last scrape read the queue from Redis, 0 when Redis did not answer.",
+    },
+    Metric {
+        name: WORKER_JOBS_AHEAD,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Jobs this worker process may take beyond its worker.concurrency calls now: what its jobs got through in the last 25 ms, between concurrency (or 16) and worker.claim_ahead.",
+    },
+    Metric {
+        name: WORKER_JOBS_TAKEN,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Jobs this worker process fetched and has not let go of (claimed, waiting for a call or calling); at most worker.concurrency plus the jobs ahead.",
     },
     Metric {
         name: HTTP_CONNECTIONS,
