@@ -9,10 +9,22 @@
 //! error, not the others'. Nothing waits to fill a batch: a call goes out at once unless
 //! [`MAX_IN_FLIGHT`] batches are already in flight, and then joins the next.
 //!
-//! The batch script takes `ARGV[1]` = n calls, then each call's number of keys and of
-//! arguments (`ARGV[2i]`, `ARGV[2i+1]`), then every call's arguments in order; `KEYS` are
-//! every call's keys in order. It answers one `{1, answer}` or `{0, error}` per call. Every key
+//! Keys and arguments that most calls of a batch pass alike (the in-flight set, the counters,
+//! the limits: about a third of what a claim and a finish pass) are marked *shared* when a call
+//! is built ([`ScriptCall::shared_key`], [`ScriptCall::shared_arg`]) and go once per batch.
+//! Redis copies every argument of a script call into a Lua string, which showed in its
+//! profile as much as the commands did (BENCHMARKS.md).
+//!
+//! The batch script takes `ARGV[1]` = n calls, `ARGV[2]` = s shapes, `ARGV[3]` = the shared
+//! keys, `ARGV[4]` = the shared arguments, then the s shapes, then the shared arguments, then
+//! per call the number of its shape followed by its own arguments; `KEYS` are the shared keys,
+//! then every call's own keys in order. A shape says, for each key and then each argument of a
+//! call, where it comes from: `0`, the call's own next one; `i`, the i-th shared one (for
+//! example `0,0,1,2;0,1,0`: two own keys then shared keys 1 and 2; an own argument, shared
+//! argument 1, an own one). It answers one `{1, answer}` or `{0, error}` per call. Every key
 //! carries the namespace's hash tag, so a batch is one slot on a Redis Cluster too.
+
+use std::borrow::Cow;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
@@ -73,15 +85,41 @@ end
 
 /// Runs the calls of the batch script one by one (see the module documentation).
 const DRIVER: &str = r"
-local n = tonumber(ARGV[1])
+local n, nshapes, nkeys, nargs = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function positions(list)
+  local out = {}
+  for p in string.gmatch(list, '%d+') do out[#out + 1] = tonumber(p) end
+  return out
+end
+local shapes = {}
+for i = 1, nshapes do
+  local shape = ARGV[4 + i]
+  local split = string.find(shape, ';', 1, true)
+  shapes[i] = {positions(string.sub(shape, 1, split - 1)), positions(string.sub(shape, split + 1))}
+end
+local shared = 4 + nshapes
+local k, a = nkeys + 1, shared + nargs + 1
 local out = {}
-local k, a = 1, 2 + 2 * n
 for i = 1, n do
-  local nk, na = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local shape = shapes[tonumber(ARGV[a])]
+  a = a + 1
   local keys, args = {}, {}
-  for j = 1, nk do keys[j] = KEYS[k + j - 1] end
-  for j = 1, na do args[j] = ARGV[a + j - 1] end
-  k, a = k + nk, a + na
+  for j, from in ipairs(shape[1]) do
+    if from == 0 then
+      keys[j] = KEYS[k]
+      k = k + 1
+    else
+      keys[j] = KEYS[from]
+    end
+  end
+  for j, from in ipairs(shape[2]) do
+    if from == 0 then
+      args[j] = ARGV[a]
+      a = a + 1
+    else
+      args[j] = ARGV[shared + from]
+    end
+  end
   local ok, answer = pcall(run_one, keys, args)
   if ok then
     out[i] = {1, answer}
@@ -108,24 +146,132 @@ pub fn batch_script(prelude: &str, body: &str) -> redis::Script {
     ))
 }
 
-/// One call of a script: its keys and arguments.
+/// One call of a script: its keys and arguments, each the call's own or shared (see the
+/// module documentation).
 #[derive(Debug, Default, Clone)]
 pub struct ScriptCall {
-    keys: Vec<String>,
-    args: Vec<Vec<u8>>,
+    keys: Vec<(String, Sharing)>,
+    args: Vec<(Vec<u8>, Sharing)>,
+}
+
+/// Whether a key or argument goes with its call or once per batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    Own,
+    Shared,
 }
 
 impl ScriptCall {
-    /// Adds a key.
+    /// Adds a key of this call's own.
     pub fn key(&mut self, key: impl Into<String>) -> &mut Self {
-        self.keys.push(key.into());
+        self.keys.push((key.into(), Sharing::Own));
         self
     }
 
-    /// Adds an argument.
-    pub fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
-        self.args.extend(arg.to_redis_args());
+    /// Adds a key that other calls of the batch likely pass too: sent once per batch.
+    pub fn shared_key(&mut self, key: impl Into<String>) -> &mut Self {
+        self.keys.push((key.into(), Sharing::Shared));
         self
+    }
+
+    /// Adds an argument of this call's own.
+    pub fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.args
+            .extend(arg.to_redis_args().into_iter().map(|a| (a, Sharing::Own)));
+        self
+    }
+
+    /// Adds an argument that other calls of the batch likely pass too (a constant, a limit):
+    /// sent once per batch.
+    pub fn shared_arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.args.extend(
+            arg.to_redis_args()
+                .into_iter()
+                .map(|a| (a, Sharing::Shared)),
+        );
+        self
+    }
+}
+
+/// The `KEYS` and `ARGV` of one call of the batch script (see the module documentation).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BatchInvocation<'a> {
+    keys: Vec<&'a str>,
+    args: Vec<Cow<'a, [u8]>>,
+}
+
+/// Lays out `calls` as one call of the batch script.
+fn encode<'a>(calls: impl Iterator<Item = &'a ScriptCall> + Clone) -> BatchInvocation<'a> {
+    // Few distinct shared values and shapes per batch: a linear search beats hashing here.
+    let mut shared_keys: Vec<&str> = Vec::new();
+    let mut shared_args: Vec<&[u8]> = Vec::new();
+    let mut shapes: Vec<String> = Vec::new();
+    let mut own_keys: Vec<&str> = Vec::new();
+    let mut per_call: Vec<Cow<'a, [u8]>> = Vec::new();
+    let mut n = 0_usize;
+    for call in calls {
+        n += 1;
+        let mut shape = String::new();
+        for (i, (key, sharing)) in call.keys.iter().enumerate() {
+            if i > 0 {
+                shape.push(',');
+            }
+            let from = match sharing {
+                Sharing::Own => {
+                    own_keys.push(key);
+                    0
+                }
+                Sharing::Shared => position(&mut shared_keys, key.as_str()),
+            };
+            shape.push_str(&from.to_string());
+        }
+        shape.push(';');
+        let mut own_args = Vec::new();
+        for (i, (arg, sharing)) in call.args.iter().enumerate() {
+            if i > 0 {
+                shape.push(',');
+            }
+            let from = match sharing {
+                Sharing::Own => {
+                    own_args.push(Cow::Borrowed(arg.as_slice()));
+                    0
+                }
+                Sharing::Shared => position(&mut shared_args, arg.as_slice()),
+            };
+            shape.push_str(&from.to_string());
+        }
+        let shape_number = match shapes.iter().position(|s| *s == shape) {
+            Some(i) => i + 1,
+            None => {
+                shapes.push(shape);
+                shapes.len()
+            }
+        };
+        per_call.push(Cow::Owned(shape_number.to_string().into_bytes()));
+        per_call.extend(own_args);
+    }
+    let mut args: Vec<Cow<'a, [u8]>> = [n, shapes.len(), shared_keys.len(), shared_args.len()]
+        .iter()
+        .map(|count| Cow::Owned(count.to_string().into_bytes()))
+        .collect();
+    args.extend(shapes.into_iter().map(|s| Cow::Owned(s.into_bytes())));
+    args.extend(shared_args.into_iter().map(Cow::Borrowed));
+    args.extend(per_call);
+    shared_keys.extend(own_keys);
+    BatchInvocation {
+        keys: shared_keys,
+        args,
+    }
+}
+
+/// The 1-based position of `value` in `list`, added at the end if absent.
+fn position<'a, T: PartialEq + ?Sized>(list: &mut Vec<&'a T>, value: &'a T) -> usize {
+    match list.iter().position(|v| *v == value) {
+        Some(i) => i + 1,
+        None => {
+            list.push(value);
+            list.len()
+        }
     }
 }
 
@@ -187,17 +333,12 @@ async fn send_batch(
     batch: Vec<(ScriptCall, Reply)>,
 ) {
     let mut invocation = script.prepare_invoke();
-    invocation.arg(batch.len());
-    for (call, _) in &batch {
-        invocation.arg(call.keys.len()).arg(call.args.len());
+    let encoded = encode(batch.iter().map(|(call, _)| call));
+    for key in &encoded.keys {
+        invocation.key(*key);
     }
-    for (call, _) in &batch {
-        for key in &call.keys {
-            invocation.key(key);
-        }
-        for arg in &call.args {
-            invocation.arg(arg.as_slice());
-        }
+    for arg in &encoded.args {
+        invocation.arg(arg.as_ref());
     }
     let answer: Result<Vec<redis::Value>, QueueError> = invocation
         .invoke_async(&mut conn)
@@ -285,8 +426,78 @@ mod tests {
     #[test]
     fn a_call_keeps_its_keys_and_arguments_in_order() {
         let mut call = ScriptCall::default();
-        call.key("{ns}:a").arg("x").arg(7).key("{ns}:b");
-        assert_eq!(call.keys, ["{ns}:a", "{ns}:b"]);
-        assert_eq!(call.args, [b"x".to_vec(), b"7".to_vec()]);
+        call.key("{ns}:a")
+            .arg("x")
+            .shared_arg(7)
+            .shared_key("{ns}:b");
+        assert_eq!(
+            call.keys,
+            [
+                ("{ns}:a".to_owned(), Sharing::Own),
+                ("{ns}:b".to_owned(), Sharing::Shared)
+            ]
+        );
+        assert_eq!(
+            call.args,
+            [
+                (b"x".to_vec(), Sharing::Own),
+                (b"7".to_vec(), Sharing::Shared)
+            ]
+        );
+    }
+
+    fn text(args: &[Cow<'_, [u8]>]) -> Vec<String> {
+        args.iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn shared_values_go_once_per_batch_and_calls_alike_share_a_shape() {
+        let call = |own: &str, limit: u64| {
+            let mut call = ScriptCall::default();
+            call.key(format!("{{ns}}:{own}"))
+                .shared_key("{ns}:stats")
+                .arg(own)
+                .shared_arg(limit)
+                .shared_arg("")
+                .arg("");
+            call
+        };
+        let calls = [call("a", 5), call("b", 5), call("c", 9)];
+        let encoded = encode(calls.iter());
+        assert_eq!(encoded.keys, ["{ns}:stats", "{ns}:a", "{ns}:b", "{ns}:c"]);
+        assert_eq!(
+            text(&encoded.args),
+            [
+                // 3 calls, 2 shapes, 1 shared key, 3 shared arguments
+                "3",
+                "2",
+                "1",
+                "3", //
+                "0,1;0,1,2,0",
+                "0,1;0,3,2,0", // the shapes
+                "5",
+                "",
+                "9", // the shared arguments
+                "1",
+                "a",
+                "", // call 1: shape 1, own arguments
+                "1",
+                "b",
+                "", //
+                "2",
+                "c",
+                "",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_call_without_keys_or_arguments_has_an_empty_shape() {
+        let calls = [ScriptCall::default()];
+        let encoded = encode(calls.iter());
+        assert!(encoded.keys.is_empty());
+        assert_eq!(text(&encoded.args), ["1", "1", "0", "0", ";", "1"]);
     }
 }

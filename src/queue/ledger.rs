@@ -243,26 +243,27 @@ impl JobQueue {
             .max(1);
         let now = now_ms();
         let mut call = ScriptCall::default();
+        // Shared: what the batch's other claims pass too (batch.rs).
         call.key(self.keys.delivery(&job.delivery_id))
             .key(self.keys.attempts(&job.delivery_id))
-            .key(self.keys.dead_letters())
-            .key(self.keys.stats())
-            .key(self.keys.in_flight())
-            .key(self.keys.job_data())
+            .shared_key(self.keys.dead_letters())
+            .shared_key(self.keys.stats())
+            .shared_key(self.keys.in_flight())
+            .shared_key(self.keys.job_data())
             .key(lock_key.as_str())
             .key(self.keys.resident(&job.integration_id, &job.user_id))
             .key(self.keys.history(&job.integration_id, &job.user_id))
-            .key(self.keys.paused())
-            .key(self.keys.held(&job.integration_id))
+            .shared_key(self.keys.paused())
+            .shared_key(self.keys.held(&job.integration_id))
             .arg(task_id)
-            .arg(max_attempts)
+            .shared_arg(max_attempts)
             .arg(now)
             .arg(&job.delivery_id)
             .arg(&token)
-            .arg(ttl_ms)
-            .arg(&job.integration_id)
-            .arg(self.history_limits.max_entries)
-            .arg(self.history_limits.max_age_ms())
+            .shared_arg(ttl_ms)
+            .shared_arg(&job.integration_id)
+            .shared_arg(self.history_limits.max_entries)
+            .shared_arg(self.history_limits.max_age_ms())
             .arg(match super::fold_history_entry(job) {
                 Some(entry) => serde_json::to_string(&entry)?,
                 None => String::new(),
@@ -330,67 +331,73 @@ impl JobQueue {
             ..result.clone()
         };
         let mut invocation = ScriptCall::default();
+        // Shared: what the batch's other finishes pass too (batch.rs), the happy path's
+        // constants among them.
         invocation
             .key(self.keys.delivery(delivery_id))
             .key(self.keys.attempts(delivery_id))
-            .key(self.keys.dead_letters())
-            .key(self.keys.stats())
-            .key(self.keys.job_data())
-            .key(self.keys.in_flight())
-            .key(self.keys.scheduled())
+            .shared_key(self.keys.dead_letters())
+            .shared_key(self.keys.stats())
+            .shared_key(self.keys.job_data())
+            .shared_key(self.keys.in_flight())
+            .shared_key(self.keys.scheduled());
+        match release {
+            Some(lock) => invocation.key(lock.key.as_str()),
             // Without a lock to release the script leaves this key alone; any key will do.
-            .key(release.map_or_else(|| self.keys.delivery(delivery_id), |lock| lock.key.clone()))
+            None => invocation.shared_key(self.keys.stats()),
+        };
+        invocation
             .arg(task_id)
             .arg(now)
-            .arg(kind)
+            .shared_arg(kind)
             .arg(serde_json::to_string(&record)?)
             .arg(delivery_id)
-            .arg(retry_task)
-            .arg(due)
-            .arg(reason)
-            .arg(if auth_failure { "1" } else { "0" })
-            .arg(DELIVERED_RETENTION_SECS)
+            .shared_arg(retry_task)
+            .shared_arg(due)
+            .shared_arg(reason)
+            .shared_arg(if auth_failure { "1" } else { "0" })
+            .shared_arg(DELIVERED_RETENTION_SECS)
             .arg(release.map_or("", |lock| lock.token.as_str()));
         match &history {
             Some(history) => invocation
                 .key(self.keys.history(history.integration_id, history.user_id))
                 .arg(serde_json::to_string(history.entry)?),
             // No history to write: any key will do.
-            None => invocation.key(self.keys.stats()).arg(""),
+            None => invocation.shared_key(self.keys.stats()).shared_arg(""),
         };
         invocation
-            .arg(self.history_limits.max_entries)
-            .arg(self.history_limits.max_age_ms());
+            .shared_arg(self.history_limits.max_entries)
+            .shared_arg(self.history_limits.max_age_ms());
         match history.as_ref().and_then(|h| h.fold) {
             Some(fold) => invocation.arg(fold.at).arg(serde_json::to_string(fold)?),
-            None => invocation.arg("").arg(""),
+            None => invocation.shared_arg("").shared_arg(""),
         };
         if let Some(applied) = applied {
             invocation
                 .key(self.keys.resident(applied.integration_id, applied.user_id))
-                .key(self.keys.residents_index(applied.integration_id))
-                .arg(match applied.shown {
+                .shared_key(self.keys.residents_index(applied.integration_id))
+                .shared_arg(match applied.shown {
                     Some(true) => "present",
                     Some(false) => "absent",
                     None => "check",
                 })
                 .arg(applied.version)
                 .arg(applied.user_id)
-                .arg(if applied.finish_anyway { "1" } else { "0" });
+                .shared_arg(if applied.finish_anyway { "1" } else { "0" });
             if let Some((job, due_ms)) = applied.next_check {
                 let mut scheduled = job.clone();
                 scheduled.delivery_id = ulid::Ulid::new().to_string();
                 scheduled.trigger = Some("schedule".into());
                 invocation
                     .key(self.keys.delivery(&scheduled.delivery_id))
-                    .key(self.keys.convergences())
+                    .shared_key(self.keys.convergences())
                     .arg(due_ms)
                     .arg(super::job_id_ready_at(due_ms))
                     .arg(serde_json::to_string(&scheduled)?);
             }
         }
         // Always the last argument, after the optional ones.
-        invocation.arg(release.map_or(0, |lock| lock.ttl_ms));
+        invocation.shared_arg(release.map_or(0, |lock| lock.ttl_ms));
         let answer: String =
             redis::from_redis_value(self.finish_batcher().call(invocation).await?)?;
         Ok(match answer.as_str() {

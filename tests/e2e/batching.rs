@@ -130,3 +130,56 @@ return 1";
         "{CALLS} calls took {script_calls} script calls"
     );
 }
+
+/// Keys and arguments marked shared go once per batch, yet every call sees exactly the keys
+/// and arguments it was given, in its order: shared values that differ between calls, calls
+/// of different shapes (an optional key and argument more), empty arguments and binary ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_sees_its_own_and_shared_values_in_its_order() {
+    const CALLS: usize = 50;
+    let redis = RedisServer::start().await;
+    let config = test_config(&redis.url(), &namespace(), "http://127.0.0.1:1");
+    let conn = lease_sync::queue::connect(&config.redis).expect("a connection");
+    let body = r"return {KEYS, ARGV}";
+    let batcher = ScriptBatcher::spawn(conn, batch_script("", body));
+    let expected = |i: usize| -> (Vec<String>, Vec<Vec<u8>>) {
+        let mut keys = vec![
+            format!("{{t}}:own:{i}"),
+            "{t}:shared".to_owned(),
+            format!("{{t}}:group:{}", i % 3),
+        ];
+        let mut args = vec![
+            format!("arg-{i}").into_bytes(),
+            (i % 2).to_string().into_bytes(),
+            Vec::new(),
+            vec![0, 255, b';', b','],
+        ];
+        if i.is_multiple_of(4) {
+            keys.push(format!("{{t}}:extra:{i}"));
+            args.push(b"extra".to_vec());
+        }
+        (keys, args)
+    };
+    let calls = (0..CALLS).map(|i| {
+        let mut call = ScriptCall::default();
+        call.key(format!("{{t}}:own:{i}"))
+            .shared_key("{t}:shared")
+            .shared_key(format!("{{t}}:group:{}", i % 3))
+            .arg(format!("arg-{i}"))
+            .shared_arg(i % 2)
+            .shared_arg("")
+            .arg(&[0_u8, 255, b';', b','][..]);
+        if i.is_multiple_of(4) {
+            call.key(format!("{{t}}:extra:{i}")).shared_arg("extra");
+        }
+        batcher.call(call)
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(calls))
+        .await
+        .expect("every call answered");
+    for (i, answer) in answers.into_iter().enumerate() {
+        let (keys, args): (Vec<String>, Vec<Vec<u8>>) =
+            ::redis::from_redis_value(answer.expect("an answer")).expect("keys and arguments");
+        assert_eq!((keys, args), expected(i), "call {i}");
+    }
+}
