@@ -476,6 +476,10 @@ impl Cluster {
             .args(["--api-key", API_KEY])
             .args(["--integration", &format!("{ORG}:{INTEGRATION}")])
             .args(["--delay-ms", &delay_ms.to_string()])
+            // The sandbox stands for OpenApp, which runs elsewhere: its line per call (what
+            // an integrator watches it for) would cost this machine's two cores about 15 %
+            // of the sandbox's CPU per job, taken from Redis and the worker under test.
+            .rust_log("warn")
             .spawn()?;
         let url = format!("http://127.0.0.1:{}/_sandbox/state", self.sandbox_port);
         proc.wait_for(&format!("a 200 from {url}"), READY_LIMIT, || async {
