@@ -3,7 +3,8 @@
 # harness (no scrapes), with `INFO all` read twice, 5 s apart, while the worker drains. Prints
 # the drain rate and, per job between the two readings: commands run inside scripts, script
 # time (`INFO commandstats`), Redis CPU (`used_cpu_*`), AOF bytes appended and forks (an AOF
-# rewrite in the window makes the AOF figure meaningless); then the CPU per job of the worker
+# rewrite in the window makes the AOF figure meaningless), bytes read from and written to
+# clients; then the CPU per job of the worker
 # and of the OpenApp sandbox (`/proc/PID/stat`) and the machine's idle share over the same
 # window, which say whether the machine, not Redis, ran out of CPU. For comparing two builds, run it
 # alternately on each (BENCHMARKS.md, "What each change bought"); a single run moves by ±15 %.
@@ -67,10 +68,12 @@ script_us = (c2["evalsha"][1] - c1.get("evalsha", (0, 0))[1]) / jobs
 cpu = lambda f: float(f["used_cpu_sys"]) + float(f["used_cpu_user"])
 cpu_us = (cpu(f2) - cpu(f1)) * 1e6 / jobs
 aof = (int(f2["aof_current_size"]) - int(f1["aof_current_size"])) / jobs
+net = lambda key: (int(f2[key]) - int(f1[key])) / jobs
 forks = int(f2["total_forks"]) - int(f1["total_forks"])
 calls = c2["evalsha"][0] - c1.get("evalsha", (0, 0))[0]
 print(f"jobs {jobs}  script calls/job {calls / jobs:.3f}  commands/job {inner / jobs:.2f}  script µs/job {script_us:.1f}  "
       f"Redis CPU µs/job {cpu_us:.1f}  AOF B/job {aof:.0f}  forks {forks}")
+print(f"bytes/job to Redis {net('total_net_input_bytes'):.0f}  from Redis {net('total_net_output_bytes'):.0f}")
 # Worker and sandbox CPU per job, and the machine's idle share, over the same window.
 (w1, s1, *m1), (w2, s2, *m2) = (
     [int(x) for x in open(p).read().split() if x.isdigit()] for p in sys.argv[3:5])
