@@ -10,10 +10,10 @@
 //! [`MAX_IN_FLIGHT`] batches are already in flight, and then joins the next.
 //!
 //! Keys and arguments that most calls of a batch pass alike (the in-flight set, the counters,
-//! the limits: about a third of what a claim and a finish pass) are marked *shared* when a call
+//! the limits: about half of what a claim and a finish pass) are marked *shared* when a call
 //! is built ([`ScriptCall::shared_key`], [`ScriptCall::shared_arg`]) and go once per batch.
-//! Redis copies every argument of a script call into a Lua string, which showed in its
-//! profile as much as the commands did (BENCHMARKS.md).
+//! Redis reads every argument of a script call and copies it into a Lua string: about 15 % of
+//! its time per job in a drain's profile (BENCHMARKS.md).
 //!
 //! The batch script takes `ARGV[1]` = n calls, `ARGV[2]` = s shapes, `ARGV[3]` = the shared
 //! keys, `ARGV[4]` = the shared arguments, then the s shapes, then the shared arguments, then
