@@ -103,8 +103,11 @@ local out = {}
 for i = 1, n do
   local shape = shapes[tonumber(ARGV[a])]
   a = a + 1
+  -- Numeric loops: Lua 5.1's ipairs costs a function call per element.
   local keys, args = {}, {}
-  for j, from in ipairs(shape[1]) do
+  local from_keys, from_args = shape[1], shape[2]
+  for j = 1, #from_keys do
+    local from = from_keys[j]
     if from == 0 then
       keys[j] = KEYS[k]
       k = k + 1
@@ -112,7 +115,8 @@ for i = 1, n do
       keys[j] = KEYS[from]
     end
   end
-  for j, from in ipairs(shape[2]) do
+  for j = 1, #from_args do
+    local from = from_args[j]
     if from == 0 then
       args[j] = ARGV[a]
       a = a + 1
