@@ -1034,7 +1034,9 @@ async fn handle_job(
     let (tx, freed) = tokio::sync::oneshot::channel();
     let handlers = Arc::clone(&handlers);
     let holdings = Holdings::clone(&holdings);
-    let mut run = finishing.tasks.spawn(async move {
+    // Boxed, so that spawning moves a pointer: the job's future is large, and moving it into
+    // the task took 1.2 % of the worker's CPU in a drain profile.
+    let mut run = finishing.tasks.spawn(Box::pin(async move {
         let mut slot = SlotRelease(Some(tx));
         let result = run_job(&job, &task_id, &handlers, &mut slot).await;
         // Ended in Redis by the scripts (or, after a Redis failure, left to lapse and be
@@ -1046,7 +1048,7 @@ async fn handle_job(
             warn!(delivery.id = %job.delivery_id(), "could not record a job's outcome: {e}; it runs again once its hold lapses");
         }
         result
-    });
+    }));
     tokio::select! {
         joined = &mut run => joined.unwrap_or_else(|e| Err(Box::new(e))),
         Ok(()) = freed => Ok(()),

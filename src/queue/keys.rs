@@ -25,6 +25,19 @@ impl Keys {
         }
     }
 
+    /// The tag followed by `parts`, in one allocation of the exact size. Keys are built for
+    /// every job (several per claim and per finish); `format!` cost the worker about 4 % of
+    /// its CPU in a drain profile.
+    fn key(&self, parts: &[&str]) -> String {
+        let len = self.tag.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut key = String::with_capacity(len);
+        key.push_str(&self.tag);
+        for part in parts {
+            key.push_str(part);
+        }
+        key
+    }
+
     /// The namespace (`[redis] namespace`).
     pub fn namespace(&self) -> &str {
         &self.namespace
@@ -37,173 +50,173 @@ impl Keys {
 
     /// Job ids ready to run, oldest first (a list: pushed at the tail, fetched from the head).
     pub fn ready(&self) -> String {
-        format!("{}:jobs:ready", self.tag)
+        self.key(&[":jobs:ready"])
     }
 
     /// Job ids waiting for their time (retries, deferrals, lease-window convergences), a
     /// sorted set by due time in ms.
     pub fn scheduled(&self) -> String {
-        format!("{}:jobs:scheduled", self.tag)
+        self.key(&[":jobs:scheduled"])
     }
 
     /// Job ids a worker holds, a sorted set by the time (ms) its hold lapses unless renewed.
     pub fn in_flight(&self) -> String {
-        format!("{}:jobs:in-flight", self.tag)
+        self.key(&[":jobs:in-flight"])
     }
 
     /// The payload of every queued job (a hash: job id → [`super::Job`] JSON).
     pub fn job_data(&self) -> String {
-        format!("{}:jobs:data", self.tag)
+        self.key(&[":jobs:data"])
     }
 
     /// Which layout this namespace holds (a string: [`super::migrate::LAYOUT_VERSION`]).
     pub fn layout(&self) -> String {
-        format!("{}:layout", self.tag)
+        self.key(&[":layout"])
     }
 
     /// The lock of the process migrating an older layout.
     pub fn migration_lock(&self) -> String {
-        format!("{}:layout:migrating", self.tag)
+        self.key(&[":layout:migrating"])
     }
 
     /// Marker that `source` delivered `event_id`.
     pub fn dedupe(&self, source: &str, event_id: &str) -> String {
-        format!("{}:dedupe:{source}:{event_id}", self.tag)
+        self.key(&[":dedupe:", source, ":", event_id])
     }
 
     /// Prefix of the per-delivery ledger hashes (for a `SCAN` by tools).
     pub fn delivery_prefix(&self) -> String {
-        format!("{}:delivery", self.tag)
+        self.key(&[":delivery"])
     }
 
     /// Ledger hash of one delivery.
     pub fn delivery(&self, delivery_id: &str) -> String {
-        format!("{}:{delivery_id}", self.delivery_prefix())
+        self.key(&[":delivery:", delivery_id])
     }
 
     /// Attempt records of one delivery (a list of JSON objects).
     pub fn attempts(&self, delivery_id: &str) -> String {
-        format!("{}:{delivery_id}:attempts", self.delivery_prefix())
+        self.key(&[":delivery:", delivery_id, ":attempts"])
     }
 
     /// Sorted set of dead-letter ids by dead-at (ms).
     pub fn dead_letters(&self) -> String {
-        format!("{}:dead-letters", self.tag)
+        self.key(&[":dead-letters"])
     }
 
     /// Audit records of replays and purges (a list, newest first).
     pub fn audit(&self) -> String {
-        format!("{}:audit", self.tag)
+        self.key(&[":audit"])
     }
 
     /// State of one resident in one building.
     pub fn resident(&self, integration_id: &str, user_id: &str) -> String {
-        format!("{}:resident:{integration_id}:{user_id}", self.tag)
+        self.key(&[":resident:", integration_id, ":", user_id])
     }
 
     /// Set of users lease-sync holds state for in one building.
     pub fn residents_index(&self, integration_id: &str) -> String {
-        format!("{}:residents:{integration_id}", self.tag)
+        self.key(&[":residents:", integration_id])
     }
 
     /// Lock serializing calls for one resident.
     pub fn resident_lock(&self, integration_id: &str, user_id: &str) -> String {
-        format!("{}:lock:{integration_id}:{user_id}", self.tag)
+        self.key(&[":lock:", integration_id, ":", user_id])
     }
 
     /// Scheduled convergences (lease window boundaries) by due time, for the pending count.
     pub fn convergences(&self) -> String {
-        format!("{}:convergences", self.tag)
+        self.key(&[":convergences"])
     }
 
     /// The OpenApp user an email maps to in `org_id`, by the email's digest.
     pub fn identity(&self, org_id: &str, email_digest: &str) -> String {
-        format!("{}:identity:{org_id}:{email_digest}", self.tag)
+        self.key(&[":identity:", org_id, ":", email_digest])
     }
 
     /// The digests of the emails cached as mapping to `user_id` in `org_id` (a set), so the
     /// mappings of a user OpenApp no longer knows can be dropped.
     pub fn identity_of_user(&self, org_id: &str, user_id: &str) -> String {
-        format!("{}:identity-user:{org_id}:{user_id}", self.tag)
+        self.key(&[":identity-user:", org_id, ":", user_id])
     }
 
     /// Unresolved people, by source and person.
     pub fn conflicts(&self) -> String {
-        format!("{}:conflicts", self.tag)
+        self.key(&[":conflicts"])
     }
 
     /// The OpenApp user each person of `source` was last resolved to (a hash by person), so
     /// a tenant who moved out — whose email Buildium's lease no longer carries — can lose
     /// their door without one more read of Buildium.
     pub fn person_users(&self, source: &str) -> String {
-        format!("{}:person-users:{source}", self.tag)
+        self.key(&[":person-users:", source])
     }
 
     /// Grants of the shared request rate of `scope` (a sorted set by grant time, see
     /// [`super::rate_limit`]).
     pub fn rate_limit(&self, scope: &str) -> String {
-        format!("{}:rate-limit:{scope}", self.tag)
+        self.key(&[":rate-limit:", scope])
     }
 
     /// The claim of the process running `source`'s scheduled reconciliation this period;
     /// `…:last-pull` and `…:last-full-pull` beside it.
     pub fn reconcile_claim(&self, source: &str) -> String {
-        format!("{}:reconcile:{source}:claim", self.tag)
+        self.key(&[":reconcile:", source, ":claim"])
     }
 
     /// When `source`'s last Buildium pull began (a string: unix seconds).
     pub fn reconcile_last_pull(&self, source: &str) -> String {
-        format!("{}:last-pull", self.reconcile_claim(source))
+        self.key(&[":reconcile:", source, ":claim:last-pull"])
     }
 
     /// When `source`'s last reconciliation from a file ended well (a string: unix seconds). A key
     /// of its own, so that switching a source to Buildium never shortens its first pull.
     pub fn reconcile_last_file_run(&self, source: &str) -> String {
-        format!("{}:last-file-run", self.reconcile_claim(source))
+        self.key(&[":reconcile:", source, ":claim:last-file-run"])
     }
 
     /// When `source`'s last whole Buildium pull began (a string: unix seconds).
     pub fn reconcile_last_full_pull(&self, source: &str) -> String {
-        format!("{}:last-full-pull", self.reconcile_claim(source))
+        self.key(&[":reconcile:", source, ":claim:last-full-pull"])
     }
 
     /// History of one resident in one building (a sorted set of JSON entries by time in
     /// ms, see [`crate::history`]).
     pub fn history(&self, integration_id: &str, user_id: &str) -> String {
-        format!("{}:history:{integration_id}:{user_id}", self.tag)
+        self.key(&[":history:", integration_id, ":", user_id])
     }
 
     /// History of one integration itself (pauses and resumes), shown within each of its
     /// residents' histories. The `~` cannot start a user id, so it never meets
     /// [`Self::history`].
     pub fn integration_history(&self, integration_id: &str) -> String {
-        format!("{}:history:{integration_id}:~integration", self.tag)
+        self.key(&[":history:", integration_id, ":~integration"])
     }
 
     /// Paused integrations (a hash: integration id → JSON of who paused it and when).
     pub fn paused(&self) -> String {
-        format!("{}:paused", self.tag)
+        self.key(&[":paused"])
     }
 
     /// Convergence job ids held while `integration_id` is paused (a list, oldest first).
     pub fn held(&self, integration_id: &str) -> String {
-        format!("{}:jobs:held:{integration_id}", self.tag)
+        self.key(&[":jobs:held:", integration_id])
     }
 
     /// One web console session, by the SHA-256 (hex) of its cookie's value: the cookie itself
     /// is never stored.
     pub fn console_session(&self, session_digest: &str) -> String {
-        format!("{}:console:session:{session_digest}", self.tag)
+        self.key(&[":console:session:", session_digest])
     }
 
     /// When each source's last webhook was accepted (a hash: source → ms), for the console.
     pub fn last_events(&self) -> String {
-        format!("{}:sources:last-event", self.tag)
+        self.key(&[":sources:last-event"])
     }
 
     /// Lifetime counters.
     pub fn stats(&self) -> String {
-        format!("{}:stats", self.tag)
+        self.key(&[":stats"])
     }
 }
 
@@ -297,6 +310,48 @@ mod tests {
             keys.stats(),
         ] {
             assert!(key.starts_with("{lease-sync}:"), "{key}");
+        }
+    }
+    #[test]
+    fn key_names_are_exactly_the_layouts() {
+        // The names are the stored layout: a change here strands a deployment's data.
+        let k = Keys::new("ns");
+        let expected = [
+            (k.ready(), "{ns}:jobs:ready"),
+            (k.scheduled(), "{ns}:jobs:scheduled"),
+            (k.in_flight(), "{ns}:jobs:in-flight"),
+            (k.job_data(), "{ns}:jobs:data"),
+            (k.layout(), "{ns}:layout"),
+            (k.migration_lock(), "{ns}:layout:migrating"),
+            (k.dedupe("s", "e"), "{ns}:dedupe:s:e"),
+            (k.delivery_prefix(), "{ns}:delivery"),
+            (k.delivery("d"), "{ns}:delivery:d"),
+            (k.attempts("d"), "{ns}:delivery:d:attempts"),
+            (k.dead_letters(), "{ns}:dead-letters"),
+            (k.audit(), "{ns}:audit"),
+            (k.resident("i", "u"), "{ns}:resident:i:u"),
+            (k.residents_index("i"), "{ns}:residents:i"),
+            (k.resident_lock("i", "u"), "{ns}:lock:i:u"),
+            (k.convergences(), "{ns}:convergences"),
+            (k.identity("o", "e"), "{ns}:identity:o:e"),
+            (k.identity_of_user("o", "u"), "{ns}:identity-user:o:u"),
+            (k.conflicts(), "{ns}:conflicts"),
+            (k.person_users("s"), "{ns}:person-users:s"),
+            (k.rate_limit("r"), "{ns}:rate-limit:r"),
+            (k.reconcile_claim("s"), "{ns}:reconcile:s:claim"),
+            (k.reconcile_last_pull("s"), "{ns}:reconcile:s:claim:last-pull"),
+            (k.reconcile_last_file_run("s"), "{ns}:reconcile:s:claim:last-file-run"),
+            (k.reconcile_last_full_pull("s"), "{ns}:reconcile:s:claim:last-full-pull"),
+            (k.history("i", "u"), "{ns}:history:i:u"),
+            (k.integration_history("i"), "{ns}:history:i:~integration"),
+            (k.paused(), "{ns}:paused"),
+            (k.held("i"), "{ns}:jobs:held:i"),
+            (k.console_session("c"), "{ns}:console:session:c"),
+            (k.last_events(), "{ns}:sources:last-event"),
+            (k.stats(), "{ns}:stats"),
+        ];
+        for (got, want) in expected {
+            assert_eq!(got, want);
         }
     }
 }
