@@ -339,9 +339,18 @@ mod tests {
             (k.person_users("s"), "{ns}:person-users:s"),
             (k.rate_limit("r"), "{ns}:rate-limit:r"),
             (k.reconcile_claim("s"), "{ns}:reconcile:s:claim"),
-            (k.reconcile_last_pull("s"), "{ns}:reconcile:s:claim:last-pull"),
-            (k.reconcile_last_file_run("s"), "{ns}:reconcile:s:claim:last-file-run"),
-            (k.reconcile_last_full_pull("s"), "{ns}:reconcile:s:claim:last-full-pull"),
+            (
+                k.reconcile_last_pull("s"),
+                "{ns}:reconcile:s:claim:last-pull",
+            ),
+            (
+                k.reconcile_last_file_run("s"),
+                "{ns}:reconcile:s:claim:last-file-run",
+            ),
+            (
+                k.reconcile_last_full_pull("s"),
+                "{ns}:reconcile:s:claim:last-full-pull",
+            ),
             (k.history("i", "u"), "{ns}:history:i:u"),
             (k.integration_history("i"), "{ns}:history:i:~integration"),
             (k.paused(), "{ns}:paused"),
