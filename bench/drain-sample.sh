@@ -6,8 +6,14 @@
 # rewrite in the window makes the AOF figure meaningless), bytes read from and written to
 # clients; then the CPU per job of the worker
 # and of the OpenApp sandbox (`/proc/PID/stat`) and the machine's idle share over the same
-# window, which say whether the machine, not Redis, ran out of CPU. For comparing two builds, run it
-# alternately on each (BENCHMARKS.md, "What each change bought"); a single run moves by ±15 %.
+# window, which say whether the machine, not Redis, ran out of CPU; and how much of the window
+# Redis's main thread ran and how much it waited for a CPU (`/proc/PID/task/PID/schedstat`).
+# For comparing two builds, run it alternately on each (BENCHMARKS.md, "What each change
+# bought"); a single run moves by ±15 %.
+#
+# DRAIN_SAMPLE_REDIS_FIFO=1 runs Redis's main thread under SCHED_FIFO for the window (`chrt`,
+# needs root): it then never waits for a CPU, as if it had a core of its own
+# (BENCHMARKS.md, "Redis first on the CPU").
 #
 # usage: bench/drain-sample.sh [LEASE_SYNC_BINARY [HARNESS_ARGS ...]]
 #   (default binary: target/release/lease-sync; HARNESS_ARGS go to `lease-sync-bench run`,
@@ -19,30 +25,41 @@ bin=$(realpath "${1:-target/release/lease-sync}")
 shift || true
 bench=${CARGO_TARGET_DIR:-target}/release/lease-sync-bench
 work=$(mktemp -d "${TMPDIR:-/tmp}/lease-sync-drain-sample.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# The harness runs in a process group of its own, so that a failure here (or ^C) stops it and
+# the processes it started instead of leaving them to the next run.
+harness=
+trap '[ -n "$harness" ] && kill -- -"$harness" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 
-"$bench" run --runs 1 --scrape-every 0 --lease-sync "$bin" --out "$work/out" \
+setsid "$bench" run --runs 1 --scrape-every 0 --lease-sync "$bin" --out "$work/out" \
   --work "$work/run" --keep-work "$@" >"$work/run.log" 2>&1 &
 harness=$!
 
-# The worker process starts with the drain phase; the run's Redis logs its port.
+# The drain's worker is the one started with this run's 0 ms config; the run's Redis logs its port.
+config="$work/run/run-1/work-0ms-1.toml"
 for _ in $(seq 1 1200); do
-  pgrep -f "$bin work" >/dev/null && break
+  pgrep -f -- "--config $config" >/dev/null && break
   kill -0 "$harness" 2>/dev/null || { cat "$work/run.log"; exit 1; }
   sleep 0.5
 done
 port=$(grep -o 'port=[0-9]*' "$work/run/run-1/redis/redis.log" | head -1 | cut -d= -f2)
-worker=$(pgrep -f "$bin work" | head -1)
-sandbox=$(pgrep -f "$bin sandbox-openapp" | head -1 || true)
+worker=$(pgrep -f -- "--config $config" | head -1)
+sandbox=$(pgrep -g "$harness" -f "$bin sandbox-openapp" | head -1 || true)
+redis=$(redis-cli -p "$port" INFO server | tr -d '\r' | sed -n 's/^process_id://p')
+if [ -n "${DRAIN_SAMPLE_REDIS_FIFO:-}" ]; then chrt -f -p 10 "$redis"; fi
 # utime + stime of a process, in clock ticks (0 once it is gone).
 ticks() { [ -n "$1" ] && awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# Redis's main thread: ns on a CPU, ns waiting for one (0 0 where the kernel lacks schedstat).
+sched() { cat "/proc/$redis/task/$redis/schedstat" 2>/dev/null | cut -d' ' -f1,2 || echo 0 0; }
+sample() { echo "$(ticks "$worker") $(ticks "$sandbox") $(sched) $(date +%s%N) $(head -1 /proc/stat)"; }
 sleep 1
 redis-cli -p "$port" INFO all >"$work/info.1"
-echo "$(ticks "$worker") $(ticks "$sandbox") $(head -1 /proc/stat)" >"$work/procs.1"
+sample >"$work/procs.1"
 sleep 5
 redis-cli -p "$port" INFO all >"$work/info.2"
-echo "$(ticks "$worker") $(ticks "$sandbox") $(head -1 /proc/stat)" >"$work/procs.2"
+sample >"$work/procs.2"
 wait "$harness"
+harness=
 
 python3 - "$work/info.1" "$work/info.2" "$work/procs.1" "$work/procs.2" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
@@ -75,12 +92,15 @@ print(f"jobs {jobs}  script calls/job {calls / jobs:.3f}  commands/job {inner / 
       f"Redis CPU µs/job {cpu_us:.1f}  AOF B/job {aof:.0f}  forks {forks}")
 print(f"bytes/job to Redis {net('total_net_input_bytes'):.0f}  from Redis {net('total_net_output_bytes'):.0f}")
 # Worker and sandbox CPU per job, and the machine's idle share, over the same window.
-(w1, s1, *m1), (w2, s2, *m2) = (
+(w1, s1, run1, wait1, ns1, *m1), (w2, s2, run2, wait2, ns2, *m2) = (
     [int(x) for x in open(p).read().split() if x.isdigit()] for p in sys.argv[3:5])
 tick_us = 1e6 / int(sys.argv[5])
 busy = [b - a for a, b in zip(m1, m2)]
 idle = (busy[3] + busy[4]) / sum(busy) if sum(busy) else 0.0
 print(f"worker CPU µs/job {(w2 - w1) * tick_us / jobs:.1f}  sandbox CPU µs/job {(s2 - s1) * tick_us / jobs:.1f}  "
       f"machine idle+iowait {idle:.0%}")
+if ns2 > ns1 and run2 > run1:
+    print(f"Redis main thread: on a CPU {(run2 - run1) / (ns2 - ns1):.0%}, "
+          f"waiting for one {(wait2 - wait1) / (ns2 - ns1):.0%} of the window")
 PY
 grep -o 'drain 0 ms → .*jobs/s' "$work/run.log"
