@@ -84,12 +84,13 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    telemetry::init(&crate::config::LogSettings::default());
-    exit_code(
-        tool(shutdown_on_signals())
-            .await
-            .map(|()| ExitCode::SUCCESS),
-    )
+    let logs = telemetry::init(&crate::config::LogSettings::default());
+    let result = tool(shutdown_on_signals())
+        .await
+        .map(|()| ExitCode::SUCCESS);
+    // The lines still queued go out before the error.
+    drop(logs);
+    exit_code(result)
 }
 
 fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
@@ -109,7 +110,7 @@ fn load(arg: &ConfigArg, role: Role) -> anyhow::Result<Settings> {
 
 async fn run_role(arg: &ConfigArg, role: Role) -> anyhow::Result<ExitCode> {
     let settings = load(arg, role)?;
-    telemetry::init(&settings.log);
+    let _logs = telemetry::init(&settings.log);
     raise_open_file_limit();
     let app = Application::build(settings, role).await?;
     app.run(shutdown_on_signals()).await?;

@@ -73,6 +73,9 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "lease_sync_http_connections_refused_
 pub const LISTENERS: [&str; 2] = ["webhook", "admin"];
 /// Always 1, labelled with the running `version`.
 pub const BUILD_INFO: &str = "lease_sync_build_info";
+/// Log lines dropped because the log thread was [`crate::telemetry::LOG_LINES_BUFFERED`]
+/// lines behind (stderr not being read); read at scrape time.
+pub const LOG_LINES_DROPPED: &str = "lease_sync_log_lines_dropped_total";
 
 /// The kind of a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +258,12 @@ pub const CATALOG: &[Metric] = &[
         kind: Kind::Gauge,
         labels: &["version"],
         help: "Always 1; the version label says which lease-sync is running.",
+    },
+    Metric {
+        name: LOG_LINES_DROPPED,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Log lines dropped because stderr was not being read fast enough (the log thread fell 100,000 lines behind).",
     },
 ];
 

@@ -1,6 +1,12 @@
 //! Telemetry: logs (`pretty` for people, `json` for log pipelines; written to stderr so that
 //! commands printing results on stdout stay pipeable) and Prometheus [`metrics`].
 //!
+//! Log lines are handed to a thread of their own ([`LogGuard`]), so that a log pipe that stops
+//! reading (a stuck collector, a full disk under the container runtime) cannot stall ingest or
+//! the workers, as a blocking `write` to stderr would: past [`LOG_LINES_BUFFERED`] lines
+//! waiting, new lines are dropped and counted ([`metrics::LOG_LINES_DROPPED`]) instead. The
+//! thread writes whatever has queued up in one `write`.
+//!
 //! JSON lines are flat: the fields of every span around an event (`event.id`, `source`,
 //! `lease.id`, `attempt`, …) sit next to the event's own fields, so a log search for
 //! `event.id:"evt_…"` finds every line about that event without knowing span layouts.
@@ -26,40 +32,93 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over `[log] level`.
-/// Calling it twice is harmless (the second call does nothing). Pretty lines are coloured
-/// only when stderr is a terminal and `NO_COLOR` is unset or empty, so log files and
-/// pipes get plain text.
-pub fn init(settings: &LogSettings) {
+/// Most log lines waiting for the log thread; past this, new lines are dropped and counted
+/// rather than making the thread that logs wait. About 33 MB of a worker's lines (≈ 330 bytes
+/// each), and 10 s of a worker draining 10,000 jobs a second.
+pub const LOG_LINES_BUFFERED: usize = 100_000;
+
+/// Keeps the log thread running; dropping it writes out the lines still queued and stops the
+/// thread. Hold it for as long as the process logs (`main`'s whole run).
+#[must_use = "dropping the guard stops the log thread: lines logged afterwards are lost"]
+#[derive(Debug)]
+pub struct LogGuard {
+    _worker: tracing_appender::non_blocking::WorkerGuard,
+}
+
+/// Lines the log thread dropped so far because [`LOG_LINES_BUFFERED`] were waiting; read at
+/// scrape time into [`metrics::LOG_LINES_DROPPED`].
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Log lines dropped so far because the log thread fell [`LOG_LINES_BUFFERED`] lines behind
+/// (0 before [`init`]).
+pub fn log_lines_dropped() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+/// Installs the global subscriber, writing through a log thread (see the module
+/// documentation) into `out`. `RUST_LOG`, when set, wins over `[log] level`.
+/// Calling it twice is harmless (the second call installs nothing; its guard stops its unused
+/// thread). Pretty lines are coloured only when stderr is a terminal and `NO_COLOR` is unset
+/// or empty, so log files and pipes get plain text.
+pub fn init(settings: &LogSettings) -> LogGuard {
+    init_into(settings, std::io::stderr())
+}
+
+fn init_into<W: std::io::Write + Send + 'static>(settings: &LogSettings, out: W) -> LogGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    match settings.format {
-        LogFormat::Json => {
-            let _ = tracing_subscriber::registry()
-                .with(filter)
-                .with(SpanFieldsLayer)
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_ansi(false)
-                        .with_writer(std::io::stderr.with_max_level(tracing::Level::TRACE))
-                        .fmt_fields(NoSpanText)
-                        .event_format(FlatJson),
-                )
-                .try_init();
-        }
-        LogFormat::Pretty => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(colour(
-                    std::io::stderr().is_terminal(),
-                    std::env::var_os("NO_COLOR").as_deref(),
-                ))
-                .with_writer(std::io::stderr.with_max_level(tracing::Level::TRACE))
-                .with_target(false)
-                .try_init();
-        }
+    let (writer, guard) = log_writer(out, LOG_LINES_BUFFERED);
+    let dropped = writer.error_counter();
+    let installed = match settings.format {
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(SpanFieldsLayer)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(writer.with_max_level(tracing::Level::TRACE))
+                    .fmt_fields(NoSpanText)
+                    .event_format(FlatJson),
+            )
+            .try_init()
+            .is_ok(),
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .with_writer(writer.with_max_level(tracing::Level::TRACE))
+            .with_target(false)
+            .try_init()
+            .is_ok(),
+    };
+    if installed {
+        let _ = DROPPED.set(dropped);
     }
+    LogGuard { _worker: guard }
+}
+
+/// The log thread writing into `out`: at most `limit` lines wait for it, further ones are
+/// dropped and counted (`error_counter`). A buffer gathers what the thread writes between two
+/// waits into one `write`; the thread flushes it whenever no line is waiting, so a line is out
+/// as soon as the thread gets to it.
+fn log_writer<W: std::io::Write + Send + 'static>(
+    out: W,
+    limit: usize,
+) -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(limit)
+        .thread_name("lease-sync-log")
+        .finish(std::io::BufWriter::new(out))
 }
 
 /// Whether log lines get ANSI colours: on a terminal, unless `NO_COLOR` is set to a
@@ -298,6 +357,106 @@ mod tests {
         assert_eq!(after["text"], "\"quoted\\\"\"");
         assert_eq!(after["spans"], "job:call");
         assert_eq!(after["level"], "WARN");
+    }
+
+    /// A sink whose first write says so (`entered`) and then waits until `open` is sent; it
+    /// writes into `into`.
+    struct Stuck {
+        entered: std::sync::mpsc::Sender<()>,
+        open: std::sync::mpsc::Receiver<()>,
+        opened: bool,
+        into: Buffer,
+    }
+
+    impl std::io::Write for Stuck {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if !self.opened {
+                let _ = self.entered.send(());
+                self.open.recv().map_err(std::io::Error::other)?;
+                self.opened = true;
+            }
+            self.into.write(bytes)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_log_pipe_drops_and_counts_lines_instead_of_blocking_the_logger() {
+        use std::io::Write as _;
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let (entered, stuck_in_write) = channel();
+        let (open, opened) = channel();
+        let into = Buffer::default();
+        let sink = Stuck {
+            entered,
+            open: opened,
+            opened: false,
+            into: into.clone(),
+        };
+        let (mut writer, guard) = log_writer(sink, 10);
+        let counter = writer.error_counter();
+        // One line gets the log thread stuck in its write.
+        writer.write_all(b"first\n").expect("queued");
+        stuck_in_write
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the log thread writes the first line");
+        // Logging 50 more must return although nothing is being written: in a thread, so a
+        // logger that blocked fails the test instead of hanging it.
+        let (done, finished) = channel();
+        let mut logger = writer.clone();
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                let _ = logger.write_all(format!("line {i}\n").as_bytes());
+            }
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("logging returned while the pipe was stuck");
+        assert_eq!(counter.dropped_lines(), 40, "10 wait, the rest are dropped");
+        open.send(()).expect("the log thread is waiting");
+        let text = wait_for_lines(&into, 11);
+        drop(writer);
+        drop(guard);
+        let mut expected = vec!["first".to_owned()];
+        expected.extend((0..10).map(|i| format!("line {i}")));
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            expected,
+            "the oldest lines are kept, in order"
+        );
+    }
+
+    /// What `into` holds once it has `lines` lines (polled, at most 30 s).
+    fn wait_for_lines(into: &Buffer, lines: usize) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let text = String::from_utf8(into.0.lock().expect("buffer").clone()).expect("utf-8");
+            if text.lines().count() >= lines || std::time::Instant::now() > deadline {
+                return text;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn every_line_is_written_whole_and_in_order() {
+        use std::io::Write as _;
+        let into = Buffer::default();
+        let (mut writer, _guard) = log_writer(into.clone(), LOG_LINES_BUFFERED);
+        for i in 0..1_000 {
+            writer
+                .write_all(format!("line {i}\n").as_bytes())
+                .expect("queued");
+        }
+        let text = wait_for_lines(&into, 1_000);
+        assert_eq!(writer.error_counter().dropped_lines(), 0);
+        let expected: Vec<String> = (0..1_000).map(|i| format!("line {i}")).collect();
+        assert_eq!(text.lines().collect::<Vec<_>>(), expected);
     }
 
     #[test]

@@ -13,11 +13,12 @@ use super::AdminState;
 use crate::identity::ConflictReason;
 use crate::queue::now_ms;
 use crate::telemetry::metrics::{
-    CONFLICTS, INTEGRATIONS_PAUSED, QUEUE_JOBS, QUEUE_OLDEST_READY_AGE, QUEUE_SCRAPE_OK,
-    SCHEDULED_CONVERGENCES,
+    CONFLICTS, INTEGRATIONS_PAUSED, LOG_LINES_DROPPED, QUEUE_JOBS, QUEUE_OLDEST_READY_AGE,
+    QUEUE_SCRAPE_OK, SCHEDULED_CONVERGENCES,
 };
 
-/// `GET /metrics`: refreshes the queue gauges from Redis, then renders every metric. A Redis
+/// `GET /metrics`: refreshes the queue gauges from Redis and the count of dropped log lines,
+/// then renders every metric. A Redis
 /// failure still answers 200 with `lease_sync_queue_scrape_ok 0`, so the process's own
 /// counters are not lost with it.
 pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
@@ -50,6 +51,7 @@ pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
         }
         _ => metrics::gauge!(QUEUE_SCRAPE_OK).set(0.0),
     }
+    metrics::counter!(LOG_LINES_DROPPED).absolute(crate::telemetry::log_lines_dropped());
     state.metrics.run_upkeep();
     (
         [(
