@@ -20,7 +20,7 @@ const RULES: &str = "deploy/prometheus/alerts.yaml";
 const RULE_TESTS: &str = "deploy/prometheus/alerts.test.yaml";
 
 /// The alerts operators and the runbooks refer to, by name.
-const ALERTS: [&str; 8] = [
+const ALERTS: [&str; 9] = [
     "LeaseSyncDeadLetters",
     "LeaseSyncOldestReadyJobTooOld",
     "LeaseSyncOpenAppAuthFailing",
@@ -29,6 +29,7 @@ const ALERTS: [&str; 8] = [
     "LeaseSyncConflictsRising",
     "LeaseSyncQueueScrapeFailing",
     "LeaseSyncIntegrationPausedLong",
+    "LeaseSyncLogLinesDropped",
 ];
 
 /// Labels the scrape adds to every series (target labels), which rules may group by.
