@@ -8,6 +8,9 @@
 # and of the OpenApp sandbox (`/proc/PID/stat`) and the machine's idle share over the same
 # window, which say whether the machine, not Redis, ran out of CPU; and how much of the window
 # Redis's main thread ran and how much it waited for a CPU (`/proc/PID/task/PID/schedstat`).
+# Each process's CPU is also split into user and kernel time (system calls, loopback TCP, the
+# fsyncs), and the machine's busy time into user, system and interrupt (softirq: the network
+# stack's receive path runs there) time.
 # For comparing two builds, run it alternately on each (BENCHMARKS.md, "What each change
 # bought"); a single run moves by ±15 %.
 #
@@ -47,8 +50,8 @@ worker=$(pgrep -f -- "--config $config" | head -1)
 sandbox=$(pgrep -g "$harness" -f "$bin sandbox-openapp" | head -1 || true)
 redis=$(redis-cli -p "$port" INFO server | tr -d '\r' | sed -n 's/^process_id://p')
 if [ -n "${DRAIN_SAMPLE_REDIS_FIFO:-}" ]; then chrt -f -p 10 "$redis"; fi
-# utime + stime of a process, in clock ticks (0 once it is gone).
-ticks() { [ -n "$1" ] && awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# utime and stime of a process, in clock ticks (0 0 once it is gone).
+ticks() { [ -n "$1" ] && awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$1/stat" 2>/dev/null || echo 0 0; }
 # Redis's main thread: ns on a CPU, ns waiting for one (0 0 where the kernel lacks schedstat).
 sched() { cat "/proc/$redis/task/$redis/schedstat" 2>/dev/null | cut -d' ' -f1,2 || echo 0 0; }
 sample() { echo "$(ticks "$worker") $(ticks "$sandbox") $(sched) $(date +%s%N) $(head -1 /proc/stat)"; }
@@ -92,13 +95,31 @@ print(f"jobs {jobs}  script calls/job {calls / jobs:.3f}  commands/job {inner / 
       f"Redis CPU µs/job {cpu_us:.1f}  AOF B/job {aof:.0f}  forks {forks}")
 print(f"bytes/job to Redis {net('total_net_input_bytes'):.0f}  from Redis {net('total_net_output_bytes'):.0f}")
 # Worker and sandbox CPU per job, and the machine's idle share, over the same window.
-(w1, s1, run1, wait1, ns1, *m1), (w2, s2, run2, wait2, ns2, *m2) = (
+(wu1, ws1, su1, ss1, run1, wait1, ns1, *m1), (wu2, ws2, su2, ss2, run2, wait2, ns2, *m2) = (
     [int(x) for x in open(p).read().split() if x.isdigit()] for p in sys.argv[3:5])
 tick_us = 1e6 / int(sys.argv[5])
+per_job = lambda ticks: ticks * tick_us / jobs
+# A process that exited before the second reading (the drain ended inside the window) reads 0.
+gone = wu2 + ws2 < wu1 + ws1 or su2 + ss2 < su1 + ss1
+w_user, w_kernel = per_job(wu2 - wu1), per_job(ws2 - ws1)
+s_user, s_kernel = per_job(su2 - su1), per_job(ss2 - ss1)
+# /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...
 busy = [b - a for a, b in zip(m1, m2)]
-idle = (busy[3] + busy[4]) / sum(busy) if sum(busy) else 0.0
-print(f"worker CPU µs/job {(w2 - w1) * tick_us / jobs:.1f}  sandbox CPU µs/job {(s2 - s1) * tick_us / jobs:.1f}  "
-      f"machine idle+iowait {idle:.0%}")
+total = sum(busy[:8]) or 1
+idle = (busy[3] + busy[4]) / total
+redis_user = (float(f2["used_cpu_user"]) - float(f1["used_cpu_user"])) * 1e6 / jobs
+redis_kernel = (float(f2["used_cpu_sys"]) - float(f1["used_cpu_sys"])) * 1e6 / jobs
+if gone:
+    print(f"worker and sandbox CPU: n/a (the drain ended before the second reading)  "
+          f"machine idle+iowait {idle:.0%}")
+    print(f"user/kernel µs/job: Redis {redis_user:.1f}/{redis_kernel:.1f}")
+else:
+    print(f"worker CPU µs/job {w_user + w_kernel:.1f}  sandbox CPU µs/job {s_user + s_kernel:.1f}  "
+          f"machine idle+iowait {idle:.0%}")
+    print(f"user/kernel µs/job: Redis {redis_user:.1f}/{redis_kernel:.1f}  worker {w_user:.1f}/{w_kernel:.1f}  "
+          f"sandbox {s_user:.1f}/{s_kernel:.1f}")
+print(f"machine: user {(busy[0] + busy[1]) / total:.0%}  system {busy[2] / total:.0%}  "
+      f"irq+softirq {(busy[5] + busy[6]) / total:.0%}  steal {busy[7] / total:.0%}")
 if ns2 > ns1 and run2 > run1:
     print(f"Redis main thread: on a CPU {(run2 - run1) / (ns2 - ns1):.0%}, "
           f"waiting for one {(wait2 - wait1) / (ns2 - ns1):.0%} of the window")
