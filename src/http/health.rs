@@ -48,6 +48,11 @@ pub(super) async fn readiness(
         StatusCode::SERVICE_UNAVAILABLE
     };
     let mut body = json!({"status": if ready { "ready" } else { "not_ready" }, "redis": redis});
+    // Under Sentinel, where the sentinels last said the primary is: after a failover, whether
+    // this process followed it.
+    if let Some(primary) = queue.connection().sentinel_primary() {
+        body["redis_primary"] = json!(primary);
+    }
     if let Some(w) = workers {
         body["workers"] = json!(w);
     }

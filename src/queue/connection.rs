@@ -63,6 +63,9 @@ struct SentinelRoute {
     current: Mutex<Option<Current>>,
     /// Resolutions so far: the next generation.
     resolutions: std::sync::atomic::AtomicU64,
+    /// The address the last resolution named, kept across dropped connections: shown by
+    /// `/readyz`, and compared with the next one to count the primary's changes.
+    primary: Mutex<Option<String>>,
 }
 
 impl RedisConnection {
@@ -94,6 +97,7 @@ impl RedisConnection {
                     config,
                     current: Mutex::new(None),
                     resolutions: std::sync::atomic::AtomicU64::new(0),
+                    primary: Mutex::new(None),
                 });
                 // Outside a runtime (a synchronous caller) there is no watch; errors and
                 // READONLY replies still move the connection.
@@ -127,6 +131,19 @@ impl RedisConnection {
             }
         };
         Ok(Self { route, db })
+    }
+
+    /// With Sentinel, the address (`host:port`) of the primary the sentinels last named, once
+    /// one was asked for; `None` in the other modes, whose address is the configured one.
+    pub fn sentinel_primary(&self) -> Option<String> {
+        match &self.route {
+            Route::Sentinel(route) => route
+                .primary
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            Route::Direct(_) | Route::Cluster(_) => None,
+        }
     }
 
     /// Whether this is a Redis Cluster connection.
@@ -197,6 +214,9 @@ impl SentinelRoute {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(current.clone());
         tracing::info!(generation, addr = %current.addr, "connected to the Redis primary named by Sentinel");
+        if note_primary(&self.primary, &current.addr) {
+            metrics::counter!(crate::telemetry::metrics::REDIS_PRIMARY_CHANGES).increment(1);
+        }
         Ok(current)
     }
 
@@ -253,6 +273,16 @@ impl SentinelRoute {
             result => result,
         }
     }
+}
+
+/// Records `addr` as the primary last named in `slot`; whether that is a move (a first
+/// resolution is not, nor a reconnection to the same address).
+fn note_primary(slot: &Mutex<Option<String>>, addr: &str) -> bool {
+    let previous = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .replace(addr.to_owned());
+    previous.is_some_and(|previous| previous != addr)
 }
 
 /// Asks the sentinels every [`WATCH_EVERY`] whether the primary moved, for as long as the
@@ -359,5 +389,34 @@ impl ConnectionLike for RedisConnection {
 
     fn get_db(&self) -> i64 {
         self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_resolution_to_another_address_counts_as_a_move() {
+        let slot = Mutex::new(None);
+        assert!(
+            !note_primary(&slot, "127.0.0.1:6379"),
+            "the first resolution"
+        );
+        assert!(
+            !note_primary(&slot, "127.0.0.1:6379"),
+            "a reconnection to the same primary"
+        );
+        assert!(note_primary(&slot, "127.0.0.1:6380"), "a failover");
+        assert_eq!(slot.lock().unwrap().as_deref(), Some("127.0.0.1:6380"));
+        assert!(note_primary(&slot, "127.0.0.1:6379"), "and back");
+    }
+
+    #[tokio::test]
+    async fn outside_sentinel_mode_no_primary_is_named() {
+        let settings = RedisSettings::default();
+        let conn = RedisConnection::open(&settings, ConnectionManagerConfig::new())
+            .expect("a lazy connection");
+        assert_eq!(conn.sentinel_primary(), None);
     }
 }

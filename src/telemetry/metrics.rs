@@ -73,6 +73,9 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "lease_sync_http_connections_refused_
 pub const LISTENERS: [&str; 2] = ["webhook", "admin"];
 /// Always 1, labelled with the running `version`.
 pub const BUILD_INFO: &str = "lease_sync_build_info";
+/// Times the Redis primary moved to another address under `[redis] mode = "sentinel"` (a
+/// failover lease-sync followed).
+pub const REDIS_PRIMARY_CHANGES: &str = "lease_sync_redis_primary_changes_total";
 /// Log lines dropped because the log thread was [`crate::telemetry::LOG_LINES_BUFFERED`]
 /// lines behind (stderr not being read); read at scrape time.
 pub const LOG_LINES_DROPPED: &str = "lease_sync_log_lines_dropped_total";
@@ -265,6 +268,12 @@ pub const CATALOG: &[Metric] = &[
         labels: &[],
         help: "Log lines dropped because stderr was not being read fast enough (the log thread fell 100,000 lines behind).",
     },
+    Metric {
+        name: REDIS_PRIMARY_CHANGES,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Times the Redis primary named by Sentinel moved to another address and lease-sync followed (mode = \"sentinel\").",
+    },
 ];
 
 /// Bucket bounds in seconds: from half a millisecond (an ingest on loopback) to 10 s (the
@@ -304,6 +313,7 @@ fn describe() {
         }
     }
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::counter!(REDIS_PRIMARY_CHANGES).increment(0);
     // Known label sets start at 0, so rates and alerts work before the first occurrence.
     for listener in LISTENERS {
         metrics::gauge!(HTTP_CONNECTIONS, "listener" => listener).increment(0.0);

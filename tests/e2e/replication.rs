@@ -66,6 +66,20 @@ async fn with_wait_replicas_an_event_is_acknowledged_only_once_a_replica_holds_i
     app.stop().await;
 }
 
+/// The `redis_primary` that the app's `/readyz` reports (it must answer 200).
+async fn readyz_primary(app: &TestApp) -> Option<String> {
+    let url = format!("http://{}/readyz", app.addr.expect("the webhook listener"));
+    let reply = reqwest::Client::new()
+        .get(&url)
+        .timeout(LIMIT)
+        .send()
+        .await
+        .expect("/readyz answers");
+    assert_eq!(reply.status(), 200, "/readyz");
+    let body: serde_json::Value = reply.json().await.expect("/readyz is JSON");
+    body["redis_primary"].as_str().map(str::to_owned)
+}
+
 /// The port of the primary the sentinels name `master`, if they agree on one.
 async fn primary_port(sentinel: &SentinelServer, master: &str) -> Option<u16> {
     let mut conn = sentinel.connection().await;
@@ -146,6 +160,11 @@ async fn failover_during_traffic(wait_replicas: u32) -> FailoverRun {
         deliver(&app, &id, "L-1").await;
         sent.push(id);
     }
+    // `/readyz` names the primary the process is on.
+    assert_eq!(
+        readyz_primary(&app).await,
+        Some(format!("127.0.0.1:{}", primary.port()))
+    );
     sentinels[0]
         .command(&["SENTINEL", "FAILOVER", MASTER])
         .await
@@ -187,6 +206,13 @@ async fn failover_during_traffic(wait_replicas: u32) -> FailoverRun {
         deliver(&app, &id, "L-2").await;
         sent.push(id);
     }
+    // The move shows: `/readyz` names the new primary. (The move's counter,
+    // lease_sync_redis_primary_changes_total, is process-wide: the other failover test of this
+    // binary may move it too, so it is checked in src/queue/connection.rs's tests.)
+    assert_eq!(
+        readyz_primary(&app).await,
+        Some(format!("127.0.0.1:{}", replica.port()))
+    );
 
     let acknowledged = sent.len();
     let mut lost = Vec::new();
