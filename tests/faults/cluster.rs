@@ -448,6 +448,30 @@ impl Cluster {
         started.elapsed()
     }
 
+    /// The Redis primary each ingest process's `/readyz` names (`redis_primary`; `None` when
+    /// it names none or does not answer 200).
+    pub async fn ingest_primaries(&self) -> Vec<Option<String>> {
+        let mut primaries = Vec::new();
+        for port in self.ingest_ports {
+            let url = format!("http://127.0.0.1:{port}/readyz");
+            let answer = async {
+                let reply = reqwest::Client::new()
+                    .get(&url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .ok()?;
+                if reply.status() != 200 {
+                    return None;
+                }
+                let body: serde_json::Value = reply.json().await.ok()?;
+                body["redis_primary"].as_str().map(str::to_owned)
+            };
+            primaries.push(answer.await);
+        }
+        primaries
+    }
+
     /// Log tails of every lease-sync process, for failure messages.
     pub fn log_tails(&self, lines: usize) -> String {
         self.ingest

@@ -456,13 +456,29 @@ async fn worker_rolling_restarts(target: Target<'_>) -> Injected {
 /// (i) A replica and three sentinels join; every process restarts (rolling) in sentinel mode
 /// with `wait_replicas = 1`; then `SENTINEL FAILOVER` while the sender runs. From here on the
 /// suite runs on the promoted replica, and the phase's checks find every event acknowledged
-/// before, during and after the failover there.
+/// before, during and after the failover there. Both ingest processes must follow within
+/// 30 s (their `/readyz` names the new primary).
 async fn sentinel_failover(target: Target<'_>) -> Injected {
     let Target { cluster, scale, .. } = target;
     let started = Instant::now();
     let failures = cluster.switch_to_sentinel().await;
     let switched = started.elapsed();
     let took = cluster.sentinel_failover().await;
+    let mut failures = failures;
+    // Each ingest process follows: its `/readyz` names the new primary (they ask the sentinels
+    // every second).
+    let primary = Some(format!("127.0.0.1:{}", cluster.redis.port()));
+    let followed = poll_until(Duration::from_secs(30), || async {
+        let named = cluster.ingest_primaries().await;
+        named.iter().all(|p| *p == primary).then_some(())
+    })
+    .await;
+    if followed.is_none() {
+        failures.push(format!(
+            "30 s after the failover, the ingest processes' /readyz named {:?}, not {primary:?}",
+            cluster.ingest_primaries().await
+        ));
+    }
     pace_until(started + scale.fault.max(switched + took)).await;
     Injected {
         repetitions: 1,
