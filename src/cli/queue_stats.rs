@@ -24,11 +24,24 @@ enum QueueCommand {
     /// Print queue depths (ready, scheduled, in flight, dead letters) and lifetime counters.
     Stats(StatsArgs),
     /// Move what an earlier release left in Redis into this release's layout. Every process
-    /// does this at startup; run it by hand for what an old process wrote afterwards.
-    Migrate(StatsArgs),
+    /// does this at startup; run it by hand for what an old process wrote afterwards. With
+    /// `--to`, also switch the namespace between the layouts this release runs on.
+    Migrate(MigrateArgs),
 }
 
-/// Arguments of `queue stats` and `queue migrate`.
+/// Arguments of `queue migrate`.
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    common: StatsArgs,
+    /// Switch the namespace to this layout: `3` once every process runs this release (ledgers
+    /// stop keeping a copy of each queued job), `2` before rolling back to the release before
+    /// (every queued job's ledger gets its copy back).
+    #[arg(long, value_name = "LAYOUT", value_parser = ["2", "3"])]
+    to: Option<String>,
+}
+
+/// Arguments of `queue stats` (and the common ones of `queue migrate`).
 #[derive(Debug, clap::Args)]
 struct StatsArgs {
     #[command(flatten)]
@@ -46,7 +59,8 @@ pub(super) async fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn migrate(args: StatsArgs) -> anyhow::Result<ExitCode> {
+async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let MigrateArgs { common: args, to } = args;
     let queue = open_queue(&args.config).await?;
     // The first run marks the namespace; a later one moves what old processes wrote since.
     let report = match queue
@@ -60,12 +74,37 @@ async fn migrate(args: StatsArgs) -> anyhow::Result<ExitCode> {
             .await
             .explain("cannot upgrade the Redis layout")?,
     };
+    let switch = match to {
+        Some(to) => Some(
+            queue
+                .switch_layout(&to)
+                .await
+                .explain("cannot switch the Redis layout")?,
+        ),
+        None => None,
+    };
+    let layout = queue
+        .layout_version()
+        .await
+        .explain("cannot read the Redis layout")?
+        .unwrap_or_default();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut out = serde_json::to_value(report)?;
+        out["layout"] = layout.into();
+        if let Some(switch) = &switch {
+            out["switched"] = serde_json::to_value(switch)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        if let Some(switch) = &switch {
+            println!(
+                "switched layout {} → {}; {} ledger(s) given a copy of their queued job",
+                switch.from, switch.to, switch.copied
+            );
+        }
         println!(
             "layout {}: {} job(s) ready, {} scheduled, {} dropped; {} key(s) renamed, {} apalis-redis key(s) deleted, {} key(s) left under their old name (the new one exists)",
-            crate::queue::migrate::LAYOUT_VERSION,
+            layout,
             report.jobs_ready,
             report.jobs_scheduled,
             report.jobs_dropped,

@@ -391,6 +391,7 @@ impl JobQueue {
                 invocation
                     .key(self.keys.delivery(&scheduled.delivery_id))
                     .shared_key(self.keys.convergences())
+                    .shared_key(self.keys.layout())
                     .arg(due_ms)
                     .arg(super::job_id_ready_at(due_ms))
                     .arg(serde_json::to_string(&scheduled)?);
@@ -447,7 +448,8 @@ impl JobQueue {
     /// Ids of the deliveries of one event that are still in the ledger (for tests and tools).
     pub async fn deliveries_of(&self, event_id: &str) -> Result<Vec<String>, QueueError> {
         let mut conn = self.conn.clone();
-        let pattern = format!("{}:*", self.keys.delivery_prefix());
+        let prefix = format!("{}:", self.keys.delivery_prefix());
+        let pattern = format!("{prefix}*");
         let mut found = Vec::new();
         let mut cursor = 0u64;
         loop {
@@ -460,15 +462,34 @@ impl JobQueue {
             let (next, keys): (u64, Vec<String>) =
                 redis::from_redis_value(self.conn.on_primary_of(&pattern, &scan).await?)?;
             for key in keys.iter().filter(|k| !k.ends_with(":attempts")) {
-                let job: Option<String> = redis::cmd("HGET")
-                    .arg(key)
-                    .arg("job")
-                    .query_async(&mut conn)
-                    .await?;
-                if let Some(job) = job.and_then(|j| serde_json::from_str::<Job>(&j).ok())
-                    && job.event_id() == event_id
-                {
-                    found.push(job.delivery_id().to_owned());
+                let (job, task, event): (Option<String>, Option<String>, Option<String>) =
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(&["job", "current_task", "event"])
+                        .query_async(&mut conn)
+                        .await?;
+                // A queued job's payload is in the job data hash (layout 3), a dead letter's
+                // and a layout-2 delivery's in the ledger.
+                let job = match (job, task.filter(|t| !t.is_empty())) {
+                    (Some(job), _) => Some(job),
+                    (None, Some(task)) => {
+                        redis::cmd("HGET")
+                            .arg(self.keys.job_data())
+                            .arg(task)
+                            .query_async(&mut conn)
+                            .await?
+                    }
+                    (None, None) => None,
+                };
+                let of_event = match job.and_then(|j| serde_json::from_str::<Job>(&j).ok()) {
+                    Some(job) => job.event_id() == event_id,
+                    // Delivered: only the event it came from is left.
+                    None => event
+                        .and_then(|e| serde_json::from_str::<serde_json::Value>(&e).ok())
+                        .is_some_and(|e| e["id"] == event_id),
+                };
+                if of_event && let Some(id) = key.strip_prefix(&prefix) {
+                    found.push(id.to_owned());
                 }
             }
             if next == 0 {

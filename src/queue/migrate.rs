@@ -27,8 +27,24 @@ use tracing::{info, warn};
 use super::keys::{LEGACY_FAMILIES, LegacyKeys};
 use super::{JobQueue, QueueError};
 
-/// The layout this release reads and writes, kept in `{namespace}:layout`.
-pub const LAYOUT_VERSION: &str = "2";
+/// The layout this release writes on a namespace it creates or upgrades from apalis-redis's
+/// keys, kept in `{namespace}:layout`: a queued job's payload lives in the job data hash only,
+/// and its delivery's ledger gets a copy when it is dead-lettered.
+pub const LAYOUT_VERSION: &str = "3";
+
+/// The layout of the releases from `03085aa`'s successor to this one's predecessor, which this
+/// release also runs on: the same keys, but every ledger keeps a copy of its job (`job`), which
+/// those releases' workers read to queue a retry or a deferral. While a namespace says `2`,
+/// this release writes that copy too (each script that creates a ledger reads the marker), so
+/// processes of both releases can share it during a rolling upgrade. `lease-sync queue
+/// migrate --finish` moves it to [`LAYOUT_VERSION`] once no process of the earlier release is
+/// left; `--to 2` moves it back before a rollback.
+pub const ROLLOUT_LAYOUT_VERSION: &str = "2";
+
+/// Whether this release runs on a namespace whose marker says `layout`.
+fn runs_on(layout: &str) -> bool {
+    layout == LAYOUT_VERSION || layout == ROLLOUT_LAYOUT_VERSION
+}
 
 /// How long the migration lock lives unless renewed (it is taken again per step).
 const LOCK_TTL: Duration = Duration::from_secs(60);
@@ -54,6 +70,17 @@ pub struct MigrationReport {
     pub keys_left: u64,
 }
 
+/// What [`JobQueue::switch_layout`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LayoutSwitch {
+    /// The layout the namespace was in.
+    pub from: String,
+    /// The layout it is in now.
+    pub to: String,
+    /// Ledgers given a copy of their queued job's payload (moving to layout 2).
+    pub copied: u64,
+}
+
 impl JobQueue {
     /// Brings the namespace to this release's layout if it is not there yet, waiting up to
     /// `wait` for another process that is migrating it. `Ok(None)`: nothing to do.
@@ -67,12 +94,12 @@ impl JobQueue {
             .arg(&marker)
             .query_async(&mut conn)
             .await?;
-        if current.as_deref() == Some(LAYOUT_VERSION) {
+        if current.as_deref().is_some_and(runs_on) {
             return Ok(None);
         }
         if let Some(other) = current {
             return Err(QueueError::Protocol(format!(
-                "namespace holds layout {other}, written by a newer release; this one reads layout {LAYOUT_VERSION}"
+                "namespace holds layout {other}, written by a newer release; this one reads layouts {ROLLOUT_LAYOUT_VERSION} and {LAYOUT_VERSION}"
             )));
         }
         let token = ulid::Ulid::new().to_string();
@@ -95,7 +122,7 @@ impl JobQueue {
                 .arg(&marker)
                 .query_async(&mut conn)
                 .await?;
-            if current.as_deref() == Some(LAYOUT_VERSION) {
+            if current.as_deref().is_some_and(runs_on) {
                 return Ok(None);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -352,6 +379,91 @@ impl JobQueue {
             .query_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// The layout marker of the namespace (`None` before any process of a release with
+    /// markers wrote to it).
+    pub async fn layout_version(&self) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("GET")
+            .arg(self.keys.layout())
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Moves a namespace between the two layouts this release runs on
+    /// ([`ROLLOUT_LAYOUT_VERSION`] and [`LAYOUT_VERSION`]); returns the layout it was in.
+    ///
+    /// To [`LAYOUT_VERSION`]: only the marker changes. Every script that creates a ledger
+    /// reads it, so from the next call on no ledger gets a copy of its job; ledgers written
+    /// before keep theirs, which nothing needs any more. Run it once no process of the earlier
+    /// release is left: one that is would lose the retry or deferral of a job it cannot find in
+    /// the ledger.
+    ///
+    /// To [`ROLLOUT_LAYOUT_VERSION`] (before going back to the earlier release): the marker
+    /// first, so every ledger created from then on keeps a copy, then every queued job's
+    /// payload is copied into its ledger where that has none; the count is returned in
+    /// `copied`.
+    pub async fn switch_layout(&self, to: &str) -> Result<LayoutSwitch, QueueError> {
+        if !runs_on(to) {
+            return Err(QueueError::Protocol(format!(
+                "layout {to} is not one this release runs on ({ROLLOUT_LAYOUT_VERSION} or {LAYOUT_VERSION})"
+            )));
+        }
+        self.ensure_layout(Duration::from_secs(60)).await?;
+        let mut conn = self.conn.clone();
+        let from: Option<String> = redis::cmd("SET")
+            .arg(self.keys.layout())
+            .arg(to)
+            .arg("GET")
+            .query_async(&mut conn)
+            .await?;
+        let mut copied = 0;
+        if to == ROLLOUT_LAYOUT_VERSION {
+            copied = self.copy_payloads_into_ledgers().await?;
+        }
+        Ok(LayoutSwitch {
+            from: from.unwrap_or_default(),
+            to: to.to_owned(),
+            copied,
+        })
+    }
+
+    /// Copies the payload of every job in the job data hash into its delivery's ledger where
+    /// that exists and has none; how many were copied.
+    async fn copy_payloads_into_ledgers(&self) -> Result<u64, QueueError> {
+        let copy = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSETNX', KEYS[1], 'job', ARGV[1]) end return 0",
+        );
+        let mut conn = self.conn.clone();
+        let data = self.keys.job_data();
+        let mut copied = 0;
+        let mut cursor = 0u64;
+        loop {
+            let (next, entries): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&data)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(CHUNK)
+                .query_async(&mut conn)
+                .await?;
+            for (_, payload) in entries {
+                // A payload that does not parse names no delivery; the fetch drops it.
+                let Ok(job) = serde_json::from_str::<super::Job>(&payload) else {
+                    continue;
+                };
+                let n: u64 = copy
+                    .key(self.keys.delivery(job.delivery_id()))
+                    .arg(&payload)
+                    .invoke_async(&mut conn)
+                    .await?;
+                copied += n;
+            }
+            if next == 0 {
+                return Ok(copied);
+            }
+            cursor = next;
+        }
     }
 
     /// Every key matching `pattern`.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use lease_sync::config::Role;
+use lease_sync_sandbox::Fault;
 use lease_sync_testkit::snapshot;
 use serde_json::json;
 
@@ -190,7 +191,7 @@ async fn queue_migrate_upgrades_by_hand_and_again_moves_nothing() {
     let again = run().await;
     assert_eq!(
         again,
-        json!({"jobs_ready": 0, "jobs_scheduled": 0, "jobs_dropped": 0, "keys_renamed": 0, "keys_deleted": 0, "keys_left": 0})
+        json!({"jobs_ready": 0, "jobs_scheduled": 0, "jobs_dropped": 0, "keys_renamed": 0, "keys_deleted": 0, "keys_left": 0, "layout": "3"})
     );
 
     // An old process still running writes a job, a dedupe marker and its counters.
@@ -363,6 +364,134 @@ async fn an_attempt_recorded_in_a_list_during_a_rolling_upgrade_is_shown_and_exp
     assert_eq!(redis.command(&["HGET", &ledger, "records"]).await, "1");
     assert_expires(&redis, &keys.attempts(&delivery)).await;
     assert_expires(&redis, &ledger).await;
+    worker.stop().await;
+}
+
+/// In layout 3 (a namespace this release creates) a queued job's payload is stored once, in
+/// the job data hash: its ledger has none. A dead letter's ledger gets it, as replays and the
+/// dead-letter views read it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_job_is_stored_once_and_its_dead_letter_keeps_it() {
+    let (redis, openapp, settings, ingest, delivery) = one_queued_delivery().await;
+    let keys = lease_sync::queue::Keys::new(&settings.redis.namespace);
+    let ledger = keys.delivery(&delivery);
+    assert_eq!(redis.command(&["GET", &keys.layout()]).await, "3");
+    assert_eq!(redis.command(&["HEXISTS", &ledger, "job"]).await, "int(0)");
+    let task = redis.command(&["HGET", &ledger, "current_task"]).await;
+    let payload = redis.command(&["HGET", &keys.job_data(), &task]).await;
+    assert!(payload.contains(&delivery), "{payload}");
+
+    openapp.sandbox.push_fault(Fault::Status {
+        status: 400,
+        retry_after: None,
+    });
+    let worker = TestApp::start(&settings, Role::Work).await;
+    let entry = wait_until("the dead letter", LIMIT, || async {
+        ingest.dead_letters().get(&delivery).await.ok()?
+    })
+    .await;
+    assert_eq!(entry.summary.attempts, 1);
+    assert_eq!(redis.command(&["HGET", &ledger, "job"]).await, payload);
+    assert_eq!(
+        redis.command(&["HEXISTS", &keys.job_data(), &task]).await,
+        "int(0)",
+        "the queued copy goes"
+    );
+    worker.stop().await;
+}
+
+/// A namespace written by the release before (layout 2) is run in that layout: each new ledger
+/// keeps a copy of its job, which that release's workers read for retries and deferrals, so
+/// both releases can share it during a rolling upgrade. `queue migrate --to 3` ends that;
+/// `--to 2` gives every queued job's ledger its copy back before a rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_2_keeps_a_copy_in_each_ledger_until_queue_migrate_moves_it_to_3_and_back() {
+    let redis = lease_sync_testkit::RedisServer::start().await;
+    let openapp = FakeOpenApp::start().await;
+    let settings = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    let keys = lease_sync::queue::Keys::new(&settings.redis.namespace);
+    // What the release before leaves on a namespace it created.
+    redis.command(&["SET", &keys.layout(), "2"]).await;
+    let ingest = TestApp::start(&settings, Role::Ingest).await;
+    let queued = |id: &'static str, user: &'static str| {
+        let ingest = &ingest;
+        let redis = &redis;
+        let keys = &keys;
+        async move {
+            let reply = post_event(ingest, id, event_body("lease.signed", id, &[user])).await;
+            assert_eq!(reply.status, 202, "{reply:?}");
+            let deliveries = ingest.queue().deliveries_of(id).await.expect("redis");
+            let [delivery] = deliveries.as_slice() else {
+                panic!("one delivery: {deliveries:?}")
+            };
+            let ledger = keys.delivery(delivery);
+            let task = redis.command(&["HGET", &ledger, "current_task"]).await;
+            let payload = redis.command(&["HGET", &keys.job_data(), &task]).await;
+            let in_ledger = redis.command(&["HGET", &ledger, "job"]).await;
+            (ledger, payload, in_ledger)
+        }
+    };
+    let (_, payload, in_ledger) = queued("evt-1", "user-1").await;
+    assert_eq!(in_ledger, payload, "layout 2: the ledger keeps a copy");
+    assert_eq!(redis.command(&["GET", &keys.layout()]).await, "2");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    write_config(&settings, &config);
+    let migrate = |to: &'static str| {
+        let config = config.display().to_string();
+        async move {
+            let out = run_lease_sync(vec![
+                "queue".into(),
+                "migrate".into(),
+                "--config".into(),
+                config,
+                "--to".into(),
+                to.into(),
+                "--json".into(),
+            ])
+            .await;
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+        }
+    };
+    let to_3 = migrate("3").await;
+    assert_eq!(
+        (&to_3["layout"], &to_3["switched"]),
+        (&json!("3"), &json!({"from": "2", "to": "3", "copied": 0})),
+        "{to_3}"
+    );
+    let (second_ledger, _, in_ledger) = queued("evt-2", "user-2").await;
+    assert_eq!(in_ledger, "nil", "layout 3: no copy");
+
+    let to_2 = migrate("2").await;
+    assert_eq!(
+        &to_2["switched"],
+        &json!({"from": "3", "to": "2", "copied": 1}),
+        "{to_2}"
+    );
+    assert!(
+        redis
+            .command(&["HGET", &second_ledger, "job"])
+            .await
+            .contains("user-2"),
+        "the queued job's ledger has its copy back"
+    );
+    let refused = run_lease_sync(vec![
+        "queue".into(),
+        "migrate".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--to".into(),
+        "4".into(),
+    ])
+    .await;
+    assert!(!refused.status.success());
+
+    // Both jobs run, whichever layout queued them.
+    let worker = TestApp::start(&settings, Role::Work).await;
+    let counts = wait_drained(&ingest.queue(), LIMIT).await;
+    assert_eq!((counts.done, counts.dead), (2, 0), "{counts:?}");
     worker.stop().await;
 }
 

@@ -124,6 +124,12 @@ if made >= max then
   end
   local reason = 'exhausted'
   if crashes == k then reason = 'crash_loop' end
+  -- The dead letter keeps the job (replay.lua reads it from the ledger), which the ledger of
+  -- a delivery queued in layout 3 does not hold until now (enqueue.lua).
+  local job = redis.call('HGET', KEYS[6], ARGV[1])
+  if job then
+    redis.call('HSET', KEYS[1], 'job', job)
+  end
   redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', reason, 'dead_at', ARGV[3], 'current_task', '',
     'open', '0', 'started_at', '0')
   redis.call('ZADD', KEYS[3], now, ARGV[4])

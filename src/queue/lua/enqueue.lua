@@ -3,8 +3,8 @@
 -- With an empty lease record it instead forgets the lease (an operator's reset): the record
 -- is removed from each resident that holds one from ARGV[8], and each is converged again.
 -- KEYS[1] dedupe marker  KEYS[2] job data hash  KEYS[3] ready list  KEYS[4] stats hash
--- KEYS[5] the building's residents index (a set of user ids)
--- KEYS[6..] triples, one per resident: resident hash, the ledger hash of its new delivery,
+-- KEYS[5] the building's residents index (a set of user ids)  KEYS[6] the layout marker
+-- KEYS[7..] triples, one per resident: resident hash, the ledger hash of its new delivery,
 -- the resident's history
 -- ARGV[1] dedupe ttl (s)  ARGV[2] now (ms)  ARGV[3] event JSON  ARGV[4] lease id
 -- ARGV[5] lease record JSON, or '' to forget the lease
@@ -21,6 +21,10 @@
 -- runs (begin_attempt.lua), from the job, so ingest writes nothing more per resident than
 -- before (one more key per event cost a third of ingest's rate under appendfsync always).
 -- A fold that replaced a record dated in the future marks its ledger hash `overrode`.
+-- The job's JSON goes into the job data hash only, where the fetch reads it; the ledger gets
+-- a copy when the delivery is dead-lettered (finish_attempt.lua, begin_attempt.lua). Only
+-- while the namespace is in layout 2 (a rollout from a release whose workers read retries'
+-- and deferrals' payloads from the ledger) does the ledger get one here too.
 -- Returns {queued, stale, overridden}: overridden counts future-dated records replaced;
 -- {-1, 0, 0} for a duplicate event, {-2, 0, 0} for another event under a known id.
 if not redis.call('SET', KEYS[1], ARGV[6], 'NX', 'EX', ARGV[1]) then
@@ -42,7 +46,8 @@ local function newer(a, b)
 end
 local field = 'lease:' .. ARGV[4]
 local queued, stale, overridden = 0, 0, 0
-local k = 6
+local ledger_keeps_job = nil
+local k = 7
 for i = 12, #ARGV, 4 do
   local task, job, user, entry = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local resident, ledger, history = KEYS[k], KEYS[k + 1], KEYS[k + 2]
@@ -75,8 +80,14 @@ for i = 12, #ARGV, 4 do
     redis.call('HINCRBY', resident, 'version', 1)
     redis.call('SADD', KEYS[5], user)
     redis.call('HSET', ledger,
-      'job', job, 'event', ARGV[3], 'first_seen', ARGV[2], 'attempts', 0, 'open', 0,
+      'event', ARGV[3], 'first_seen', ARGV[2], 'attempts', 0, 'open', 0,
       'current_task', task, 'status', 'pending', 'replays', 0, 'records', 0)
+    if ledger_keeps_job == nil then
+      ledger_keeps_job = redis.call('GET', KEYS[6]) == '2'
+    end
+    if ledger_keeps_job then
+      redis.call('HSET', ledger, 'job', job)
+    end
     if overrode then
       redis.call('HSET', ledger, 'overrode', 1)
     end

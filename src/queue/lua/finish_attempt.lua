@@ -26,8 +26,20 @@
 -- the user id, ARGV[20] '1' to finish even if the state moved. That is recorded first; if an
 -- event moved the state during the call, nothing else happens (the lock stays held) and the
 -- answer is 'moved': the worker converges again.
+-- The job's JSON is read from the job data hash (the ledger has a copy only when written in
+-- layout 2, enqueue.lua): a retry queues it under its new task id, a dead letter keeps it in
+-- its ledger (replay.lua and the dead-letter views read it there). A retry or dead letter
+-- whose payload is in neither place is refused before anything is written (it cannot run
+-- again); its hold lapses and the fetch drops it, as it drops any job without a payload.
 -- `count` comes from the prelude (batch.rs): within a batch each counter is added once.
 local ledger = redis.call('HMGET', KEYS[1], 'current_task', 'overrode', 'open', 'records', 'attempts', 'replays')
+local payload = nil
+if ARGV[3] ~= 'delivered' and ledger[1] == ARGV[1] then
+  payload = redis.call('HGET', KEYS[5], ARGV[1]) or redis.call('HGET', KEYS[1], 'job')
+  if not payload then
+    return redis.error_reply('the payload of job ' .. ARGV[1] .. ' is gone')
+  end
+end
 local function history(outcome)
   if ARGV[12] == '' then return end
   local entry = ARGV[12]
@@ -104,17 +116,21 @@ if kind == 'delivered' then
   count(KEYS[4], 'delivered')
   -- A lease window opening or closing later needs a convergence then: KEYS[12] the new
   -- delivery's hash, KEYS[13] the convergences index (due by task, for the pending gauge),
-  -- ARGV[21] due (ms), ARGV[22] its task id, ARGV[23] its job JSON. Skipped when one is
-  -- already due no later than that.
+  -- ARGV[21] due (ms), ARGV[22] its task id, ARGV[23] its job JSON, KEYS[14] the layout
+  -- marker (in layout 2 the new ledger keeps a copy of the job). Skipped when one is already
+  -- due no later than that.
   if KEYS[12] then
     local due = tonumber(ARGV[21])
     local pending = tonumber(redis.call('HGET', KEYS[10], 'next_check') or '0')
     if not (pending > now and pending <= due) then
       local task = ARGV[22]
       redis.call('HSET', KEYS[10], 'next_check', ARGV[21])
-      redis.call('HSET', KEYS[12], 'job', ARGV[23], 'event', '{}', 'first_seen', ARGV[2],
+      redis.call('HSET', KEYS[12], 'event', '{}', 'first_seen', ARGV[2],
         'attempts', '0', 'open', '0', 'current_task', task, 'status', 'pending', 'replays', 0,
         'records', 0)
+      if redis.call('GET', KEYS[14]) == '2' then
+        redis.call('HSET', KEYS[12], 'job', ARGV[23])
+      end
       redis.call('HSET', KEYS[5], task, ARGV[23])
       redis.call('ZADD', KEYS[7], ARGV[21], task)
       redis.call('ZADD', KEYS[13], ARGV[21], task)
@@ -125,12 +141,12 @@ elseif kind == 'retry' then
   local task = ARGV[6]
   local due = ARGV[7]
   redis.call('HSET', KEYS[1], 'current_task', task, 'open', '0', 'started_at', '0', unpack(record))
-  redis.call('HSET', KEYS[5], task, redis.call('HGET', KEYS[1], 'job'))
+  redis.call('HSET', KEYS[5], task, payload)
   redis.call('ZADD', KEYS[7], due, task)
   count(KEYS[4], 'retries')
 else
   redis.call('HSET', KEYS[1], 'status', 'dead', 'reason', ARGV[8], 'dead_at', ARGV[2], 'current_task', '',
-    'open', '0', 'started_at', '0', unpack(record))
+    'open', '0', 'started_at', '0', 'job', payload, unpack(record))
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[5])
   count(KEYS[4], 'dead_lettered')
 end
