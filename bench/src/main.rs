@@ -66,6 +66,10 @@ struct MetricsArgs {
     /// Scrapes measured, one after the other.
     #[arg(long, default_value_t = 200)]
     scrapes: usize,
+    /// Fill the queue in this Redis layout: `3` (this release's, a payload stored once) or `2`
+    /// (a rolling upgrade's, each ledger keeping a copy), to compare the memory they take.
+    #[arg(long, default_value = "3", value_parser = ["2", "3"])]
+    layout: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -601,6 +605,7 @@ async fn metrics_bench(args: MetricsArgs) -> anyhow::Result<()> {
         jobs: args.jobs,
         dead_workers: args.dead_workers,
         scrapes: args.scrapes.max(1),
+        layout: args.layout,
     };
     let report = metrics_scale::run(&opts).await?;
     metrics_scale::write(&report, &args.out)?;

@@ -42,6 +42,8 @@ pub struct Options {
     pub dead_workers: usize,
     /// Scrapes measured.
     pub scrapes: usize,
+    /// The Redis layout to fill the queue in (`{namespace}:layout`, set before the fill).
+    pub layout: String,
 }
 
 /// Scrape times, in milliseconds.
@@ -49,8 +51,18 @@ pub struct Options {
 pub struct Report {
     /// Jobs queued.
     pub jobs: usize,
+    /// The Redis layout they were queued in.
+    #[serde(default)]
+    pub layout: String,
     /// Keys in Redis when scraping.
     pub redis_keys: u64,
+    /// Redis's `used_memory` with the queue filled, in bytes (absent in reports written
+    /// before it was measured).
+    #[serde(default)]
+    pub redis_used_memory: u64,
+    /// Redis's `used_memory` before the fill, so the queue's share can be told apart.
+    #[serde(default)]
+    pub redis_used_memory_empty: u64,
     /// Jobs held in flight by dead workers.
     pub dead_workers: usize,
     /// Scrapes measured.
@@ -92,6 +104,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         lease_sync::queue::connect(&settings.redis).context("redis")?,
         NAMESPACE,
     );
+    let mut conn = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let _: () = redis::cmd("SET")
+        .arg(queue.keys().layout())
+        .arg(&opts.layout)
+        .query_async(&mut conn)
+        .await?;
+    let redis_used_memory_empty = used_memory(&mut conn).await?;
     let started = Instant::now();
     fill(&queue, opts.jobs).await?;
     eprintln!(
@@ -99,9 +120,6 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         opts.jobs,
         started.elapsed().as_secs_f64()
     );
-    let mut conn = redis::Client::open(redis.url())?
-        .get_multiplexed_async_connection()
-        .await?;
     // Jobs held by workers that died (never renewed, never recovered: no worker runs).
     if opts.dead_workers > 0 {
         let held = queue
@@ -110,6 +128,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         anyhow::ensure!(held.len() == opts.dead_workers, "could not hold jobs");
     }
     let redis_keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await?;
+    let redis_used_memory = used_memory(&mut conn).await?;
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -154,7 +173,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     };
     Ok(Report {
         jobs: opts.jobs,
+        layout: opts.layout.clone(),
         redis_keys,
+        redis_used_memory,
+        redis_used_memory_empty,
         dead_workers: opts.dead_workers,
         scrapes: times.len(),
         p50_ms: at(0.5),
@@ -163,6 +185,24 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         reported_ready: jobs_in("ready"),
         reported_in_flight: jobs_in("in_flight"),
     })
+}
+
+/// Redis's `used_memory` (`INFO memory`), in bytes.
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
+}
+
+impl Report {
+    /// Redis memory the filled queue takes per job, in bytes.
+    pub fn bytes_per_job(&self) -> f64 {
+        self.redis_used_memory
+            .saturating_sub(self.redis_used_memory_empty) as f64
+            / self.jobs.max(1) as f64
+    }
 }
 
 /// Queues `jobs` convergences, one distinct event and resident each.
@@ -228,10 +268,12 @@ pub fn write(report: &Report, out: &Path) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(report)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
-        "/metrics with {} jobs queued ({} Redis keys, {} jobs held by dead workers): \
+        "/metrics with {} jobs queued in layout {} ({} Redis keys, Redis memory {:.0} bytes per job, {} jobs held by dead workers): \
          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} scrapes; reported ready {}, in flight {}",
         report.jobs,
+        report.layout,
         report.redis_keys,
+        report.bytes_per_job(),
         report.dead_workers,
         report.p50_ms,
         report.p99_ms,

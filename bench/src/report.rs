@@ -530,6 +530,14 @@ pub fn markdown(results: &Results, metrics: Option<&crate::metrics_scale::Report
                 "**miss**"
             }
         );
+        if m.redis_used_memory > 0 {
+            let _ = writeln!(
+                out,
+                "| Redis memory per queued job (bytes; the same {} jobs, `used_memory` filled less empty) | | {:.0} | — | — | — |",
+                m.jobs,
+                m.bytes_per_job()
+            );
+        }
     }
     let _ = writeln!(
         out,
