@@ -94,6 +94,12 @@ impl JobQueue {
             .arg(&marker)
             .query_async(&mut conn)
             .await?;
+        if current.as_deref() == Some(ROLLOUT_LAYOUT_VERSION) {
+            info!(
+                layout = ROLLOUT_LAYOUT_VERSION,
+                "this namespace is in Redis layout 2: every ledger keeps a copy of its job for workers of the release before; once every process runs this release, `lease-sync queue migrate --to 3` stores each job once"
+            );
+        }
         if current.as_deref().is_some_and(runs_on) {
             return Ok(None);
         }
