@@ -101,6 +101,11 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
                 "switched layout {} → {}; {} ledger(s) given a copy of their queued job",
                 switch.from, switch.to, switch.copied
             );
+            if switch.to == crate::queue::migrate::LAYOUT_VERSION && switch.from != switch.to {
+                println!(
+                    "jobs queued from now on are stored once: a worker of the release before this one, if any still runs, loses their retries and deferrals (docs/DEPLOY.md)"
+                );
+            }
         }
         println!(
             "layout {}: {} job(s) ready, {} scheduled, {} dropped; {} key(s) renamed, {} apalis-redis key(s) deleted, {} key(s) left under their old name (the new one exists)",
