@@ -146,6 +146,14 @@ fn describe(c: &QueueCounts) -> String {
         ("paused integrations", c.paused_integrations.to_string()),
         ("dead letters", c.dead.to_string()),
         ("oldest ready age", oldest),
+        (
+            "Redis layout",
+            match c.redis_layout {
+                0 => "-".to_owned(),
+                2 => "2 (rolling upgrade: `queue migrate --to 3` finishes it)".to_owned(),
+                other => other.to_string(),
+            },
+        ),
     ];
     let counters = [
         ("delivered", c.done),
@@ -201,8 +209,15 @@ mod tests {
             auth_failures: 3,
             held: 4,
             paused_integrations: 1,
+            redis_layout: 2,
             ..QueueCounts::default()
         });
+        assert!(
+            text.contains(
+                "Redis layout              2 (rolling upgrade: `queue migrate --to 3` finishes it)"
+            ),
+            "{text}"
+        );
         assert!(text.contains("held (paused)             4"), "{text}");
         assert!(text.contains("paused integrations       1"), "{text}");
         assert!(text.contains("oldest ready age          -"), "{text}");
@@ -221,7 +236,7 @@ mod tests {
             ..QueueCounts::default()
         });
         let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
-        assert_eq!(rows.len(), 15, "{text}");
+        assert_eq!(rows.len(), 16, "{text}");
         let mut columns = std::collections::BTreeSet::new();
         for row in rows {
             // The value is the text after the last run of two or more spaces.
@@ -233,7 +248,7 @@ mod tests {
             let value = row.trim_start()[split..].trim_start();
             assert!(!label.is_empty() && !value.is_empty(), "{row:?}");
             assert!(
-                !value.contains(' ') || value == "2m 5s",
+                !value.contains(' ') || value == "2m 5s" || value.starts_with("2 (rolling"),
                 "the label runs into the value in {row:?}"
             );
             columns.insert(row.len() - value.len());

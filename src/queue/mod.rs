@@ -354,6 +354,10 @@ pub struct QueueCounts {
     pub held: u64,
     /// Integrations paused now.
     pub paused_integrations: u64,
+    /// The namespace's Redis layout (`{namespace}:layout`): `3`, or `2` while a rolling
+    /// upgrade from the release before is not finished (`lease-sync queue migrate --to 3`);
+    /// 0 before any process wrote to it.
+    pub redis_layout: u32,
 }
 
 /// Errors talking to the queue.
@@ -897,9 +901,16 @@ impl JobQueue {
             .key(self.keys.ready())
             .key(self.keys.scheduled())
             .key(self.keys.dead_letters())
-            .key(self.keys.in_flight());
-        let (ready, scheduled, dead, in_flight, oldest): (u64, u64, u64, u64, String) =
-            invocation.invoke_async(&mut conn).await?;
+            .key(self.keys.in_flight())
+            .key(self.keys.layout());
+        let (ready, scheduled, dead, in_flight, oldest, redis_layout): (
+            u64,
+            u64,
+            u64,
+            u64,
+            String,
+            String,
+        ) = invocation.invoke_async(&mut conn).await?;
         let oldest_ready_at = ready_at_of(&oldest);
         let stats: Vec<Option<u64>> = redis::cmd("HMGET")
             .arg(self.keys.stats())
@@ -926,6 +937,7 @@ impl JobQueue {
         Ok(QueueCounts {
             held,
             paused_integrations: paused.len() as u64,
+            redis_layout: redis_layout.parse().unwrap_or(0),
             ready,
             scheduled,
             in_flight,

@@ -434,6 +434,10 @@ async fn layout_2_keeps_a_copy_in_each_ledger_until_queue_migrate_moves_it_to_3_
     let (_, payload, in_ledger) = queued("evt-1", "user-1").await;
     assert_eq!(in_ledger, payload, "layout 2: the ledger keeps a copy");
     assert_eq!(redis.command(&["GET", &keys.layout()]).await, "2");
+    assert_eq!(
+        ingest.queue().counts().await.expect("counts").redis_layout,
+        2
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("c.toml");
@@ -463,6 +467,10 @@ async fn layout_2_keeps_a_copy_in_each_ledger_until_queue_migrate_moves_it_to_3_
     );
     let (second_ledger, _, in_ledger) = queued("evt-2", "user-2").await;
     assert_eq!(in_ledger, "nil", "layout 3: no copy");
+    assert_eq!(
+        ingest.queue().counts().await.expect("counts").redis_layout,
+        3
+    );
 
     let to_2 = migrate("2").await;
     assert_eq!(

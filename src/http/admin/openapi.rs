@@ -502,6 +502,9 @@ mod schemas {
         held: u64,
         /// Integrations paused now.
         paused_integrations: u64,
+        /// The namespace's Redis layout: `3`, or `2` while a rolling upgrade from the release
+        /// before is not finished (`lease-sync queue migrate --to 3`); 0 before any write.
+        redis_layout: u32,
     }
 
     /// What lease-sync knows about one resident now.
