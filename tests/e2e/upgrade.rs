@@ -167,21 +167,7 @@ async fn queue_migrate_upgrades_by_hand_and_again_moves_nothing() {
         &test_config(&redis.url(), FIXTURE_NAMESPACE, "http://127.0.0.1:9"),
         &config,
     );
-    let run = || {
-        let config = config.display().to_string();
-        async move {
-            let out = run_lease_sync(vec![
-                "queue".into(),
-                "migrate".into(),
-                "--config".into(),
-                config,
-                "--json".into(),
-            ])
-            .await;
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
-        }
-    };
+    let run = || queue_migrate(&config, &[]);
     let first = run().await;
     assert_eq!(
         (&first["jobs_ready"], &first["jobs_scheduled"]),
@@ -442,24 +428,7 @@ async fn layout_2_keeps_a_copy_in_each_ledger_until_queue_migrate_moves_it_to_3_
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("c.toml");
     write_config(&settings, &config);
-    let migrate = |to: &'static str| {
-        let config = config.display().to_string();
-        async move {
-            let out = run_lease_sync(vec![
-                "queue".into(),
-                "migrate".into(),
-                "--config".into(),
-                config,
-                "--to".into(),
-                to.into(),
-                "--json".into(),
-            ])
-            .await;
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
-        }
-    };
-    let to_3 = migrate("3").await;
+    let to_3 = queue_migrate(&config, &["--to", "3"]).await;
     assert_eq!(
         (&to_3["layout"], &to_3["switched"]),
         (&json!("3"), &json!({"from": "2", "to": "3", "copied": 0})),
@@ -472,7 +441,7 @@ async fn layout_2_keeps_a_copy_in_each_ledger_until_queue_migrate_moves_it_to_3_
         3
     );
 
-    let to_2 = migrate("2").await;
+    let to_2 = queue_migrate(&config, &["--to", "2"]).await;
     assert_eq!(
         &to_2["switched"],
         &json!({"from": "3", "to": "2", "copied": 1}),
@@ -501,6 +470,21 @@ async fn layout_2_keeps_a_copy_in_each_ledger_until_queue_migrate_moves_it_to_3_
     let counts = wait_drained(&ingest.queue(), LIMIT).await;
     assert_eq!((counts.done, counts.dead), (2, 0), "{counts:?}");
     worker.stop().await;
+}
+
+/// Runs `lease-sync queue migrate --config CONFIG ARGS… --json`, which must succeed; its output.
+async fn queue_migrate(config: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let mut argv: Vec<String> = vec![
+        "queue".into(),
+        "migrate".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    argv.push("--json".into());
+    let out = run_lease_sync(argv).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
 }
 
 /// One convergence queued through ingest, with its delivery id.
