@@ -12,13 +12,16 @@
 # FLIP=3 sets the layout marker to 3 a second after both started (what `lease-sync queue
 # migrate --to 3` does): with a worker of the release before still running, its retries are
 # lost, which this check then reports (docs/DEPLOY.md says not to do that).
+# WORKER2=BINARY starts a second `lease-sync work` of that binary beside the first, so workers
+# of two releases claim and finish jobs from one queue at once (on layouts 2 and 3 both take
+# residents' lock keys).
 # Needs redis-server, redis-cli, curl, python3 and a release build of lease-sync-bench (the load
 # generator). Everything listens on free loopback ports; state goes to a temporary directory,
 # kept and printed on failure.
 set -euo pipefail
 
 if [ $# -lt 3 ]; then
-  sed -n '2,16p' "$0" >&2
+  sed -n '2,19p' "$0" >&2
   exit 2
 fi
 ingest_bin=$(realpath "$1")
@@ -106,6 +109,10 @@ redis-cli -p "$redis_port" SET '{mixed}:layout' "$layout" >/dev/null
 pids+=($!)
 "$worker_bin" work --config "$dir/config.toml" 2>"$dir/work.log" &
 pids+=($!)
+if [ -n "${WORKER2:-}" ]; then
+  "$(realpath "$WORKER2")" work --config "$dir/config.toml" 2>"$dir/work2.log" &
+  pids+=($!)
+fi
 wait_for "ingest" curl -fsS "http://127.0.0.1:$http_port/readyz"
 if [ -n "${FLIP:-}" ]; then
   sleep 1

@@ -66,9 +66,10 @@ struct MetricsArgs {
     /// Scrapes measured, one after the other.
     #[arg(long, default_value_t = 200)]
     scrapes: usize,
-    /// Fill the queue in this Redis layout: `3` (this release's, a payload stored once) or `2`
-    /// (a rolling upgrade's, each ledger keeping a copy), to compare the memory they take.
-    #[arg(long, default_value = "3", value_parser = ["2", "3"])]
+    /// Fill the queue in this Redis layout: `4` (this release's, a payload stored once; `3`
+    /// queues the same) or `2` (a rolling upgrade's, each ledger keeping a copy), to compare the
+    /// memory they take.
+    #[arg(long, default_value = "4", value_parser = ["2", "3", "4"])]
     layout: String,
 }
 

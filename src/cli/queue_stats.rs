@@ -34,10 +34,12 @@ enum QueueCommand {
 struct MigrateArgs {
     #[command(flatten)]
     common: StatsArgs,
-    /// Switch the namespace to this layout: `3` once every process runs this release (ledgers
-    /// stop keeping a copy of each queued job), `2` before rolling back to the release before
-    /// (every queued job's ledger gets its copy back).
-    #[arg(long, value_name = "LAYOUT", value_parser = ["2", "3"])]
+    /// Switch the namespace to this layout: `4` once every process runs this release (ledgers
+    /// stop keeping a copy of each queued job, residents are locked in their own hash), `3`
+    /// before rolling back to a release of layout 3 (residents are locked by keys of their own
+    /// again), `2` before rolling back to one of layout 2 (every queued job's ledger also gets
+    /// its copy back).
+    #[arg(long, value_name = "LAYOUT", value_parser = ["2", "3", "4"])]
     to: Option<String>,
 }
 
@@ -103,7 +105,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             );
             if switch.to == crate::queue::migrate::LAYOUT_VERSION && switch.from != switch.to {
                 println!(
-                    "jobs queued from now on are stored once: a worker of the release before this one, if any still runs, loses their retries and deferrals (docs/DEPLOY.md)"
+                    "the upgrade is finished: a worker of an earlier release, if any still runs, no longer shares the residents' locks with this one (and one of layout 2 loses the retries and deferrals of jobs queued from now on; docs/DEPLOY.md)"
                 );
             }
         }
@@ -150,7 +152,10 @@ fn describe(c: &QueueCounts) -> String {
             "Redis layout",
             match c.redis_layout {
                 0 => "-".to_owned(),
-                2 => "2 (rolling upgrade: `queue migrate --to 3` finishes it)".to_owned(),
+                2 | 3 => format!(
+                    "{} (rolling upgrade: `queue migrate --to 4` finishes it)",
+                    c.redis_layout
+                ),
                 other => other.to_string(),
             },
         ),
@@ -214,7 +219,7 @@ mod tests {
         });
         assert!(
             text.contains(
-                "Redis layout              2 (rolling upgrade: `queue migrate --to 3` finishes it)"
+                "Redis layout              2 (rolling upgrade: `queue migrate --to 4` finishes it)"
             ),
             "{text}"
         );

@@ -41,11 +41,19 @@ const MAX_IN_FLIGHT: usize = 2;
 const MAX_BATCH: usize = 64;
 
 /// Helpers the attempt scripts share, as run alone (one script call per call):
-/// `hexists_shared(key, field)` is `HEXISTS` as a boolean, and `count(key, field)` adds 1 to a
-/// counter at once.
+/// `hexists_shared(key, field)` is `HEXISTS` as a boolean, `get_shared(key)` is `GET` (`nil`
+/// for no key), `redis_now_ms()` is Redis's clock (`TIME`) in ms, and `count(key, field)` adds
+/// 1 to a counter at once.
 pub const ONE_CALL_HELPERS: &str = r"
 local function hexists_shared(key, field)
   return redis.call('HEXISTS', key, field) == 1
+end
+local function get_shared(key)
+  return redis.call('GET', key) or nil
+end
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function count(key, field)
   redis.call('HINCRBY', key, field, 1)
@@ -54,9 +62,12 @@ end
 
 /// The same helpers within a batch, where they save commands (each costs Redis more in the
 /// calling than in the command): `hexists_shared` asks once per key and field for the whole
-/// batch — only for fields no call of the batch writes, such as the paused integrations — and
-/// `count` adds up the batch's increments, which the driver writes at the end, one `HINCRBY`
-/// per counter (whether or not the call that counted failed later, as its other writes stay).
+/// batch — only for fields no call of the batch writes, such as the paused integrations —
+/// `get_shared` reads a key once per batch (only keys no call writes, such as the layout
+/// marker), `redis_now_ms` reads the clock once per batch (a batch runs in milliseconds; its
+/// users compare it with lock expiries of seconds), and `count` adds up the batch's increments,
+/// which the driver writes at the end, one `HINCRBY` per counter (whether or not the call that
+/// counted failed later, as its other writes stay).
 const BATCH_HELPERS: &str = r"
 local hexists_seen = {}
 local function hexists_shared(key, field)
@@ -71,6 +82,23 @@ local function hexists_shared(key, field)
     fields[field] = seen
   end
   return seen
+end
+local got_seen = {}
+local function get_shared(key)
+  local got = got_seen[key]
+  if got == nil then
+    got = redis.call('GET', key)
+    got_seen[key] = got
+  end
+  return got or nil
+end
+local now_seen
+local function redis_now_ms()
+  if not now_seen then
+    local t = redis.call('TIME')
+    now_seen = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_seen
 end
 local counted = {}
 local function count(key, field)

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::batch::ScriptCall;
-use super::residents::ResidentLock;
+use super::residents::{LockPlace, ResidentLock};
 use super::{DeliveryJob, Job, JobQueue, QueueError, now_ms};
 use crate::resident::ResidentState;
 
@@ -255,6 +255,7 @@ impl JobQueue {
             .key(self.keys.history(&job.integration_id, &job.user_id))
             .shared_key(self.keys.paused())
             .shared_key(self.keys.held(&job.integration_id))
+            .shared_key(self.keys.layout())
             .arg(task_id)
             .shared_arg(max_attempts)
             .arg(now)
@@ -268,16 +269,32 @@ impl JobQueue {
                 Some(entry) => serde_json::to_string(&entry)?,
                 None => String::new(),
             });
-        let (kind, n, reason, hash): (String, i64, String, HashMap<String, String>) =
+        // {kind, n, reason, resident hash} and, with `run`, where the lock was taken.
+        let mut answer: Vec<redis::Value> =
             redis::from_redis_value(self.claim_batcher().call(call).await?)?;
+        let place = match answer.len() {
+            5 => match answer.pop().map(redis::from_redis_value::<String>) {
+                Some(Ok(place)) if place == "hash" => LockPlace::ResidentHash,
+                _ => LockPlace::OwnKey,
+            },
+            _ => LockPlace::OwnKey,
+        };
+        let (kind, n, reason, hash): (String, i64, String, HashMap<String, String>) =
+            redis::from_redis_value(redis::Value::Array(answer))?;
         let attempts = u32::try_from(n).unwrap_or(0);
         match kind.as_str() {
             "run" => Ok(Claim::Run {
                 attempt: attempts,
                 lock: ResidentLock {
-                    key: lock_key,
+                    key: match place {
+                        LockPlace::ResidentHash => {
+                            self.keys.resident(&job.integration_id, &job.user_id)
+                        }
+                        LockPlace::OwnKey => lock_key,
+                    },
                     token,
                     ttl_ms,
+                    place,
                 },
                 state: super::residents::parse_resident(&job.integration_id, &job.user_id, &hash)?,
                 started_at: now,
@@ -397,8 +414,10 @@ impl JobQueue {
                     .arg(serde_json::to_string(&scheduled)?);
             }
         }
-        // Always the last argument, after the optional ones.
-        invocation.shared_arg(release.map_or(0, |lock| lock.ttl_ms));
+        // Always the last two arguments, after the optional ones.
+        invocation
+            .shared_arg(release.map_or("key", |lock| lock.place.as_str()))
+            .shared_arg(release.map_or(0, |lock| lock.ttl_ms));
         let answer: String =
             redis::from_redis_value(self.finish_batcher().call(invocation).await?)?;
         Ok(match answer.as_str() {

@@ -29,21 +29,32 @@ use super::{JobQueue, QueueError};
 
 /// The layout this release writes on a namespace it creates or upgrades from apalis-redis's
 /// keys, kept in `{namespace}:layout`: a queued job's payload lives in the job data hash only,
-/// and its delivery's ledger gets a copy when it is dead-lettered.
-pub const LAYOUT_VERSION: &str = "3";
+/// and its delivery's ledger gets a copy when it is dead-lettered (from layout 3); a
+/// resident's lock is two fields of the resident hash, `lock` and `lock_until`, which the
+/// claim reads and writes with the resident's state (`lua/begin_attempt.lua`).
+pub const LAYOUT_VERSION: &str = "4";
 
-/// The layout of the releases from `03085aa`'s successor to this one's predecessor, which this
-/// release also runs on: the same keys, but every ledger keeps a copy of its job (`job`), which
-/// those releases' workers read to queue a retry or a deferral. While a namespace says `2`,
-/// this release writes that copy too (each script that creates a ledger reads the marker), so
-/// processes of both releases can share it during a rolling upgrade. `lease-sync queue
-/// migrate --finish` moves it to [`LAYOUT_VERSION`] once no process of the earlier release is
-/// left; `--to 2` moves it back before a rollback.
+/// The layout of the release before this one (`4edbe08` to `f1b0e49`), which this release
+/// also runs on: the same keys, but a resident's lock is a key of its own
+/// (`{namespace}:lock:<integration>:<user>`), which that release's workers take. While a
+/// namespace says `3` (or [`ROLLOUT_LAYOUT_VERSION`]), this release's claims take that key
+/// too (each claim reads the marker), so workers of both releases exclude each other during a
+/// rolling upgrade. `lease-sync queue migrate --to 4` moves it to [`LAYOUT_VERSION`] once no
+/// process of the earlier release is left; `--to 3` moves it back before a rollback.
+pub const PREVIOUS_LAYOUT_VERSION: &str = "3";
+
+/// The layout of the releases from `03085aa`'s successor to `d7a771c`, which this release also
+/// runs on: as [`PREVIOUS_LAYOUT_VERSION`], and every ledger keeps a copy of its job (`job`),
+/// which those releases' workers read to queue a retry or a deferral. While a namespace says
+/// `2`, this release writes that copy too (each script that creates a ledger reads the
+/// marker). `--to 2` moves a namespace back to it before a rollback to those releases.
 pub const ROLLOUT_LAYOUT_VERSION: &str = "2";
 
 /// Whether this release runs on a namespace whose marker says `layout`.
 fn runs_on(layout: &str) -> bool {
-    layout == LAYOUT_VERSION || layout == ROLLOUT_LAYOUT_VERSION
+    layout == LAYOUT_VERSION
+        || layout == PREVIOUS_LAYOUT_VERSION
+        || layout == ROLLOUT_LAYOUT_VERSION
 }
 
 /// How long the migration lock lives unless renewed (it is taken again per step).
@@ -94,10 +105,12 @@ impl JobQueue {
             .arg(&marker)
             .query_async(&mut conn)
             .await?;
-        if current.as_deref() == Some(ROLLOUT_LAYOUT_VERSION) {
+        if let Some(earlier @ (ROLLOUT_LAYOUT_VERSION | PREVIOUS_LAYOUT_VERSION)) =
+            current.as_deref()
+        {
             info!(
-                layout = ROLLOUT_LAYOUT_VERSION,
-                "this namespace is in Redis layout 2: every ledger keeps a copy of its job for workers of the release before; once every process runs this release, `lease-sync queue migrate --to 3` stores each job once"
+                layout = earlier,
+                "this namespace is in an earlier Redis layout, shared with the workers of an earlier release (every ledger keeps a copy of its job in layout 2, residents are locked by keys of their own in layouts 2 and 3); once every process runs this release, `lease-sync queue migrate --to 4` finishes the upgrade"
             );
         }
         if current.as_deref().is_some_and(runs_on) {
@@ -105,7 +118,7 @@ impl JobQueue {
         }
         if let Some(other) = current {
             return Err(QueueError::Protocol(format!(
-                "namespace holds layout {other}, written by a newer release; this one reads layouts {ROLLOUT_LAYOUT_VERSION} and {LAYOUT_VERSION}"
+                "namespace holds layout {other}, written by a newer release; this one reads layouts {ROLLOUT_LAYOUT_VERSION}, {PREVIOUS_LAYOUT_VERSION} and {LAYOUT_VERSION}"
             )));
         }
         let token = ulid::Ulid::new().to_string();
@@ -397,23 +410,27 @@ impl JobQueue {
             .await?)
     }
 
-    /// Moves a namespace between the two layouts this release runs on
-    /// ([`ROLLOUT_LAYOUT_VERSION`] and [`LAYOUT_VERSION`]); returns the layout it was in.
+    /// Moves a namespace between the layouts this release runs on ([`ROLLOUT_LAYOUT_VERSION`],
+    /// [`PREVIOUS_LAYOUT_VERSION`] and [`LAYOUT_VERSION`]); returns the layout it was in.
     ///
-    /// To [`LAYOUT_VERSION`]: only the marker changes. Every script that creates a ledger
-    /// reads it, so from the next call on no ledger gets a copy of its job; ledgers written
-    /// before keep theirs, which nothing needs any more. Run it once no process of the earlier
-    /// release is left: one that is would lose the retry or deferral of a job it cannot find in
-    /// the ledger.
+    /// To [`LAYOUT_VERSION`] or [`PREVIOUS_LAYOUT_VERSION`]: only the marker changes. Every
+    /// script that creates a ledger or claims a convergence reads it, so from the next call on
+    /// no ledger gets a copy of its job (from 3) and claims lock residents in their hash (4).
+    /// Ledgers written before keep their copies, which nothing needs any more; a lock taken
+    /// before is released where it was taken. Run it once no process of the earlier release is
+    /// left: one that is would lose the retry or deferral of a job it cannot find in the ledger
+    /// (3), or take a resident's lock key that this release's claims no longer look at (4),
+    /// and converge a resident beside one of them (the finish's check of the state version
+    /// still converges it again to the latest state).
     ///
-    /// To [`ROLLOUT_LAYOUT_VERSION`] (before going back to the earlier release): the marker
+    /// To [`ROLLOUT_LAYOUT_VERSION`] (before going back to a release of layout 2): the marker
     /// first, so every ledger created from then on keeps a copy, then every queued job's
     /// payload is copied into its ledger where that has none; the count is returned in
     /// `copied`.
     pub async fn switch_layout(&self, to: &str) -> Result<LayoutSwitch, QueueError> {
         if !runs_on(to) {
             return Err(QueueError::Protocol(format!(
-                "layout {to} is not one this release runs on ({ROLLOUT_LAYOUT_VERSION} or {LAYOUT_VERSION})"
+                "layout {to} is not one this release runs on ({ROLLOUT_LAYOUT_VERSION}, {PREVIOUS_LAYOUT_VERSION} or {LAYOUT_VERSION})"
             )));
         }
         self.ensure_layout(Duration::from_secs(60)).await?;

@@ -354,9 +354,9 @@ pub struct QueueCounts {
     pub held: u64,
     /// Integrations paused now.
     pub paused_integrations: u64,
-    /// The namespace's Redis layout (`{namespace}:layout`): `3`, or `2` while a rolling
-    /// upgrade from the release before is not finished (`lease-sync queue migrate --to 3`);
-    /// 0 before any process wrote to it.
+    /// The namespace's Redis layout (`{namespace}:layout`): `4`, or `2` or `3` while a
+    /// rolling upgrade from an earlier release is not finished (`lease-sync queue migrate
+    /// --to 4`); 0 before any process wrote to it.
     pub redis_layout: u32,
 }
 
@@ -471,6 +471,7 @@ struct Scripts {
     defer: redis::Script,
     extend_lock: redis::Script,
     unlock: redis::Script,
+    held_lock: redis::Script,
     counts: redis::Script,
     fetch: redis::Script,
     recover: redis::Script,
@@ -523,6 +524,7 @@ impl JobQueue {
                 defer: redis::Script::new(include_str!("lua/defer.lua")),
                 extend_lock: redis::Script::new(residents::EXTEND_SCRIPT),
                 unlock: redis::Script::new(residents::UNLOCK_SCRIPT),
+                held_lock: redis::Script::new(residents::HELD_LOCK_SCRIPT),
                 counts: redis::Script::new(include_str!("lua/counts.lua")),
                 fetch: redis::Script::new(include_str!("lua/fetch.lua")),
                 recover: redis::Script::new(include_str!("lua/recover.lua")),

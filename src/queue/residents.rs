@@ -11,31 +11,98 @@ use std::time::Duration;
 use super::{DeliveryJob, JobQueue, QueueError};
 use crate::resident::{Applied, LeaseRecord, ResidentState};
 
-/// Releases a resident lock only if it is still ours.
+/// Releases a resident lock only if it is still ours. KEYS[1] the lock: the resident hash
+/// (ARGV[2] = `hash`: its `lock` field, emptied) or a key of its own (`key`, deleted);
+/// ARGV[1] our token.
 pub(super) const UNLOCK_SCRIPT: &str = r"
+if ARGV[2] == 'hash' then
+  if redis.call('HGET', KEYS[1], 'lock') == ARGV[1] then
+    redis.call('HSET', KEYS[1], 'lock', '')
+    return 1
+  end
+  return 0
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 ";
 
-/// Extends a resident lock only if it is still ours.
+/// Extends a resident lock only if it is still ours, to ARGV[2] ms from now (Redis's clock);
+/// KEYS[1] and ARGV[3] as in [`UNLOCK_SCRIPT`], ARGV[1] our token.
 pub(super) const EXTEND_SCRIPT: &str = r"
+if ARGV[3] == 'hash' then
+  if redis.call('HGET', KEYS[1], 'lock') ~= ARGV[1] then return 0 end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[1], 'lock_until', string.format('%d', now + tonumber(ARGV[2])))
+  return 1
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 ";
 
+/// Who holds a resident's lock, wherever it lives: KEYS[1] the resident hash, KEYS[2] the
+/// lock's own key. Answers {holder, ms left, place} or nil.
+pub(super) const HELD_LOCK_SCRIPT: &str = r"
+local fields = redis.call('HMGET', KEYS[1], 'lock', 'lock_until')
+if fields[1] and fields[1] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local left = (tonumber(fields[2] or '0') or 0) - now
+  if left > 0 then return {fields[1], left, 'hash'} end
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then return {holder, redis.call('PTTL', KEYS[2]), 'key'} end
+return false
+";
+
+/// A resident's lock as [`JobQueue::resident_lock`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLock {
+    /// The holder's token (random, one per claim).
+    pub holder: String,
+    /// How long it still lives unless its holder extends or releases it (ms).
+    pub remaining_ms: u64,
+    /// Where it lives.
+    pub place: LockPlace,
+}
+
 /// A held per-resident lock; release it with [`JobQueue::unlock_resident`], or with the
 /// outcome through [`JobQueue::finish_attempt`].
 #[derive(Debug)]
 pub struct ResidentLock {
+    /// The resident hash (layout 4 on) or the lock's own key (layouts 2 and 3).
     pub(super) key: String,
     pub(super) token: String,
     /// The time to live it was taken with (ms): a finish that finds another holder's lock
-    /// puts it back with this one (`finish_attempt.lua`).
+    /// key puts it back with this one (`finish_attempt.lua`).
     pub(super) ttl_ms: u64,
+    /// Where the claim took it (`begin_attempt.lua`, by the namespace's layout then): it is
+    /// released and extended there even if the layout changed meanwhile.
+    pub(super) place: LockPlace,
+}
+
+/// Where a resident's lock lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockPlace {
+    /// Fields `lock` and `lock_until` of the resident hash (layout 4 on).
+    ResidentHash,
+    /// A key of its own, `{ns}:lock:<integration>:<user>` (layouts 2 and 3, which the workers
+    /// of earlier releases share during a rolling upgrade).
+    OwnKey,
+}
+
+impl LockPlace {
+    /// How the scripts name it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::ResidentHash => "hash",
+            Self::OwnKey => "key",
+        }
+    }
 }
 
 impl JobQueue {
@@ -119,6 +186,32 @@ impl JobQueue {
         Ok(holding)
     }
 
+    /// The lock on `user_id` in `integration_id` if a worker holds it now (converging them),
+    /// in the resident hash (layout 4) or in a key of its own (layouts 2 and 3).
+    pub async fn resident_lock(
+        &self,
+        integration_id: &str,
+        user_id: &str,
+    ) -> Result<Option<HeldLock>, QueueError> {
+        let mut conn = self.conn.clone();
+        let held: Option<(String, i64, String)> = self
+            .scripts
+            .held_lock
+            .key(self.keys.resident(integration_id, user_id))
+            .key(self.keys.resident_lock(integration_id, user_id))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(held.map(|(holder, remaining, place)| HeldLock {
+            holder,
+            remaining_ms: u64::try_from(remaining).unwrap_or(0),
+            place: if place == "hash" {
+                LockPlace::ResidentHash
+            } else {
+                LockPlace::OwnKey
+            },
+        }))
+    }
+
     /// Extends `lock` to `ttl` from now; false if it was lost (expired and taken over).
     pub async fn extend_resident_lock(
         &self,
@@ -132,6 +225,7 @@ impl JobQueue {
             .key(&lock.key)
             .arg(&lock.token)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(lock.place.as_str())
             .invoke_async(&mut conn)
             .await?;
         Ok(extended == 1)
@@ -145,6 +239,7 @@ impl JobQueue {
             .unlock
             .key(&lock.key)
             .arg(&lock.token)
+            .arg(lock.place.as_str())
             .invoke_async(&mut conn)
             .await?;
         Ok(())

@@ -98,10 +98,10 @@ async fn a_three_primary_cluster_runs_ingest_workers_retries_and_dead_letters() 
 
     // The layout switch (`queue migrate --to`) runs on a cluster too: the marker and a scan of
     // the job data hash, on the namespace's node.
-    assert_eq!(queue.counts().await.expect("counts").redis_layout, 3);
+    assert_eq!(queue.counts().await.expect("counts").redis_layout, 4);
     let back = queue.switch_layout("2").await.expect("to layout 2");
-    assert_eq!((back.from.as_str(), back.copied), ("3", 0), "{back:?}");
-    let forth = queue.switch_layout("3").await.expect("to layout 3");
+    assert_eq!((back.from.as_str(), back.copied), ("4", 0), "{back:?}");
+    let forth = queue.switch_layout("4").await.expect("to layout 4");
     assert_eq!(forth.from, "2", "{forth:?}");
 
     // Every key lives on one primary: the one owning the namespace's hash slot.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use lease_sync::config::{AuthScheme, Role};
+use lease_sync::queue::residents::LockPlace;
 use lease_sync_sandbox::{Fault, SandboxAuth, SandboxOptions};
 use serde_json::json;
 
@@ -487,37 +488,35 @@ async fn a_job_whose_lock_expired_while_claimed_ahead_makes_no_call() {
         assert_eq!(reply.status, 202, "{reply:?}");
     }
     let keys = lease_sync::queue::Keys::new(&app.settings.redis.namespace);
-    let locks: Vec<String> = users
-        .iter()
-        .map(|u| keys.resident_lock(INTEGRATION, u))
-        .collect();
+    let queue = app.queue();
     wait_until(
         "every job to be claimed (its resident locked)",
         LIMIT,
         || async {
-            for lock in &locks {
-                if redis.command(&["EXISTS", lock]).await != "int(1)" {
-                    return None;
-                }
+            for user in &users {
+                queue.resident_lock(INTEGRATION, user).await.ok()??;
             }
             Some(())
         },
     )
     .await;
 
-    // Take every lock that comes free while its resident has had no call, until every job ended.
+    // Take every lock that comes free while its resident has had no call, until every job
+    // ended: as another worker's claim takes it (layout 4: fields of the resident hash, on
+    // Redis's clock, begin_attempt.lua).
+    const TAKE: &str = "local f = redis.call('HMGET', KEYS[1], 'lock', 'lock_until') \
+        local t = redis.call('TIME') \
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+        if f[1] and f[1] ~= '' and tonumber(f[2]) > now then return 0 end \
+        redis.call('HSET', KEYS[1], 'lock', 'the-test', 'lock_until', string.format('%d', now + 60000)) \
+        return 1";
     let taken = std::sync::Mutex::new(Vec::<String>::new());
-    let queue = app.queue();
     wait_until("every job to end", LIMIT * 2, || async {
         let called: Vec<String> = openapp.sandbox.calls().iter().map(called_user).collect();
-        for (user, lock) in users.iter().zip(&locks) {
+        for user in &users {
             let skip = taken.lock().expect("not poisoned").contains(user) || called.contains(user);
-            if !skip
-                && redis
-                    .command(&["SET", lock, "the-test", "NX", "PX", "60000"])
-                    .await
-                    == "OK"
-            {
+            let resident = keys.resident(INTEGRATION, user);
+            if !skip && redis.command(&["EVAL", TAKE, "1", &resident]).await == "int(1)" {
                 taken.lock().expect("not poisoned").push(user.clone());
             }
         }
@@ -540,17 +539,16 @@ async fn a_job_whose_lock_expired_while_claimed_ahead_makes_no_call() {
         );
     }
     // The job's finish releases its lock only if still its own: the test's stay, with a time
-    // to live.
-    for (user, lock) in users.iter().zip(&locks) {
+    // to live; the others are free.
+    for user in &users {
+        let held = queue.resident_lock(INTEGRATION, user).await.expect("redis");
         if taken.contains(user) {
-            assert_eq!(redis.command(&["GET", lock]).await, "the-test", "{user}");
-            let ttl = redis.command(&["PTTL", lock]).await;
-            let ms: i64 = ttl
-                .trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '(')
-                .trim_end_matches(')')
-                .parse()
-                .unwrap_or_else(|_| panic!("PTTL answered {ttl}"));
-            assert!(ms > 0, "{user}'s lock lost its time to live: {ttl}");
+            let held = held.unwrap_or_else(|| panic!("{user}'s lock was released"));
+            assert_eq!(held.holder, "the-test", "{user}");
+            assert_eq!(held.place, LockPlace::ResidentHash, "{user}");
+            assert!(held.remaining_ms > 0, "{user}'s lock lost its time to live");
+        } else {
+            assert_eq!(held, None, "{user}");
         }
     }
 }

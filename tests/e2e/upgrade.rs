@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use lease_sync::config::Role;
+use lease_sync::queue::residents::LockPlace;
 use lease_sync_sandbox::Fault;
 use lease_sync_testkit::snapshot;
 use serde_json::json;
@@ -177,7 +178,7 @@ async fn queue_migrate_upgrades_by_hand_and_again_moves_nothing() {
     let again = run().await;
     assert_eq!(
         again,
-        json!({"jobs_ready": 0, "jobs_scheduled": 0, "jobs_dropped": 0, "keys_renamed": 0, "keys_deleted": 0, "keys_left": 0, "layout": "3"})
+        json!({"jobs_ready": 0, "jobs_scheduled": 0, "jobs_dropped": 0, "keys_renamed": 0, "keys_deleted": 0, "keys_left": 0, "layout": "4"})
     );
 
     // An old process still running writes a job, a dedupe marker and its counters.
@@ -353,15 +354,15 @@ async fn an_attempt_recorded_in_a_list_during_a_rolling_upgrade_is_shown_and_exp
     worker.stop().await;
 }
 
-/// In layout 3 (a namespace this release creates) a queued job's payload is stored once, in
-/// the job data hash: its ledger has none. A dead letter's ledger gets it, as replays and the
-/// dead-letter views read it there.
+/// From layout 3 (a namespace this release creates is in layout 4) a queued job's payload is
+/// stored once, in the job data hash: its ledger has none. A dead letter's ledger gets it, as
+/// replays and the dead-letter views read it there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_job_is_stored_once_and_its_dead_letter_keeps_it() {
     let (redis, openapp, settings, ingest, delivery) = one_queued_delivery().await;
     let keys = lease_sync::queue::Keys::new(&settings.redis.namespace);
     let ledger = keys.delivery(&delivery);
-    assert_eq!(redis.command(&["GET", &keys.layout()]).await, "3");
+    assert_eq!(redis.command(&["GET", &keys.layout()]).await, "4");
     assert_eq!(redis.command(&["HEXISTS", &ledger, "job"]).await, "int(0)");
     let task = redis.command(&["HGET", &ledger, "current_task"]).await;
     let payload = redis.command(&["HGET", &keys.job_data(), &task]).await;
@@ -460,7 +461,7 @@ async fn layout_2_keeps_a_copy_in_each_ledger_until_queue_migrate_moves_it_to_3_
         "--config".into(),
         config.display().to_string(),
         "--to".into(),
-        "4".into(),
+        "5".into(),
     ])
     .await;
     assert!(!refused.status.success());
@@ -470,6 +471,168 @@ async fn layout_2_keeps_a_copy_in_each_ledger_until_queue_migrate_moves_it_to_3_
     let counts = wait_drained(&ingest.queue(), LIMIT).await;
     assert_eq!((counts.done, counts.dead), (2, 0), "{counts:?}");
     worker.stop().await;
+}
+
+/// A namespace in layout 3 (the release before) locks each resident by a key of its own,
+/// which that release's workers take: a claim of this release is put off while an older
+/// worker holds it, so both releases exclude each other during a rolling upgrade. `queue
+/// migrate --to 4` moves the lock into the resident hash (no key); a claim made before the
+/// switch still releases its key. In layout 4 a claim is put off while another worker holds
+/// the hash's lock, and finishing empties it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_3_locks_residents_by_key_until_queue_migrate_moves_the_lock_into_their_hash() {
+    let redis = lease_sync_testkit::RedisServer::start().await;
+    let openapp = FakeOpenApp::start().await;
+    let settings = test_config(&redis.url(), &namespace(), &openapp.base_url);
+    let keys = lease_sync::queue::Keys::new(&settings.redis.namespace);
+    redis.command(&["SET", &keys.layout(), "3"]).await;
+    let app = TestApp::start(&settings, Role::Serve).await;
+    let queue = app.queue();
+    let post = |n: usize| {
+        let app = &app;
+        async move {
+            let (id, user) = (format!("evt-{n}"), format!("user-{n}"));
+            let reply = post_event(app, &id, event_body("lease.signed", &id, &[&user])).await;
+            assert_eq!(reply.status, 202, "{reply:?}");
+        }
+    };
+    let called = |user: &str| {
+        openapp
+            .sandbox
+            .calls()
+            .iter()
+            .any(|c| c.user_id.as_deref() == Some(user))
+    };
+    let locked_at = |n: usize| {
+        let queue = &queue;
+        async move {
+            let user = format!("user-{n}");
+            wait_until("the resident to be locked", LIMIT, || async {
+                queue.resident_lock(INTEGRATION, &user).await.ok()?
+            })
+            .await
+        }
+    };
+    let delivered = |n: u64| {
+        let queue = &queue;
+        async move {
+            wait_until("the deliveries", LIMIT, || async {
+                let counts = queue.counts().await.ok()?;
+                (counts.done >= n && counts.in_flight == 0).then_some(counts)
+            })
+            .await
+        }
+    };
+
+    // Layout 3: a worker of the release before holds user-1's lock key; the claim waits.
+    let old_lock = keys.resident_lock(INTEGRATION, "user-1");
+    redis
+        .command(&["SET", &old_lock, "older-worker", "PX", "60000"])
+        .await;
+    post(1).await;
+    wait_until("the claim to be put off", LIMIT, || async {
+        (queue.counts().await.ok()?.deferred > 0).then_some(())
+    })
+    .await;
+    assert!(
+        !called("user-1"),
+        "a call while an older worker held the resident"
+    );
+    redis.command(&["DEL", &old_lock]).await;
+    delivered(1).await;
+    assert!(called("user-1"));
+
+    // A claim in layout 3 takes the key, and releases it after the switch to layout 4.
+    openapp.sandbox.push_fault_for(
+        axum::http::Method::POST,
+        Fault::Delay(Duration::from_millis(1_500)),
+    );
+    post(2).await;
+    let held = locked_at(2).await;
+    assert_eq!(held.place, LockPlace::OwnKey, "{held:?}");
+    let resident_2 = keys.resident(INTEGRATION, "user-2");
+    assert_eq!(redis.command(&["HGET", &resident_2, "lock"]).await, "nil");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    write_config(&settings, &config);
+    let to_4 = queue_migrate(&config, &["--to", "4"]).await;
+    assert_eq!(
+        &to_4["switched"],
+        &json!({"from": "3", "to": "4", "copied": 0}),
+        "{to_4}"
+    );
+    delivered(2).await;
+    let lock_2 = keys.resident_lock(INTEGRATION, "user-2");
+    assert_eq!(redis.command(&["EXISTS", &lock_2]).await, "int(0)");
+    assert_eq!(
+        queue
+            .resident_lock(INTEGRATION, "user-2")
+            .await
+            .expect("redis"),
+        None
+    );
+
+    // Layout 4: the lock is in the resident hash, and emptied when the job ends.
+    openapp.sandbox.push_fault_for(
+        axum::http::Method::POST,
+        Fault::Delay(Duration::from_millis(1_500)),
+    );
+    post(3).await;
+    let held = locked_at(3).await;
+    assert_eq!(held.place, LockPlace::ResidentHash, "{held:?}");
+    let resident_3 = keys.resident(INTEGRATION, "user-3");
+    assert_eq!(
+        redis.command(&["HGET", &resident_3, "lock"]).await,
+        held.holder
+    );
+    let lock_3 = keys.resident_lock(INTEGRATION, "user-3");
+    assert_eq!(redis.command(&["EXISTS", &lock_3]).await, "int(0)");
+    delivered(3).await;
+    assert_eq!(redis.command(&["HGET", &resident_3, "lock"]).await, "");
+    assert_eq!(
+        queue
+            .resident_lock(INTEGRATION, "user-3")
+            .await
+            .expect("redis"),
+        None
+    );
+
+    // Another worker holds user-4's lock in its hash: the claim waits until it is released.
+    post(4).await;
+    let deferred = delivered(4).await.deferred;
+    let resident_4 = keys.resident(INTEGRATION, "user-4");
+    let until = (lease_sync::queue::now_ms() + 60_000).to_string();
+    redis
+        .command(&[
+            "HSET",
+            &resident_4,
+            "lock",
+            "another-worker",
+            "lock_until",
+            &until,
+        ])
+        .await;
+    let calls_before = openapp.sandbox.calls().len();
+    let reply = post_event(
+        &app,
+        "evt-4b",
+        event_body("lease.ended", "evt-4", &["user-4"]),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    wait_until("the claim to be put off", LIMIT, || async {
+        (queue.counts().await.ok()?.deferred > deferred).then_some(())
+    })
+    .await;
+    assert_eq!(
+        openapp.sandbox.calls().len(),
+        calls_before,
+        "a call while another worker held the resident"
+    );
+    redis.command(&["HSET", &resident_4, "lock", ""]).await;
+    delivered(5).await;
+    assert_eq!(openapp.sandbox.calls().len(), calls_before + 1);
+    app.stop().await;
 }
 
 /// Runs `lease-sync queue migrate --config CONFIG ARGS… --json`, which must succeed; its output.

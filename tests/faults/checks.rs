@@ -126,43 +126,70 @@ pub fn unaccounted(
 
 /// Resident locks held now (per-resident serialization of OpenApp calls) and the longest
 /// remaining TTL among them, in ms. A lock whose holder died blocks its resident until the TTL
-/// runs out, which bounds recovery after worker and Redis faults.
+/// runs out, which bounds recovery after worker and Redis faults. Layout 4 keeps a lock in its
+/// resident's hash, earlier layouts in a key of its own: both are counted.
 pub async fn resident_locks(redis: &RedisServer, queue: &JobQueue) -> (u64, i64) {
-    // `<namespace>:lock:<integration>:<user>`, so with both empty: `<namespace>:lock::`.
-    let pattern = format!(
-        "{}*",
-        queue.keys().resident_lock("", "").trim_end_matches(':')
-    );
+    // `<namespace>:lock:<integration>:<user>`, so with both empty: `<namespace>:lock::`; the
+    // same for `resident`.
+    let prefix = |key: String| format!("{}*", key.trim_end_matches(':'));
     let mut conn = redis.connection().await;
     let (mut held, mut longest) = (0, 0);
+    for key in scan(&mut conn, &prefix(queue.keys().resident_lock("", ""))).await {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(-2);
+        if ttl != -2 {
+            held += 1;
+            longest = longest.max(ttl);
+        }
+    }
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    };
+    for key in scan(&mut conn, &prefix(queue.keys().resident("", ""))).await {
+        let fields: Result<(Option<String>, Option<i64>), _> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("lock")
+            .arg("lock_until")
+            .query_async(&mut conn)
+            .await;
+        // Redis's clock is this machine's: the test's Redis runs here.
+        if let Ok((Some(holder), Some(until))) = fields
+            && !holder.is_empty()
+            && until > now_ms()
+        {
+            held += 1;
+            longest = longest.max(until - now_ms());
+        }
+    }
+    (held, longest)
+}
+
+/// Every key matching `pattern` (at most 10,000 SCAN steps; what a failing step found so far).
+async fn scan(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut found = Vec::new();
     let mut cursor = 0u64;
     for _ in 0..10_000 {
         let scanned: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(&pattern)
+            .arg(pattern)
             .arg("COUNT")
             .arg(1_000)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await;
         let Ok((next, keys)) = scanned else {
             break;
         };
-        for key in keys {
-            let ttl: i64 = redis::cmd("PTTL")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or(-2);
-            if ttl != -2 {
-                held += 1;
-                longest = longest.max(ttl);
-            }
-        }
+        found.extend(keys);
         if next == 0 {
             break;
         }
         cursor = next;
     }
-    (held, longest)
+    found
 }

@@ -502,8 +502,9 @@ mod schemas {
         held: u64,
         /// Integrations paused now.
         paused_integrations: u64,
-        /// The namespace's Redis layout: `3`, or `2` while a rolling upgrade from the release
-        /// before is not finished (`lease-sync queue migrate --to 3`); 0 before any write.
+        /// The namespace's Redis layout: `4`, or `2` or `3` while a rolling upgrade from an
+        /// earlier release is not finished (`lease-sync queue migrate --to 4`); 0 before any
+        /// write.
         redis_layout: u32,
     }
 

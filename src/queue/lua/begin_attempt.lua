@@ -4,7 +4,8 @@
 -- KEYS[1] delivery hash  KEYS[2] its attempts list (records of a delivery without `records`)
 -- KEYS[3] dead-letter zset  KEYS[4] stats hash  KEYS[5] in-flight set  KEYS[6] job data hash
 -- KEYS[7] resident lock, KEYS[8] resident hash, KEYS[9] the resident's history, KEYS[10] the
--- paused integrations hash, KEYS[11] the integration's held list (convergences only)
+-- paused integrations hash, KEYS[11] the integration's held list, KEYS[12] the layout marker
+-- (convergences only)
 -- ARGV[1] job id  ARGV[2] max attempts  ARGV[3] now (ms)  ARGV[4] delivery id
 -- ARGV[5] lock token, ARGV[6] lock ttl (ms), ARGV[7] integration id, ARGV[8] history: most
 -- entries, ARGV[9] its max age (ms), ARGV[10] the history entry of the fold that queued the
@@ -20,15 +21,27 @@
 -- `record:<records>`; one without (queued by an earlier release) in its attempts list.
 -- Releases before 2026-12-04 pushed a `started` record here instead; the `open` field says
 -- whether the last list record may be one of those ('1', or absent on a delivery written
--- before the field existed: checked each time; '0': not), to be marked crashed in place. `hexists_shared` and `count` come from the prelude (batch.rs): within a
--- batch the pause check is made once per integration and the counters are added once.
+-- before the field existed: checked each time; '0': not), to be marked crashed in place.
+-- `hexists_shared`, `get_shared`, `redis_now_ms` and `count` come from the prelude (batch.rs):
+-- within a batch the pause check, the layout and the time are read once and the counters
+-- added once.
 -- A convergence of a paused integration is held instead: it leaves the in-flight set for the
 -- held list (its payload stays), nothing is counted and no lock taken: {'held', 0, '', {}}.
+-- Where the resident's lock lives depends on the layout (the marker, read once per batch with
+-- `get_shared`): from layout 4 in the resident hash itself, as `lock` (the holder's token; ''
+-- or absent: free) and `lock_until` (ms, Redis's clock: `redis_now_ms`), which the claim reads
+-- with the state it reads anyway and writes with one HSET, and the finish releases in the HSET
+-- it makes anyway (finish_attempt.lua): one command and one key's creation and deletion fewer
+-- per job than a lock key of its own. Layouts 2 and 3 keep the key KEYS[7] (`SET NX PX`), which
+-- the workers of the releases before take, so that both releases exclude each other during a
+-- rolling upgrade. A resident with no hash (forgotten) is not locked in layout 4: there is
+-- nothing to converge, and a later round finds the lock not its own (a lost lock).
 -- Returns {'run', n, ''} | {'stale', 0, ''} | {'dead', attempts, reason}; with the lock keys
--- a fourth element, the resident hash (HGETALL) for 'run' and empty otherwise, and
--- {'busy', ms the lock still lives, '', {}} when another worker holds the resident (nothing
--- counted). The lock is released again unless the answer is 'run'. With 'stale' and 'dead'
--- the job ends here: it leaves the in-flight set and its payload is dropped.
+-- a fourth element, the resident hash (HGETALL) for 'run' and empty otherwise, and a fifth,
+-- where the lock was taken ('hash' or 'key'; for 'run'); and {'busy', ms the lock still lives,
+-- '', {}} when another worker holds the resident (nothing counted). Only 'run' holds the lock
+-- afterwards. With 'stale' and 'dead' the job ends here: it leaves the in-flight set and its
+-- payload is dropped.
 local locking = #KEYS >= 8
 local function history(entry)
   if locking then
@@ -52,7 +65,24 @@ if locking and hexists_shared(KEYS[10], ARGV[7]) then
   history({kind = 'held', delivery_id = ARGV[4]})
   return {'held', 0, '', {}}
 end
-if locking and not redis.call('SET', KEYS[7], ARGV[5], 'NX', 'PX', ARGV[6]) then
+local in_hash_lock = locking and tonumber(get_shared(KEYS[12]) or '0') >= 4
+local resident
+if in_hash_lock then
+  resident = redis.call('HGETALL', KEYS[8])
+  local holder, held_until = nil, 0
+  for i = 1, #resident, 2 do
+    local field = resident[i]
+    if field == 'lock' then
+      holder = resident[i + 1]
+    elseif field == 'lock_until' then
+      held_until = tonumber(resident[i + 1]) or 0
+    end
+  end
+  if holder and holder ~= '' then
+    local left = held_until - redis_now_ms()
+    if left > 0 then return {'busy', left, '', {}} end
+  end
+elseif locking and not redis.call('SET', KEYS[7], ARGV[5], 'NX', 'PX', ARGV[6]) then
   return {'busy', redis.call('PTTL', KEYS[7]), '', {}}
 end
 local function answer(kind, n, reason)
@@ -61,7 +91,14 @@ local function answer(kind, n, reason)
     redis.call('HDEL', KEYS[6], ARGV[1])
   end
   if not locking then return {kind, n, reason} end
-  if kind == 'run' then return {kind, n, reason, redis.call('HGETALL', KEYS[8])} end
+  if in_hash_lock then
+    if kind ~= 'run' then return {kind, n, reason, {}} end
+    if #resident > 0 then
+      redis.call('HSET', KEYS[8], 'lock', ARGV[5], 'lock_until', string.format('%d', redis_now_ms() + tonumber(ARGV[6])))
+    end
+    return {kind, n, reason, resident, 'hash'}
+  end
+  if kind == 'run' then return {kind, n, reason, redis.call('HGETALL', KEYS[8]), 'key'} end
   if redis.call('GET', KEYS[7]) == ARGV[5] then redis.call('DEL', KEYS[7]) end
   return {kind, n, reason, {}}
 end

@@ -12,8 +12,12 @@
 -- ARGV[10] seconds a delivered record is kept for inspection
 -- KEYS[8] the resident lock  ARGV[11] its token: released here if still ours ('' = keep it),
 -- which saves the worker a round trip; stale or not, like the separate unlock it replaces.
--- The last ARGV (after the optional ones below) is the lock's time to live (ms): a lock found
--- to be another holder's (ours expired and was taken) is put back with it.
+-- The last two ARGV (after the optional ones below) say where the claim took the lock
+-- ('hash': KEYS[8] is the resident hash, its `lock` field; 'key': a key of its own,
+-- begin_attempt.lua) and its time to live (ms): a lock key found to be another holder's (ours
+-- expired and was taken) is put back with it. A lock in the resident hash is released by
+-- emptying `lock`, only if it holds our token, in the HSET that records what was applied when
+-- there is one (KEYS[10]): the happy path releases it without a command of its own.
 -- KEYS[9] the resident's history  ARGV[12] the attempt's history entry (JSON; '' for none);
 -- its outcome becomes 'superseded' or 'stale' when the answer is 'moved' or 'stale'
 -- ARGV[13] history: most entries  ARGV[14] its max age (ms)
@@ -58,24 +62,51 @@ local function history(outcome)
   end
   append_history(KEYS[9], ARGV[2], entry, ARGV[13], ARGV[14], ARGV[2], ARGV[15], fold)
 end
+local in_hash_lock = ARGV[#ARGV - 1] == 'hash'
+local released = false
 if KEYS[10] then
+  -- In layout 4 the state version and the lock are read together; the lock is released with
+  -- what was applied, unless the state moved (the worker converges again under it).
+  local version, holder
+  if in_hash_lock then
+    local read = redis.call('HMGET', KEYS[10], 'version', 'lock')
+    version, holder = read[1], read[2]
+  end
+  local release = {}
+  local function moved()
+    if not in_hash_lock then version = redis.call('HGET', KEYS[10], 'version') end
+    return (version or '0') ~= ARGV[18] and ARGV[20] ~= '1'
+  end
+  if in_hash_lock and ARGV[11] ~= '' and holder == ARGV[11] and not moved() then
+    release = {'lock', ''}
+  end
+  released = in_hash_lock
   if ARGV[17] == 'present' then
     redis.call('HSET', KEYS[10], 'applied', ARGV[17], 'applied_version', ARGV[18], 'applied_at', ARGV[2],
-      'managed', '1')
+      'managed', '1', unpack(release))
     redis.call('SADD', KEYS[11], ARGV[19])
   elseif ARGV[17] ~= 'check' then
-    redis.call('HSET', KEYS[10], 'applied', ARGV[17], 'applied_version', ARGV[18], 'applied_at', ARGV[2])
+    redis.call('HSET', KEYS[10], 'applied', ARGV[17], 'applied_version', ARGV[18], 'applied_at', ARGV[2],
+      unpack(release))
+  elseif #release > 0 then
+    redis.call('HSET', KEYS[10], unpack(release))
   end
-  if (redis.call('HGET', KEYS[10], 'version') or '0') ~= ARGV[18] and ARGV[20] ~= '1' then
+  if moved() then
     history('superseded')
     return 'moved'
   end
 end
-if ARGV[11] ~= '' then
-  -- One command in the common case (the lock is ours); another holder's lock is put back.
-  local holder = redis.call('GETDEL', KEYS[8])
-  if holder and holder ~= ARGV[11] then
-    redis.call('SET', KEYS[8], holder, 'PX', ARGV[#ARGV])
+if ARGV[11] ~= '' and not released then
+  if in_hash_lock then
+    if redis.call('HGET', KEYS[8], 'lock') == ARGV[11] then
+      redis.call('HSET', KEYS[8], 'lock', '')
+    end
+  else
+    -- One command in the common case (the lock is ours); another holder's lock is put back.
+    local holder = redis.call('GETDEL', KEYS[8])
+    if holder and holder ~= ARGV[11] then
+      redis.call('SET', KEYS[8], holder, 'PX', ARGV[#ARGV])
+    end
   end
 end
 redis.call('ZREM', KEYS[6], ARGV[1])
