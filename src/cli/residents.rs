@@ -133,21 +133,29 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             args.integration
         );
     };
+    let lock_remaining_ms = queue
+        .resident_lock(&args.integration, &args.user)
+        .await
+        .explain("cannot read the resident's lock")?
+        .map(|lock| lock.remaining_ms);
     let now = now_ms();
     if args.json {
         let value = json!({
             "state": state,
             "desired": state.desired(now),
             "next_transition": state.next_transition(now),
+            "converging": lock_remaining_ms.map(|ms| json!({"lock_remaining_ms": ms})),
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print!("{}", describe(&state, now));
+        print!("{}", describe(&state, now, lock_remaining_ms));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn describe(state: &ResidentState, now: i64) -> String {
+/// The text `residents show` prints; `lock_remaining_ms` while a worker holds the resident's
+/// lock.
+fn describe(state: &ResidentState, now: i64, lock_remaining_ms: Option<u64>) -> String {
     let when = |t: Option<i64>| t.map_or_else(|| "-".to_owned(), timestamp);
     let mut out = format!(
         "resident {} in integration {} (state version {})\n\nleases\n",
@@ -204,6 +212,16 @@ fn describe(state: &ResidentState, now: i64) -> String {
         "next convergence   {}\n",
         when(state.next_check.filter(|t| *t > now))
     ));
+    out.push_str(&format!(
+        "converging now     {}\n",
+        lock_remaining_ms.map_or_else(
+            || "no".to_owned(),
+            |ms| format!(
+                "yes: a worker holds the resident's lock, which lapses in {:.1} s unless renewed (a dead worker's keeps others off until then)",
+                ms as f64 / 1000.0
+            )
+        )
+    ));
     out
 }
 
@@ -233,13 +251,21 @@ mod tests {
             managed: true,
             next_check: Some(2_000_000_000_000),
         };
-        let text = describe(&state, 1_795_342_600_000);
+        let text = describe(&state, 1_795_342_600_000, None);
         assert!(text.contains("L-1: ended (event evt-9 from acme"), "{text}");
         assert!(text.contains("grants access now"), "{text}");
         assert!(text.contains("desired now        present"), "{text}");
         assert!(text.contains("last applied       never"), "{text}");
         assert!(
             text.contains("next convergence   2033-05-18T03:33:20Z"),
+            "{text}"
+        );
+        assert!(text.contains("converging now     no"), "{text}");
+        let text = describe(&state, 1_795_342_600_000, Some(4_240));
+        assert!(
+            text.contains(
+                "converging now     yes: a worker holds the resident's lock, which lapses in 4.2 s"
+            ),
             "{text}"
         );
     }

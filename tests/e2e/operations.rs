@@ -65,7 +65,7 @@ fn calls_for(openapp: &FakeOpenApp, user: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_residents_history_says_what_was_done_to_their_door_and_why() {
-    let (_redis, openapp, app) = serve().await;
+    let (redis, openapp, app) = serve().await;
     // The first call fails (503): a retry, then success.
     openapp.sandbox.push_fault(Fault::Status {
         status: 503,
@@ -193,6 +193,33 @@ async fn a_residents_history_says_what_was_done_to_their_door_and_why() {
     assert_eq!(state.json["desired"], "absent");
     assert_eq!(state.json["integration_paused"], false);
     assert!(state.json["reason"].as_str().unwrap().contains("L-7"));
+    assert_eq!(state.json["converging"], Value::Null, "{state:?}");
+    // While a worker holds the resident's lock (here: one that died holding it), the view
+    // says so, with when it lapses.
+    let resident =
+        lease_sync::queue::Keys::new(&app.settings.redis.namespace).resident(INTEGRATION, "user-h");
+    let until = (lease_sync::queue::now_ms() + 30_000).to_string();
+    redis
+        .command(&[
+            "HSET",
+            &resident,
+            "lock",
+            "a-dead-worker",
+            "lock_until",
+            &until,
+        ])
+        .await;
+    let state = admin(
+        &app,
+        Method::GET,
+        &format!("/residents/{INTEGRATION}/user-h"),
+    )
+    .await;
+    let left = state.json["converging"]["lock_remaining_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{state:?}"));
+    assert!((1..=30_000).contains(&left), "{left}");
+    redis.command(&["HSET", &resident, "lock", ""]).await;
 
     // Unknown people and buildings are 404; so is an id that could not be a user id, and a
     // bad parameter is 400.

@@ -524,6 +524,10 @@ mod schemas {
         next_transition: Option<i64>,
         /// Whether the resident's integration is paused (their convergences are held).
         integration_paused: bool,
+        /// `{lock_remaining_ms}` while a worker holds the resident's lock (converging them
+        /// now; a lock whose worker died keeps other workers off until it lapses), else null.
+        #[schema(value_type = Option<Object>)]
+        converging: Option<serde_json::Value>,
     }
 
     /// One resident's history, newest first.

@@ -53,6 +53,16 @@ pub(super) struct ResidentView {
     reason: String,
     next_transition: Option<i64>,
     integration_paused: bool,
+    /// A worker converging the resident now (it holds their lock), or `None`.
+    converging: Option<Converging>,
+}
+
+/// A worker holds the resident's lock: it is converging them now. A lock whose worker died
+/// keeps other workers off the resident until it lapses.
+#[derive(Debug, Serialize)]
+pub(super) struct Converging {
+    /// Until the lock lapses unless its worker renews it (ms).
+    lock_remaining_ms: u64,
 }
 
 /// The resident path, checked: 404 unless it could name a resident.
@@ -110,6 +120,13 @@ pub(super) async fn get_resident(
         return Err(no_resident(&integration_id, &user_id).into());
     };
     let paused = state.queue.paused().await?.contains_key(&integration_id);
+    let converging = state
+        .queue
+        .resident_lock(&integration_id, &user_id)
+        .await?
+        .map(|lock| Converging {
+            lock_remaining_ms: lock.remaining_ms,
+        });
     let now = now_ms();
     Ok(Json(ResidentView {
         desired: resident.desired(now),
@@ -117,6 +134,7 @@ pub(super) async fn get_resident(
         next_transition: resident.next_transition(now),
         state: resident,
         integration_paused: paused,
+        converging,
     }))
 }
 

@@ -856,15 +856,16 @@ pub(super) async fn resident(
         return response;
     }
     let show_emails = query.show_emails.as_deref() == Some("true");
-    let (resident, history, paused) = match (
+    let (resident, history, paused, lock) = match (
         state.queue.resident(&integration_id, &user_id).await,
         state
             .queue
             .history(&integration_id, &user_id, HISTORY_SHOWN)
             .await,
         state.queue.paused().await,
+        state.queue.resident_lock(&integration_id, &user_id).await,
     ) {
-        (Ok(r), Ok(h), Ok(p)) => (r, h, p.contains_key(&integration_id)),
+        (Ok(r), Ok(h), Ok(p), Ok(l)) => (r, h, p.contains_key(&integration_id), l),
         _ => return unavailable(Some(&session)),
     };
     let history: Vec<HistoryEntry> = if show_emails {
@@ -899,6 +900,10 @@ pub(super) async fn resident(
                         } } }
                         tr { th scope="row" { "Managed by lease-sync" } td { (if state_now.managed { "yes (lease-sync added them)" } else { "no" }) } }
                         tr { th scope="row" { "Next convergence" } td { (state_now.next_check.filter(|t| *t > now).map(when).unwrap_or_else(|| "-".to_owned())) } }
+                        tr { th scope="row" { "Converging now" } td { @match &lock {
+                            Some(lock) => { "yes: a worker holds this resident's lock, which lapses in " (format!("{:.1}", lock.remaining_ms as f64 / 1000.0)) " s unless renewed (a dead worker's keeps others off until then)" },
+                            None => "no",
+                        } } }
                     }
                 }
                 h2 { "Leases" }
